@@ -1,0 +1,307 @@
+"""The NVE agent: turns the mapping into kernel state in one NVE's namespace, and reports moves.
+
+Kernel I/O is pyroute2 netlink only. The loop is: something changed (mapping watch, a netlink link
+event, a RARP/GARP on a VM port, or the periodic resync) -> snapshot -> desired -> read actual ->
+plan -> apply. A VM port that appears here (its alias carries the VM interface id, as OVN's
+iface-id does) while the mapping has it elsewhere is reported as a move, and so is a RARP/GARP
+received from a VM port.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+from . import names, netns
+from .desired import compute_desired
+from .mapping import MappingSystem, MoveRefused, Nve, Snapshot
+from .reconcile import VXLAN_PORT, Actual, Change, plan
+
+log = logging.getLogger(__name__)
+
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+NTF_SELF, NTF_MASTER = 0x02, 0x04
+ETH_P_ARP, ETH_P_RARP = 0x0806, 0x8035
+PACKET_OUTGOING = 4
+VXLAN_UDP_PORT = 4789
+ZERO_MAC = "00:00:00:00:00:00"
+OVERLAY_MTU = 1500
+RESYNC_S = 2.0
+
+
+class Kernel:
+    """One NVE's kernel objects, through netlink. Only touches objects carrying roamnet's aliases."""
+
+    def __init__(self, ns: str, vtep: str):
+        self.ns, self.vtep = ns, vtep
+        self.ipr = IPRoute(netns=ns)
+        self._index: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    # ---- read ----------------------------------------------------------------------------------
+    def read(self) -> tuple[Actual, dict[int, str]]:
+        """The actual state, and ifindex -> iface_id of the VM ports present."""
+        act = Actual()
+        self._index.clear()
+        bridges: dict[int, int] = {}  # ifindex -> vni
+        vxlans: dict[int, int] = {}
+        port_master: dict[str, int] = {}
+        ports: dict[int, str] = {}
+        for link in self.ipr.get_links():
+            name, idx = link.get("ifname"), link["index"]
+            self._index[name] = idx
+            alias = link.get("IFLA_IFALIAS") or ""
+            kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+            if alias.startswith(names.SEGMENT_ALIAS):
+                vni = int(alias[len(names.SEGMENT_ALIAS):])
+                (bridges if kind == "bridge" else vxlans)[idx] = vni
+            elif (iface := names.iface_from_alias(alias)) is not None:
+                ports[idx] = iface
+                port_master[iface] = link.get("IFLA_MASTER") or 0
+        act.segments = set(bridges.values()) & set(vxlans.values())
+        act.ports = {iface: bridges.get(m) for iface, m in port_master.items()}
+        for entry in self.ipr.fdb("dump"):
+            idx, mac = entry["ifindex"], entry.get("NDA_LLADDR")
+            master = entry.get("NDA_MASTER")
+            if idx in vxlans and entry["flags"] & NTF_SELF and entry.get("NDA_DST"):
+                vni, dst = vxlans[idx], entry.get("NDA_DST")
+                if mac == ZERO_MAC:
+                    act.flood.setdefault(vni, set()).add(dst)
+                else:
+                    act.remote_macs.setdefault((vni, mac), set()).add(dst)
+            elif master in bridges and entry["state"] == NUD_NOARP:
+                target = VXLAN_PORT if idx in vxlans else ports.get(idx, f"ifindex:{idx}")
+                act.bridge_fdb[(bridges[master], mac)] = target
+        return act, ports
+
+    # ---- apply ---------------------------------------------------------------------------------
+    def _idx(self, name: str) -> int:
+        if name not in self._index:
+            found = self.ipr.link_lookup(ifname=name)
+            if not found:
+                raise LookupError(f"{self.ns}: no device {name}")
+            self._index[name] = found[0]
+        return self._index[name]
+
+    def _port_idx(self, iface: str) -> int:
+        for link in self.ipr.get_links():
+            if names.iface_from_alias(link.get("IFLA_IFALIAS")) == iface:
+                return link["index"]
+        raise LookupError(f"{self.ns}: no port for {iface}")
+
+    def apply(self, changes: list[Change]) -> list[str]:
+        """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
+        errors = []
+        for ch in changes:
+            try:
+                getattr(self, "_" + ch.op.replace("-", "_"))(ch)
+            except (NetlinkError, LookupError, OSError) as exc:
+                errors.append(f"{self.ns}: {ch}: {exc}")
+        return errors
+
+    def _add_segment(self, ch: Change) -> None:
+        br, vx, alias = names.bridge(ch.vni), names.vxlan(ch.vni), names.SEGMENT_ALIAS + str(ch.vni)
+        if not self.ipr.link_lookup(ifname=br):
+            self.ipr.link("add", ifname=br, kind="bridge", br_stp_state=0)
+        self._index.pop(br, None)
+        self.ipr.link("set", index=self._idx(br), ifalias=alias, state="up")
+        if not self.ipr.link_lookup(ifname=vx):
+            self.ipr.link("add", ifname=vx, kind="vxlan", vxlan_id=ch.vni, vxlan_port=VXLAN_UDP_PORT,
+                          vxlan_learning=0, vxlan_local=self.vtep, mtu=OVERLAY_MTU)
+        self._index.pop(vx, None)
+        self.ipr.link("set", index=self._idx(vx), ifalias=alias, master=self._idx(br), state="up")
+        self.ipr.brport("set", index=self._idx(vx), learning=0)
+
+    def _del_segment(self, ch: Change) -> None:
+        for name in (names.vxlan(ch.vni), names.bridge(ch.vni)):
+            for idx in self.ipr.link_lookup(ifname=name):
+                link = self.ipr.get_links(idx)[0]
+                if (link.get("IFLA_IFALIAS") or "").startswith(names.SEGMENT_ALIAS):
+                    self.ipr.link("del", index=idx)
+            self._index.pop(name, None)
+
+    def _attach_port(self, ch: Change) -> None:
+        idx = self._port_idx(ch.target)
+        self.ipr.link("set", index=idx, master=self._idx(names.bridge(ch.vni)), state="up")
+
+    def _set_bridge_entry(self, ch: Change) -> None:
+        dev = self._idx(names.vxlan(ch.vni)) if ch.target == VXLAN_PORT else self._port_idx(ch.target)
+        self.ipr.fdb("replace", ifindex=dev, lladdr=ch.mac, master=self._idx(names.bridge(ch.vni)),
+                     state=NUD_NOARP, flags=NTF_MASTER)
+
+    def _del_bridge_entry(self, ch: Change) -> None:
+        br = self._idx(names.bridge(ch.vni))
+        for entry in self.ipr.fdb("dump"):
+            if entry.get("NDA_MASTER") == br and entry.get("NDA_LLADDR") == ch.mac \
+                    and entry["state"] == NUD_NOARP:
+                self.ipr.fdb("del", ifindex=entry["ifindex"], lladdr=ch.mac, master=br, flags=NTF_MASTER)
+
+    def _set_remote(self, ch: Change) -> None:
+        self.ipr.fdb("replace", ifindex=self._idx(names.vxlan(ch.vni)), lladdr=ch.mac, dst=ch.target, flags=NTF_SELF)
+
+    def _del_remote(self, ch: Change) -> None:
+        self.ipr.fdb("del", ifindex=self._idx(names.vxlan(ch.vni)), lladdr=ch.mac, dst=ch.target, flags=NTF_SELF)
+
+    def _add_flood(self, ch: Change) -> None:
+        self.ipr.fdb("append", ifindex=self._idx(names.vxlan(ch.vni)), lladdr=ZERO_MAC, dst=ch.target, flags=NTF_SELF)
+
+    def _del_flood(self, ch: Change) -> None:
+        self.ipr.fdb("del", ifindex=self._idx(names.vxlan(ch.vni)), lladdr=ZERO_MAC, dst=ch.target, flags=NTF_SELF)
+
+
+@dataclass
+class AgentStats:
+    reconciles: int = 0
+    changes_applied: int = 0
+    moves_reported: int = 0
+    announcements_seen: int = 0
+    converged_revision: int = 0
+    last_changes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_announcement(frame: bytes) -> str | None:
+    """Sender MAC of a RARP request (QEMU's self-announce) or a gratuitous ARP; None otherwise."""
+    if len(frame) < 42:
+        return None
+    ethertype = struct.unpack("!H", frame[12:14])[0]
+    op = struct.unpack("!H", frame[20:22])[0]
+    sha = frame[22:28]
+    if ethertype == ETH_P_RARP and op == 3:
+        pass
+    elif ethertype == ETH_P_ARP and op in (1, 2) and frame[28:32] == frame[38:42]:
+        pass
+    else:
+        return None
+    return ":".join(f"{b:02x}" for b in sha)
+
+
+class Agent:
+    """One NVE's agent. `start()` runs it in threads; `reconcile()` is one synchronous pass."""
+
+    def __init__(self, mapping: MappingSystem, nve: Nve, ns: str):
+        self.mapping, self.nve, self.ns = mapping, nve, ns
+        self.kernel = Kernel(ns, nve.vtep)
+        self.stats = AgentStats()
+        self._ports: dict[int, str] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # ---- one pass ------------------------------------------------------------------------------
+    def _claim_arrivals(self, snap: Snapshot, ports: dict[int, str]) -> bool:
+        claimed = False
+        for iface in ports.values():
+            b = snap.binding_of(iface)
+            if b is not None and b.nve != self.nve.name:
+                claimed |= self._report(iface)
+        return claimed
+
+    def _report(self, iface: str) -> bool:
+        try:
+            _, changed = self.mapping.report_move(iface, self.nve.name)
+        except MoveRefused as exc:
+            self.stats.errors.append(str(exc))
+            return False
+        if changed:
+            self.stats.moves_reported += 1
+        return changed
+
+    def reconcile(self) -> list[Change]:
+        with self._lock:
+            snap = self.mapping.snapshot()
+            actual, ports = self.kernel.read()
+            self._ports = ports
+            if self._claim_arrivals(snap, ports):
+                snap = self.mapping.snapshot()
+            changes = plan(compute_desired(snap, self.nve.name), actual)
+            errors = self.kernel.apply(changes) if changes else []
+            self.stats.reconciles += 1
+            self.stats.changes_applied += len(changes) - len(errors)
+            if changes:
+                self.stats.last_changes = [str(c) for c in changes]
+                log.debug("%s rev %d: %s", self.nve.name, snap.revision, ", ".join(map(str, changes)))
+            if errors:
+                self.stats.errors = (self.stats.errors + errors)[-20:]
+                log.warning("%s", "; ".join(errors))
+            else:
+                self.stats.converged_revision = snap.revision
+            return changes
+
+    # ---- threads -------------------------------------------------------------------------------
+    def start(self) -> None:
+        for target in (self._loop, self._watch_mapping, self._watch_kernel):
+            t = threading.Thread(target=target, name=f"agent:{self.nve.name}:{target.__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+        self.kernel.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=RESYNC_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.reconcile()
+            except Exception as exc:  # keep the agent alive; the next pass retries
+                log.exception("%s: reconcile failed", self.nve.name)
+                self.stats.errors = (self.stats.errors + [repr(exc)])[-20:]
+                time.sleep(0.1)
+
+    def _watch_mapping(self) -> None:
+        for _ in self.mapping.store.iter_watch("/", self.mapping.store.revision + 1, self._stop):
+            self._wake.set()
+
+    def _watch_kernel(self) -> None:
+        nl = netns.socket_in(self.ns, socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+        nl.bind((0, RTMGRP_LINK))
+        arp = netns.socket_in(self.ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        rarp = netns.socket_in(self.ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_RARP))
+        socks = [nl, arp, rarp]
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select(socks, [], [], 0.2)
+                for s in ready:
+                    if s is nl:
+                        s.recv(65536)
+                        self._wake.set()
+                        continue
+                    frame, addr = s.recvfrom(2048)
+                    if addr[2] == PACKET_OUTGOING:
+                        continue
+                    self._announcement(addr[1], frame)
+        finally:
+            for s in socks:
+                s.close()
+
+    def _announcement(self, ifindex: int, frame: bytes) -> None:
+        iface = self._ports.get(ifindex)
+        mac = parse_announcement(frame)
+        if iface is None or mac is None:
+            return
+        self.stats.announcements_seen += 1
+        snap = self.mapping.snapshot()
+        b = snap.binding_of(iface)
+        if b is not None and b.mac == mac and b.nve != self.nve.name and self._report(iface):
+            self._wake.set()

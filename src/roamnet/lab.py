@@ -1,0 +1,306 @@
+"""The namespace lab engine: builds a LabPlan in network namespaces, runs the NVE agents, migrates VMs.
+
+A VM is two namespaces: the guest (`rn-<lab>-<vm>`, its eth<i> carry the intent's MAC and IP and
+its sockets) and the hypervisor side of its NICs (`rn-<lab>-<vm>-nic`, a bridge per NIC joining the
+guest's veth peer `tap<i>` and the uplink `up<i>`). Plugging the VM into a server creates the veth
+`up<i>` <-> `<vm>-e<i>` with the server end in the server's namespace, its alias carrying the VM
+interface id. Migrating deletes that pair, waits the pause, plugs it into the destination and sends
+QEMU-style RARP announcements; the guest's link never loses carrier, so its IP, MAC, ARP cache and
+sockets are untouched. Lab namespaces are never linked to the host's namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from . import names, netns
+from .agent import Agent
+from .desired import compute_desired
+from .labplan import UNDERLAY_MTU, LabPlan, build_plan, check_addresses, nic_ns
+from .mapping import Binding, LogicalPort, MappingSystem, Nve
+from .model import Topology
+from .store import MemoryStore, Store
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_AT_MS = (0, 50, 200, 450, 800)  # QEMU's self-announce schedule (50 ms, +100 ms steps)
+GUEST_MTU = 1500
+
+
+class LabError(Exception):
+    pass
+
+
+def rarp_frame(mac: str) -> bytes:
+    """A RARP request as QEMU sends it after a migration (sha = tha = the NIC's MAC, IPs zero)."""
+    m = bytes.fromhex(mac.replace(":", ""))
+    return (b"\xff" * 6 + m + struct.pack("!H", 0x8035)
+            + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 3) + m + b"\0" * 4 + m + b"\0" * 4 + b"\0" * 18)
+
+
+class Lab:
+    def __init__(self, topo: Topology, store: Store | None = None, journal: Path | None = None,
+                 progress: Callable[[str], None] | None = None):
+        self.topo = topo
+        self.plan: LabPlan = build_plan(topo)
+        check_addresses(self.plan)
+        self.mapping = MappingSystem(store or MemoryStore())
+        self.agents: dict[str, Agent] = {}
+        self.location: dict[str, str] = {vm: v.server for vm, v in topo.vms.items()}
+        self.migrations: list[dict] = []
+        self.created: list[str] = []
+        self.journal = journal
+        self.progress = progress or (lambda msg: None)
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.topo.name
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+    def _record(self) -> None:
+        if self.journal:
+            tmp = self.journal.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"lab": self.name, "namespaces": self.created}))
+            os.replace(tmp, self.journal)
+
+    def _new_ns(self, ns: str) -> None:
+        if netns.exists(ns):
+            raise LabError(f"namespace {ns} already exists (is lab {self.name} already up?)")
+        self.created.append(ns)
+        self._record()  # journal first: a crash after this still knows what to remove
+        netns.create(ns)
+        netns.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", 1)
+        netns.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", 1)
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=1, state="up")
+
+    # ---- up / down -----------------------------------------------------------------------------
+    def up(self, converge_timeout: float = 20.0) -> None:
+        try:
+            self._build_underlay()
+            self._register()
+            for name, node in self.plan.nodes.items():
+                if node.kind == "server":
+                    self.agents[name] = Agent(self.mapping, self.mapping.snapshot().nves[name], node.ns)
+                    self.agents[name].start()
+            self.progress("starting VMs")
+            for vm in self.topo.vms:
+                self._build_vm(vm)
+                self._plug(vm, self.location[vm])
+            if not self.wait_converged(converge_timeout):
+                raise LabError(f"NVE agents did not converge within {converge_timeout:.0f} s: "
+                               + "; ".join(e for a in self.agents.values() for e in a.stats.errors[-3:]))
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> list[str]:
+        for agent in self.agents.values():
+            agent.stop()
+        self.agents.clear()
+        removed = []
+        for ns in reversed(self.created):
+            netns.remove(ns)
+            removed.append(ns)
+        self.created.clear()
+        self._record()
+        return removed
+
+    def _build_underlay(self) -> None:
+        routers = [n for n in self.plan.nodes.values() if n.kind != "vm"]
+        self.progress(f"creating {len(routers)} servers and routers")
+        for node in routers:
+            self._new_ns(node.ns)
+            if node.forwarding:
+                netns.sysctl(node.ns, "net.ipv4.ip_forward", 1)
+        self.progress(f"wiring {len(self.plan.links)} underlay links")
+        for link in self.plan.links:
+            a, b = self.plan.nodes[link.a], self.plan.nodes[link.b]
+            with IPRoute(netns=a.ns) as ipr:
+                ipr.link("add", ifname=link.a_if.name, kind="veth", mtu=UNDERLAY_MTU,
+                         peer={"ifname": link.b_if.name, "mtu": UNDERLAY_MTU})
+                peer = ipr.link_lookup(ifname=link.b_if.name)[0]
+                ipr.link("set", index=peer, net_ns_fd=b.ns)
+                self._address(ipr, link.a_if.name, link.a_if.address)
+            with IPRoute(netns=b.ns) as ipr:
+                self._address(ipr, link.b_if.name, link.b_if.address)
+        for node in self.plan.nodes.values():
+            if node.routes:
+                with IPRoute(netns=node.ns) as ipr:
+                    for dst, gw in node.routes:
+                        ipr.route("add", dst=dst, gateway=gw)
+
+    @staticmethod
+    def _address(ipr: IPRoute, ifname: str, cidr: str) -> None:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        addr, plen = cidr.split("/")
+        ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+        ipr.link("set", index=idx, state="up")
+
+    def _register(self) -> None:
+        for name, node in self.plan.nodes.items():
+            if node.kind == "server":
+                self.mapping.register_nve(Nve(name, node.vtep, node.dc))
+        snap = self.mapping.snapshot()
+        for vm, spec in self.topo.vms.items():
+            nve = snap.nves[spec.server]
+            for i, itf in enumerate(spec.interfaces):
+                vni = self.topo.cugs[itf.cug].vni
+                port = LogicalPort(names.iface_id(vm, i), vm, vni, itf.mac, (str(itf.ip),))
+                self.mapping.register_port(port)
+                self.mapping.advertise(Binding(vni, itf.mac, nve.name, nve.vtep, 0, port.ips, port.iface_id))
+
+    def _build_vm(self, vm: str) -> None:
+        guest, nic = names.netns(self.name, vm), nic_ns(self.name, vm)
+        self._new_ns(guest)
+        self._new_ns(nic)
+        spec = self.topo.vms[vm]
+        with IPRoute(netns=nic) as n:
+            for i, itf in enumerate(spec.interfaces):
+                n.link("add", ifname=f"nic{i}", kind="bridge", br_stp_state=0)
+                n.link("add", ifname=f"tap{i}", kind="veth", mtu=GUEST_MTU, peer={"ifname": f"eth{i}", "mtu": GUEST_MTU})
+                n.link("set", index=n.link_lookup(ifname=f"eth{i}")[0], net_ns_fd=guest)
+                br = n.link_lookup(ifname=f"nic{i}")[0]
+                n.link("set", index=br, state="up")
+                n.link("set", index=n.link_lookup(ifname=f"tap{i}")[0], master=br, state="up")
+        with IPRoute(netns=guest) as g:
+            for i, itf in enumerate(spec.interfaces):
+                idx = g.link_lookup(ifname=f"eth{i}")[0]
+                g.link("set", index=idx, address=itf.mac)
+                plen = self.topo.cugs[itf.cug].subnet.prefixlen
+                g.addr("add", index=idx, address=str(itf.ip), prefixlen=plen)
+                g.link("set", index=idx, state="up")
+
+    # ---- the hypervisor's side of a migration ---------------------------------------------------
+    def _plug(self, vm: str, server: str) -> None:
+        """Connect the VM's NICs to `server` (the tap appears on that server's NVE)."""
+        nic, srv_ns = nic_ns(self.name, vm), self.plan.nodes[server].ns
+        with IPRoute(netns=nic) as n:
+            for i, _ in enumerate(self.topo.vms[vm].interfaces):
+                port = names.port(vm, i)
+                n.link("add", ifname=f"up{i}", kind="veth", mtu=GUEST_MTU, peer={"ifname": port, "mtu": GUEST_MTU})
+                pidx = n.link_lookup(ifname=port)[0]
+                n.link("set", index=pidx, ifalias=names.port_alias(names.iface_id(vm, i)))
+                n.link("set", index=pidx, net_ns_fd=srv_ns)
+                n.link("set", index=n.link_lookup(ifname=f"up{i}")[0], master=n.link_lookup(ifname=f"nic{i}")[0],
+                       state="up")
+        with IPRoute(netns=srv_ns) as s:
+            for i, _ in enumerate(self.topo.vms[vm].interfaces):
+                s.link("set", index=s.link_lookup(ifname=names.port(vm, i))[0], state="up")
+
+    def _unplug(self, vm: str, server: str) -> None:
+        with IPRoute(netns=self.plan.nodes[server].ns) as s:
+            for i, _ in enumerate(self.topo.vms[vm].interfaces):
+                for idx in s.link_lookup(ifname=names.port(vm, i)):
+                    s.link("del", index=idx)
+
+    def _announce(self, vm: str) -> None:
+        """Send QEMU's RARP self-announcements on every NIC of the VM, on QEMU's schedule."""
+        spec = self.topo.vms[vm]
+        socks = []
+        for i, _ in enumerate(spec.interfaces):
+            s = netns.socket_in(nic_ns(self.name, vm), socket.AF_PACKET, socket.SOCK_RAW)
+            s.bind((f"up{i}", 0))
+            socks.append(s)
+        t0 = time.monotonic()
+        try:
+            for at in ANNOUNCE_AT_MS:
+                time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
+                for s, itf in zip(socks, spec.interfaces):
+                    try:
+                        s.send(rarp_frame(itf.mac))
+                    except OSError as exc:  # the VM moved again meanwhile
+                        log.info("announce %s: %s", vm, exc)
+        finally:
+            for s in socks:
+                s.close()
+
+    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0) -> dict:
+        """Live-migrate `vm` to server `to`; returns the migration record."""
+        if vm not in self.topo.vms:
+            raise LabError(f"no VM {vm!r} in lab {self.name}")
+        if to not in self.plan.nodes or self.plan.nodes[to].kind != "server":
+            raise LabError(f"no server {to!r} in lab {self.name}")
+        with self._lock:
+            src = self.location[vm]
+            if src == to:
+                raise LabError(f"{vm} is already on {to}")
+            at = time.monotonic()
+            self._unplug(vm, src)  # stop-and-copy: the VM's ports go dark
+            time.sleep(pause_ms / 1000)
+            self._plug(vm, to)
+            plugged = time.monotonic()
+            self.location[vm] = to
+            threading.Thread(target=self._announce, args=(vm,), daemon=True, name=f"announce:{vm}").start()
+            ifaces = [names.iface_id(vm, i) for i in range(len(self.topo.vms[vm].interfaces))]
+            snap = self.mapping.wait_for(
+                lambda s: all((b := s.binding_of(i)) is not None and b.nve == to for i in ifaces), wait)
+            mapped = time.monotonic()
+            converged = snap is not None and self.wait_converged(wait, snap.revision)
+            done = time.monotonic()
+            rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "at_mono": at,
+                   "dc_from": self.plan.nodes[src].dc, "dc_to": self.plan.nodes[to].dc,
+                   "mapped_ms": round((mapped - plugged) * 1000, 1) if snap else None,
+                   "converged_ms": round((done - plugged) * 1000, 1) if converged else None}
+            self.migrations.append(rec)
+            return rec
+
+    # ---- agents --------------------------------------------------------------------------------
+    def wait_converged(self, timeout: float, revision: int | None = None) -> bool:
+        """Wait until every agent has programmed the mapping at `revision` (default: now)."""
+        target = self.mapping.store.revision if revision is None else revision
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(a.stats.converged_revision >= target for a in self.agents.values()):
+                return True
+            for a in self.agents.values():
+                a._wake.set()
+            time.sleep(0.005)
+        return False
+
+    def restart_agent(self, server: str) -> dict:
+        """Stop a server's agent and start a new one on the same kernel state; returns its first pass."""
+        if server not in self.agents:
+            raise LabError(f"no NVE agent on {server!r}")
+        self.agents[server].stop()
+        agent = Agent(self.mapping, self.mapping.snapshot().nves[server], self.plan.nodes[server].ns)
+        first = agent.reconcile()
+        self.agents[server] = agent
+        agent.start()
+        return {"server": server, "changes_on_restart": [str(c) for c in first]}
+
+    # ---- inspect -------------------------------------------------------------------------------
+    def inspect(self) -> dict:
+        snap = self.mapping.snapshot()
+        nodes = []
+        for name, node in self.plan.nodes.items():
+            row = {"name": name, "kind": node.kind, "namespace": node.ns, "dc": node.dc}
+            if node.kind == "server":
+                row["vtep"] = node.vtep
+                a = self.agents.get(name)
+                if a:
+                    row["segments"] = sorted(compute_desired(snap, name).segments)
+                    row["agent"] = {"reconciles": a.stats.reconciles, "changes": a.stats.changes_applied,
+                                    "moves_reported": a.stats.moves_reported,
+                                    "converged_revision": a.stats.converged_revision,
+                                    "errors": a.stats.errors[-5:]}
+            if node.kind == "vm":
+                row["server"] = self.location[name]
+                row["dc"] = self.plan.nodes[self.location[name]].dc
+                row["interfaces"] = [{"cug": i.cug, "mac": i.mac, "ip": str(i.ip)}
+                                     for i in self.topo.vms[name].interfaces]
+            nodes.append(row)
+        return {"lab": self.name, "nodes": nodes, "namespaces": list(self.created),
+                "mapping": snap.to_json(), "migrations": self.migrations}
+

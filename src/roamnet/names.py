@@ -1,0 +1,38 @@
+"""Names of what roamnet creates: namespaces, devices, aliases. Linux interface names fit in 15 chars."""
+
+from __future__ import annotations
+
+OWNER = "roamnet"  # alias prefix marking devices roamnet created and may remove
+PORT_ALIAS = OWNER + ":port="  # alias of a VM port on an NVE: carries the VM interface id (like OVN's iface-id)
+SEGMENT_ALIAS = OWNER + ":segment="
+
+
+def netns(lab: str, node: str) -> str:
+    return f"rn-{lab}-{node}"
+
+
+def bridge(vni: int) -> str:
+    return f"br{vni}"
+
+
+def vxlan(vni: int) -> str:
+    return f"vx{vni}"
+
+
+def iface_id(vm: str, index: int) -> str:
+    return f"{vm}/{index}"
+
+
+def port(vm: str, index: int) -> str:
+    """The NVE-side name of a VM's port (the 'tap' a hypervisor creates)."""
+    return f"{vm}-e{index}"
+
+
+def port_alias(iface: str) -> str:
+    return PORT_ALIAS + iface
+
+
+def iface_from_alias(alias: str | None) -> str | None:
+    if alias and alias.startswith(PORT_ALIAS):
+        return alias[len(PORT_ALIAS):]
+    return None

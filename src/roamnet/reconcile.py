@@ -1,0 +1,82 @@
+"""Reconcile = diff(desired, actual) -> ordered, idempotent changes. Pure: no I/O here.
+
+`Actual` is what an NVE's kernel holds of roamnet's own objects (read by the agent); `plan` returns
+the changes that make it equal to the desired state, in an order that never loses a forwarding
+entry that is still right: create segments, attach ports, program entries, then remove what is stale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .desired import NveDesired
+
+VXLAN_PORT = "vx"  # a bridge entry that points at the segment's VXLAN device
+
+
+@dataclass
+class Actual:
+    segments: set[int] = field(default_factory=set)
+    ports: dict[str, int | None] = field(default_factory=dict)  # iface_id -> VNI of the bridge it is in
+    bridge_fdb: dict[tuple[int, str], str] = field(default_factory=dict)  # (vni, mac) -> iface_id | "vx"
+    remote_macs: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (vni, mac) -> VTEPs
+    flood: dict[int, set[str]] = field(default_factory=dict)  # vni -> VTEPs
+
+
+@dataclass(frozen=True)
+class Change:
+    op: str  # add-segment | attach-port | set-bridge-entry | del-bridge-entry | set-remote | del-remote
+    #          add-flood | del-flood | del-segment
+    vni: int
+    mac: str = ""
+    target: str = ""  # iface_id, "vx" or a VTEP address
+
+    def __str__(self) -> str:
+        return " ".join(x for x in (self.op, str(self.vni), self.mac, self.target) if x)
+
+
+def plan(want: NveDesired, have: Actual) -> list[Change]:
+    out: list[Change] = []
+    for vni in sorted(want.segments - have.segments):
+        out.append(Change("add-segment", vni))
+    for iface, port in sorted(want.local_ports.items()):
+        if iface in have.ports and have.ports[iface] != port.vni:
+            out.append(Change("attach-port", port.vni, port.mac, iface))
+
+    want_bridge: dict[tuple[int, str], str] = {(p.vni, p.mac): i for i, p in want.local_ports.items()}
+    # a local port can only be pointed at once it exists in the kernel
+    want_bridge = {k: i for k, i in want_bridge.items() if i in have.ports}
+    want_bridge.update({k: VXLAN_PORT for k in want.remote_macs})
+    for key, target in sorted(want_bridge.items()):
+        if have.bridge_fdb.get(key) != target:
+            out.append(Change("set-bridge-entry", key[0], key[1], target))
+    for key, vtep in sorted(want.remote_macs.items()):
+        vteps = have.remote_macs.get(key, set())
+        if vtep in vteps:
+            continue
+        if len(vteps) > 1:  # "replace" rewrites one destination: clear the others first
+            out.extend(Change("del-remote", key[0], key[1], v) for v in sorted(vteps))
+        out.append(Change("set-remote", key[0], key[1], vtep))
+    for vni, vteps in sorted(want.flood.items()):
+        for vtep in sorted(vteps - have.flood.get(vni, set())):
+            out.append(Change("add-flood", vni, target=vtep))
+
+    # removals: only inside segments that stay (a removed segment takes its entries with it)
+    keep = want.segments & have.segments
+    for key in sorted(set(have.bridge_fdb) - set(want_bridge)):
+        if key[0] in keep:
+            out.append(Change("del-bridge-entry", key[0], key[1]))
+    for key, vteps in sorted(have.remote_macs.items()):
+        if key[0] not in keep:
+            continue
+        wanted = want.remote_macs.get(key)
+        if wanted is None:
+            out.extend(Change("del-remote", key[0], key[1], v) for v in sorted(vteps))
+        elif wanted in vteps:
+            out.extend(Change("del-remote", key[0], key[1], v) for v in sorted(vteps - {wanted}))
+    for vni in sorted(keep):
+        for vtep in sorted(have.flood.get(vni, set()) - want.flood.get(vni, frozenset())):
+            out.append(Change("del-flood", vni, target=vtep))
+    for vni in sorted(have.segments - want.segments):
+        out.append(Change("del-segment", vni))
+    return out

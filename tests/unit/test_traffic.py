@@ -1,0 +1,127 @@
+"""Real traffic endpoint processes over loopback (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+import time
+
+import pytest
+
+from roamnet.report import summarize
+from roamnet.traffic import recv_argv, send_argv
+
+LEAD = 0.8  # seconds between spawning and the start time T
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> bytes:
+    """Read one line from proc.stdout within `timeout` seconds (fails the test otherwise)."""
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                pytest.fail(f"no line within {timeout}s (got {buf!r})")
+            chunk = os.read(fd, 1)
+            if not chunk:
+                pytest.fail(f"EOF before a full line (got {buf!r})")
+            buf += chunk
+    return buf
+
+
+def spawn(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> dict:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=5)
+        pytest.fail("endpoint did not exit in time")
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert len(lines) == 1, lines
+    return json.loads(lines[0])
+
+
+def run_stream(proto: str, rate: float, duration: float) -> tuple[dict, dict, float]:
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    port = free_port(kind)
+    t = time.monotonic() + LEAD
+    recv = spawn(recv_argv(proto, "127.0.0.1", port, t, duration, linger=0.5))
+    procs = [recv]
+    try:
+        ready = read_line(recv, timeout=LEAD)
+        assert time.monotonic() < t, "ready came after the start time"
+        assert json.loads(ready) == {"event": "ready"}
+        send = spawn(send_argv(proto, "127.0.0.1", port, rate, t, duration))
+        procs.append(send)
+        s_out = finish(send, timeout=duration + 15)
+        r_out = finish(recv, timeout=duration + 15)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=5)
+    return s_out, r_out, t
+
+
+def test_argv_helpers() -> None:
+    a = recv_argv("udp", "10.0.0.1", 5000, 123.456789012, 2)
+    assert a[1:4] == ["-m", "roamnet.traffic", "recv"]
+    assert a[a.index("--start-at") + 1] == "123.456789012"
+    b = send_argv("tcp", "10.0.0.2", 5000, 1000, 1.5, 2, size=128)
+    assert b[3] == "send" and b[b.index("--size") + 1] == "128"
+
+
+def test_udp_1khz() -> None:
+    s_out, r_out, t = run_stream("udp", 1000, 1.0)
+    assert s_out["role"] == "send" and s_out["proto"] == "udp" and s_out["error"] is None
+    assert 950 <= s_out["sent"] <= 1000
+    assert s_out["first"] >= t and s_out["last"] <= t + 1.0
+    assert r_out["role"] == "recv" and r_out["survived"] is None
+    r = summarize("u", "udp", "a", "b", 1000, s_out, r_out)
+    assert r.received == s_out["sent"] and r.lost == 0 and r.survived is True
+    assert all(rt >= t for _, rt in r.records)  # nothing arrives before T: ready preceded sending
+
+
+def test_tcp_200() -> None:
+    s_out, r_out, _ = run_stream("tcp", 200, 1.0)
+    assert s_out["survived"] is True and s_out["error"] is None, s_out
+    assert r_out["survived"] is True and r_out["error"] is None, r_out
+    seqs = [s for s, _ in r_out["records"]]
+    assert seqs == list(range(s_out["sent"])) and 190 <= s_out["sent"] <= 200
+    r = summarize("t", "tcp", "a", "b", 200, s_out, r_out)
+    assert r.lost == 0 and r.survived is True
+
+
+def test_udp_sender_without_listener() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    t = time.monotonic() + 0.2
+    s_out = finish(spawn(send_argv("udp", "127.0.0.1", port, 500, t, 0.5)), timeout=10)
+    assert s_out["role"] == "send" and s_out["sent"] + s_out["send_errors"] > 200
+    assert s_out["error"] is None
+
+
+def test_sigterm_reports() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    t = time.monotonic() + 0.2
+    recv = spawn(recv_argv("udp", "127.0.0.1", port, t, 30))
+    read_line(recv, timeout=5)
+    recv.terminate()
+    r_out = finish(recv, timeout=5)
+    assert r_out["records"] == [] and r_out["error"] == "terminated"
