@@ -1,0 +1,256 @@
+"""roamnet's command line: lab up/inspect/exec/down, migrate, run, demo, schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import names, netns
+from .daemon import DaemonError, call, labs, start, state_dir, stop
+from .lab import LabError
+from .model import IntentError, load_topology, topology_json_schema
+from .scenario import load_scenario, packaged_example
+
+out = Console()
+err = Console(stderr=True)
+FORMAT = click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                      show_default=True, help="Output format.")
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise click.ClickException("the lab needs root (network namespaces, netlink)")
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="roamnet")
+def main() -> None:
+    """roamnet: VMs move between servers and data centers keeping IP, MAC and connections.
+
+    A mapping system knows where every VM is; NVE agents turn it into kernel VXLAN state;
+    a namespace lab emulates data centers and migrates VMs under live traffic.
+    """
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of the topology format."""
+    click.echo(json.dumps(topology_json_schema(), indent=2))
+
+
+@main.command()
+@click.argument("topology", type=click.Path(dir_okay=False, path_type=Path))
+def validate(topology: Path) -> None:
+    """Check a topology file; exit 1 with every problem (file, YAML path, reason)."""
+    try:
+        topo = load_topology(topology)
+    except IntentError as exc:
+        _fail(exc)
+    out.print(f"{topology}: ok — lab {topo.name}: {len(topo.datacenters)} data centers, "
+              f"{len(topo.server_dc())} servers, {len(topo.cugs)} CUGs, {len(topo.vms)} VMs")
+
+
+# ---- lab ---------------------------------------------------------------------------------------
+
+@main.group()
+def lab() -> None:
+    """Build, inspect, enter and remove namespace labs."""
+
+
+@lab.command("up")
+@click.argument("topology", type=click.Path(dir_okay=False, path_type=Path))
+@FORMAT
+def lab_up(topology: Path, fmt: str) -> None:
+    """Build TOPOLOGY in network namespaces; it keeps running after the command returns."""
+    _need_root()
+    try:
+        topo = load_topology(topology)
+        with err.status(f"building lab {topo.name}") as status:
+            res = start(topo.model_dump(mode="json", by_alias=True), str(topology),
+                        progress=lambda m: status.update(m))
+    except (IntentError, DaemonError) as exc:
+        _fail(exc)
+    if fmt == "json":
+        click.echo(json.dumps(res))
+    else:
+        out.print(f"lab [bold]{res['lab']}[/] is up: {res['namespaces']} namespaces, daemon pid {res['pid']}. "
+                  f"Next: roamnet lab inspect {res['lab']}")
+
+
+def _inspect_table(data: dict) -> None:
+    t = Table(title=f"lab {data['lab']}")
+    for col in ("node", "kind", "dc", "namespace", "details"):
+        t.add_column(col)
+    for n in data["nodes"]:
+        if n["kind"] == "server":
+            a = n.get("agent", {})
+            details = f"VTEP {n['vtep']}  VNIs {','.join(map(str, n.get('segments', []))) or '-'}  " \
+                      f"reconciles {a.get('reconciles', 0)}" + (f"  errors: {a['errors'][-1]}" if a.get("errors") else "")
+        elif n["kind"] == "vm":
+            details = f"on {n['server']}  " + "  ".join(f"{i['cug']} {i['ip']} {i['mac']}" for i in n["interfaces"])
+        else:
+            details = ""
+        t.add_row(n["name"], n["kind"], n.get("dc", ""), n["namespace"], details)
+    out.print(t)
+    m = Table(title=f"mapping (revision {data['mapping']['revision']})")
+    for col in ("VNI", "MAC", "IPs", "NVE", "VTEP", "seq"):
+        m.add_column(col)
+    for b in data["mapping"]["bindings"]:
+        m.add_row(str(b["vni"]), b["mac"], ",".join(b["ips"]), b["nve"], b["vtep"], str(b["seq"]))
+    out.print(m)
+
+
+@lab.command("inspect")
+@click.argument("name")
+@FORMAT
+def lab_inspect(name: str, fmt: str) -> None:
+    """Show a running lab's nodes, NVE agents and mapping."""
+    _need_root()
+    try:
+        data = call(name, "inspect")
+    except DaemonError as exc:
+        _fail(exc)
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _inspect_table(data)
+
+
+@lab.command("list")
+@FORMAT
+def lab_list(fmt: str) -> None:
+    """List the labs that are up on this machine."""
+    names_ = labs()
+    if fmt == "json":
+        click.echo(json.dumps(names_))
+    else:
+        out.print("\n".join(names_) or "no labs")
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_exec(name: str, node: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside NODE of lab NAME (like `ip netns exec`): roamnet lab exec two-dc vm1 -- ping 198.19.1.12"""
+    _need_root()
+    ns = names.netns(name, node)
+    if not state_dir(name).exists():
+        _fail(DaemonError(f"no lab {name!r} (labs: {', '.join(labs()) or 'none'})"))
+    if not netns.exists(ns):
+        _fail(DaemonError(f"lab {name!r} has no node {node!r} (no namespace {ns})"))
+    argv = netns.command(ns, list(command))
+    os.execvp(argv[0], argv)
+
+
+@lab.command("down")
+@click.argument("name")
+@FORMAT
+def lab_down(name: str, fmt: str) -> None:
+    """Remove lab NAME: its namespaces (and so its links) and its daemon; nothing else."""
+    _need_root()
+    try:
+        removed = stop(name)
+    except DaemonError as exc:
+        _fail(exc)
+    if fmt == "json":
+        click.echo(json.dumps({"lab": name, "removed": removed}))
+    else:
+        out.print(f"lab {name} is down: removed {len(removed)} namespaces")
+
+
+@lab.command("restart-agent")
+@click.argument("name")
+@click.argument("server")
+@FORMAT
+def lab_restart_agent(name: str, server: str, fmt: str) -> None:
+    """Restart the NVE agent of SERVER; prints the changes the new agent had to make (normally none)."""
+    _need_root()
+    try:
+        res = call(name, "restart-agent", server=server)
+    except DaemonError as exc:
+        _fail(exc)
+    click.echo(json.dumps(res) if fmt == "json" else
+               f"agent on {server} restarted; changes on restart: {res['changes_on_restart'] or 'none'}")
+
+
+# ---- migrate / run / demo ------------------------------------------------------------------------
+
+@main.command()
+@click.argument("lab_name", metavar="LAB")
+@click.argument("vm")
+@click.option("--to", "to", required=True, help="Destination server.")
+@click.option("--pause-ms", default=0, show_default=True, type=click.IntRange(0, 60000),
+              help="Stop-and-copy pause: how long the VM's port stays dark.")
+@FORMAT
+def migrate(lab_name: str, vm: str, to: str, pause_ms: int, fmt: str) -> None:
+    """Live-migrate VM to another server of a running lab."""
+    _need_root()
+    try:
+        rec = call(lab_name, "migrate", vm=vm, to=to, pause_ms=pause_ms)
+    except DaemonError as exc:
+        _fail(exc)
+    if fmt == "json":
+        click.echo(json.dumps(rec))
+    else:
+        out.print(f"{vm}: {rec['from']} ({rec['dc_from']}) → {rec['to']} ({rec['dc_to']}), pause {pause_ms} ms; "
+                  f"mapping updated {rec['mapped_ms']} ms and every NVE programmed {rec['converged_ms']} ms "
+                  f"after the port appeared")
+
+
+def _run(path: Path, fmt: str, plot_path: Path | None) -> None:
+    from .report import plot, render_table
+    from .runner import run_scenario
+
+    _need_root()
+    try:
+        scn = load_scenario(path)
+    except IntentError as exc:
+        _fail(exc)
+    try:
+        with err.status("starting") as status:
+            report, t0 = run_scenario(scn, progress=lambda m: status.update(m))
+    except (LabError, DaemonError) as exc:
+        _fail(exc)
+    if plot_path:
+        plot(report, plot_path, t0)
+    if fmt == "json":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        render_table(report, out)
+        if plot_path:
+            out.print(f"plot: {plot_path}")
+    if any(s.survived is False for s in report.streams):
+        sys.exit(3)
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@FORMAT
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write received sequence numbers over time, migrations marked, to this PNG.")
+def run(scenario: Path, fmt: str, plot_path: Path | None) -> None:
+    """Build the scenario's lab, run its streams and steps, tear down, report. Exit 3 if a stream broke."""
+    _run(scenario, fmt, plot_path)
+
+
+@main.command()
+@FORMAT
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="PNG plot path.")
+def demo(fmt: str, plot_path: Path | None) -> None:
+    """Two data centers; vm1 moves inside dc1, then to dc2, under UDP and TCP streams."""
+    _run(packaged_example("demo.yaml"), fmt, plot_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Run a scenario: build its lab, run traffic streams and timed steps, tear down, report."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import names, netns
+from .daemon import cleanup, journal_namespaces, make_state_dir
+from .lab import Lab, LabError
+from .report import Report, summarize
+from .scenario import Scenario
+from .traffic import recv_argv, send_argv
+
+BASE_PORT = 5001
+LINGER_S = 2.0
+START_DELAY_S = 1.0
+
+
+@dataclass
+class _Proc:
+    stream: str
+    role: str
+    popen: subprocess.Popen
+
+
+def _spawn(ns: str, argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(netns.command(ns, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_ready(p: _Proc, timeout: float) -> None:
+    line = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = p.popen.stdout.readline()
+        if not line or '"ready"' in line:
+            break
+    if '"ready"' not in line:
+        err = p.popen.stderr.read() if p.popen.poll() is not None else ""
+        raise LabError(f"stream {p.stream}: receiver did not start: {(line or err).strip()[:300]}")
+
+
+def _final(p: _Proc, timeout: float) -> dict:
+    try:
+        out, err = p.popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.popen.kill()
+        out, err = p.popen.communicate()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{") and '"role"' in ln]
+    if not lines:
+        return {"error": f"{p.role} of {p.stream} printed no result: {err.strip()[-300:]}"}
+    return json.loads(lines[-1])
+
+
+def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None) -> tuple[Report, float]:
+    """Returns the report and t0 (the monotonic time streams started), for plotting."""
+    topo = scn.topology
+    if any(netns.exists(ns) for ns in journal_namespaces(topo.name)):
+        raise LabError(f"lab {topo.name!r} is already up: `roamnet lab down {topo.name}` first")
+    journal = make_state_dir(topo.name) / "journal.json"
+    lab = Lab(topo, journal=journal, progress=progress)
+    procs: list[_Proc] = []
+    try:
+        progress(f"building lab {topo.name}")
+        lab.up()
+        t0 = time.monotonic() + START_DELAY_S + 0.2 * len(scn.streams)
+        plan = []
+        for i, st in enumerate(scn.streams):
+            src, dst, cug = st.endpoints(topo)
+            port = st.port or BASE_PORT + i
+            plan.append((st, str(src), str(dst), port))
+            rp = _Proc(st.name, "recv", _spawn(names.netns(topo.name, st.to),
+                                               recv_argv(st.proto, str(dst), port, t0, scn.duration, LINGER_S)))
+            procs.append(rp)
+            _wait_ready(rp, timeout=10)
+        for st, src, dst, port in plan:
+            procs.append(_Proc(st.name, "send", _spawn(names.netns(topo.name, st.from_),
+                                                       send_argv(st.proto, dst, port, st.rate, t0, scn.duration))))
+        progress(f"running {len(scn.streams)} streams for {scn.duration:g} s")
+        migrations = []
+        for step in sorted(scn.steps, key=lambda s: s.at):
+            time.sleep(max(0.0, t0 + step.at - time.monotonic()))
+            progress(f"t={step.at:g}s: migrate {step.migrate} -> {step.to} (pause {step.pause_ms} ms)")
+            rec = lab.migrate(step.migrate, step.to, step.pause_ms)
+            rec["at"] = round(rec["at_mono"] - t0, 3)
+            migrations.append(rec)
+        results: dict[tuple[str, str], dict] = {}
+        for p in procs:
+            left = t0 + scn.duration + LINGER_S + 15 - time.monotonic()
+            results[(p.stream, p.role)] = _final(p, timeout=max(1.0, left))
+        streams = []
+        for st, src, dst, port in plan:
+            streams.append(summarize(st.name, st.proto, st.from_, st.to, st.rate, results[(st.name, "send")],
+                                     results[(st.name, "recv")], migrations))
+        meta = {"lab": topo.name, "duration": scn.duration, "t0": t0,
+                "machine": f"{platform.node()} {platform.machine()} {platform.release()}"}
+        return Report(streams, migrations, meta), t0
+    finally:
+        for p in procs:  # bounded: every endpoint stops by itself; this only covers an early error
+            if p.popen.poll() is None:
+                p.popen.kill()
+                p.popen.wait(timeout=5)
+        progress(f"tearing down lab {topo.name}")
+        lab.down()
+        cleanup(topo.name)
