@@ -250,6 +250,7 @@ class Lab:
             converged = snap is not None and self.wait_converged(wait, snap.revision)
             done = time.monotonic()
             rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "at_mono": at,
+                   "dark_ms": round((plugged - at) * 1000, 1),
                    "dc_from": self.plan.nodes[src].dc, "dc_to": self.plan.nodes[to].dc,
                    "mapped_ms": round((mapped - plugged) * 1000, 1) if snap else None,
                    "converged_ms": round((done - plugged) * 1000, 1) if converged else None}

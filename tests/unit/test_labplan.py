@@ -1,0 +1,54 @@
+import ipaddress
+
+from scapy.layers.l2 import ARP, Ether
+
+from roamnet.agent import parse_announcement
+from roamnet.lab import rarp_frame
+from roamnet.labplan import build_plan, check_addresses
+from roamnet.model import load_topology
+from roamnet.scenario import packaged_example
+
+TOPO = load_topology(packaged_example("two-dc.yaml"))
+
+
+def test_plan_nodes_and_vteps():
+    plan = build_plan(TOPO)
+    servers = {n.name: n for n in plan.nodes.values() if n.kind == "server"}
+    assert set(servers) == {"hv1", "hv2", "hv3", "hv4"}
+    assert servers["hv1"].vtep == "198.18.1.1" and servers["hv2"].vtep == "198.18.1.3"
+    assert servers["hv3"].vtep == "198.18.2.1"
+    assert {n.kind for n in plan.nodes.values()} == {"server", "border", "wan", "vm"}
+    assert all(n.ns.startswith("rn-two-dc-") for n in plan.nodes.values())
+    assert len(plan.namespaces()) == len(set(plan.namespaces()))
+
+
+def test_plan_addresses_in_benchmark_range_and_routed():
+    plan = build_plan(TOPO)
+    check_addresses(plan)
+    for link in plan.links:
+        a, b = ipaddress.ip_interface(link.a_if.address), ipaddress.ip_interface(link.b_if.address)
+        assert a.network == b.network and a.network.prefixlen == 31  # routed point-to-point, no L2 stretch
+        assert a.ip in ipaddress.ip_network("198.18.0.0/16")
+    for node in plan.nodes.values():
+        assert all(len(i) <= 15 for l in plan.links for i in (l.a_if.name, l.b_if.name))
+        for dst, gw in node.routes:
+            assert ipaddress.ip_address(gw) in ipaddress.ip_network("198.18.0.0/16")
+
+
+def test_rarp_frame_is_qemu_announce():
+    frame = rarp_frame("02:00:00:01:00:11")
+    pkt = Ether(frame)
+    assert pkt.type == 0x8035 and pkt.dst == "ff:ff:ff:ff:ff:ff" and pkt.src == "02:00:00:01:00:11"
+    arp = ARP(bytes(pkt.payload))
+    assert arp.op == 3 and arp.hwsrc == "02:00:00:01:00:11" and arp.hwdst == "02:00:00:01:00:11"
+    assert parse_announcement(frame) == "02:00:00:01:00:11"
+
+
+def test_parse_announcement_garp_vs_ordinary_arp():
+    garp = bytes(Ether(src="02:00:00:01:00:12", dst="ff:ff:ff:ff:ff:ff") /
+                 ARP(op=1, hwsrc="02:00:00:01:00:12", psrc="198.19.1.12", pdst="198.19.1.12"))
+    ask = bytes(Ether(src="02:00:00:01:00:12", dst="ff:ff:ff:ff:ff:ff") /
+                ARP(op=1, hwsrc="02:00:00:01:00:12", psrc="198.19.1.12", pdst="198.19.1.11"))
+    assert parse_announcement(garp) == "02:00:00:01:00:12"
+    assert parse_announcement(ask) is None
+    assert parse_announcement(b"\x00" * 20) is None
