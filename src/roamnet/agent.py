@@ -29,6 +29,7 @@ from .reconcile import VXLAN_PORT, Actual, Change, plan
 log = logging.getLogger(__name__)
 
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+IFF_UP = 0x1
 NTF_SELF, NTF_MASTER = 0x02, 0x04
 ETH_P_ARP, ETH_P_RARP = 0x0806, 0x8035
 PACKET_OUTGOING = 4
@@ -36,6 +37,9 @@ VXLAN_UDP_PORT = 4789
 ZERO_MAC = "00:00:00:00:00:00"
 OVERLAY_MTU = 1500
 RESYNC_S = 2.0
+PRUNE_HOLD_S = 0.5  # a segment no longer needed is removed after this long: deleting devices holds
+#                     the kernel's RTNL lock for tens of ms, which must not delay other NVEs' updates
+#                     right after a move (and a VM moving straight back keeps its segment)
 
 
 class Kernel:
@@ -51,13 +55,14 @@ class Kernel:
 
     # ---- read ----------------------------------------------------------------------------------
     def read(self) -> tuple[Actual, dict[int, str]]:
-        """The actual state, and ifindex -> iface_id of the VM ports present."""
+        """The actual state, and ifindex -> iface_id of the VM ports that are up (active here)."""
         act = Actual()
         self._index.clear()
         bridges: dict[int, int] = {}  # ifindex -> vni
         vxlans: dict[int, int] = {}
         port_master: dict[str, int] = {}
-        ports: dict[int, str] = {}
+        port_names: dict[int, str] = {}  # ifindex -> iface_id, every VM port
+        ports: dict[int, str] = {}  # the ports that are up
         for link in self.ipr.get_links():
             name, idx = link.get("ifname"), link["index"]
             self._index[name] = idx
@@ -67,7 +72,9 @@ class Kernel:
                 vni = int(alias[len(names.SEGMENT_ALIAS):])
                 (bridges if kind == "bridge" else vxlans)[idx] = vni
             elif (iface := names.iface_from_alias(alias)) is not None:
-                ports[idx] = iface
+                port_names[idx] = iface
+                if link["flags"] & IFF_UP:
+                    ports[idx] = iface
                 port_master[iface] = link.get("IFLA_MASTER") or 0
         act.segments = set(bridges.values()) & set(vxlans.values())
         act.ports = {iface: bridges.get(m) for iface, m in port_master.items()}
@@ -81,7 +88,7 @@ class Kernel:
                 else:
                     act.remote_macs.setdefault((vni, mac), set()).add(dst)
             elif master in bridges and entry["state"] == NUD_NOARP:
-                target = VXLAN_PORT if idx in vxlans else ports.get(idx, f"ifindex:{idx}")
+                target = VXLAN_PORT if idx in vxlans else port_names.get(idx, f"ifindex:{idx}")
                 act.bridge_fdb[(bridges[master], mac)] = target
         return act, ports
 
@@ -167,6 +174,8 @@ class AgentStats:
     moves_reported: int = 0
     announcements_seen: int = 0
     converged_revision: int = 0
+    programmed_at: float = 0.0  # monotonic time the last pass with changes finished
+    last_pass_ms: float = 0.0
     last_changes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -195,6 +204,7 @@ class Agent:
         self.kernel = Kernel(ns, nve.vtep)
         self.stats = AgentStats()
         self._ports: dict[int, str] = {}
+        self._unneeded_since: dict[int, float] = {}  # VNI -> when its segment stopped being desired
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -221,16 +231,19 @@ class Agent:
 
     def reconcile(self) -> list[Change]:
         with self._lock:
+            started = time.monotonic()
             snap = self.mapping.snapshot()
             actual, ports = self.kernel.read()
             self._ports = ports
             if self._claim_arrivals(snap, ports):
                 snap = self.mapping.snapshot()
-            changes = plan(compute_desired(snap, self.nve.name), actual)
+            changes = self._hold_prunes(plan(compute_desired(snap, self.nve.name), actual))
             errors = self.kernel.apply(changes) if changes else []
             self.stats.reconciles += 1
             self.stats.changes_applied += len(changes) - len(errors)
             if changes:
+                self.stats.programmed_at = time.monotonic()
+                self.stats.last_pass_ms = round((self.stats.programmed_at - started) * 1000, 2)
                 self.stats.last_changes = [str(c) for c in changes]
                 log.debug("%s rev %d: %s", self.nve.name, snap.revision, ", ".join(map(str, changes)))
             if errors:
@@ -239,6 +252,19 @@ class Agent:
             else:
                 self.stats.converged_revision = snap.revision
             return changes
+
+    def _hold_prunes(self, changes: list[Change]) -> list[Change]:
+        now = time.monotonic()
+        prunes = {c.vni for c in changes if c.op == "del-segment"}
+        self._unneeded_since = {v: self._unneeded_since.get(v, now) for v in prunes}
+        held = {v for v, since in self._unneeded_since.items() if now - since < PRUNE_HOLD_S}
+        if held:
+            threading.Timer(PRUNE_HOLD_S, self._wake.set).start()
+        return [c for c in changes if not (c.op == "del-segment" and c.vni in held)]
+
+    @property
+    def pending_prunes(self) -> set[int]:
+        return set(self._unneeded_since)
 
     # ---- threads -------------------------------------------------------------------------------
     def start(self) -> None:
