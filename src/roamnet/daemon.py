@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -98,8 +99,8 @@ def start(topology: dict, source: str, timeout: float = 120.0, progress=None) ->
     d = make_state_dir(lab)
     (d / "topology.json").write_text(json.dumps(topo.model_dump(mode="json", by_alias=True)))
     logf = open(d / "log", "w")
-    proc = __import__("subprocess").Popen(
-        [sys.executable, "-m", "roamnet.daemon", lab], stdin=__import__("subprocess").DEVNULL,
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roamnet.daemon", lab], stdin=subprocess.DEVNULL,
         stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
     logf.close()
     deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 """The namespace lab engine: builds a LabPlan in network namespaces, runs the NVE agents, migrates VMs.
 
 A VM is two namespaces: the guest (`rn-<lab>-<vm>`, its eth<i> carry the intent's MAC and IP and
-its sockets) and the hypervisor side of its NICs (`rn-<lab>-<vm>-nic`, a bridge per NIC joining the
+its sockets) and the hypervisor side of its NICs (`rn-<lab>-<vm>.nic`, a bridge per NIC joining the
 guest's veth peer `tap<i>` and the uplink `up<i>`). Plugging the VM into a server creates the veth
 `up<i>` <-> `<vm>-e<i>` with the server end in the server's namespace, its alias carrying the VM
 interface id. Migrating deletes that pair, waits the pause, plugs it into the destination and sends

@@ -61,7 +61,7 @@ class LabPlan:
 
 def nic_ns(lab: str, vm: str) -> str:
     """The namespace that holds a VM's NICs on the hypervisor side (the QEMU process's taps)."""
-    return names.netns(lab, vm) + "-nic"
+    return names.netns(lab, vm) + ".nic"  # '.' is in no lab or node name: no collision possible
 
 
 def _p2p(net: str, low: int) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import select
 import subprocess
 import time
 from collections.abc import Callable
@@ -36,7 +37,9 @@ def _spawn(ns: str, argv: list[str]) -> subprocess.Popen:
 def _wait_ready(p: _Proc, timeout: float) -> None:
     line = ""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([p.popen.stdout], [], [], left)[0]:
+            break
         line = p.popen.stdout.readline()
         if not line or '"ready"' in line:
             break
