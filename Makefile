@@ -1,0 +1,114 @@
+# roamnet — build, demo and test on a Debian machine, as root.
+#
+#   make demo      install what is missing, then run the two-data-center demo
+#   make test      install what is missing, then unit tests and lab tests
+#
+# Other targets: install, unit, lab-test, clean. `make install` is idempotent and
+# fast once done: Debian packages are installed only when missing, the virtualenv
+# only when absent or broken, and the package again only when pyproject.toml is
+# newer than $(STAMP).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := install
+MAKEFLAGS += --no-print-directory
+
+# The interpreter that creates the venv: >= 3.11 with venv/ensurepip; falls back to Debian's.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    := out
+
+# Debian package -> commands that show it is present (checked with command -v, then dpkg).
+# iproute2: ip/bridge for independent checks in tests; util-linux: nsenter, used by the product
+# to run commands in lab namespaces; iputils-ping and tcpdump: for poking at a running lab.
+DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump
+
+# Under CI the lab tests must run: the lab conftest fails instead of skipping when it cannot.
+ifneq ($(filter true 1 yes on,$(shell printf '%s' '$(CI)' | tr A-Z a-z)),)
+export ROAMNET_REQUIRE_LAB := 1
+LAB_REQUIRED := 1
+endif
+
+.PHONY: install demo test unit lab-test clean
+
+install:
+	@say() { printf 'roamnet: %s\n' "$$*"; }
+	# --- Debian packages, only the missing ones -------------------------------------------
+	installed() { [ "$$(dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null)" = "install ok installed" ]; }
+	have_cmds() { local c; for c in $${1//,/ }; do command -v "$$c" >/dev/null 2>&1 || return 1; done; }
+	missing=()
+	for entry in $(DEB_TOOLS); do
+	  pkg=$${entry%%:*}; cmds=$${entry#*:}
+	  have_cmds "$$cmds" || installed "$$pkg" || missing+=("$$pkg")
+	done
+	# --- a Python >= 3.11 that can make a venv: $(PYTHON) from PATH, else Debian's ----------
+	venv_ok() { [ -x $(PY) ] && $(PY) -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
+	usable() { "$$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
+	python=""
+	if ! venv_ok; then
+	  for p in $(PYTHON) /usr/bin/python3; do
+	    if command -v "$$p" >/dev/null 2>&1 && usable "$$p"; then python=$$(command -v "$$p"); break; fi
+	  done
+	  [ -n "$$python" ] || missing+=(python3 python3-venv python3-pip)
+	fi
+	if [ $${#missing[@]} -gt 0 ]; then
+	  if ! command -v apt-get >/dev/null 2>&1; then
+	    say "missing: $${missing[*]} — and no apt-get to install them; install them by hand"; exit 1
+	  fi
+	  if [ "$$(id -u)" -ne 0 ]; then
+	    say "missing: $${missing[*]} — run as root to let apt-get install them"; exit 1
+	  fi
+	  say "installing Debian packages: $${missing[*]}"
+	  apt-get update
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$${missing[@]}"
+	fi
+	# --- the virtualenv --------------------------------------------------------------------
+	if ! venv_ok; then
+	  if [ -z "$$python" ]; then
+	    for p in $(PYTHON) /usr/bin/python3; do
+	      if command -v "$$p" >/dev/null 2>&1 && usable "$$p"; then python=$$(command -v "$$p"); break; fi
+	    done
+	  fi
+	  if [ -z "$$python" ]; then
+	    say "no Python >= 3.11 with venv found ($(PYTHON) or /usr/bin/python3: $$(/usr/bin/python3 -V 2>&1 || true))"; exit 1
+	  fi
+	  say "creating $(VENV) with $$python ($$("$$python" -V 2>&1))"
+	  rm -rf $(VENV)
+	  "$$python" -m venv $(VENV)
+	fi
+	# --- the package, again only when pyproject.toml changed ------------------------------
+	if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ]; then
+	  say "pip install -e '.[test]'"
+	  $(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	  touch $(STAMP)
+	fi
+
+demo: install
+	mkdir -p $(OUT)
+	$(VENV)/bin/roamnet demo --plot $(OUT)/demo.png
+
+test: install
+	$(MAKE) unit
+	$(MAKE) lab-test
+
+unit: install
+	$(PY) -m pytest tests/unit -q
+
+# pytest exit 5 = no tests collected: a failure when the lab is required (CI), a note otherwise.
+lab-test: install
+	@echo "$(PY) -m pytest tests/lab -q -m lab$(if $(LAB_REQUIRED),  # ROAMNET_REQUIRE_LAB=1)"
+	rc=0; $(PY) -m pytest tests/lab -q -m lab || rc=$$?
+	if [ $$rc -eq 5 ]; then
+	  if [ -n "$(LAB_REQUIRED)" ]; then echo "roamnet: no lab tests were collected (CI requires them)"; exit 5; fi
+	  echo "roamnet: no lab tests were collected"; exit 0
+	fi
+	exit $$rc
+
+# Removes build products only; never touches network namespaces or /run/roamnet.
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache build dist
+	find src tests -depth \( -name __pycache__ -o -name '*.egg-info' -o -name .pytest_cache \) \
+	  -exec rm -rf {} + 2>/dev/null || true
