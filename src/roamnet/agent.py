@@ -205,6 +205,7 @@ class Agent:
         self.stats = AgentStats()
         self._ports: dict[int, str] = {}
         self._unneeded_since: dict[int, float] = {}  # VNI -> when its segment stopped being desired
+        self._prune_timer: threading.Timer | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -258,8 +259,10 @@ class Agent:
         prunes = {c.vni for c in changes if c.op == "del-segment"}
         self._unneeded_since = {v: self._unneeded_since.get(v, now) for v in prunes}
         held = {v for v, since in self._unneeded_since.items() if now - since < PRUNE_HOLD_S}
-        if held:
-            threading.Timer(PRUNE_HOLD_S, self._wake.set).start()
+        if held and not (self._prune_timer and self._prune_timer.is_alive()):
+            self._prune_timer = threading.Timer(PRUNE_HOLD_S, self._wake.set)
+            self._prune_timer.daemon = True
+            self._prune_timer.start()
         return [c for c in changes if not (c.op == "del-segment" and c.vni in held)]
 
     @property
@@ -276,6 +279,8 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._prune_timer:
+            self._prune_timer.cancel()
         self._wake.set()
         for t in self._threads:
             t.join(timeout=5)

@@ -154,3 +154,30 @@ def test_cli_unknown_lab(host: Any, args: tuple[str, ...]) -> None:
     p = host.roamnet(*args)
     assert p.returncode != 0
     assert "t-cli-none" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_down_after_daemon_crash(tmp_path: Path, host: Any, lab_name: Any, make_topology: Any,
+                                 lab_namespaces: Any) -> None:
+    """A lab whose daemon died is still removed by `lab down`, from its journal, and nothing else."""
+    name, other = lab_name("t-crash"), lab_name("t-crash-keep")
+    topo = make_topology(name, datacenters={"dc1": ["hv1"]}, vms={"vm1": ("hv1", "web")})
+    keep = make_topology(other, datacenters={"dc1": ["hv1"]}, vms={"vm1": ("hv1", "web")})
+    lab_namespaces(topo)
+    lab_namespaces(keep)
+    with cli_lab(host, write_topology(tmp_path / f"{other}.yaml", keep), other):
+        with cli_lab(host, write_topology(tmp_path / f"{name}.yaml", topo), name):
+            before_other = present_namespaces(host, other)
+            pids = host.daemon_pids(name)
+            assert len(pids) == 1
+            host.run(["kill", "-9", str(pids[0])])  # by its own pid
+            deadline = time.monotonic() + 5
+            while host.daemon_pids(name) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert present_namespaces(host, name), "the crash itself should leave the namespaces"
+            p = host.roamnet("lab", "inspect", name)
+            assert p.returncode != 0 and "does not answer" in p.stderr, p.stderr
+            p = host.roamnet("lab", "down", name)
+            assert p.returncode == 0, p.stderr
+            assert not present_namespaces(host, name)
+            assert not state_dir(name).exists()
+            assert present_namespaces(host, other) == before_other
