@@ -81,10 +81,10 @@ def run_stream(proto: str, rate: float, duration: float) -> tuple[dict, dict, fl
 
 
 def test_argv_helpers() -> None:
-    a = recv_argv("udp", "10.0.0.1", 5000, 123.456789012, 2)
+    a = recv_argv("udp", "198.19.1.11", 5000, 123.456789012, 2)
     assert a[1:4] == ["-m", "roamnet.traffic", "recv"]
     assert a[a.index("--start-at") + 1] == "123.456789012"
-    b = send_argv("tcp", "10.0.0.2", 5000, 1000, 1.5, 2, size=128)
+    b = send_argv("tcp", "198.19.1.12", 5000, 1000, 1.5, 2, size=128)
     assert b[3] == "send" and b[b.index("--size") + 1] == "128"
 
 
