@@ -28,7 +28,7 @@ from .reconcile import VXLAN_PORT, Actual, Change, plan
 
 log = logging.getLogger(__name__)
 
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+NUD_NOARP = 0x40  # a static entry
 IFF_UP = 0x1
 NTF_SELF, NTF_MASTER = 0x02, 0x04
 ETH_P_ARP, ETH_P_RARP = 0x0806, 0x8035
@@ -48,7 +48,9 @@ class Kernel:
     def __init__(self, ns: str, vtep: str):
         self.ns, self.vtep = ns, vtep
         self.ipr = IPRoute(netns=ns)
-        self._index: dict[str, int] = {}
+        self._index: dict[str, int] = {}  # device name -> ifindex
+        self._port_index: dict[str, int] = {}  # iface_id -> ifindex of its port, as last read
+        self._bridge_dev: dict[tuple[int, str], int] = {}  # (vni, mac) -> device of its static entry
 
     def close(self) -> None:
         self.ipr.close()
@@ -58,6 +60,8 @@ class Kernel:
         """The actual state, and ifindex -> iface_id of the VM ports that are up (active here)."""
         act = Actual()
         self._index.clear()
+        self._port_index.clear()
+        self._bridge_dev.clear()
         bridges: dict[int, int] = {}  # ifindex -> vni
         vxlans: dict[int, int] = {}
         port_master: dict[str, int] = {}
@@ -73,6 +77,7 @@ class Kernel:
                 (bridges if kind == "bridge" else vxlans)[idx] = vni
             elif (iface := names.iface_from_alias(alias)) is not None:
                 port_names[idx] = iface
+                self._port_index[iface] = idx
                 if link["flags"] & IFF_UP:
                     ports[idx] = iface
                 port_master[iface] = link.get("IFLA_MASTER") or 0
@@ -90,6 +95,7 @@ class Kernel:
             elif master in bridges and entry["state"] == NUD_NOARP:
                 target = VXLAN_PORT if idx in vxlans else port_names.get(idx, f"ifindex:{idx}")
                 act.bridge_fdb[(bridges[master], mac)] = target
+                self._bridge_dev[(bridges[master], mac)] = idx
         return act, ports
 
     # ---- apply ---------------------------------------------------------------------------------
@@ -102,10 +108,10 @@ class Kernel:
         return self._index[name]
 
     def _port_idx(self, iface: str) -> int:
-        for link in self.ipr.get_links():
-            if names.iface_from_alias(link.get("IFLA_IFALIAS")) == iface:
-                return link["index"]
-        raise LookupError(f"{self.ns}: no port for {iface}")
+        """Ports are created by the hypervisor, never by a plan: the last read knows them all."""
+        if iface not in self._port_index:
+            raise LookupError(f"{self.ns}: no port for {iface}")
+        return self._port_index[iface]
 
     def apply(self, changes: list[Change]) -> list[str]:
         """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
@@ -148,11 +154,10 @@ class Kernel:
                      state=NUD_NOARP, flags=NTF_MASTER)
 
     def _del_bridge_entry(self, ch: Change) -> None:
-        br = self._idx(names.bridge(ch.vni))
-        for entry in self.ipr.fdb("dump"):
-            if entry.get("NDA_MASTER") == br and entry.get("NDA_LLADDR") == ch.mac \
-                    and entry["state"] == NUD_NOARP:
-                self.ipr.fdb("del", ifindex=entry["ifindex"], lladdr=ch.mac, master=br, flags=NTF_MASTER)
+        dev = self._bridge_dev.get((ch.vni, ch.mac))
+        if dev is None:
+            raise LookupError(f"{self.ns}: no static entry for {ch.mac} in VNI {ch.vni}")
+        self.ipr.fdb("del", ifindex=dev, lladdr=ch.mac, master=self._idx(names.bridge(ch.vni)), flags=NTF_MASTER)
 
     def _set_remote(self, ch: Change) -> None:
         self.ipr.fdb("replace", ifindex=self._idx(names.vxlan(ch.vni)), lladdr=ch.mac, dst=ch.target, flags=NTF_SELF)

@@ -61,9 +61,8 @@ def _dump(obj) -> str:
 
 def _load(cls, value: str):
     data = json.loads(value)
-    for k in ("ips",):
-        if k in data:
-            data[k] = tuple(data[k])
+    if "ips" in data:
+        data["ips"] = tuple(data["ips"])  # JSON has no tuples; the dataclasses are frozen and hashable
     return cls(**data)
 
 
