@@ -9,6 +9,7 @@ received from a VM port.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import select
 import socket
@@ -23,7 +24,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from . import names, netns
 from .desired import compute_desired
-from .mapping import MappingSystem, MoveRefused, Nve, Snapshot
+from .mapping import PREPARED, MappingSystem, MoveRefused, Nve, Snapshot
 from .reconcile import VXLAN_PORT, Actual, Change, plan
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 NUD_NOARP = 0x40  # a static entry
 IFF_UP = 0x1
 NTF_SELF, NTF_MASTER = 0x02, 0x04
-ETH_P_ARP, ETH_P_RARP = 0x0806, 0x8035
+ETH_P_ALL, ETH_P_ARP, ETH_P_RARP = 0x0003, 0x0806, 0x8035
+SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 VXLAN_UDP_PORT = 4789
 ZERO_MAC = "00:00:00:00:00:00"
@@ -59,9 +61,10 @@ class Kernel:
     def read(self) -> tuple[Actual, dict[int, str]]:
         """The actual state, and ifindex -> iface_id of the VM ports that are up (active here)."""
         act = Actual()
-        self._index.clear()
-        self._port_index.clear()
-        self._bridge_dev.clear()
+        # built aside and swapped in at the end: the announcement thread reads them meanwhile
+        index: dict[str, int] = {}
+        port_index: dict[str, int] = {}
+        bridge_dev: dict[tuple[int, str], int] = {}
         bridges: dict[int, int] = {}  # ifindex -> vni
         vxlans: dict[int, int] = {}
         port_master: dict[str, int] = {}
@@ -69,7 +72,7 @@ class Kernel:
         ports: dict[int, str] = {}  # the ports that are up
         for link in self.ipr.get_links():
             name, idx = link.get("ifname"), link["index"]
-            self._index[name] = idx
+            index[name] = idx
             alias = link.get("IFLA_IFALIAS") or ""
             kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
             if alias.startswith(names.SEGMENT_ALIAS):
@@ -77,7 +80,7 @@ class Kernel:
                 (bridges if kind == "bridge" else vxlans)[idx] = vni
             elif (iface := names.iface_from_alias(alias)) is not None:
                 port_names[idx] = iface
-                self._port_index[iface] = idx
+                port_index[iface] = idx
                 if link["flags"] & IFF_UP:
                     ports[idx] = iface
                 port_master[iface] = link.get("IFLA_MASTER") or 0
@@ -95,7 +98,8 @@ class Kernel:
             elif master in bridges and entry["state"] == NUD_NOARP:
                 target = VXLAN_PORT if idx in vxlans else port_names.get(idx, f"ifindex:{idx}")
                 act.bridge_fdb[(bridges[master], mac)] = target
-                self._bridge_dev[(bridges[master], mac)] = idx
+                bridge_dev[(bridges[master], mac)] = idx
+        self._index, self._port_index, self._bridge_dev = index, port_index, bridge_dev
         return act, ports
 
     # ---- apply ---------------------------------------------------------------------------------
@@ -106,6 +110,11 @@ class Kernel:
                 raise LookupError(f"{self.ns}: no device {name}")
             self._index[name] = found[0]
         return self._index[name]
+
+    def port_named(self, ifname: str) -> str | None:
+        """The VM interface whose port is device `ifname`, as last read (up or down)."""
+        idx = self._index.get(ifname)
+        return next((i for i, x in list(self._port_index.items()) if x == idx), None) if idx else None
 
     def _port_idx(self, iface: str) -> int:
         """Ports are created by the hypervisor, never by a plan: the last read knows them all."""
@@ -145,8 +154,9 @@ class Kernel:
             self._index.pop(name, None)
 
     def _attach_port(self, ch: Change) -> None:
-        idx = self._port_idx(ch.target)
-        self.ipr.link("set", index=idx, master=self._idx(names.bridge(ch.vni)), state="up")
+        # only enslaved: whether the port is up is the hypervisor's business (a prepared move's port
+        # stays down until the VM resumes on it)
+        self.ipr.link("set", index=self._port_idx(ch.target), master=self._idx(names.bridge(ch.vni)))
 
     def _set_bridge_entry(self, ch: Change) -> None:
         dev = self._idx(names.vxlan(ch.vni)) if ch.target == VXLAN_PORT else self._port_idx(ch.target)
@@ -185,6 +195,24 @@ class AgentStats:
     errors: list[str] = field(default_factory=list)
 
 
+# classic BPF: accept a frame (up to 256 KiB) iff its ethertype is RARP or ARP
+ANNOUNCEMENT_FILTER = (
+    (0x28, 0, 0, 12),  # ldh [12]
+    (0x15, 2, 0, ETH_P_RARP),  # jeq #RARP -> accept
+    (0x15, 1, 0, ETH_P_ARP),  # jeq #ARP -> accept
+    (0x06, 0, 0, 0),  # ret #0
+    (0x06, 0, 0, 0x40000),  # ret #262144
+)
+
+
+def attach_filter(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
+    """SO_ATTACH_FILTER: run a classic BPF program on the socket's frames in the kernel."""
+    code = b"".join(struct.pack("HBBI", *ins) for ins in program)
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
 def parse_announcement(frame: bytes) -> str | None:
     """Sender MAC of a RARP request (QEMU's self-announce) or a gratuitous ARP; None otherwise."""
     if len(frame) < 42:
@@ -208,7 +236,6 @@ class Agent:
         self.mapping, self.nve, self.ns = mapping, nve, ns
         self.kernel = Kernel(ns, nve.vtep)
         self.stats = AgentStats()
-        self._ports: dict[int, str] = {}
         self._unneeded_since: dict[int, float] = {}  # VNI -> when its segment stopped being desired
         self._prune_timer: threading.Timer | None = None
         self._wake = threading.Event()
@@ -218,9 +245,15 @@ class Agent:
 
     # ---- one pass ------------------------------------------------------------------------------
     def _claim_arrivals(self, snap: Snapshot, ports: dict[int, str]) -> bool:
+        """Learn path: a port up here for a VM the mapping has elsewhere is a move. Not for a prepared
+        move to here: its port may be up before the VM runs (QEMU opens the tap at the start of an
+        incoming migration); that move is activated by the VM's own announcement (or explicitly)."""
         claimed = False
         for iface in ports.values():
             b = snap.binding_of(iface)
+            mig = snap.migrations.get(iface)
+            if mig is not None and mig.state == PREPARED and mig.dst == self.nve.name:
+                continue
             if b is not None and b.nve != self.nve.name:
                 claimed |= self._report(iface)
         return claimed
@@ -240,10 +273,10 @@ class Agent:
             started = time.monotonic()
             snap = self.mapping.snapshot()
             actual, ports = self.kernel.read()
-            self._ports = ports
             if self._claim_arrivals(snap, ports):
                 snap = self.mapping.snapshot()
-            changes = self._hold_prunes(plan(compute_desired(snap, self.nve.name), actual))
+            want = compute_desired(snap, self.nve.name, up_ports=set(ports.values()))
+            changes = self._hold_prunes(plan(want, actual))
             errors = self.kernel.apply(changes) if changes else []
             self.stats.reconciles += 1
             self.stats.changes_applied += len(changes) - len(errors)
@@ -312,9 +345,12 @@ class Agent:
     def _watch_kernel(self) -> None:
         nl = netns.socket_in(self.ns, socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
         nl.bind((0, RTMGRP_LINK))
-        arp = netns.socket_in(self.ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-        rarp = netns.socket_in(self.ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_RARP))
-        socks = [nl, arp, rarp]
+        # every frame, filtered in the kernel to ARP and RARP: a socket bound to one ethertype would
+        # not see frames that a bridge port hands to its bridge (they reach the bridge device instead,
+        # without telling which port they came in on)
+        ann = netns.socket_in(self.ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        attach_filter(ann, ANNOUNCEMENT_FILTER)
+        socks = [nl, ann]
         try:
             while not self._stop.is_set():
                 ready, _, _ = select.select(socks, [], [], 0.2)
@@ -326,13 +362,14 @@ class Agent:
                     frame, addr = s.recvfrom(2048)
                     if addr[2] == PACKET_OUTGOING:
                         continue
-                    self._announcement(addr[1], frame)
+                    self._announcement(addr[0], frame)  # (ifname, proto, pkttype, hatype, addr)
         finally:
             for s in socks:
                 s.close()
 
-    def _announcement(self, ifindex: int, frame: bytes) -> None:
-        iface = self._ports.get(ifindex)
+    def _announcement(self, ifname: str, frame: bytes) -> None:
+        # any VM port of the last read: the frame proves it is up even if no pass has seen it up yet
+        iface = self.kernel.port_named(ifname)
         mac = parse_announcement(frame)
         if iface is None or mac is None:
             return

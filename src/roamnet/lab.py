@@ -4,9 +4,15 @@ A VM is two namespaces: the guest (`rn-<lab>-<vm>`, its eth<i> carry the intent'
 its sockets) and the hypervisor side of its NICs (`rn-<lab>-<vm>.nic`, a bridge per NIC joining the
 guest's veth peer `tap<i>` and the uplink `up<i>`). Plugging the VM into a server creates the veth
 `up<i>` <-> `<vm>-e<i>` with the server end in the server's namespace, its alias carrying the VM
-interface id. Migrating deletes that pair, waits the pause, plugs it into the destination and sends
-QEMU-style RARP announcements; the guest's link never loses carrier, so its IP, MAC, ARP cache and
-sockets are untouched. Lab namespaces are never linked to the host's namespace.
+interface id. Migrating creates the destination's pair (down) first, flips the source's down (the VM
+stops), waits the pause, flips the destination's up (the VM resumes) and sends QEMU-style RARP
+announcements; the guest's link never loses carrier, so its IP, MAC, ARP cache and sockets are
+untouched. Lab namespaces are never linked to the host's namespace.
+
+Moves are make-before-break by default (phases prepare -> resume -> activate -> complete, see
+mapping.py); `prepare=False` keeps the learn-driven path (the destination NVE claims the port when
+it comes up). The control plane is roamnet's (mapping system + one agent per server) unless another
+one is given, e.g. `evpn.FrrEvpn()` for the FRR BGP-EVPN baseline on the same kernel data plane.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from pyroute2 import IPRoute
 
@@ -27,7 +34,7 @@ from . import names, netns
 from .agent import Agent
 from .desired import compute_desired
 from .labplan import UNDERLAY_MTU, LabPlan, build_plan, check_addresses, nic_ns
-from .mapping import Binding, LogicalPort, MappingSystem, Nve
+from .mapping import ACTIVATED, Binding, LogicalPort, MappingSystem, MoveRefused, Nve
 from .model import Topology
 from .store import MemoryStore, Store
 
@@ -35,6 +42,19 @@ log = logging.getLogger(__name__)
 
 ANNOUNCE_AT_MS = (0, 50, 200, 450, 800)  # QEMU's self-announce schedule (50 ms, +100 ms steps)
 GUEST_MTU = 1500
+PREPARE_TIMEOUT_S = 30.0  # a prepared move not activated by then is rolled back
+ACTIVATE_WAIT_S = 1.0  # after resuming, the orchestrator activates explicitly if no announcement did
+
+
+class ControlPlane(Protocol):
+    """Another control plane for the lab's servers (roamnet's own agents when none is given)."""
+
+    name: str
+
+    def start(self, lab: Lab) -> None: ...
+    def attach_port(self, lab: Lab, vm: str, server: str) -> None: ...
+    def located(self, lab: Lab, vm: str, server: str) -> bool: ...
+    def stop(self, lab: Lab) -> list[str]: ...
 
 
 class LabError(Exception):
@@ -50,8 +70,10 @@ def rarp_frame(mac: str) -> bytes:
 
 class Lab:
     def __init__(self, topo: Topology, store: Store | None = None, journal: Path | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, control_plane: ControlPlane | None = None):
         self.topo = topo
+        self.control_plane = control_plane
+        self.pending: dict[str, dict] = {}  # vm -> its prepared move (to, timer, from)
         self.plan: LabPlan = build_plan(topo)
         check_addresses(self.plan)
         self.mapping = MappingSystem(store or MemoryStore())
@@ -96,6 +118,15 @@ class Lab:
     def up(self, converge_timeout: float = 20.0) -> None:
         try:
             self._build_underlay()
+            if self.control_plane is not None:
+                self.progress(f"starting {self.control_plane.name}")
+                self.control_plane.start(self)
+                self.progress("starting VMs")
+                for vm in self.topo.vms:
+                    self._build_vm(vm)
+                    self._plug(vm, self.location[vm])
+                self._wait_located(converge_timeout)
+                return
             self._register()
             for name, node in self.plan.nodes.items():
                 if node.kind == "server":
@@ -112,10 +143,31 @@ class Lab:
             self.down()
             raise
 
+    def _wait_located(self, timeout: float) -> None:
+        """Another control plane learns MACs from frames: announce every VM, wait until all are known."""
+        for vm in self.topo.vms:
+            threading.Thread(target=self._announce, args=(vm,), daemon=True, name=f"announce:{vm}").start()
+        deadline = time.monotonic() + timeout
+        waiting = set(self.topo.vms)
+        while waiting and time.monotonic() < deadline:
+            waiting = {vm for vm in waiting if not self.control_plane.located(self, vm, self.location[vm])}
+            time.sleep(0.05)
+        if waiting:
+            raise LabError(f"{self.control_plane.name} did not learn {', '.join(sorted(waiting))} "
+                           f"within {timeout:.0f} s")
+
     def down(self) -> list[str]:
+        for pending in self.pending.values():
+            pending["timer"].cancel()
+        self.pending.clear()
         for agent in self.agents.values():
             agent.stop()
         self.agents.clear()
+        if self.control_plane is not None:
+            try:
+                self.control_plane.stop(self)
+            except Exception:  # the namespaces must go whatever happened
+                log.exception("%s: stop failed", self.control_plane.name)
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
@@ -210,6 +262,8 @@ class Lab:
             n.link("set", index=pidx, ifalias=names.port_alias(names.iface_id(vm, i)))
             n.link("set", index=pidx, net_ns_fd=srv_ns)
             n.link("set", index=n.link_lookup(ifname=up)[0], state="up")
+        if self.control_plane is not None:
+            self.control_plane.attach_port(self, vm, server)  # the hypervisor's bridge (libvirt's job)
 
     def _switch(self, vm: str, server: str, up: bool) -> None:
         """Connect (up=True) or disconnect the VM's NICs to/from its ports on `server`: fast link flips."""
@@ -257,38 +311,216 @@ class Lab:
             for s in socks:
                 s.close()
 
-    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0) -> dict:
-        """Live-migrate `vm` to server `to`; returns the migration record."""
+    def _check_move(self, vm: str, to: str) -> str:
         if vm not in self.topo.vms:
             raise LabError(f"no VM {vm!r} in lab {self.name}")
         if to not in self.plan.nodes or self.plan.nodes[to].kind != "server":
             raise LabError(f"no server {to!r} in lab {self.name}")
+        if vm in self.pending:
+            raise LabError(f"{vm}: a move to {self.pending[vm]['to']} is already in progress")
+        if self.location[vm] == to:
+            raise LabError(f"{vm} is already on {to}")
+        return self.location[vm]
+
+    def _ifaces(self, vm: str) -> list[str]:
+        return [names.iface_id(vm, i) for i in range(len(self.topo.vms[vm].interfaces))]
+
+    def _stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int) -> tuple[float, float]:
+        """The hypervisor's stop-and-copy: the VM stops on `src`, and after the pause runs on `to`."""
+        at = time.monotonic()
+        self._switch(vm, src, up=False)
+        time.sleep(pause_ms / 1000)
+        self._switch(vm, to, up=True)
+        resumed = time.monotonic()
+        self.location[vm] = to
+        threading.Thread(target=self._announce, args=(vm,), daemon=True, name=f"announce:{vm}").start()
+        return at, resumed
+
+    def _record_move(self, rec: dict, at: float, resumed: float) -> dict:
+        rec.update({"at_mono": at, "resumed_mono": resumed, "dark_ms": round((resumed - at) * 1000, 1),
+                    "dc_from": self.plan.nodes[rec["from"]].dc, "dc_to": self.plan.nodes[rec["to"]].dc})
+        self.migrations.append(rec)
+        return rec
+
+    # ---- make-before-break phases (roamnet's control plane) -------------------------------------
+    def prepare(self, vm: str, to: str, timeout: float = PREPARE_TIMEOUT_S, wait: float = 10.0) -> dict:
+        """Phase 1: the destination gets the VM's port (down) and every NVE gets ready; rolled back by
+        itself if not activated within `timeout` s."""
         with self._lock:
-            src = self.location[vm]
-            if src == to:
-                raise LabError(f"{vm} is already on {to}")
-            self._create_port(vm, to)  # pre-copy: the destination tap exists, down
-            at = time.monotonic()
-            self._switch(vm, src, up=False)  # stop-and-copy: the VM's ports go dark
-            time.sleep(pause_ms / 1000)
-            self._switch(vm, to, up=True)  # resume on the destination: its ports come up
-            plugged = time.monotonic()
-            self.location[vm] = to
-            threading.Thread(target=self._announce, args=(vm,), daemon=True, name=f"announce:{vm}").start()
-            ifaces = [names.iface_id(vm, i) for i in range(len(self.topo.vms[vm].interfaces))]
+            return self._prepare(vm, to, timeout, wait)
+
+    def _prepare(self, vm: str, to: str, timeout: float, wait: float) -> dict:
+        if self.control_plane is not None:
+            raise LabError(f"{self.control_plane.name} has no prepared moves (use prepare=False)")
+        src = self._check_move(vm, to)
+        started = time.monotonic()
+        self._create_port(vm, to)
+        done = []
+        try:
+            for iface in self._ifaces(vm):
+                done.append(self.mapping.prepare(iface, to, timeout))
+            if not self.wait_converged(wait):
+                raise LabError(f"{vm}: NVEs did not program the prepared move within {wait:.0f} s")
+        except (MoveRefused, LabError) as exc:
+            for mig in done:
+                self.mapping.abort(mig.iface_id)
+            self._remove_port(vm, to)
+            raise LabError(f"{vm}: prepare failed, rolled back: {exc}") from None
+        timer = threading.Timer(timeout, self._expire, args=(vm,))
+        timer.daemon = True
+        self.pending[vm] = {"from": src, "to": to, "timer": timer, "resumed": False}
+        timer.start()
+        return {"vm": vm, "from": src, "to": to, "phase": "prepared", "timeout_s": timeout,
+                "prepared_ms": round((time.monotonic() - started) * 1000, 1)}
+
+    def _pending(self, vm: str) -> dict:
+        if vm not in self.pending:
+            raise LabError(f"{vm}: no move in progress (prepare it first)")
+        return self.pending[vm]
+
+    def resume(self, vm: str, pause_ms: int = 0) -> dict:
+        """Phase 2 (the hypervisor's part): stop on the source, pause, run on the destination, announce."""
+        with self._lock:
+            p = self._pending(vm)
+            if p["resumed"]:
+                raise LabError(f"{vm} already runs on {p['to']}")
+            at, resumed = self._stop_and_resume(vm, p["from"], p["to"], pause_ms)
+            p.update(resumed=True, at=at, resumed_at=resumed)
+            return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "resumed", "pause_ms": pause_ms,
+                    "dark_ms": round((resumed - at) * 1000, 1)}
+
+    def activate(self, vm: str) -> dict:
+        """Phase 3, explicitly (normally the VM's first announcement on its new port activates)."""
+        with self._lock:
+            p = self._pending(vm)
+            for iface in self._ifaces(vm):
+                try:
+                    self.mapping.activate(iface)
+                except MoveRefused as exc:
+                    raise LabError(str(exc)) from None
+            return {"vm": vm, "to": p["to"], "phase": "activated"}
+
+    def complete(self, vm: str, wait: float = 10.0) -> dict:
+        """Phase 4: once every NVE programmed the activation, forget the move; the source tap goes."""
+        with self._lock:
+            return self._complete(vm, wait)
+
+    def _complete(self, vm: str, wait: float) -> dict:
+        p = self._pending(vm)
+        ifaces = self._ifaces(vm)
+        snap = self.mapping.snapshot()
+        if not all((m := snap.migrations.get(i)) is not None and m.state == ACTIVATED for i in ifaces):
+            raise LabError(f"{vm}: the move to {p['to']} is not activated yet")
+        converged = self.wait_converged(wait, snap.revision)
+        for iface in ifaces:
+            self.mapping.complete(iface)
+        p["timer"].cancel()
+        del self.pending[vm]
+        self._remove_port(vm, p["from"])
+        return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "completed", "converged": converged}
+
+    def abort(self, vm: str) -> dict:
+        """Roll back a prepared move that was not activated: the VM stays where it runs."""
+        with self._lock:
+            return self._abort(vm)
+
+    def _abort(self, vm: str) -> dict:
+        p = self._pending(vm)
+        try:
+            for iface in self._ifaces(vm):
+                self.mapping.abort(iface)
+        except MoveRefused as exc:
+            raise LabError(f"{vm}: cannot roll back: {exc}") from None
+        p["timer"].cancel()
+        del self.pending[vm]
+        if p["resumed"]:  # the hypervisor moves it back (a migration that failed after the switch)
+            self._stop_and_resume(vm, p["to"], p["from"], 0)
+        self._remove_port(vm, p["to"])
+        log.info("%s: move to %s rolled back", vm, p["to"])
+        return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "rolled-back"}
+
+    def _expire(self, vm: str) -> None:
+        with self._lock:
+            snap = self.mapping.snapshot()
+            if vm in self.pending and all((m := snap.migrations.get(i)) is None or m.state != ACTIVATED
+                                          for i in self._ifaces(vm)):
+                try:
+                    self._abort(vm)
+                    self.migrations.append({"vm": vm, "rolled_back": True, "at_mono": time.monotonic()})
+                except LabError as exc:
+                    log.warning("%s", exc)
+
+    # ---- a whole move ----------------------------------------------------------------------------
+    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
+        """Live-migrate `vm` to server `to`; returns the migration record."""
+        with self._lock:
+            if self.control_plane is not None:
+                return self._migrate_other(vm, to, pause_ms, wait)
+            if not prepare:
+                return self._migrate_learn(vm, to, pause_ms, wait)
+            prep = self._prepare(vm, to, PREPARE_TIMEOUT_S, wait)
+            p = self.pending[vm]
+            at, resumed = self._stop_and_resume(vm, prep["from"], to, pause_ms)
+            p.update(resumed=True)
+            ifaces = self._ifaces(vm)
             snap = self.mapping.wait_for(
-                lambda s: all((b := s.binding_of(i)) is not None and b.nve == to for i in ifaces), wait)
-            mapped = time.monotonic()
-            converged = snap is not None and self.wait_converged(wait, snap.revision)
+                lambda s: all((b := s.binding_of(i)) is not None and b.nve == to for i in ifaces), ACTIVATE_WAIT_S)
+            activated_by = "announcement"
+            if snap is None:  # no announcement heard: the orchestrator knows the VM runs there
+                activated_by = "explicit"
+                for iface in ifaces:
+                    self.mapping.activate(iface)
+                snap = self.mapping.snapshot()
+            activated = time.monotonic()
+            converged = self.wait_converged(wait, snap.revision)
             done = time.monotonic()
-            self._remove_port(vm, src)  # the source's tap goes away once the VM runs elsewhere
-            rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "at_mono": at,
-                   "dark_ms": round((plugged - at) * 1000, 1),
-                   "dc_from": self.plan.nodes[src].dc, "dc_to": self.plan.nodes[to].dc,
-                   "mapped_ms": round((mapped - plugged) * 1000, 1) if snap else None,
-                   "converged_ms": round((done - plugged) * 1000, 1) if converged else None}
-            self.migrations.append(rec)
-            return rec
+            self._complete(vm, wait)
+            rec = {"vm": vm, "from": prep["from"], "to": to, "pause_ms": pause_ms, "mode": "prepared",
+                   "prepared_ms": prep["prepared_ms"], "activated_by": activated_by,
+                   "activated_mono": activated,
+                   "mapped_ms": round((activated - resumed) * 1000, 1),
+                   "converged_ms": round((done - resumed) * 1000, 1) if converged else None,
+                   "programmed_ms": round((done - activated) * 1000, 1) if converged else None}
+            return self._record_move(rec, at, resumed)
+
+    def _migrate_learn(self, vm: str, to: str, pause_ms: int, wait: float) -> dict:
+        """The learn-driven path: nothing prepared; the destination NVE claims the port when it comes up."""
+        src = self._check_move(vm, to)
+        self._create_port(vm, to)  # pre-copy: the destination tap exists, down
+        at, resumed = self._stop_and_resume(vm, src, to, pause_ms)
+        ifaces = self._ifaces(vm)
+        snap = self.mapping.wait_for(
+            lambda s: all((b := s.binding_of(i)) is not None and b.nve == to for i in ifaces), wait)
+        mapped = time.monotonic()
+        converged = snap is not None and self.wait_converged(wait, snap.revision)
+        done = time.monotonic()
+        self._remove_port(vm, src)  # the source's tap goes away once the VM runs elsewhere
+        rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "mode": "learn",
+               "activated_mono": mapped if snap else None,
+               "mapped_ms": round((mapped - resumed) * 1000, 1) if snap else None,
+               "converged_ms": round((done - resumed) * 1000, 1) if converged else None,
+               "programmed_ms": round((done - mapped) * 1000, 1) if converged else None}
+        return self._record_move(rec, at, resumed)
+
+    def _migrate_other(self, vm: str, to: str, pause_ms: int, wait: float) -> dict:
+        """Another control plane: the same hypervisor actions; converged when it locates the VM."""
+        cp = self.control_plane
+        src = self._check_move(vm, to)
+        self._create_port(vm, to)
+        at, resumed = self._stop_and_resume(vm, src, to, pause_ms)
+        deadline = resumed + wait
+        located = False
+        while time.monotonic() < deadline:
+            if cp.located(self, vm, to):
+                located = True
+                break
+            time.sleep(0.001)
+        done = time.monotonic()
+        self._remove_port(vm, src)
+        rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "mode": cp.name,
+               "activated_mono": None, "mapped_ms": None,
+               "converged_ms": round((done - resumed) * 1000, 1) if located else None, "programmed_ms": None}
+        return self._record_move(rec, at, resumed)
 
     # ---- agents --------------------------------------------------------------------------------
     def wait_converged(self, timeout: float, revision: int | None = None) -> bool:
@@ -334,5 +566,8 @@ class Lab:
                                      for i in self.topo.vms[name].interfaces]
             nodes.append(row)
         return {"lab": self.name, "nodes": nodes, "namespaces": list(self.created),
-                "mapping": snap.to_json(), "migrations": self.migrations}
+                "mapping": snap.to_json(), "migrations": self.migrations,
+                "pending": {vm: {k: v for k, v in p.items() if k in ("from", "to", "resumed")}
+                            for vm, p in self.pending.items()},
+                "control_plane": self.control_plane.name if self.control_plane else "roamnet"}
 

@@ -4,9 +4,16 @@ Keys in the store (values are JSON):
   /nves/<name>                 -> Nve: an overlay edge and its VTEP address
   /ports/<iface_id>            -> LogicalPort: a VM interface as the intent defines it (VNI, MAC, IPs)
   /bindings/<vni>/<mac>        -> Binding: which NVE hosts that MAC now, with its sequence number
+  /migrations/<iface_id>       -> Migration: a make-before-break move in progress (prepared | activated)
 
 Mobility (RFC 7432 §15): a move advertises the highest sequence number seen + 1; the higher number
 wins; on equal numbers the lower NVE (VTEP) address wins; anything else is stale and ignored.
+
+Make-before-break (a planned move): `prepare` records the destination while the binding stays on
+the source, so every NVE can get ready (the destination hosts the port, everybody else delivers the
+VM's frames to both places); `activate` (the VM announced itself on its new port, or the orchestrator
+says so) moves the binding with the usual sequence bump, which withdraws the old location; `complete`
+drops the record once every NVE has programmed the move; `abort` rolls back a move never activated.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import ipaddress
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .store import CasConflict, Store
 
 log = logging.getLogger(__name__)
 
-NVES, PORTS, BINDINGS = "/nves/", "/ports/", "/bindings/"
+NVES, PORTS, BINDINGS, MIGRATIONS = "/nves/", "/ports/", "/bindings/", "/migrations/"
+PREPARED, ACTIVATED = "prepared", "activated"
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,24 @@ class Binding:
     seq: int = 0
     ips: tuple[str, ...] = ()
     iface_id: str = ""
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.vni, self.mac)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A planned move of one VM interface from NVE `src` to NVE `dst`."""
+
+    iface_id: str
+    vni: int
+    mac: str
+    src: str
+    dst: str
+    dst_vtep: str
+    state: str = PREPARED  # prepared | activated
+    deadline: float = 0.0  # wall-clock time (time.time()) after which a prepared move is rolled back
 
     @property
     def key(self) -> tuple[int, str]:
@@ -102,6 +128,11 @@ class Snapshot:
     nves: dict[str, Nve] = field(default_factory=dict)
     ports: dict[str, LogicalPort] = field(default_factory=dict)
     bindings: dict[tuple[int, str], Binding] = field(default_factory=dict)
+    migrations: dict[str, Migration] = field(default_factory=dict)  # iface_id -> move in progress
+
+    def prepared(self) -> list[Migration]:
+        """Moves prepared and not yet activated: the ones that change what NVEs program."""
+        return [m for m in self.migrations.values() if m.state == PREPARED]
 
     def binding_of(self, iface_id: str) -> Binding | None:
         port = self.ports.get(iface_id)
@@ -112,6 +143,7 @@ class Snapshot:
             "revision": self.revision,
             "nves": [asdict(n) for n in self.nves.values()],
             "bindings": [asdict(b) for b in sorted(self.bindings.values(), key=lambda b: b.key)],
+            "migrations": [asdict(m) for _, m in sorted(self.migrations.items())],
         }
 
 
@@ -134,7 +166,7 @@ class MappingSystem:
 
     def snapshot(self) -> Snapshot:
         items, rev = self.store.range("/")
-        nves, ports, bindings = {}, {}, {}
+        nves, ports, bindings, migrations = {}, {}, {}, {}
         for kv in items:
             if kv.key.startswith(NVES):
                 n = _load(Nve, kv.value)
@@ -145,7 +177,10 @@ class MappingSystem:
             elif kv.key.startswith(BINDINGS):
                 b = _load(Binding, kv.value)
                 bindings[b.key] = b
-        return Snapshot(rev, nves, ports, bindings)
+            elif kv.key.startswith(MIGRATIONS):
+                m = _load(Migration, kv.value)
+                migrations[m.iface_id] = m
+        return Snapshot(rev, nves, ports, bindings, migrations)
 
     def advertise(self, proposed: Binding, retries: int = 20) -> Binding:
         """Apply an advertisement with the mobility rules; returns the binding that holds after it."""
@@ -178,6 +213,7 @@ class MappingSystem:
             kv = self.store.get(key)
             current = _load(Binding, kv.value) if kv else None
             if current is not None and current.nve == nve.name:
+                self._mark_activated(iface_id, nve.name)
                 return current, False
             new = move(current, port, nve)
             try:
@@ -185,8 +221,97 @@ class MappingSystem:
             except CasConflict:
                 continue
             log.info("move %s: %s -> %s seq %d", iface_id, current.nve if current else "-", nve.name, new.seq)
+            self._mark_activated(iface_id, nve.name)
             return new, True
         raise MoveRefused(f"{iface_id}: too many concurrent updates")
+
+    # ---- make-before-break ---------------------------------------------------------------------
+    def migration(self, iface_id: str) -> Migration | None:
+        kv = self.store.get(MIGRATIONS + iface_id)
+        return _load(Migration, kv.value) if kv else None
+
+    def prepare(self, iface_id: str, dst: str, timeout: float) -> Migration:
+        """Record a planned move of `iface_id` to NVE `dst`; the binding stays where it is."""
+        kv_port, kv_nve = self.store.get(PORTS + iface_id), self.store.get(NVES + dst)
+        if kv_port is None:
+            raise MoveRefused(f"unknown VM interface {iface_id!r}")
+        if kv_nve is None:
+            raise MoveRefused(f"unknown NVE {dst!r}")
+        port, nve = _load(LogicalPort, kv_port.value), _load(Nve, kv_nve.value)
+        kv = self.store.get(binding_key(port.vni, port.mac))
+        if kv is None:
+            raise MoveRefused(f"{iface_id} is bound nowhere: nothing to move")
+        current = _load(Binding, kv.value)
+        if current.nve == dst:
+            raise MoveRefused(f"{iface_id} is already on {dst}")
+        mig = Migration(iface_id, port.vni, port.mac, current.nve, dst, nve.vtep, PREPARED, time.time() + timeout)
+        try:
+            self.store.put(MIGRATIONS + iface_id, _dump(mig), expect_revision=0)
+        except CasConflict:
+            held = self.migration(iface_id)
+            raise MoveRefused(f"{iface_id}: a move to {held.dst if held else '?'} is already in progress") from None
+        return mig
+
+    def _mark_activated(self, iface_id: str, nve: str) -> None:
+        for _ in range(20):
+            kv = self.store.get(MIGRATIONS + iface_id)
+            if kv is None:
+                return
+            mig = _load(Migration, kv.value)
+            if mig.state != PREPARED or mig.dst != nve:
+                return
+            try:
+                self.store.put(kv.key, _dump(replace(mig, state=ACTIVATED)), expect_revision=kv.mod_revision)
+                return
+            except CasConflict:
+                continue
+
+    def activate(self, iface_id: str) -> tuple[Binding, bool]:
+        """Explicit activation (the orchestrator knows the VM runs on the destination)."""
+        mig = self.migration(iface_id)
+        if mig is None:
+            raise MoveRefused(f"{iface_id}: no move in progress")
+        return self.report_move(iface_id, mig.dst)
+
+    def complete(self, iface_id: str) -> Migration:
+        """Forget an activated move (every NVE has programmed it)."""
+        kv = self.store.get(MIGRATIONS + iface_id)
+        if kv is None:
+            raise MoveRefused(f"{iface_id}: no move in progress")
+        mig = _load(Migration, kv.value)
+        if mig.state != ACTIVATED:
+            raise MoveRefused(f"{iface_id}: the move to {mig.dst} was not activated (abort it instead)")
+        self.store.delete(kv.key)
+        return mig
+
+    def abort(self, iface_id: str) -> Migration | None:
+        """Roll back a prepared move that was never activated; the binding never changed."""
+        for _ in range(20):
+            kv = self.store.get(MIGRATIONS + iface_id)
+            if kv is None:
+                return None
+            mig = _load(Migration, kv.value)
+            if mig.state != PREPARED:
+                raise MoveRefused(f"{iface_id}: the move to {mig.dst} is already activated")
+            try:
+                self.store.delete(kv.key, expect_revision=kv.mod_revision)
+                return mig
+            except CasConflict:
+                continue
+        raise MoveRefused(f"{iface_id}: too many concurrent updates")
+
+    def expire(self, now: float | None = None) -> list[Migration]:
+        """Abort every prepared move past its deadline; returns them."""
+        now = time.time() if now is None else now
+        out = []
+        for mig in self.snapshot().prepared():
+            if mig.deadline and mig.deadline < now:
+                try:
+                    if self.abort(mig.iface_id):
+                        out.append(mig)
+                except MoveRefused:
+                    pass  # activated meanwhile
+        return out
 
     def wait_for(self, predicate, timeout: float) -> Snapshot | None:
         """Wait until predicate(snapshot) holds; returns that snapshot or None on timeout."""

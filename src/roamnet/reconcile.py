@@ -47,6 +47,7 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
     # a local port can only be pointed at once it exists in the kernel
     want_bridge = {k: i for k, i in want_bridge.items() if i in have.ports}
     want_bridge.update({k: VXLAN_PORT for k in want.remote_macs})
+    want_bridge.update({k: VXLAN_PORT for k in want.replicated})
     for key, target in sorted(want_bridge.items()):
         if have.bridge_fdb.get(key) != target:
             out.append(Change("set-bridge-entry", key[0], key[1], target))
