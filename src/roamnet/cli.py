@@ -186,26 +186,48 @@ def lab_restart_agent(name: str, server: str, fmt: str) -> None:
 
 # ---- migrate / run / demo ------------------------------------------------------------------------
 
+PHASES = ("all", "prepare", "resume", "activate", "complete", "abort")
+
+
 @main.command()
 @click.argument("lab_name", metavar="LAB")
 @click.argument("vm")
-@click.option("--to", "to", required=True, help="Destination server.")
+@click.option("--to", "to", help="Destination server (for a whole move and for --phase prepare).")
 @click.option("--pause-ms", default=0, show_default=True, type=click.IntRange(0, 60000),
-              help="Stop-and-copy pause: how long the VM's port stays dark.")
+              help="Stop-and-copy pause: how long the VM is stopped between source and destination.")
+@click.option("--no-prepare", is_flag=True,
+              help="Learn-driven move (no make-before-break): for comparison.")
+@click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True,
+              help="Run one phase of a make-before-break move, as an orchestrator's hook would: prepare "
+                   "(destination ready, senders deliver to both servers), resume (the hypervisor runs the VM "
+                   "on the destination; its announcement activates the move), activate (explicitly), "
+                   "complete (forget the move, remove the source port), abort (roll back a move not "
+                   "activated).")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="With --phase prepare: roll the move back if it is not activated within this many seconds.")
 @FORMAT
-def migrate(lab_name: str, vm: str, to: str, pause_ms: int, fmt: str) -> None:
-    """Live-migrate VM to another server of a running lab."""
+def migrate(lab_name: str, vm: str, to: str | None, pause_ms: int, no_prepare: bool, phase: str,
+            timeout_s: float, fmt: str) -> None:
+    """Live-migrate VM to another server of a running lab (make-before-break unless --no-prepare)."""
     _need_root()
+    if phase in ("all", "prepare") and not to:
+        raise click.UsageError(f"--to is required for --phase {phase}")
+    if no_prepare and phase != "all":
+        raise click.UsageError("--no-prepare has no phases")
+    args = {"vm": vm, "to": to, "pause_ms": pause_ms, "prepare": not no_prepare, "phase": phase,
+            "timeout": timeout_s}
     try:
-        rec = call(lab_name, "migrate", vm=vm, to=to, pause_ms=pause_ms)
+        rec = call(lab_name, "migrate", **args)
     except DaemonError as exc:
         _fail(exc)
     if fmt == "json":
         click.echo(json.dumps(rec))
+    elif phase != "all":
+        out.print(f"{vm}: {rec['phase']}" + (f" ({rec['from']} → {rec['to']})" if "from" in rec else ""))
     else:
-        out.print(f"{vm}: {rec['from']} ({rec['dc_from']}) → {rec['to']} ({rec['dc_to']}), pause {pause_ms} ms; "
-                  f"mapping updated {rec['mapped_ms']} ms and every NVE programmed {rec['converged_ms']} ms "
-                  f"after the port appeared")
+        out.print(f"{vm}: {rec['from']} ({rec['dc_from']}) → {rec['to']} ({rec['dc_to']}), {rec['mode']}, "
+                  f"pause {pause_ms} ms (dark {rec['dark_ms']} ms); mapping moved {rec['mapped_ms']} ms and "
+                  f"every NVE programmed {rec['converged_ms']} ms after the VM resumed")
 
 
 def _run(path: Path, fmt: str, plot_path: Path | None) -> None:

@@ -194,7 +194,16 @@ def serve(lab_name: str) -> int:
         if op == "inspect":
             return lab.inspect()
         if op == "migrate":
-            return lab.migrate(args["vm"], args["to"], int(args.get("pause_ms", 0)))
+            phase, vm = args.get("phase", "all"), args["vm"]
+            if phase == "all":
+                return lab.migrate(vm, args["to"], int(args.get("pause_ms", 0)), prepare=bool(args.get("prepare", True)))
+            if phase == "prepare":
+                return lab.prepare(vm, args["to"], timeout=float(args.get("timeout", 30.0)))
+            if phase == "resume":
+                return lab.resume(vm, int(args.get("pause_ms", 0)))
+            if phase in ("activate", "complete", "abort"):
+                return getattr(lab, phase)(vm)
+            raise LabError(f"unknown migration phase {phase!r}")
         if op == "restart-agent":
             return lab.restart_agent(args["server"])
         if op == "desired":
