@@ -145,7 +145,34 @@ def test_cli_errors(tmp_path: Path, host: Any, lab_name: Any, make_topology: Any
         p = host.roamnet("migrate", name, "vm1", "--to", "hv2", "-f", "json")
         assert p.returncode == 0, p.stderr
         rec = json.loads(p.stdout)
-        assert (rec["from"], rec["to"]) == ("hv1", "hv2")
+        assert (rec["from"], rec["to"], rec["mode"]) == ("hv1", "hv2", "prepared")
+
+        # the phases one by one, as an orchestrator's hook calls them
+        p = host.roamnet("migrate", name, "vm1", "--phase", "complete")
+        assert p.returncode != 0 and "no move in progress" in p.stderr, p.stderr
+        p = host.roamnet("migrate", name, "vm1", "--phase", "prepare")
+        assert p.returncode == 2 and "--to is required" in p.stderr, p.stderr
+        p = host.roamnet("migrate", name, "vm1", "--phase", "prepare", "--to", "hv1", "-f", "json")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["phase"] == "prepared"
+        p = host.roamnet("migrate", name, "vm1", "--phase", "prepare", "--to", "hv1")
+        assert p.returncode != 0 and "already in progress" in p.stderr, p.stderr
+        data = json.loads(host.roamnet("lab", "inspect", name, "-f", "json").stdout)
+        assert data["pending"] == {"vm1": {"from": "hv2", "to": "hv1", "resumed": False}}
+        assert [m["dst"] for m in data["mapping"]["migrations"]] == ["hv1"]
+        p = host.roamnet("migrate", name, "vm1", "--phase", "complete")
+        assert p.returncode != 0 and "not activated" in p.stderr, p.stderr
+        for phase in ("resume", "activate", "complete"):
+            p = host.roamnet("migrate", name, "vm1", "--phase", phase, "-f", "json")
+            assert p.returncode == 0, (phase, p.stderr)
+        data = json.loads(host.roamnet("lab", "inspect", name, "-f", "json").stdout)
+        assert data["pending"] == {} and data["mapping"]["migrations"] == []
+        assert {n["name"]: n for n in data["nodes"]}["vm1"]["server"] == "hv1"
+        # and a prepared move that is aborted leaves the VM where it was
+        assert host.roamnet("migrate", name, "vm1", "--phase", "prepare", "--to", "hv2").returncode == 0
+        assert host.roamnet("migrate", name, "vm1", "--phase", "abort").returncode == 0
+        data = json.loads(host.roamnet("lab", "inspect", name, "-f", "json").stdout)
+        assert data["pending"] == {} and {n["name"]: n for n in data["nodes"]}["vm1"]["server"] == "hv1"
     assert not present_namespaces(host, name)
 
 
