@@ -25,7 +25,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from . import names, netns
 from .desired import compute_desired
 from .mapping import PREPARED, MappingSystem, MoveRefused, Nve, Snapshot
-from .reconcile import VXLAN_PORT, Actual, Change, plan
+from .reconcile import STRUCTURAL, VXLAN_PORT, Actual, Change, apply_to, plan
 
 log = logging.getLogger(__name__)
 
@@ -155,19 +155,23 @@ class Kernel:
 
     def _attach_port(self, ch: Change) -> None:
         # only enslaved: whether the port is up is the hypervisor's business (a prepared move's port
-        # stays down until the VM resumes on it)
-        self.ipr.link("set", index=self._port_idx(ch.target), master=self._idx(names.bridge(ch.vni)))
+        # stays down until the VM resumes on it). No learning: every MAC comes from the mapping.
+        idx = self._port_idx(ch.target)
+        self.ipr.link("set", index=idx, master=self._idx(names.bridge(ch.vni)))
+        self.ipr.brport("set", index=idx, learning=0)
 
     def _set_bridge_entry(self, ch: Change) -> None:
         dev = self._idx(names.vxlan(ch.vni)) if ch.target == VXLAN_PORT else self._port_idx(ch.target)
         self.ipr.fdb("replace", ifindex=dev, lladdr=ch.mac, master=self._idx(names.bridge(ch.vni)),
                      state=NUD_NOARP, flags=NTF_MASTER)
+        self._bridge_dev[(ch.vni, ch.mac)] = dev
 
     def _del_bridge_entry(self, ch: Change) -> None:
         dev = self._bridge_dev.get((ch.vni, ch.mac))
         if dev is None:
             raise LookupError(f"{self.ns}: no static entry for {ch.mac} in VNI {ch.vni}")
         self.ipr.fdb("del", ifindex=dev, lladdr=ch.mac, master=self._idx(names.bridge(ch.vni)), flags=NTF_MASTER)
+        self._bridge_dev.pop((ch.vni, ch.mac), None)
 
     def _set_remote(self, ch: Change) -> None:
         self.ipr.fdb("replace", ifindex=self._idx(names.vxlan(ch.vni)), lladdr=ch.mac, dst=ch.target, flags=NTF_SELF)
@@ -185,6 +189,7 @@ class Kernel:
 @dataclass
 class AgentStats:
     reconciles: int = 0
+    kernel_reads: int = 0
     changes_applied: int = 0
     moves_reported: int = 0
     announcements_seen: int = 0
@@ -238,6 +243,11 @@ class Agent:
         self.stats = AgentStats()
         self._unneeded_since: dict[int, float] = {}  # VNI -> when its segment stopped being desired
         self._prune_timer: threading.Timer | None = None
+        # the kernel as last read plus what this agent applied since: a pass woken by the mapping
+        # alone plans against it; a kernel event, a structural change, an error or the resync
+        # makes the next pass read the kernel again
+        self._cache: tuple[Actual, dict[int, str]] | None = None
+        self._kernel_dirty = True
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -272,12 +282,21 @@ class Agent:
         with self._lock:
             started = time.monotonic()
             snap = self.mapping.snapshot()
-            actual, ports = self.kernel.read()
+            if self._kernel_dirty or self._cache is None:
+                self._kernel_dirty = False  # before reading: an event during the read dirties it again
+                actual, ports = self.kernel.read()
+                self.stats.kernel_reads += 1
+            else:
+                actual, ports = self._cache
             if self._claim_arrivals(snap, ports):
                 snap = self.mapping.snapshot()
-            want = compute_desired(snap, self.nve.name, up_ports=set(ports.values()))
+            want = compute_desired(snap, self.nve.name)
             changes = self._hold_prunes(plan(want, actual))
             errors = self.kernel.apply(changes) if changes else []
+            if errors or any(c.op in STRUCTURAL for c in changes):
+                self._cache, self._kernel_dirty = None, True
+            else:
+                self._cache = (apply_to(actual, changes), ports)
             self.stats.reconciles += 1
             self.stats.changes_applied += len(changes) - len(errors)
             if changes:
@@ -327,7 +346,8 @@ class Agent:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=RESYNC_S)
+            if not self._wake.wait(timeout=RESYNC_S):
+                self._kernel_dirty = True  # the periodic resync reads the kernel
             self._wake.clear()
             if self._stop.is_set():
                 break
@@ -357,6 +377,7 @@ class Agent:
                 for s in ready:
                     if s is nl:
                         s.recv(65536)
+                        self._kernel_dirty = True
                         self._wake.set()
                         continue
                     frame, addr = s.recvfrom(2048)

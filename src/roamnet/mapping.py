@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -156,6 +157,8 @@ class MoveRefused(Exception):
 class MappingSystem:
     def __init__(self, store: Store):
         self.store = store
+        self._snap: Snapshot | None = None  # the last snapshot: shared by every reader at that revision
+        self._snap_lock = threading.Lock()
 
     # registration (from the intent / the lab)
     def register_nve(self, nve: Nve) -> None:
@@ -165,6 +168,19 @@ class MappingSystem:
         self.store.put(PORTS + port.iface_id, _dump(port))
 
     def snapshot(self) -> Snapshot:
+        """The mapping now. Snapshots are immutable by convention: one decoded snapshot per store
+        revision is shared by all agents in the process (32 agents decoding the same store after
+        every move cost more than programming the move)."""
+        cached = self._snap
+        if cached is not None and cached.revision == self.store.revision:
+            return cached
+        snap = self._decode()
+        with self._snap_lock:
+            if self._snap is None or snap.revision > self._snap.revision:
+                self._snap = snap
+        return snap
+
+    def _decode(self) -> Snapshot:
         items, rev = self.store.range("/")
         nves, ports, bindings, migrations = {}, {}, {}, {}
         for kv in items:

@@ -48,6 +48,8 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
     want_bridge = {k: i for k, i in want_bridge.items() if i in have.ports}
     want_bridge.update({k: VXLAN_PORT for k in want.remote_macs})
     want_bridge.update({k: VXLAN_PORT for k in want.replicated})
+    for key in want.dual:  # no entry: the bridge floods it to the local port and the VXLAN device
+        want_bridge.pop(key, None)
     for key, target in sorted(want_bridge.items()):
         if have.bridge_fdb.get(key) != target:
             out.append(Change("set-bridge-entry", key[0], key[1], target))
@@ -81,3 +83,39 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
     for vni in sorted(have.segments - want.segments):
         out.append(Change("del-segment", vni))
     return out
+
+
+STRUCTURAL = frozenset({"add-segment", "del-segment", "attach-port"})  # change devices, not only entries
+
+
+def apply_to(have: Actual, changes: list[Change]) -> Actual:
+    """What the kernel holds after `changes` succeeded: the agent's cache between kernel reads, and
+    a model of the kernel for tests. (A removed bridge also detaches its ports: after a structural
+    change the agent reads the kernel again rather than trusting this.)"""
+    for c in changes:
+        key = (c.vni, c.mac)
+        if c.op == "add-segment":
+            have.segments.add(c.vni)
+        elif c.op == "del-segment":
+            have.segments.discard(c.vni)
+            have.flood.pop(c.vni, None)
+            for d in (have.bridge_fdb, have.remote_macs):
+                for k in [k for k in d if k[0] == c.vni]:
+                    del d[k]
+        elif c.op == "attach-port":
+            have.ports[c.target] = c.vni
+        elif c.op == "set-bridge-entry":
+            have.bridge_fdb[key] = c.target
+        elif c.op == "del-bridge-entry":
+            have.bridge_fdb.pop(key, None)
+        elif c.op == "set-remote":  # NLM_F_REPLACE: the entry has this one destination afterwards
+            have.remote_macs[key] = {c.target}
+        elif c.op == "del-remote":
+            have.remote_macs.get(key, set()).discard(c.target)
+            if not have.remote_macs.get(key, True):
+                del have.remote_macs[key]
+        elif c.op == "add-flood":
+            have.flood.setdefault(c.vni, set()).add(c.target)
+        elif c.op == "del-flood":
+            have.flood.get(c.vni, set()).discard(c.target)
+    return have

@@ -1,6 +1,8 @@
 from roamnet.desired import compute_desired
 from roamnet.mapping import Binding, Nve, Snapshot
-from roamnet.reconcile import Actual, Change, plan
+from roamnet.reconcile import Actual, Change, apply_to, plan
+
+apply_in_memory = apply_to
 
 NVES = {"hv1": Nve("hv1", "198.18.1.1"), "hv2": Nve("hv2", "198.18.1.3"), "hv3": Nve("hv3", "198.18.2.1")}
 WEB, DB = 10100, 10200
@@ -45,38 +47,6 @@ def test_pruning_when_last_vm_leaves():
     for other in ("hv2", "hv3"):
         assert "198.18.1.1" not in compute_desired(s, other).flood.get(WEB, set())
     assert compute_desired(s, "hv2").remote_macs[(WEB, "02:00:00:01:00:01")] == "198.18.2.1"
-
-
-def apply_in_memory(have: Actual, changes):
-    """A tiny model of the kernel, to check that plans converge and are idempotent."""
-    for c in changes:
-        if c.op == "add-segment":
-            have.segments.add(c.vni)
-        elif c.op == "del-segment":
-            have.segments.discard(c.vni)
-            have.flood.pop(c.vni, None)
-            for d in (have.bridge_fdb, have.remote_macs):
-                for k in [k for k in d if k[0] == c.vni]:
-                    del d[k]
-        elif c.op == "attach-port":
-            have.ports[c.target] = c.vni
-        elif c.op == "set-bridge-entry":
-            have.bridge_fdb[(c.vni, c.mac)] = c.target
-        elif c.op == "del-bridge-entry":
-            del have.bridge_fdb[(c.vni, c.mac)]
-        elif c.op == "set-remote":
-            vteps = have.remote_macs.setdefault((c.vni, c.mac), set())
-            vteps.clear() if len(vteps) <= 1 else None
-            vteps.add(c.target)
-        elif c.op == "del-remote":
-            have.remote_macs[(c.vni, c.mac)].discard(c.target)
-            if not have.remote_macs[(c.vni, c.mac)]:
-                del have.remote_macs[(c.vni, c.mac)]
-        elif c.op == "add-flood":
-            have.flood.setdefault(c.vni, set()).add(c.target)
-        elif c.op == "del-flood":
-            have.flood[c.vni].discard(c.target)
-    return have
 
 
 def test_plan_from_empty_then_idempotent():

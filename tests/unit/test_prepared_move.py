@@ -28,7 +28,7 @@ def test_destination_hosts_the_port_and_joins_every_flood_list():
     d4 = compute_desired(s, "hv4")
     assert d4.segments == {WEB}
     assert set(d4.local_ports) == {"vm1/0"}
-    assert (WEB, VM1) not in d4.remote_macs and (WEB, VM1) not in d4.replicated
+    assert d4.remote_macs[(WEB, VM1)] == "198.18.1.1" and (WEB, VM1) in d4.dual
     assert d4.remote_macs[(WEB, VM2)] == "198.18.1.3"
     assert d4.flood[WEB] == {"198.18.1.1", "198.18.1.3", "198.18.2.1"}
     for other in ("hv1", "hv2", "hv3"):
@@ -51,14 +51,27 @@ def test_senders_replicate_the_moving_mac_to_source_and_destination():
     assert ops == [f"add-flood {WEB} 198.18.2.3", f"del-remote {WEB} {VM1} 198.18.1.1"]
 
 
-def test_source_keeps_the_vm_while_its_port_is_up_then_forwards_to_the_destination():
+def test_source_and_destination_deliver_locally_and_to_the_other_end():
     s = snap([prepared()])
-    running = compute_desired(s, "hv1", up_ports={"vm1/0"})
-    assert "vm1/0" in running.local_ports and (WEB, VM1) not in running.remote_macs
-    stopped = compute_desired(s, "hv1", up_ports=set())
-    assert "vm1/0" not in stopped.local_ports
-    assert stopped.remote_macs[(WEB, VM1)] == "198.18.2.3"
-    assert stopped.segments == {WEB}  # still there to forward the frames of its other local VMs
+    src, dst = compute_desired(s, "hv1"), compute_desired(s, "hv4")
+    assert "vm1/0" in src.local_ports and "vm1/0" in dst.local_ports
+    assert src.remote_macs[(WEB, VM1)] == "198.18.2.3" and dst.remote_macs[(WEB, VM1)] == "198.18.1.1"
+    assert (WEB, VM1) in src.dual and (WEB, VM1) in dst.dual
+    # no bridge entry for the moving MAC on either end (the bridge floods it to port and VXLAN)
+    for want, port_vni in ((src, WEB), (dst, WEB)):
+        have = Actual(segments={WEB}, ports={"vm1/0": port_vni},
+                      bridge_fdb={(WEB, VM1): "vm1/0" if want is src else VXLAN_PORT})
+        ops = [str(c) for c in plan(want, have)]
+        assert f"del-bridge-entry {WEB} {VM1}" in ops
+        assert not [o for o in ops if o.startswith(f"set-bridge-entry {WEB} {VM1}")]
+
+
+def test_activation_pins_the_mac_again_before_dropping_the_old_vxlan_entry():
+    moved = [(VM1, "hv4", "vm1/0"), (VM2, "hv2", "vm2/0"), (VM3, "hv3", "vm3/0")]
+    after = compute_desired(snap([prepared(state=ACTIVATED)], bindings=moved), "hv4")
+    have = Actual(segments={WEB}, ports={"vm1/0": WEB}, remote_macs={(WEB, VM1): {"198.18.1.1"}})
+    ops = [str(c) for c in plan(after, have)]
+    assert ops.index(f"set-bridge-entry {WEB} {VM1} vm1/0") < ops.index(f"del-remote {WEB} {VM1} 198.18.1.1")
 
 
 def test_activated_move_is_an_ordinary_binding_again():
