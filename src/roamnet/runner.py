@@ -23,18 +23,18 @@ START_DELAY_S = 1.0
 
 
 @dataclass
-class _Proc:
+class Proc:
     stream: str
     role: str
     popen: subprocess.Popen
 
 
-def _spawn(ns: str, argv: list[str]) -> subprocess.Popen:
+def spawn(ns: str, argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(netns.command(ns, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_ready(p: _Proc, timeout: float) -> None:
+def wait_ready(p: Proc, timeout: float) -> None:
     line = ""
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
@@ -48,7 +48,7 @@ def _wait_ready(p: _Proc, timeout: float) -> None:
         raise LabError(f"stream {p.stream}: receiver did not start: {(line or err).strip()[:300]}")
 
 
-def _final(p: _Proc, timeout: float) -> dict:
+def final(p: Proc, timeout: float) -> dict:
     try:
         out, err = p.popen.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -67,7 +67,7 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
         raise LabError(f"lab {topo.name!r} is already up: `roamnet lab down {topo.name}` first")
     journal = make_state_dir(topo.name) / "journal.json"
     lab = Lab(topo, journal=journal, progress=progress)
-    procs: list[_Proc] = []
+    procs: list[Proc] = []
     try:
         progress(f"building lab {topo.name}")
         lab.up()
@@ -77,13 +77,13 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
             src, dst, cug = st.endpoints(topo)
             port = st.port or BASE_PORT + i
             plan.append((st, str(src), str(dst), port))
-            rp = _Proc(st.name, "recv", _spawn(names.netns(topo.name, st.to),
-                                               recv_argv(st.proto, str(dst), port, t0, scn.duration, LINGER_S)))
+            rp = Proc(st.name, "recv", spawn(names.netns(topo.name, st.to),
+                                             recv_argv(st.proto, str(dst), port, t0, scn.duration, LINGER_S)))
             procs.append(rp)
-            _wait_ready(rp, timeout=10)
+            wait_ready(rp, timeout=10)
         for st, src, dst, port in plan:
-            procs.append(_Proc(st.name, "send", _spawn(names.netns(topo.name, st.from_),
-                                                       send_argv(st.proto, dst, port, st.rate, t0, scn.duration))))
+            procs.append(Proc(st.name, "send", spawn(names.netns(topo.name, st.from_),
+                                                     send_argv(st.proto, dst, port, st.rate, t0, scn.duration))))
         progress(f"running {len(scn.streams)} streams for {scn.duration:g} s")
         migrations = []
         for step in sorted(scn.steps, key=lambda s: s.at):
@@ -95,7 +95,7 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
         results: dict[tuple[str, str], dict] = {}
         for p in procs:
             left = t0 + scn.duration + LINGER_S + 15 - time.monotonic()
-            results[(p.stream, p.role)] = _final(p, timeout=max(1.0, left))
+            results[(p.stream, p.role)] = final(p, timeout=max(1.0, left))
         streams = []
         for st, src, dst, port in plan:
             streams.append(summarize(st.name, st.proto, st.from_, st.to, st.rate, results[(st.name, "send")],

@@ -1,0 +1,708 @@
+#!/usr/bin/env python3
+"""Live-migration benchmark: loss beyond the VM's own pause, roamnet vs FRR BGP-EVPN, in one run.
+
+    .venv/bin/python benchmarks/migration.py [--moves K] [--quick] [--planes ...] [--sizes [N ...]]
+                                             [--out DIR] [-f table|json]
+
+Runs as root; builds its own namespace labs (one at a time, named bench-<pid>-<i>), never touches
+anything else. For each control plane in turn — roamnet with make-before-break ("prepared"),
+roamnet's learn-driven path ("learn"), FRR BGP-EVPN ("frr", when `roamnet.evpn` imports) — it brings
+a lab up (dc1: hv1 hv2 hv3, dc2: hv4 hv5, one CUG), starts UDP streams to the mover vm1 (from p1 on
+hv3 at 1 kHz, p2 on hv5 at 10 kHz, p3 on hv1 at 1 kHz — p3 sits on the mover's source server on
+every outbound move), moves vm1 K times each way inside dc1 (hv1→hv2→hv1) and between the data
+centers (hv1→hv4→hv1), each with a pause of 0 and 100 ms, ~1.2 s apart, then tears the lab down.
+`roamnet.loss` says, per move and stream, how many packets were lost beyond the VM's own pause.
+
+Writes <out>/migration.json (every per-move figure and the machine) and <out>/migration.png; prints
+the tables (or, with -f json, the JSON) on stdout and progress on stderr. Results are measured,
+never adjusted: what is printed is what the kernel delivered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roamnet import names, netns
+from roamnet.daemon import cleanup, journal_namespaces, make_state_dir
+from roamnet.lab import Lab, LabError
+from roamnet.labplan import build_plan
+from roamnet.loss import MoveWindow, analyze_stream, send_time_estimates
+from roamnet.model import parse_topology
+from roamnet.runner import Proc, final, spawn, wait_ready
+from roamnet.traffic import recv_argv, send_argv
+
+# ---------------------------------------------------------------- configuration
+
+CUG, VNI, SUBNET = "t1", 10100, "198.19.10.0/24"  # tenant addresses: 198.19.0.0/16 only
+MOVER = "vm1"
+HOME, INTRA, INTER = "hv1", "hv2", "hv4"
+PAUSES_MS = (0, 100)
+SPACING_S = 1.2  # between the starts of two moves
+MIN_GAP_S = 0.5  # at least this long between one move's return and the next one's start
+LEAD_S = 1.5  # streams run this long before the first move
+TAIL_S = 1.5  # ... and after the last one returned; then the benchmark stops them (SIGTERM)
+START_DELAY_S = 1.0  # receivers and senders start this long after the lab is up (+0.2 s per stream)
+LINGER_S = 2.0
+MIGRATE_WAIT_S = 5.0  # a move not converged by then counts as a timeout
+SLACK_MS = 1.0  # see roamnet.loss
+BASE_PORT = 5001
+PLOT_WINDOW_MS = (-50.0, 250.0)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One traffic stream to the mover.
+
+    `kind` "l2": the peer is a VM in the mover's CUG on `peer_server`. Routed peers in another CUG
+    ("l3") and clients behind the WAN router ("wan") need the routing issue; a kind is added by
+    teaching `add_peer` to place its peer and `endpoints` to give its addresses.
+    """
+
+    key: str
+    label: str
+    peer: str
+    peer_server: str
+    rate: int
+    kind: str = "l2"
+    proto: str = "udp"
+
+
+STREAMS = (
+    StreamSpec("l2-1k-remote", "L2 1 kHz remote", "p1", "hv3", 1000),
+    StreamSpec("l2-10k-remote", "L2 10 kHz remote", "p2", "hv5", 10000),
+    StreamSpec("l2-1k-coloc", "L2 1 kHz colocated", "p3", "hv1", 1000),
+)
+
+
+@dataclass(frozen=True)
+class Plane:
+    key: str
+    label: str
+    frr: bool = False
+    prepare: bool = True
+
+
+PLANES = (
+    Plane("roamnet", "roamnet (prepared)"),
+    Plane("learn", "roamnet (learn)", prepare=False),
+    Plane("frr", "FRR BGP-EVPN", frr=True),
+)
+REF = "roamnet"  # the reference plane of the ratio column
+SHORT = {"roamnet": "roamnet", "learn": "learn", "frr": "FRR"}
+
+
+# ---------------------------------------------------------------- small helpers
+
+_T_START = time.monotonic()
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.monotonic() - _T_START:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear between closest ranks (numpy's default)."""
+    xs = sorted(v for v in values if v is not None)
+    if not xs:
+        return None
+    k = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def lab_api() -> dict[str, bool]:
+    """What the installed Lab supports (the make-before-break API is landing alongside)."""
+    return {"control_plane": "control_plane" in inspect.signature(Lab.__init__).parameters,
+            "prepare": "prepare" in inspect.signature(Lab.migrate).parameters}
+
+
+def frr_factory() -> tuple[Callable[[], Any] | None, str | None]:
+    """(FrrEvpn, None) if roamnet.evpn imports, else (None, why not)."""
+    try:
+        mod = importlib.import_module("roamnet.evpn")
+        return mod.FrrEvpn, None
+    except Exception as exc:  # ImportError, or the module failing on import
+        return None, f"roamnet.evpn does not import: {type(exc).__name__}: {exc}"
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                            "kernel": platform.release(), "cpu_count": os.cpu_count(),
+                            "python": platform.python_version(), "node": platform.node()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                                     None)
+    except OSError:
+        pass
+    try:
+        root = Path(__file__).resolve().parent.parent
+        info["roamnet_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], text=True,
+                                                capture_output=True, timeout=5).stdout.strip() or None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               text=True, capture_output=True, timeout=5).stdout.strip()
+        info["roamnet_dirty"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+# ---------------------------------------------------------------- topology
+
+
+def vm_addr(i: int) -> tuple[str, str]:
+    """(MAC, IP) of the i-th VM (0-based) in the benchmark's CUG."""
+    n = 0x11 + i
+    return f"02:00:00:0a:{n >> 8:02x}:{n & 0xFF:02x}", f"198.19.10.{11 + i}"
+
+
+def topology(name: str, dcs: dict[str, list[str]], vms: dict[str, str]) -> dict[str, Any]:
+    """A lab with data centers `dcs` (dc -> servers) and `vms` (vm -> server), all in one CUG."""
+    out: dict[str, Any] = {"name": name, "datacenters": {dc: {"servers": s} for dc, s in dcs.items()},
+                           "cugs": {CUG: {"vni": VNI, "subnet": SUBNET}}, "vms": {}}
+    for i, (vm, server) in enumerate(vms.items()):
+        mac, ip = vm_addr(i)
+        out["vms"][vm] = {"server": server, "interfaces": [{"cug": CUG, "mac": mac, "ip": ip}]}
+    return out
+
+
+def traffic_topology(name: str, streams: tuple[StreamSpec, ...]) -> dict[str, Any]:
+    vms = {MOVER: HOME}
+    for st in streams:
+        if st.kind != "l2":
+            raise SystemExit(f"stream {st.key}: kind {st.kind!r} needs routing, which the lab lacks")
+        vms[st.peer] = st.peer_server
+    return topology(name, {"dc1": ["hv1", "hv2", "hv3"], "dc2": ["hv4", "hv5"]}, vms)
+
+
+def schedule(k: int) -> list[tuple[str, int, str]]:
+    """The traffic run's moves (to, pause_ms, scope): K round trips per scope and pause, interleaved."""
+    out = []
+    for _ in range(k):
+        for pause in PAUSES_MS:
+            for scope, there in (("intra", INTRA), ("inter", INTER)):
+                out += [(there, pause, scope), (HOME, pause, scope)]
+    return out
+
+
+# ---------------------------------------------------------------- one lab
+
+
+class BenchLab:
+    """A Lab built for one control plane; always torn down on exit."""
+
+    def __init__(self, topo_dict: dict[str, Any], plane: Plane, frr: Callable[[], Any] | None):
+        self.topo = parse_topology(topo_dict, f"<{topo_dict['name']}>")
+        self.plane = plane
+        self.api = lab_api()
+        name = self.topo.name
+        if any(netns.exists(ns) for ns in journal_namespaces(name) + build_plan(self.topo).namespaces()):
+            raise LabError(f"lab {name!r} already has namespaces; not touching them")
+        kw: dict[str, Any] = {}
+        if plane.frr:
+            if frr is None or not self.api["control_plane"]:
+                raise LabError("FRR BGP-EVPN needs roamnet.evpn and Lab(control_plane=...)")
+            kw["control_plane"] = frr()
+        journal = make_state_dir(name) / "journal.json"
+        try:
+            self.lab = Lab(self.topo, journal=journal, progress=lambda m: progress(f"{plane.key}: {m}"), **kw)
+        except BaseException:
+            cleanup(name)
+            raise
+        self.up_s: float | None = None
+
+    def __enter__(self) -> BenchLab:
+        t = time.monotonic()
+        try:
+            self.lab.up()  # tears itself down on failure
+        except BaseException:
+            self._cleanup()
+            raise
+        self.up_s = round(time.monotonic() - t, 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        progress(f"{self.plane.key}: tearing down lab {self.topo.name}")
+        try:
+            self.lab.down()
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        """After lab.down(): FRR processes it may have left (by recorded pid), then the lab's state dir
+        and whatever namespaces its journal still lists."""
+        cp = getattr(self.lab, "control_plane", None)
+        workdir = getattr(cp, "workdir", None)
+        if cp is not None and workdir is not None and Path(workdir).exists():
+            try:
+                left = importlib.import_module("roamnet.evpn").kill_recorded(Path(workdir))
+                if left:
+                    progress(f"{self.plane.key}: ended leftover FRR processes: {', '.join(left)}")
+            except Exception as exc:
+                progress(f"{self.plane.key}: FRR clean-up: {type(exc).__name__}: {exc}")
+        cleanup(self.topo.name)
+
+    def migrate(self, vm: str, to: str, pause_ms: int) -> dict[str, Any]:
+        kw: dict[str, Any] = {"pause_ms": pause_ms, "wait": MIGRATE_WAIT_S}
+        if self.api["prepare"] and not self.plane.frr:
+            kw["prepare"] = self.plane.prepare
+        rec = dict(self.lab.migrate(vm, to, **kw))
+        rec.setdefault("mode", "legacy")  # a Lab before make-before-break
+        if rec.get("resumed_mono") is None:  # older Lab: the dark window ends at at + dark_ms
+            rec["resumed_mono"] = rec["at_mono"] + float(rec.get("dark_ms") or 0.0) / 1000
+        return rec
+
+
+# ---------------------------------------------------------------- the traffic run
+
+
+@dataclass
+class PlaneResult:
+    plane: Plane
+    lab: str = ""
+    error: str | None = None
+    up_s: float | None = None
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped_moves: int = 0
+    plot: dict[str, Any] | None = None  # records around one inter-DC pause-0 move
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.plane.key, "label": self.plane.label, "lab": self.lab, "error": self.error,
+                "up_s": self.up_s, "modes": sorted({str(m.get("mode")) for m in self.moves}),
+                "skipped_moves": self.skipped_moves, "streams": self.streams, "moves": self.moves}
+
+
+def _jsonable(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rec.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def run_traffic(plane: Plane, k: int, lab_name: str, frr: Callable[[], Any] | None,
+                streams: tuple[StreamSpec, ...] = STREAMS) -> PlaneResult:
+    res = PlaneResult(plane, lab=lab_name)
+    moves_plan = schedule(k)
+    # an upper bound: moves slower than SPACING_S push the rest back; the streams are stopped early
+    duration = LEAD_S + 2 * len(moves_plan) * SPACING_S + TAIL_S + 10
+    topo = traffic_topology(lab_name, streams)
+    mover_ip = topo["vms"][MOVER]["interfaces"][0]["ip"]
+    procs: list[Proc] = []
+    try:
+        with BenchLab(topo, plane, frr) as bl:
+            res.up_s = bl.up_s
+            progress(f"{plane.key}: lab {lab_name} up in {bl.up_s:.1f} s; {len(moves_plan)} moves under "
+                     f"{len(streams)} streams (at most {duration:.0f} s)")
+            t0 = time.monotonic() + START_DELAY_S + 0.2 * len(streams)
+            vm_ns = names.netns(lab_name, MOVER)
+            for i, st in enumerate(streams):
+                p = Proc(st.key, "recv", spawn(vm_ns, recv_argv(st.proto, mover_ip, BASE_PORT + i, t0, duration,
+                                                                LINGER_S)))
+                procs.append(p)
+                wait_ready(p, timeout=10)
+            for i, st in enumerate(streams):
+                procs.append(Proc(st.key, "send", spawn(names.netns(lab_name, st.peer),
+                                                        send_argv(st.proto, mover_ip, BASE_PORT + i, st.rate, t0,
+                                                                  duration))))
+            last_end, longest = t0 + LEAD_S - MIN_GAP_S, 1.5
+            for i, (to, pause, scope) in enumerate(moves_plan):
+                due = max(t0 + LEAD_S + i * SPACING_S, last_end + MIN_GAP_S)
+                if due + pause / 1000 + longest + TAIL_S > t0 + duration:
+                    res.skipped_moves = len(moves_plan) - i
+                    progress(f"{plane.key}: out of stream time, skipping the last {res.skipped_moves} moves")
+                    break
+                time.sleep(max(0.0, due - time.monotonic()))
+                late = time.monotonic() - due
+                try:
+                    rec = bl.migrate(MOVER, to, pause)
+                except Exception as exc:  # the moves so far are still analysed
+                    res.error = f"move {i + 1} ({MOVER} → {to}): {type(exc).__name__}: {exc}"
+                    res.skipped_moves = len(moves_plan) - i
+                    progress(f"{plane.key}: {res.error}; no more moves")
+                    break
+                last_end = time.monotonic()
+                longest = max(longest, last_end - due)
+                rec.update(index=i, scope=scope, start_late_s=round(late, 4))
+                res.moves.append(rec)
+                conv = rec.get("converged_ms")
+                progress(f"{plane.key}: move {i + 1}/{len(moves_plan)} {rec['from']}→{to} ({scope}, pause "
+                         f"{pause} ms, {rec['mode']}): dark {(rec['resumed_mono'] - rec['at_mono']) * 1000:.1f} ms,"
+                         f" converged {'TIMEOUT' if conv is None else f'{conv:.1f} ms'}")
+            results = stop_streams(procs, max(t0, last_end) + TAIL_S, t0 + duration)
+    except Exception as exc:  # LabError, EvpnError, OSError...: this plane failed, the next one runs
+        res.error = res.error or f"{type(exc).__name__}: {exc}"
+        progress(f"{plane.key}: FAILED: {res.error}")
+        return res
+    finally:
+        for p in procs:  # only an early error leaves one running; each is ended by its own pid
+            if p.popen.poll() is None:
+                p.popen.kill()
+                p.popen.wait(timeout=5)
+    analyze(res, streams, results)
+    return res
+
+
+def stop_streams(procs: list[Proc], at: float, end: float) -> dict[tuple[str, str], dict[str, Any]]:
+    """At `at`, end the senders (SIGTERM to their own pids: each prints its final line), then the
+    receivers 0.3 s later; collect every final line. Bounded by `end` + linger + 15 s."""
+    time.sleep(max(0.0, min(at, end) - time.monotonic()))
+    for role in ("send", "recv"):
+        for p in procs:
+            if p.role == role and p.popen.poll() is None:
+                p.popen.terminate()
+        time.sleep(0.3)
+    results = {}
+    for p in procs:
+        left = end + LINGER_S + 15 - time.monotonic()
+        results[(p.stream, p.role)] = final(p, timeout=max(2.0, min(left, 20.0)))
+    return results
+
+
+def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tuple[str, str], dict]) -> None:
+    windows = [MoveWindow(m["at_mono"], m["resumed_mono"]) for m in res.moves]
+    for m in res.moves:
+        m["loss"] = {}
+    pick = next((j for j, m in enumerate(res.moves) if m["scope"] == "inter" and m["pause_ms"] == 0
+                 and m["from"] == HOME), None)
+    if pick is not None:
+        pm = res.moves[pick]
+        res.plot = {"move": pick, "at": pm["at_mono"], "resumed": pm["resumed_mono"],
+                    "converged_ms": pm.get("converged_ms"), "streams": {}}
+    for st in streams:
+        send, recv = results.get((st.key, "send"), {}), results.get((st.key, "recv"), {})
+        errors = [d["error"] for d in (send, recv) if d.get("error") and "role" not in d]
+        if errors or not send or not recv:
+            res.streams[st.key] = {"error": "; ".join(errors) or "no result"}
+            continue
+        records = recv.get("records") or []
+        sl = analyze_stream(records, int(send.get("sent") or 0), send.get("first"), st.rate, windows,
+                            slack_ms=SLACK_MS, last=send.get("last"), edge_s=SPACING_S / 2)
+        js = sl.to_json()
+        per_move = js.pop("moves")
+        stopped = {"sender": send.get("error") == "terminated", "receiver": recv.get("error") == "terminated"}
+        js.update(label=st.label, peer=st.peer, peer_server=st.peer_server, rate=st.rate, proto=st.proto,
+                  send_errors=send.get("send_errors"),
+                  sender_error=None if stopped["sender"] else send.get("error"),
+                  receiver_error=None if stopped["receiver"] else recv.get("error"),
+                  stopped_by_benchmark=stopped["sender"])
+        res.streams[st.key] = js
+        for m, ml in zip(res.moves, per_move):
+            m["loss"][st.key] = ml
+        if res.plot is not None:
+            lo, hi = res.plot["at"] + PLOT_WINDOW_MS[0] / 1000, res.plot["at"] + PLOT_WINDOW_MS[1] / 1000
+            got = [(s, t) for s, t in records if lo <= t <= hi]
+            lost = [(s, t) for s, t, _, _ in send_time_estimates(records, int(send.get("sent") or 0),
+                                                                 send.get("first"), st.rate, send.get("last"))
+                    if lo <= t <= hi]
+            res.plot["streams"][st.key] = {"received": got, "lost": lost}
+    res.moves = [dict(_jsonable(m), loss=m["loss"]) for m in res.moves]
+
+
+# ---------------------------------------------------------------- control-plane latency at size
+
+
+def run_size(plane: Plane, n_servers: int, k: int, lab_name: str, frr: Callable[[], Any] | None) -> dict:
+    """A lab of 2 DCs × n/2 servers, one VM per server, one CUG; the mover moves k times, no traffic."""
+    half = (n_servers + 1) // 2
+    servers = [f"hv{i + 1}" for i in range(n_servers)]
+    dcs = {"dc1": servers[:half], "dc2": servers[half:]}
+    vms = {f"vm{i + 1}": s for i, s in enumerate(servers)}
+    cycle = [(servers[1], "intra"), (HOME, "intra"), (dcs["dc2"][0], "inter"), (HOME, "inter")]
+    out: dict[str, Any] = {"plane": plane.key, "label": plane.label, "servers": n_servers, "vms": len(vms),
+                           "lab": lab_name, "error": None, "up_s": None, "moves": []}
+    try:
+        with BenchLab(topology(lab_name, dcs, vms), plane, frr) as bl:
+            out["up_s"] = bl.up_s
+            progress(f"size {n_servers} {plane.key}: lab up in {bl.up_s:.1f} s; {k} moves")
+            for i in range(k):
+                to, scope = cycle[i % len(cycle)]
+                time.sleep(0.3)
+                rec = bl.migrate(MOVER, to, 0)
+                rec.update(index=i, scope=scope)
+                out["moves"].append(_jsonable(rec))
+                progress(f"size {n_servers} {plane.key}: move {i + 1}/{k} → {to}: converged "
+                         f"{rec.get('converged_ms')} ms, programmed {rec.get('programmed_ms')} ms")
+    except Exception as exc:  # this size failed; the others run
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        progress(f"size {n_servers} {plane.key}: FAILED: {out['error']}")
+    for key in ("converged_ms", "programmed_ms"):
+        if key == "programmed_ms" and plane.frr:  # roamnet's activation → last NVE: no FRR counterpart
+            out[key] = {"p50": None, "p99": None, "n": 0, "timeouts": None}
+            continue
+        vals = [m.get(key) for m in out["moves"]]
+        ok = [v for v in vals if v is not None]
+        out[key] = {"p50": pct(ok, 50), "p99": pct(ok, 99), "n": len(ok), "timeouts": len(vals) - len(ok)}
+    return out
+
+
+# ---------------------------------------------------------------- summary
+
+
+def stream_views() -> list[tuple[StreamSpec, str, Callable[[dict[str, Any]], bool]]]:
+    """Table rows per stream: a peer on the mover's home server is on the source of every outbound
+    move and on the destination of every return: those are two different cases."""
+    out = []
+    for st in STREAMS:
+        if st.peer_server == HOME:
+            out.append((st, "source", lambda m, s=st.peer_server: m["from"] == s))
+            out.append((st, "destination", lambda m, s=st.peer_server: m["to"] == s))
+        else:
+            out.append((st, "remote", lambda m: True))
+    return out
+
+
+def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
+    loss_rows, lat_rows = [], []
+    for pr in planes:
+        for st, where, sel in stream_views():
+            for pause in PAUSES_MS:
+                mv = [m for m in pr.moves if m["pause_ms"] == pause and st.key in m["loss"] and sel(m)]
+                ms = [m["loss"][st.key] for m in mv]
+                if not ms:
+                    continue
+                beyond = [x["lost_beyond_pause"] for x in ms]
+                loss_rows.append({
+                    "plane": pr.plane.key, "stream": st.key, "peer_on": where, "pause_ms": pause, "moves": len(ms),
+                    "dark_p50_ms": pct([x["dark_ms"] for x in ms], 50),
+                    "beyond_p50": pct(beyond, 50), "beyond_p99": pct(beyond, 99), "beyond_max": max(beyond),
+                    "zero_beyond_share": sum(1 for b in beyond if b == 0) / len(beyond),
+                    "gap_beyond_p50_ms": pct([x["longest_gap_beyond_ms"] for x in ms], 50),
+                    "in_pause_p50": pct([x["lost_in_pause"] for x in ms], 50),
+                    "simple_p50": pct([x["simple"] for x in ms], 50),
+                    "uncertain": sum(x["uncertain"] for x in ms),
+                })
+        for scope in ("intra", "inter", "all"):
+            ms = [m for m in pr.moves if scope == "all" or m["scope"] == scope]
+            if not ms:
+                continue
+            conv = [m.get("converged_ms") for m in ms]
+            prog = [m.get("programmed_ms") for m in ms]
+            ok_c, ok_p = [v for v in conv if v is not None], [v for v in prog if v is not None]
+            lat_rows.append({"plane": pr.plane.key, "scope": scope, "moves": len(ms),
+                             "converged_p50_ms": pct(ok_c, 50), "converged_p99_ms": pct(ok_c, 99),
+                             "converged_timeouts": len(conv) - len(ok_c),
+                             "programmed_timeouts": None if pr.plane.frr else len(prog) - len(ok_p),
+                             "programmed_p50_ms": pct(ok_p, 50), "programmed_p99_ms": pct(ok_p, 99)})
+    ref = {(r["stream"], r["peer_on"], r["pause_ms"]): r for r in loss_rows if r["plane"] == REF}
+    for r in loss_rows:
+        base = ref.get((r["stream"], r["peer_on"], r["pause_ms"]))
+        if r["plane"] == REF:
+            r["vs_roamnet"] = "ref"
+        elif base is None:
+            r["vs_roamnet"] = None
+        elif base["beyond_p50"] == 0:
+            r["vs_roamnet"] = ("both 0" if r["beyond_p50"] == 0 else
+                               f"{SHORT[r['plane']]} loses {r['beyond_p50']:g}, roamnet 0")
+        else:
+            ratio = r["beyond_p50"] / base["beyond_p50"]
+            r["vs_roamnet"] = f"×{ratio:.2f}" if ratio < 1 else f"×{ratio:.1f}" if ratio < 10 else f"×{ratio:.0f}"
+    return {"loss": loss_rows, "latency": lat_rows}
+
+
+def _f(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}".rstrip("0").rstrip(".") if nd and not v.is_integer() else f"{v:.0f}"
+    return str(v)
+
+
+def render(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=max(190, Console().width), highlight=False)
+    labels = {p.key: p.label for p in PLANES}
+    slabels = {s.key: s.label for s in STREAMS}
+    t = Table(title="packets lost beyond the VM's own pause, per move: p50 / p99 / max over moves; share of "
+                    "moves with none; longest gap beyond the pause; lost in the pause; the issue's formula")
+    for col in ("control plane", "stream to vm1", "pause ms", "dark ms p50", "moves", "p50", "p99", "max",
+                "=0", "gap ms p50", "in pause p50", "lost−dark×rate p50", "vs roamnet p50"):
+        t.add_column(col, justify="left" if col in ("control plane", "stream to vm1", "vs roamnet p50") else "right",
+                     no_wrap=col in ("control plane", "stream to vm1", "vs roamnet p50"))
+    prev = None
+    for r in doc["summary"]["loss"]:
+        if prev is not None and r["plane"] != prev:
+            t.add_section()
+        prev = r["plane"]
+        where = {"remote": "", "source": " (peer on src)", "destination": " (peer on dst)"}[r["peer_on"]]
+        t.add_row(labels[r["plane"]], slabels[r["stream"]] + where, str(r["pause_ms"]), _f(r["dark_p50_ms"]),
+                  str(r["moves"]), _f(r["beyond_p50"]), _f(r["beyond_p99"]), _f(r["beyond_max"]),
+                  f"{100 * r['zero_beyond_share']:.0f}%", _f(r["gap_beyond_p50_ms"]), _f(r["in_pause_p50"]),
+                  _f(r["simple_p50"]), r["vs_roamnet"] or "—")
+    con.print(t)
+    t = Table(title="control-plane latency (ms): resume → converged (all), activation → last NVE programmed "
+                    "(roamnet)")
+    for col in ("control plane", "moves", "scope", "resume→converged p50", "p99", "timeouts",
+                "activation→programmed p50", "p99"):
+        t.add_column(col, justify="left" if col in ("control plane", "scope") else "right")
+    for r in doc["summary"]["latency"]:
+        t.add_row(labels[r["plane"]], str(r["moves"]), r["scope"], _f(r["converged_p50_ms"]),
+                  _f(r["converged_p99_ms"]), str(r["converged_timeouts"]), _f(r["programmed_p50_ms"]), _f(r["programmed_p99_ms"]))
+    con.print(t)
+    if doc.get("sizes"):
+        t = Table(title="control-plane latency at size (ms), no traffic")
+        for col in ("control plane", "servers", "VMs", "lab up s", "moves", "resume→converged p50", "p99",
+                    "activation→programmed p50", "p99", "note"):
+            t.add_column(col, justify="left" if col in ("control plane", "note") else "right")
+        for r in doc["sizes"]:
+            c, p = r["converged_ms"], r["programmed_ms"]
+            note = r["error"] or (f"{c['timeouts']} timeouts" if c["timeouts"] else "")
+            t.add_row(labels[r["plane"]], str(r["servers"]), str(r["vms"]), _f(r["up_s"]), str(len(r["moves"])),
+                      _f(c["p50"]), _f(c["p99"]), _f(p["p50"]), _f(p["p99"]), note[:60])
+        con.print(t)
+    notes = []
+    for pl in doc["planes"]:
+        if pl["error"]:
+            notes.append(f"{pl['label']}: {pl['error']}")
+        if pl.get("skipped_moves"):
+            notes.append(f"{pl['label']}: {pl['skipped_moves']} moves skipped")
+        for key, s in pl["streams"].items():
+            if "error" in s and len(s) == 1:
+                notes.append(f"{pl['label']} {key}: {s['error']}")
+            elif s.get("lost_outside"):
+                notes.append(f"{pl['label']} {key}: {s['lost_outside']} lost away from any move")
+    for p in doc.get("skipped_planes", []):
+        notes.append(f"{p['key']}: not run: {p['reason']}")
+    for pl in doc["planes"]:
+        unc = sum(x["uncertain"] for m in pl["moves"] for x in m["loss"].values())
+        lost = sum(x["lost"] for m in pl["moves"] for x in m["loss"].values())
+        if unc:
+            notes.append(f"{pl['label']}: {unc} of {lost} lost packets could fall either side of a pause boundary "
+                         "(the sender slipped inside their gap; see roamnet.loss)")
+    for n in notes:
+        con.print(f"• {n}", highlight=False)
+
+
+# ---------------------------------------------------------------- plot
+
+
+def plot(planes: list[PlaneResult], path: Path) -> Path | None:
+    from matplotlib.figure import Figure
+
+    rows = [p for p in planes if p.plot is not None and p.plot["streams"]]
+    if not rows:
+        return None
+    fig = Figure(figsize=(5 * len(STREAMS), 3.2 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(STREAMS), squeeze=False)
+    for r, pr in enumerate(rows):
+        pl = pr.plot
+        at = pl["at"]
+        dark = (pl["resumed"] - at) * 1000
+        for c, st in enumerate(STREAMS):
+            ax = axes[r][c]
+            data = pl["streams"].get(st.key)
+            ax.axvspan(0, max(dark, 0.5), color="tab:gray", alpha=0.3, label=f"VM paused ({dark:.1f} ms)")
+            if pl.get("converged_ms") is not None:
+                ax.axvline(dark + pl["converged_ms"], color="tab:green", linestyle="--", linewidth=1,
+                           label="converged")
+            if data:
+                if data["received"]:
+                    ax.plot([(t - at) * 1000 for _, t in data["received"]], [s for s, _ in data["received"]],
+                            linestyle="none", marker=".", markersize=1.5, color="tab:blue", rasterized=True,
+                            label="received (recv time)")
+                if data["lost"]:
+                    ax.plot([(t - at) * 1000 for _, t in data["lost"]], [s for s, _ in data["lost"]],
+                            linestyle="none", marker="x", markersize=3, color="tab:red", rasterized=True,
+                            label=f"lost ({len(data['lost'])}, est. send time)")
+            ax.set_xlim(*PLOT_WINDOW_MS)
+            where = " (peer on source)" if st.peer_server == HOME else ""
+            ax.set_title(f"{pr.plane.label} — {st.label}{where}", fontsize=9)
+            ax.set_xlabel("ms from the VM's stop (at_mono)")
+            ax.set_ylabel("seq")
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("one inter-DC move (pause 0): hv1 → hv4", fontsize=11)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--moves", type=int, default=None, metavar="K",
+                    help="round trips per scope (intra/inter-DC) and pause (default 5; 2 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="K=2 (about 3 minutes for the three planes)")
+    ap.add_argument("--planes", nargs="+", choices=[p.key for p in PLANES], default=[p.key for p in PLANES],
+                    help="control planes to run, in this order (default: all; frr only if roamnet.evpn imports)")
+    ap.add_argument("--sizes", nargs="*", type=int, default=None, metavar="N",
+                    help="also measure control-plane latency in labs of N servers (default N=32), no traffic")
+    ap.add_argument("--size-moves", type=int, default=None, metavar="K",
+                    help="moves per size run (default 4 × --moves)")
+    ap.add_argument("--out", type=Path, default=Path("out/bench"))
+    ap.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    a = ap.parse_args(argv)
+    k = a.moves if a.moves is not None else (2 if a.quick else 5)
+    if k < 1 or k > 20:
+        ap.error("--moves must be in 1..20")
+    sizes = None if a.sizes is None else (a.sizes or [32])
+    if sizes and any(not 4 <= n <= 64 for n in sizes):
+        ap.error("--sizes: 4..64 servers")
+    if os.geteuid() != 0:
+        print("migration.py: run as root (it builds network namespaces)", file=sys.stderr)
+        return 2
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    started = time.time()
+    api = lab_api()
+    frr, frr_why = frr_factory()
+    progress(f"lab API: {api}; FRR: {'available' if frr else frr_why}")
+    if not api["prepare"]:
+        progress("this Lab has no prepare=: 'roamnet' and 'learn' run the same (legacy) path")
+    chosen = [p for p in PLANES if p.key in a.planes]
+    skipped = []
+    if frr is None and any(p.frr for p in chosen):
+        skipped.append({"key": "frr", "reason": frr_why})
+        chosen = [p for p in chosen if not p.frr]
+
+    results: list[PlaneResult] = []
+    pid = os.getpid()
+    for i, plane in enumerate(chosen):
+        progress(f"=== {plane.label}")
+        results.append(run_traffic(plane, k, f"bench-{pid}-{i}", frr))
+    sizes_out = []
+    for n in sizes or []:
+        for j, plane in enumerate(p for p in chosen if p.key != "learn"):
+            progress(f"=== size {n}: {plane.label}")
+            sizes_out.append(run_size(plane, n, a.size_moves or 4 * k, f"bsz-{pid}-{n}-{j}", frr))
+
+    doc: dict[str, Any] = {
+        "benchmark": "roamnet live migration: loss beyond the VM's pause", "version": 1,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "runtime_s": round(time.time() - started, 1),
+        "machine": machine(),
+        "config": {"moves_per_scope_and_pause": k, "pauses_ms": list(PAUSES_MS), "spacing_s": SPACING_S,
+                   "slack_ms": SLACK_MS, "migrate_wait_s": MIGRATE_WAIT_S, "lab_api": api,
+                   "streams": [{"key": s.key, "label": s.label, "kind": s.kind, "proto": s.proto,
+                                "peer": s.peer, "peer_server": s.peer_server, "rate": s.rate} for s in STREAMS],
+                   "mover": MOVER, "home": HOME, "intra": INTRA, "inter": INTER},
+        "planes": [r.to_json() for r in results],
+        "skipped_planes": skipped,
+        "summary": summarize(results),
+        "sizes": sizes_out,
+    }
+    (a.out / "migration.json").write_text(json.dumps(doc, indent=1) + "\n")
+    png = plot(results, a.out / "migration.png")
+    progress(f"wrote {a.out / 'migration.json'}" + (f" and {png}" if png else " (no plot: no inter-DC move)"))
+    if a.format == "json":
+        print(json.dumps(doc, indent=1))
+    else:
+        render(doc)
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

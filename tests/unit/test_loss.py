@@ -1,0 +1,194 @@
+"""Unit tests for roamnet.loss on synthetic streams (boundaries chosen half a slot off the packets)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from roamnet.loss import (
+    MoveWindow,
+    analyze_stream,
+    loss_beyond_pause,
+    send_time_estimates,
+    windows_from_migrations,
+)
+
+T0 = 100.0
+LAT = 0.0001  # one-way latency of the synthetic stream
+
+
+def stream(n: int, rate: float = 1000.0, drop=frozenset(), slip: dict[int, float] | None = None,
+           dup=frozenset()):
+    """(records, sent, first, last): n packets at `rate`; from seq k on the sender runs slip[k] s late."""
+    slip = slip or {}
+    recs, late, times = [], 0.0, []
+    for s in range(n):
+        late += slip.get(s, 0.0)
+        t = T0 + s / rate + late
+        times.append(t)
+        if s in drop:
+            continue
+        recs.append([s, t + LAT])
+        if s in dup:
+            recs.append([s, t + LAT + 0.0003])
+    return recs, n, T0, times[-1]
+
+
+def win(at_s: float, resumed_s: float) -> MoveWindow:
+    return MoveWindow(T0 + at_s, T0 + resumed_s)
+
+
+W = win(3.0005, 3.0505)  # pause 50 ms; with 1 ms slack it covers seqs 3000..3051 at 1 kHz
+
+
+def one(recs, sent, first, last, windows=(W,), rate=1000.0, **kw):
+    return loss_beyond_pause(recs, sent, first, rate, list(windows), last=last, **kw)
+
+
+def test_no_loss() -> None:
+    [m] = one(*stream(6000))
+    assert (m.lost, m.lost_in_pause, m.lost_beyond_pause, m.longest_gap_beyond_ms) == (0, 0, 0, 0.0)
+
+
+def test_gap_fully_inside_the_pause_is_not_beyond() -> None:
+    [m] = one(*stream(6000, drop=set(range(3000, 3052))))
+    assert (m.lost, m.lost_in_pause, m.lost_beyond_pause) == (52, 52, 0)
+    assert m.longest_gap_beyond_ms == 0.0
+    assert m.uncertain == 0
+
+
+def test_gap_7_packets_after_resume() -> None:
+    [m] = one(*stream(6000, drop=set(range(3000, 3059))))
+    assert (m.lost_in_pause, m.lost_beyond_pause) == (52, 7)
+    assert m.longest_gap_beyond_ms == pytest.approx(7.0, abs=1e-6)
+    assert m.dark_ms == pytest.approx(50.0)
+    assert m.simple == pytest.approx(59 - 50)  # lost - dark × rate
+
+
+def test_gap_2_packets_before_stop() -> None:
+    [m] = one(*stream(6000, drop=set(range(2998, 3052))))
+    assert (m.lost_in_pause, m.lost_beyond_pause) == (52, 2)
+    assert m.longest_gap_beyond_ms == pytest.approx(2.0, abs=1e-6)
+
+
+def test_slack_zero_moves_the_boundary() -> None:
+    # without slack the window [3.0005, 3.0505] holds seqs 3001..3050
+    [m] = one(*stream(6000, drop=set(range(3000, 3059))), slack_ms=0.0)
+    assert (m.lost_in_pause, m.lost_beyond_pause) == (50, 9)
+    assert m.longest_gap_beyond_ms == pytest.approx(8.0, abs=1e-6)  # 3051..3058 after; 3000 alone before
+
+
+def test_reordered_and_duplicated_give_the_same_answer() -> None:
+    recs, sent, first, last = stream(6000, drop=set(range(3000, 3059)), dup={5, 2999, 3059, 3060})
+    rng = random.Random(7)
+    shuffled = []
+    for i in range(0, len(recs), 5):  # reorder inside blocks of 5 arrivals
+        block = recs[i:i + 5]
+        rng.shuffle(block)
+        shuffled += block
+    # a packet after the gap that arrives very late is received, not lost
+    late = next(r for r in shuffled if r[0] == 3059)
+    shuffled.remove(late)
+    shuffled.append([3059, late[1] + 0.5])
+    res = analyze_stream(shuffled, sent, first, 1000.0, [W], last=last)
+    [m] = res.moves
+    assert (m.lost_in_pause, m.lost_beyond_pause) == (52, 7)
+    assert res.duplicates == 4 and res.received == 6000 - 59 and res.lost == 59
+    assert res.reordered > 0
+
+
+def test_two_moves_each_get_their_own_losses() -> None:
+    w2 = win(6.0005, 6.1005)  # pause 100 ms: seqs 6000..6101 with slack
+    drop = set(range(3010, 3058)) | {4200} | set(range(4800, 4803)) | set(range(6000, 6111))
+    res = analyze_stream(*stream(9000, drop=drop)[:3], 1000.0, [W, w2], last=stream(9000)[3])
+    m1, m2 = res.moves
+    assert (m1.lost_in_pause, m1.lost_beyond_pause) == (42, 6 + 1)  # 3052..3057 and 4200
+    assert m1.longest_gap_beyond_ms == pytest.approx(6.0, abs=1e-6)
+    assert (m2.lost_in_pause, m2.lost_beyond_pause) == (102, 3 + 9)  # 4800..4802 and 6102..6110
+    assert m2.longest_gap_beyond_ms == pytest.approx(9.0, abs=1e-6)
+    assert m1.stretch[1] == m2.stretch[0] == pytest.approx(T0 + (3.0505 + 6.0005) / 2)
+    assert res.lost_outside == 0 and res.lost == m1.lost + m2.lost
+
+
+def test_sender_slip_before_the_move_does_not_shift_the_pause() -> None:
+    # The sender fell 200 ms behind at seq 2000: the naive schedule first + seq/rate would put seqs
+    # 3000..3051 (really sent in the pause) 200 ms early, i.e. all "beyond the pause".
+    recs, sent, first, last = stream(6000, drop=set(range(3000, 3052)), slip={2000: 0.2})
+    res = analyze_stream(recs, sent, first, 1000.0, [win(3.2005, 3.2505)], last=last)
+    [m] = res.moves
+    assert (m.lost_in_pause, m.lost_beyond_pause, m.uncertain) == (52, 0, 0)
+    assert res.slip_ms == pytest.approx(200.0, abs=0.01)
+    assert res.latency_ms == pytest.approx(LAT * 1000, abs=1e-6)
+
+
+def test_sender_slip_inside_the_gap_is_flagged_uncertain() -> None:
+    # the sender stalls 30 ms at seq 3030, inside a lost run 3000..3059; the pause ends at 3.0705
+    recs, sent, first, last = stream(6000, drop=set(range(3000, 3060)), slip={3030: 0.03})
+    [m] = one(recs, sent, first, last, windows=[win(3.0005, 3.0705)])
+    truth_beyond = len(range(3042, 3060))  # really sent at 3.072 .. 3.089
+    assert m.uncertain == 18
+    assert m.lost_beyond_pause - m.uncertain <= truth_beyond <= m.lost_beyond_pause + m.uncertain
+    assert m.lost == 60
+
+
+def test_10khz_resolution() -> None:
+    rate = 10_000.0
+    w = win(1.00005, 1.00505)  # dark 5 ms; with 1 ms slack: seqs 10000..10060
+    [m] = one(*stream(20_000, rate=rate, drop=set(range(10_000, 10_068))), windows=[w], rate=rate)
+    assert (m.lost_in_pause, m.lost_beyond_pause) == (61, 7)
+    assert m.longest_gap_beyond_ms == pytest.approx(0.7, abs=1e-6)
+    assert m.simple == pytest.approx(68 - 50)
+
+
+def test_head_and_tail_losses_use_the_senders_first_and_last() -> None:
+    recs, sent, first, last = stream(6000, drop={0, 1} | set(range(5990, 6000)))
+    est = send_time_estimates(recs, sent, first, 1000.0, last=last)
+    assert [s for s, *_ in est] == [0, 1, *range(5990, 6000)]
+    for s, t, lo, hi in est:
+        assert t == pytest.approx(T0 + s / 1000, abs=1e-9) and lo <= t <= hi
+    # without `last` the tail is extrapolated at the rate from the last received packet
+    est2 = send_time_estimates(recs, sent, first, 1000.0)
+    assert [s for s, *_ in est2] == [0, 1, *range(5990, 6000)]
+    assert est2[-1][1] == pytest.approx(T0 + 5999 / 1000, abs=1e-9)
+    [m] = one(recs, sent, first, last)
+    assert m.lost_beyond_pause == 12 and m.longest_gap_beyond_ms == pytest.approx(10.0, abs=1e-6)
+
+
+def test_edge_leaves_far_losses_outside() -> None:
+    res = analyze_stream(*stream(6000, drop={100, 5900})[:3], 1000.0, [W], last=stream(6000)[3],
+                         edge_s=1.0)
+    assert res.lost_outside == 2 and res.moves[0].lost == 0
+
+
+def test_nothing_received() -> None:
+    recs, sent, first, last = stream(6000, drop=set(range(6000)))
+    [m] = one(recs, sent, first, last)
+    assert m.lost == 6000 and m.lost_in_pause == 52 and m.lost_beyond_pause == 6000 - 52
+    assert m.longest_gap_beyond_ms == pytest.approx(3000.0, abs=1e-6)  # 0..2999 (3052..5999 is 2948)
+
+
+def test_empty_stream_and_bad_input() -> None:
+    assert analyze_stream([], 0, None, 1000.0, [W]).moves[0].lost == 0
+    with pytest.raises(ValueError):
+        analyze_stream([], 10, None, 1000.0, [W])
+    with pytest.raises(ValueError):
+        analyze_stream([], 0, None, 1000.0, [win(5, 6), win(1, 2)])
+    with pytest.raises(ValueError):
+        MoveWindow(2.0, 1.0)
+
+
+def test_windows_from_migrations() -> None:
+    ws = windows_from_migrations([{"at_mono": 10.0, "resumed_mono": 10.01},
+                                  {"at_mono": 12.0, "dark_ms": 105.0}])
+    assert ws[0] == MoveWindow(10.0, 10.01)
+    assert ws[1].resumed == pytest.approx(12.105)
+
+
+def test_json_is_plain() -> None:
+    import json
+
+    res = analyze_stream(*stream(6000, drop=set(range(3000, 3059)))[:3], 1000.0, [W])
+    d = json.loads(json.dumps(res.to_json()))
+    assert d["moves"][0]["lost_beyond_pause"] == 7
+    assert d["moves"][0]["stretch"] == [None, None]
