@@ -23,8 +23,10 @@ OUT    := out
 
 # Debian package -> commands that show it is present (checked with command -v, then dpkg).
 # iproute2: ip/bridge for independent checks in tests; util-linux: nsenter, used by the product
-# to run commands in lab namespaces; iputils-ping and tcpdump: for poking at a running lab.
-DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump
+# to run commands in lab namespaces; iputils-ping and tcpdump: for poking at a running lab;
+# frr: zebra + bgpd (in /usr/lib/frr, not on PATH: vtysh shows the package is there) for the FRR
+# BGP-EVPN baseline control plane (src/roamnet/evpn.py), only ever started inside lab namespaces.
+DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump frr:vtysh
 
 # Under CI the lab tests must run: the lab conftest fails instead of skipping when it cannot.
 ifneq ($(filter true 1 yes on,$(shell printf '%s' '$(CI)' | tr A-Z a-z)),)
@@ -32,7 +34,7 @@ export ROAMNET_REQUIRE_LAB := 1
 LAB_REQUIRED := 1
 endif
 
-.PHONY: install demo test unit lab-test clean
+.PHONY: install demo test unit lab-test bench clean
 
 install:
 	@say() { printf 'roamnet: %s\n' "$$*"; }
@@ -106,6 +108,10 @@ lab-test: install
 	  echo "roamnet: no lab tests were collected"; exit 0
 	fi
 	exit $$rc
+
+# Live-migration benchmark (root; about 3 minutes): loss beyond the VM's pause, roamnet vs FRR BGP-EVPN.
+bench: install
+	$(PY) benchmarks/migration.py --out $(OUT)/bench
 
 # Removes build products only; never touches network namespaces or /run/roamnet.
 clean:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ANNOUNCE_AT_MS = (0, 50, 200, 450, 800)  # QEMU's self-announce schedule (50 ms, +100 ms steps)
 GUEST_MTU = 1500
+UPLINK_INDEX_BASE = 100000  # ifindexes of VM uplinks in the NIC namespaces (see _create_port)
 PREPARE_TIMEOUT_S = 30.0  # a prepared move not activated by then is rolled back
 ACTIVATE_WAIT_S = 1.0  # after resuming, the orchestrator activates explicitly if no announcement did
 
@@ -85,6 +86,7 @@ class Lab:
         self.progress = progress or (lambda msg: None)
         self._lock = threading.Lock()
         self._handles: dict[str, IPRoute] = {}
+        self._uplink_index = UPLINK_INDEX_BASE
 
     def _nl(self, ns: str) -> IPRoute:
         """A netlink handle in namespace `ns`, kept open (opening one costs ~8 ms)."""
@@ -257,7 +259,13 @@ class Lab:
         n = self._nl(nic)
         for i, _ in enumerate(self.topo.vms[vm].interfaces):
             port, up = names.port(vm, i), self._uplink(i, server)
-            n.link("add", ifname=up, kind="veth", mtu=GUEST_MTU, peer={"ifname": port, "mtu": GUEST_MTU})
+            # The uplink gets an ifindex no port can have (ports keep a small one): a veth whose
+            # ifindex equals its peer's (in another namespace) has its carrier changes treated as
+            # not urgent by the kernel's linkwatch (linkwatch_urgent_event compares ifindex with
+            # iflink), and a bridge then starts forwarding on it up to a second late.
+            self._uplink_index += 1
+            n.link("add", ifname=up, kind="veth", index=self._uplink_index, mtu=GUEST_MTU,
+                   peer={"ifname": port, "mtu": GUEST_MTU})
             pidx = n.link_lookup(ifname=port)[0]
             n.link("set", index=pidx, ifalias=names.port_alias(names.iface_id(vm, i)))
             n.link("set", index=pidx, net_ns_fd=srv_ns)
