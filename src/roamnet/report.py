@@ -18,6 +18,7 @@ MAX_PLOT_POINTS = 20_000  # per stream; drawing only, never counting
 
 # migration keys with a dedicated column (or not shown)
 _MIG_KNOWN = ("vm", "from", "to", "pause_ms", "at", "at_mono")
+_MIG_COLUMNS = ("dark_ms", "mapped_ms", "converged_ms", "programmed_ms")  # shown in this order when present
 
 
 @dataclass
@@ -177,8 +178,9 @@ def render_table(report: Report, console: Any) -> None:
     for m in report.migrations:
         for k, v in m.items():
             numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if k not in _MIG_KNOWN and numeric and k not in extra:
+            if k not in _MIG_KNOWN and numeric and k not in extra and not k.endswith("_mono"):
                 extra.append(k)
+    extra = [k for k in _MIG_COLUMNS if k in extra] + [k for k in extra if k not in _MIG_COLUMNS]
     mt = Table(title="migrations")
     for col in ("vm", "from", "to", "pause ms", "at s", *extra):
         mt.add_column(col, justify="left" if col in ("vm", "from", "to") else "right")
