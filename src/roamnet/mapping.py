@@ -183,19 +183,15 @@ class MappingSystem:
     def _decode(self) -> Snapshot:
         items, rev = self.store.range("/")
         nves, ports, bindings, migrations = {}, {}, {}, {}
+        kinds = ((NVES, Nve, nves, lambda o: o.name), (PORTS, LogicalPort, ports, lambda o: o.iface_id),
+                 (BINDINGS, Binding, bindings, lambda o: o.key),
+                 (MIGRATIONS, Migration, migrations, lambda o: o.iface_id))
         for kv in items:
-            if kv.key.startswith(NVES):
-                n = _load(Nve, kv.value)
-                nves[n.name] = n
-            elif kv.key.startswith(PORTS):
-                p = _load(LogicalPort, kv.value)
-                ports[p.iface_id] = p
-            elif kv.key.startswith(BINDINGS):
-                b = _load(Binding, kv.value)
-                bindings[b.key] = b
-            elif kv.key.startswith(MIGRATIONS):
-                m = _load(Migration, kv.value)
-                migrations[m.iface_id] = m
+            for prefix, cls, into, key in kinds:
+                if kv.key.startswith(prefix):
+                    obj = _load(cls, kv.value)
+                    into[key(obj)] = obj
+                    break
         return Snapshot(rev, nves, ports, bindings, migrations)
 
     def advertise(self, proposed: Binding, retries: int = 20) -> Binding:

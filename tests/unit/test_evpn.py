@@ -113,7 +113,7 @@ def test_no_address_outside_the_lab_range():
             assert not outside, f"{daemon} of {inst.node}: {outside}"
 
 
-@pytest.mark.parametrize("field,value", [("address", "10.0.0.1"), ("peers", ("192.168.1.1",))])
+@pytest.mark.parametrize("field,value", [("address", "198.20.0.1"), ("peers", ("203.0.113.1",))])
 def test_config_refuses_addresses_outside_the_lab_range(field: str, value):
     v = _instances()["hv1"]
     bad = FrrInstance(**{**v.__dict__, field: value})
