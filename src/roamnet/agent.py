@@ -44,6 +44,25 @@ PRUNE_HOLD_S = 0.5  # a segment no longer needed is removed after this long: del
 #                     right after a move (and a VM moving straight back keeps its segment)
 
 
+def ensure_segment(ipr: IPRoute, vni: int, vtep: str) -> tuple[int, int]:
+    """Make VNI `vni`'s segment exist (idempotent): bridge br<vni> (STP off) and VXLAN vx<vni> (UDP
+    4789, local `vtep`, no learning, MTU 1500) enslaved to it with bridge-port learning off, both up
+    and tagged with roamnet's segment alias. The same devices serve FRR-EVPN's L2VNI (evpn.py).
+    Returns (bridge ifindex, vxlan ifindex)."""
+    br, vx, alias = names.bridge(vni), names.vxlan(vni), names.SEGMENT_ALIAS + str(vni)
+    if not ipr.link_lookup(ifname=br):
+        ipr.link("add", ifname=br, kind="bridge", br_stp_state=0)
+    br_idx = ipr.link_lookup(ifname=br)[0]
+    ipr.link("set", index=br_idx, ifalias=alias, state="up")
+    if not ipr.link_lookup(ifname=vx):
+        ipr.link("add", ifname=vx, kind="vxlan", vxlan_id=vni, vxlan_port=VXLAN_UDP_PORT,
+                 vxlan_learning=0, vxlan_local=vtep, mtu=OVERLAY_MTU)
+    vx_idx = ipr.link_lookup(ifname=vx)[0]
+    ipr.link("set", index=vx_idx, ifalias=alias, master=br_idx, state="up")
+    ipr.brport("set", index=vx_idx, learning=0)
+    return br_idx, vx_idx
+
+
 class Kernel:
     """One NVE's kernel objects, through netlink. Only touches objects carrying roamnet's aliases."""
 
@@ -133,17 +152,8 @@ class Kernel:
         return errors
 
     def _add_segment(self, ch: Change) -> None:
-        br, vx, alias = names.bridge(ch.vni), names.vxlan(ch.vni), names.SEGMENT_ALIAS + str(ch.vni)
-        if not self.ipr.link_lookup(ifname=br):
-            self.ipr.link("add", ifname=br, kind="bridge", br_stp_state=0)
-        self._index.pop(br, None)
-        self.ipr.link("set", index=self._idx(br), ifalias=alias, state="up")
-        if not self.ipr.link_lookup(ifname=vx):
-            self.ipr.link("add", ifname=vx, kind="vxlan", vxlan_id=ch.vni, vxlan_port=VXLAN_UDP_PORT,
-                          vxlan_learning=0, vxlan_local=self.vtep, mtu=OVERLAY_MTU)
-        self._index.pop(vx, None)
-        self.ipr.link("set", index=self._idx(vx), ifalias=alias, master=self._idx(br), state="up")
-        self.ipr.brport("set", index=self._idx(vx), learning=0)
+        br, vx = ensure_segment(self.ipr, ch.vni, self.vtep)
+        self._index.update({names.bridge(ch.vni): br, names.vxlan(ch.vni): vx})
 
     def _del_segment(self, ch: Change) -> None:
         for name in (names.vxlan(ch.vni), names.bridge(ch.vni)):

@@ -42,6 +42,7 @@ from pyroute2.netlink.rtnl import RTM_GETNEIGH
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from . import names, netns
+from .agent import ensure_segment
 from .labplan import WAN_NODE
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 FRR_BIN_DIR = Path("/usr/lib/frr")  # Debian's `frr` package
 DAEMONS = ("zebra", "bgpd")  # start order; stopped in reverse
 EVPN_ASN = 65000
-VXLAN_UDP_PORT = 4789
-OVERLAY_MTU = 1500
 LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 JOURNAL = "frr-pids.json"
 READY_TIMEOUT_S = 30.0
@@ -499,23 +498,10 @@ class FrrEvpn:
 
     @staticmethod
     def _make_segments(lab: Lab, inst: FrrInstance, vnis: Iterable[int]) -> dict[int, tuple[int, int]]:
-        """The standard FRR L2VNI devices: bridge br<vni> + VXLAN vx<vni> (local VTEP, no learning),
-        enslaved, bridge-port learning off and neigh_suppress off on the VXLAN port, all up."""
+        """The standard FRR L2VNI devices: the same segments roamnet's agent makes (local VTEP, no
+        learning on the VXLAN port; neigh_suppress stays off, the kernel's default)."""
         ipr = lab._nl(inst.ns)
-        out = {}
-        for vni in vnis:
-            br, vx, alias = names.bridge(vni), names.vxlan(vni), names.SEGMENT_ALIAS + str(vni)
-            ipr.link("add", ifname=br, kind="bridge", br_stp_state=0)
-            br_idx = ipr.link_lookup(ifname=br)[0]
-            ipr.link("set", index=br_idx, ifalias=alias, state="up")
-            ipr.link("add", ifname=vx, kind="vxlan", vxlan_id=vni, vxlan_port=VXLAN_UDP_PORT,
-                     vxlan_learning=0, vxlan_local=inst.address, mtu=OVERLAY_MTU)
-            vx_idx = ipr.link_lookup(ifname=vx)[0]
-            ipr.link("set", index=vx_idx, ifalias=alias, master=br_idx)
-            ipr.brport("set", index=vx_idx, learning=0, neigh_suppress=0)
-            ipr.link("set", index=vx_idx, state="up")
-            out[vni] = (br_idx, vx_idx)
-        return out
+        return {vni: ensure_segment(ipr, vni, inst.address) for vni in vnis}
 
     def _spawn(self, inst: FrrInstance, daemon: str, group: str) -> None:
         d = self.instdir(inst)

@@ -34,7 +34,7 @@ from . import names, netns
 from .agent import Agent
 from .desired import compute_desired
 from .labplan import UNDERLAY_MTU, LabPlan, build_plan, check_addresses, nic_ns
-from .mapping import ACTIVATED, Binding, LogicalPort, MappingSystem, MoveRefused, Nve
+from .mapping import ACTIVATED, Binding, LogicalPort, MappingSystem, MoveRefused, Nve, Snapshot
 from .model import Topology
 from .store import MemoryStore, Store
 
@@ -44,6 +44,7 @@ ANNOUNCE_AT_MS = (0, 50, 200, 450, 800)  # QEMU's self-announce schedule (50 ms,
 GUEST_MTU = 1500
 UPLINK_INDEX_BASE = 100000  # ifindexes of VM uplinks in the NIC namespaces (see _create_port)
 PREPARE_TIMEOUT_S = 30.0  # a prepared move not activated by then is rolled back
+EXPIRE_MARGIN_S = 0.05  # the prepare timer fires this long after the mapping's deadline
 ACTIVATE_WAIT_S = 1.0  # after resuming, the orchestrator activates explicitly if no announcement did
 
 
@@ -60,6 +61,16 @@ class ControlPlane(Protocol):
 
 class LabError(Exception):
     pass
+
+
+def poll(cond: Callable[[], bool], timeout: float, step: float = 0.002) -> bool:
+    """True as soon as cond() holds, False if it still does not after `timeout` s (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
 
 
 def rarp_frame(mac: str) -> bytes:
@@ -333,6 +344,14 @@ class Lab:
     def _ifaces(self, vm: str) -> list[str]:
         return [names.iface_id(vm, i) for i in range(len(self.topo.vms[vm].interfaces))]
 
+    def _bound_at(self, vm: str, server: str) -> Callable[[Snapshot], bool]:
+        """Predicate on a snapshot: every interface of `vm` is bound to `server`."""
+        ifaces = self._ifaces(vm)
+        return lambda s: all((b := s.binding_of(i)) is not None and b.nve == server for i in ifaces)
+
+    def _activated(self, snap: Snapshot, vm: str) -> bool:
+        return all((m := snap.migrations.get(i)) is not None and m.state == ACTIVATED for i in self._ifaces(vm))
+
     def _stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int) -> tuple[float, float]:
         """The hypervisor's stop-and-copy: the VM stops on `src`, and after the pause runs on `to`."""
         at = time.monotonic()
@@ -374,7 +393,7 @@ class Lab:
                 self.mapping.abort(mig.iface_id)
             self._remove_port(vm, to)
             raise LabError(f"{vm}: prepare failed, rolled back: {exc}") from None
-        timer = threading.Timer(timeout, self._expire, args=(vm,))
+        timer = threading.Timer(timeout + EXPIRE_MARGIN_S, self._expire, args=(vm,))
         timer.daemon = True
         self.pending[vm] = {"from": src, "to": to, "timer": timer, "resumed": False}
         timer.start()
@@ -393,7 +412,7 @@ class Lab:
             if p["resumed"]:
                 raise LabError(f"{vm} already runs on {p['to']}")
             at, resumed = self._stop_and_resume(vm, p["from"], p["to"], pause_ms)
-            p.update(resumed=True, at=at, resumed_at=resumed)
+            p["resumed"] = True
             return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "resumed", "pause_ms": pause_ms,
                     "dark_ms": round((resumed - at) * 1000, 1)}
 
@@ -415,12 +434,11 @@ class Lab:
 
     def _complete(self, vm: str, wait: float) -> dict:
         p = self._pending(vm)
-        ifaces = self._ifaces(vm)
         snap = self.mapping.snapshot()
-        if not all((m := snap.migrations.get(i)) is not None and m.state == ACTIVATED for i in ifaces):
+        if not self._activated(snap, vm):
             raise LabError(f"{vm}: the move to {p['to']} is not activated yet")
         converged = self.wait_converged(wait, snap.revision)
-        for iface in ifaces:
+        for iface in self._ifaces(vm):
             self.mapping.complete(iface)
         p["timer"].cancel()
         del self.pending[vm]
@@ -433,14 +451,18 @@ class Lab:
             return self._abort(vm)
 
     def _abort(self, vm: str) -> dict:
-        p = self._pending(vm)
+        self._pending(vm)
         try:
             for iface in self._ifaces(vm):
                 self.mapping.abort(iface)
         except MoveRefused as exc:
             raise LabError(f"{vm}: cannot roll back: {exc}") from None
+        return self._undo(vm)
+
+    def _undo(self, vm: str) -> dict:
+        """The lab's side of a rollback (the mapping's is done): the hypervisor's port goes."""
+        p = self.pending.pop(vm)
         p["timer"].cancel()
-        del self.pending[vm]
         if p["resumed"]:  # the hypervisor moves it back (a migration that failed after the switch)
             self._stop_and_resume(vm, p["to"], p["from"], 0)
         self._remove_port(vm, p["to"])
@@ -448,15 +470,12 @@ class Lab:
         return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "rolled-back"}
 
     def _expire(self, vm: str) -> None:
+        """The prepare timer: the mapping rolls back what is past its deadline; the lab follows."""
         with self._lock:
-            snap = self.mapping.snapshot()
-            if vm in self.pending and all((m := snap.migrations.get(i)) is None or m.state != ACTIVATED
-                                          for i in self._ifaces(vm)):
-                try:
-                    self._abort(vm)
-                    self.migrations.append({"vm": vm, "rolled_back": True, "at_mono": time.monotonic()})
-                except LabError as exc:
-                    log.warning("%s", exc)
+            expired = {m.iface_id for m in self.mapping.expire()}
+            if vm in self.pending and expired & set(self._ifaces(vm)):
+                self._undo(vm)
+                self.migrations.append({"vm": vm, "rolled_back": True, "at_mono": time.monotonic()})
 
     # ---- a whole move ----------------------------------------------------------------------------
     def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
@@ -467,16 +486,13 @@ class Lab:
             if not prepare:
                 return self._migrate_learn(vm, to, pause_ms, wait)
             prep = self._prepare(vm, to, PREPARE_TIMEOUT_S, wait)
-            p = self.pending[vm]
             at, resumed = self._stop_and_resume(vm, prep["from"], to, pause_ms)
-            p.update(resumed=True)
-            ifaces = self._ifaces(vm)
-            snap = self.mapping.wait_for(
-                lambda s: all((b := s.binding_of(i)) is not None and b.nve == to for i in ifaces), ACTIVATE_WAIT_S)
+            self.pending[vm]["resumed"] = True
+            snap = self.mapping.wait_for(self._bound_at(vm, to), ACTIVATE_WAIT_S)
             activated_by = "announcement"
             if snap is None:  # no announcement heard: the orchestrator knows the VM runs there
                 activated_by = "explicit"
-                for iface in ifaces:
+                for iface in self._ifaces(vm):
                     self.mapping.activate(iface)
                 snap = self.mapping.snapshot()
             activated = time.monotonic()
@@ -496,9 +512,7 @@ class Lab:
         src = self._check_move(vm, to)
         self._create_port(vm, to)  # pre-copy: the destination tap exists, down
         at, resumed = self._stop_and_resume(vm, src, to, pause_ms)
-        ifaces = self._ifaces(vm)
-        snap = self.mapping.wait_for(
-            lambda s: all((b := s.binding_of(i)) is not None and b.nve == to for i in ifaces), wait)
+        snap = self.mapping.wait_for(self._bound_at(vm, to), wait)
         mapped = time.monotonic()
         converged = snap is not None and self.wait_converged(wait, snap.revision)
         done = time.monotonic()
@@ -516,13 +530,7 @@ class Lab:
         src = self._check_move(vm, to)
         self._create_port(vm, to)
         at, resumed = self._stop_and_resume(vm, src, to, pause_ms)
-        deadline = resumed + wait
-        located = False
-        while time.monotonic() < deadline:
-            if cp.located(self, vm, to):
-                located = True
-                break
-            time.sleep(0.001)
+        located = poll(lambda: cp.located(self, vm, to), wait, step=0.001)
         done = time.monotonic()
         self._remove_port(vm, src)
         rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "mode": cp.name,
@@ -534,12 +542,7 @@ class Lab:
     def wait_converged(self, timeout: float, revision: int | None = None) -> bool:
         """Wait until every agent has programmed the mapping at `revision` (default: now)."""
         target = self.mapping.store.revision if revision is None else revision
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(a.stats.converged_revision >= target for a in self.agents.values()):
-                return True
-            time.sleep(0.002)
-        return False
+        return poll(lambda: all(a.stats.converged_revision >= target for a in self.agents.values()), timeout)
 
     def restart_agent(self, server: str) -> dict:
         """Stop a server's agent and start a new one on the same kernel state; returns its first pass."""

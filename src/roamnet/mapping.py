@@ -214,13 +214,7 @@ class MappingSystem:
     def report_move(self, iface_id: str, nve_name: str) -> tuple[Binding, bool]:
         """An NVE saw `iface_id` arrive (port appeared, RARP/GARP). Returns (binding, changed)."""
         for _ in range(20):
-            snap_port = self.store.get(PORTS + iface_id)
-            snap_nve = self.store.get(NVES + nve_name)
-            if snap_port is None:
-                raise MoveRefused(f"unknown VM interface {iface_id!r}")
-            if snap_nve is None:
-                raise MoveRefused(f"unknown NVE {nve_name!r}")
-            port, nve = _load(LogicalPort, snap_port.value), _load(Nve, snap_nve.value)
+            port, nve = self._port_and_nve(iface_id, nve_name)
             key = binding_key(port.vni, port.mac)
             kv = self.store.get(key)
             current = _load(Binding, kv.value) if kv else None
@@ -242,14 +236,36 @@ class MappingSystem:
         kv = self.store.get(MIGRATIONS + iface_id)
         return _load(Migration, kv.value) if kv else None
 
-    def prepare(self, iface_id: str, dst: str, timeout: float) -> Migration:
-        """Record a planned move of `iface_id` to NVE `dst`; the binding stays where it is."""
-        kv_port, kv_nve = self.store.get(PORTS + iface_id), self.store.get(NVES + dst)
+    def _port_and_nve(self, iface_id: str, nve_name: str) -> tuple[LogicalPort, Nve]:
+        kv_port, kv_nve = self.store.get(PORTS + iface_id), self.store.get(NVES + nve_name)
         if kv_port is None:
             raise MoveRefused(f"unknown VM interface {iface_id!r}")
         if kv_nve is None:
-            raise MoveRefused(f"unknown NVE {dst!r}")
-        port, nve = _load(LogicalPort, kv_port.value), _load(Nve, kv_nve.value)
+            raise MoveRefused(f"unknown NVE {nve_name!r}")
+        return _load(LogicalPort, kv_port.value), _load(Nve, kv_nve.value)
+
+    def _change_migration(self, iface_id: str, change) -> Migration | None:
+        """Compare-and-swap on a migration record: `change(mig)` returns the new record, None to
+        delete it, `mig` itself to leave it, or raises MoveRefused. Returns the record it saw."""
+        for _ in range(20):
+            kv = self.store.get(MIGRATIONS + iface_id)
+            if kv is None:
+                return None
+            mig = _load(Migration, kv.value)
+            new = change(mig)
+            try:
+                if new is None:
+                    self.store.delete(kv.key, expect_revision=kv.mod_revision)
+                elif new != mig:
+                    self.store.put(kv.key, _dump(new), expect_revision=kv.mod_revision)
+                return mig
+            except CasConflict:
+                continue
+        raise MoveRefused(f"{iface_id}: too many concurrent updates")
+
+    def prepare(self, iface_id: str, dst: str, timeout: float) -> Migration:
+        """Record a planned move of `iface_id` to NVE `dst`; the binding stays where it is."""
+        port, nve = self._port_and_nve(iface_id, dst)
         kv = self.store.get(binding_key(port.vni, port.mac))
         if kv is None:
             raise MoveRefused(f"{iface_id} is bound nowhere: nothing to move")
@@ -265,18 +281,8 @@ class MappingSystem:
         return mig
 
     def _mark_activated(self, iface_id: str, nve: str) -> None:
-        for _ in range(20):
-            kv = self.store.get(MIGRATIONS + iface_id)
-            if kv is None:
-                return
-            mig = _load(Migration, kv.value)
-            if mig.state != PREPARED or mig.dst != nve:
-                return
-            try:
-                self.store.put(kv.key, _dump(replace(mig, state=ACTIVATED)), expect_revision=kv.mod_revision)
-                return
-            except CasConflict:
-                continue
+        self._change_migration(iface_id, lambda m: replace(m, state=ACTIVATED)
+                               if m.state == PREPARED and m.dst == nve else m)
 
     def activate(self, iface_id: str) -> tuple[Binding, bool]:
         """Explicit activation (the orchestrator knows the VM runs on the destination)."""
@@ -287,30 +293,22 @@ class MappingSystem:
 
     def complete(self, iface_id: str) -> Migration:
         """Forget an activated move (every NVE has programmed it)."""
-        kv = self.store.get(MIGRATIONS + iface_id)
-        if kv is None:
+        def drop(mig: Migration) -> None:
+            if mig.state != ACTIVATED:
+                raise MoveRefused(f"{iface_id}: the move to {mig.dst} was not activated (abort it instead)")
+
+        mig = self._change_migration(iface_id, drop)
+        if mig is None:
             raise MoveRefused(f"{iface_id}: no move in progress")
-        mig = _load(Migration, kv.value)
-        if mig.state != ACTIVATED:
-            raise MoveRefused(f"{iface_id}: the move to {mig.dst} was not activated (abort it instead)")
-        self.store.delete(kv.key)
         return mig
 
     def abort(self, iface_id: str) -> Migration | None:
         """Roll back a prepared move that was never activated; the binding never changed."""
-        for _ in range(20):
-            kv = self.store.get(MIGRATIONS + iface_id)
-            if kv is None:
-                return None
-            mig = _load(Migration, kv.value)
+        def drop(mig: Migration) -> None:
             if mig.state != PREPARED:
                 raise MoveRefused(f"{iface_id}: the move to {mig.dst} is already activated")
-            try:
-                self.store.delete(kv.key, expect_revision=kv.mod_revision)
-                return mig
-            except CasConflict:
-                continue
-        raise MoveRefused(f"{iface_id}: too many concurrent updates")
+
+        return self._change_migration(iface_id, drop)
 
     def expire(self, now: float | None = None) -> list[Migration]:
         """Abort every prepared move past its deadline; returns them."""
