@@ -1,4 +1,5 @@
-"""The intent model: a lab's data centers, servers, closed user groups (CUGs) and VMs.
+"""The intent model: a lab's data centers, servers, closed user groups (CUGs), VMs,
+tenants (routing domains of CUGs with an anycast gateway) and WAN clients.
 
 Validation happens in two phases: pydantic checks each field (types, ranges, names,
 unknown keys), then `Topology` cross-checks references and uniqueness. Every problem
@@ -31,6 +32,10 @@ LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
 NODE_NAME_RE = r"^[a-z][a-z0-9_]{0,10}$"  # node names become parts of Linux interface names
 RESERVED_NAMES = frozenset({"wan"})
 TENANT_RANGE = IPv4Network("198.19.0.0/16")  # RFC 2544; the underlay uses 198.18.0.0/16
+WAN_CLIENT_RANGE = IPv4Network("198.18.192.0/19")  # the only part of the underlay /16 left to WAN clients
+DEFAULT_ANYCAST_MAC = "02:52:4e:00:00:01"  # the distributed gateway's MAC, the same on every NVE
+RESERVED_MAC_PREFIX = "02:52:4e"  # roamnet's gateway and router MACs; never a VM's
+ROUTER_MAC_PREFIX = RESERVED_MAC_PREFIX + ":01:"  # NVE router MACs (desired.router_mac); never the anycast MAC
 VNI_MAX = 2**24 - 1
 MAC_RE = r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"  # accepted input; stored as lowercase xx:xx:..
 
@@ -99,12 +104,25 @@ def _tenant_subnet(net: IPv4Network) -> IPv4Network:
     return net
 
 
+def _wan_client_ip(ip: IPv4Address) -> IPv4Address:
+    if ip not in WAN_CLIENT_RANGE:
+        raise ValueError(
+            f"{ip} is outside {WAN_CLIENT_RANGE} (WAN client addresses must come from {WAN_CLIENT_RANGE}; "
+            "the rest of 198.18.0.0/16 is the lab underlay)"
+        )
+    if ip in (WAN_CLIENT_RANGE.network_address, WAN_CLIENT_RANGE.broadcast_address):
+        kind = "network" if ip == WAN_CLIENT_RANGE.network_address else "broadcast"
+        raise ValueError(f"{ip} is the {kind} address of {WAN_CLIENT_RANGE}")
+    return ip
+
+
 LabName = Annotated[str, StringConstraints(pattern=LAB_NAME_RE)]
 NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME_RE), AfterValidator(_not_reserved)]
 Mac = Annotated[str, BeforeValidator(_mac), WithJsonSchema({"type": "string", "pattern": MAC_RE})]
 Vni = Annotated[int, Strict(), AfterValidator(_vni),
                 WithJsonSchema({"type": "integer", "minimum": 1, "maximum": VNI_MAX})]
 TenantSubnet = Annotated[IPv4Network, AfterValidator(_tenant_subnet)]
+WanClientIp = Annotated[IPv4Address, AfterValidator(_wan_client_ip)]
 
 
 class Model(BaseModel):
@@ -121,9 +139,19 @@ class Datacenter(Model):
     border: NodeName | None = None
 
 
+class Tenant(Model):
+    """A routing domain: its CUGs are routed to each other (symmetric IRB over `l3vni`)."""
+
+    l3vni: Vni
+
+
 class Cug(Model):
+    """An L2 segment; with a `gateway` and a `tenant` it is also routed (distributed anycast gateway)."""
+
     vni: Vni
     subnet: TenantSubnet
+    gateway: IPv4Address | None = None
+    tenant: NodeName | None = None
 
 
 class VmInterface(Model):
@@ -141,13 +169,27 @@ class Vm(Model):
         return next((i for i in self.interfaces if i.cug == cug), None)
 
 
+class WanClient(Model):
+    ip: WanClientIp
+
+
+class Wan(Model):
+    """The outside world, reached through the data centers' border routers."""
+
+    clients: dict[NodeName, WanClient] = Field(default_factory=dict)
+
+
 class Topology(Model):
-    """A lab: data centers of servers, CUGs (L2 segments), VMs attached to CUGs."""
+    """A lab: data centers of servers, CUGs (L2 segments), VMs attached to CUGs, tenants
+    routing CUGs to each other, and WAN clients."""
 
     name: LabName
     datacenters: dict[NodeName, Datacenter] = Field(min_length=1)
+    tenants: dict[NodeName, Tenant] = Field(default_factory=dict)
+    anycast_gateway_mac: Mac = DEFAULT_ANYCAST_MAC
     cugs: dict[NodeName, Cug] = Field(default_factory=dict)
     vms: dict[NodeName, Vm] = Field(default_factory=dict)
+    wan: Wan | None = None
 
     def server_dc(self) -> dict[str, str]:
         """Server name -> data center name, in file order."""
@@ -158,8 +200,22 @@ class Topology(Model):
         return self.datacenters[dc].border or f"{dc}br"
 
     def node_names(self) -> set[str]:
-        """Names of all nodes: servers, borders and VMs."""
-        return set(self.server_dc()) | {self.border_of(dc) for dc in self.datacenters} | set(self.vms)
+        """Names of all nodes: servers, borders, VMs and WAN clients."""
+        return (set(self.server_dc()) | {self.border_of(dc) for dc in self.datacenters} | set(self.vms)
+                | set(self.wan_clients()))
+
+    def wan_clients(self) -> dict[str, WanClient]:
+        """WAN client name -> client, in file order (empty without `wan`)."""
+        return dict(self.wan.clients) if self.wan is not None else {}
+
+    def tenant_of(self, cug: str) -> str | None:
+        """Tenant of `cug` (KeyError if unknown), or None for an L2-only CUG."""
+        return self.cugs[cug].tenant
+
+    def routed_interface(self, vm: str) -> tuple[int, VmInterface] | None:
+        """(index, interface) of `vm`'s first interface in a routed CUG (one with a tenant), or None."""
+        return next(((i, itf) for i, itf in enumerate(self.vms[vm].interfaces)
+                     if self.tenant_of(itf.cug) is not None), None)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Topology:
@@ -199,7 +255,21 @@ def _check_topology(t: Topology) -> list[Problem]:
             else:
                 node(border, f"datacenters.{dc} (default border)", "border")
 
+    if t.anycast_gateway_mac.startswith(ROUTER_MAC_PREFIX):
+        problems.append(("anycast_gateway_mac", f"MACs {ROUTER_MAC_PREFIX}xx:xx are the NVEs' router MACs"))
     servers = t.server_dc()
+    cug_vnis: dict[int, str] = {}  # VNI -> first CUG using it
+    for name, cug in t.cugs.items():
+        cug_vnis.setdefault(cug.vni, name)
+    l3vnis: dict[int, str] = {}
+    for name, tenant in t.tenants.items():
+        path = f"tenants.{name}.l3vni"
+        if tenant.l3vni in l3vnis:
+            problems.append((path, f"L3 VNI {tenant.l3vni} is already used by tenant {l3vnis[tenant.l3vni]}"))
+        elif tenant.l3vni in cug_vnis:
+            problems.append((path, f"L3 VNI {tenant.l3vni} is already used by CUG {cug_vnis[tenant.l3vni]}"))
+        l3vnis.setdefault(tenant.l3vni, name)
+
     vnis: dict[int, str] = {}
     subnets: dict[str, IPv4Network] = {}
     for name, cug in t.cugs.items():
@@ -210,6 +280,20 @@ def _check_topology(t: Topology) -> list[Problem]:
             if cug.subnet.overlaps(net):
                 problems.append((f"cugs.{name}.subnet", f"{cug.subnet} overlaps {net} of CUG {other}"))
         subnets[name] = cug.subnet
+        if cug.tenant is not None and cug.tenant not in t.tenants:
+            problems.append((f"cugs.{name}.tenant", f"unknown tenant {cug.tenant!r}"))
+        if cug.gateway is not None and cug.tenant is None:
+            problems.append((f"cugs.{name}.tenant", "a CUG with a gateway needs a tenant "
+                             "(add `tenant:` or remove `gateway:`)"))
+        if cug.tenant is not None and cug.gateway is None:
+            problems.append((f"cugs.{name}.gateway", "a CUG with a tenant needs a gateway "
+                             "(add `gateway:` or remove `tenant:`)"))
+        gw, net = cug.gateway, cug.subnet
+        if gw is not None and gw not in net:
+            problems.append((f"cugs.{name}.gateway", f"{gw} is outside subnet {net} of CUG {name}"))
+        elif gw is not None and gw in (net.network_address, net.broadcast_address):
+            kind = "network" if gw == net.network_address else "broadcast"
+            problems.append((f"cugs.{name}.gateway", f"{gw} is the {kind} address of subnet {net}"))
 
     macs: dict[str, str] = {}
     ips: dict[IPv4Address, str] = {}
@@ -222,6 +306,11 @@ def _check_topology(t: Topology) -> list[Problem]:
             path = f"vms.{name}.interfaces[{i}]"
             if iface.mac in macs:
                 problems.append((f"{path}.mac", f"duplicate MAC {iface.mac} (also at {macs[iface.mac]})"))
+            elif iface.mac == t.anycast_gateway_mac:
+                problems.append((f"{path}.mac", f"{iface.mac} is the anycast gateway MAC (anycast_gateway_mac)"))
+            elif iface.mac.startswith(RESERVED_MAC_PREFIX + ":"):
+                problems.append((f"{path}.mac", f"MACs {RESERVED_MAC_PREFIX}:xx:xx:xx are reserved for "
+                                 "roamnet's gateway and router MACs"))
             macs.setdefault(iface.mac, f"{path}.mac")
             if iface.ip in ips:
                 problems.append((f"{path}.ip", f"duplicate IP {iface.ip} (also at {ips[iface.ip]})"))
@@ -239,6 +328,16 @@ def _check_topology(t: Topology) -> list[Problem]:
             elif iface.ip in (net.network_address, net.broadcast_address):
                 kind = "network" if iface.ip == net.network_address else "broadcast"
                 problems.append((f"{path}.ip", f"{iface.ip} is the {kind} address of subnet {net}"))
+            elif iface.ip == cug.gateway:
+                problems.append((f"{path}.ip", f"{iface.ip} is the gateway of CUG {iface.cug}"))
+
+    client_ips: dict[IPv4Address, str] = {}
+    for name, client in t.wan_clients().items():
+        path = f"wan.clients.{name}"
+        node(name, path, "WAN client")
+        if client.ip in client_ips:
+            problems.append((f"{path}.ip", f"duplicate IP {client.ip} (also at {client_ips[client.ip]})"))
+        client_ips.setdefault(client.ip, f"{path}.ip")
     return problems
 
 

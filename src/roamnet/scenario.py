@@ -1,4 +1,4 @@
-"""A traffic scenario: streams between VMs of a topology, and timed migration steps."""
+"""A traffic scenario: streams between VMs (and WAN clients) of a topology, and timed migration steps."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ StrictInt = Annotated[int, Strict()]
 
 
 class Stream(Model):
-    """Traffic from one VM to another: sequence-numbered UDP datagrams, or one paced TCP connection."""
+    """Traffic from one VM (or WAN client) to another: sequence-numbered UDP datagrams, or one paced
+    TCP connection. At most one end may be a WAN client."""
 
     model_config = ConfigDict(populate_by_name=True)  # Stream(from_=...) in code, `from:` in YAML
 
@@ -47,13 +48,39 @@ class Stream(Model):
         return data
 
     def endpoints(self, topology: Topology) -> tuple[IPv4Address, IPv4Address, str]:
-        """(source IP, destination IP, CUG) in the first CUG of the sender that the receiver shares."""
+        """(source IP, destination IP, via). `via` is how the traffic goes:
+
+        - a CUG name: both are VMs and share that CUG (the sender's first CUG the receiver is in);
+        - ``"tenant:<name>"``: two VMs with interfaces in (different) CUGs of that tenant, routed
+          through the anycast gateway; the sender's first tenant the receiver also has, from each
+          one's first interface in a CUG of that tenant;
+        - ``"wan"``: a WAN client and a VM, from/to the VM's first interface in a routed CUG.
+
+        Raises ValueError when the two cannot reach each other."""
+        clients = topology.wan_clients()
+        if self.from_ in clients or self.to in clients:
+            if self.from_ in clients and self.to in clients:
+                raise ValueError(f"a stream needs at least one VM ({self.from_} and {self.to} are both WAN clients)")
+            client, vm = (self.from_, self.to) if self.from_ in clients else (self.to, self.from_)
+            routed = topology.routed_interface(vm)
+            if routed is None:
+                raise ValueError(f"{client} can only reach VMs with an interface in a routed CUG "
+                                 f"(one with a gateway and a tenant); {vm} has none")
+            client_ip, vm_ip = clients[client].ip, routed[1].ip
+            return (client_ip, vm_ip, "wan") if self.from_ == client else (vm_ip, client_ip, "wan")
         src, dst = topology.vms[self.from_], topology.vms[self.to]
         for iface in src.interfaces:
             peer = dst.interface_in(iface.cug)
             if peer is not None:
                 return iface.ip, peer.ip, iface.cug
-        raise ValueError(f"{self.from_} and {self.to} share no CUG")
+        for iface in src.interfaces:
+            tenant = topology.tenant_of(iface.cug)
+            if tenant is None:
+                continue
+            peer = next((p for p in dst.interfaces if topology.tenant_of(p.cug) == tenant), None)
+            if peer is not None:
+                return iface.ip, peer.ip, f"tenant:{tenant}"
+        raise ValueError(f"{self.from_} and {self.to} share no CUG and no tenant")
 
 
 class Step(Model):
@@ -81,7 +108,7 @@ class Scenario(Model):
 
 def _check_scenario(s: Scenario) -> list[Problem]:
     problems: list[Problem] = []
-    vms, servers = s.topology.vms, s.topology.server_dc()
+    vms, servers, clients = s.topology.vms, s.topology.server_dc(), s.topology.wan_clients()
     names: dict[str, int] = {}
     for i, st in enumerate(s.streams):
         path = f"streams[{i}]"
@@ -89,14 +116,14 @@ def _check_scenario(s: Scenario) -> list[Problem]:
             problems.append((f"{path}.name", f"duplicate stream name {st.name!r} (also streams[{names[st.name]}])"))
         names.setdefault(st.name, i)
         known = True
-        for key, vm in (("from", st.from_), ("to", st.to)):
-            if vm not in vms:
-                problems.append((f"{path}.{key}", f"unknown VM {vm!r}"))
+        for key, end in (("from", st.from_), ("to", st.to)):
+            if end not in vms and end not in clients:
+                problems.append((f"{path}.{key}", f"unknown VM or WAN client {end!r}"))
                 known = False
         if not known:
             continue
         if st.from_ == st.to:
-            problems.append((f"{path}.to", f"a stream needs two different VMs (from and to are both {st.to})"))
+            problems.append((f"{path}.to", f"a stream needs two different nodes (from and to are both {st.to})"))
             continue
         try:
             st.endpoints(s.topology)

@@ -133,19 +133,20 @@ def test_duplicate_stream_name() -> None:
 
 
 def test_unknown_stream_source() -> None:
-    assert_problem(refused(stream(0, **{"from": "vm9"})), "streams[0].from", "unknown VM 'vm9'")
+    assert_problem(refused(stream(0, **{"from": "vm9"})), "streams[0].from", "unknown VM or WAN client 'vm9'")
 
 
 def test_unknown_stream_destination() -> None:
-    assert_problem(refused(stream(1, to="vm9")), "streams[1].to", "unknown VM 'vm9'")
+    err = refused(stream(1, to="vm9"))
+    assert_problem(err, "streams[1].to", "unknown VM or WAN client 'vm9'")
 
 
 def test_stream_to_itself() -> None:
-    assert_problem(refused(stream(1, to="vm3")), "streams[1].to", "two different VMs")
+    assert_problem(refused(stream(1, to="vm3")), "streams[1].to", "a stream needs two different nodes (from and to are both vm3)")
 
 
 def test_stream_without_shared_cug() -> None:
-    assert_problem(refused(stream(1, to="vm4")), "streams[1].to", "vm3 and vm4 share no CUG")
+    assert_problem(refused(stream(1, to="vm4")), "streams[1].to", "vm3 and vm4 share no CUG and no tenant")
 
 
 def test_bad_proto() -> None:
