@@ -25,7 +25,8 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from . import names, netns
 from .desired import compute_desired
 from .mapping import PREPARED, MappingSystem, MoveRefused, Nve, Snapshot
-from .reconcile import STRUCTURAL, VXLAN_PORT, Actual, Change, apply_to, plan
+from .reconcile import STRUCTURAL, VXLAN_PORT, Actual, Change, VrfChange, apply_to, plan, plan_vrfs
+from .vrfs import VrfKernel
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,16 @@ def ensure_segment(ipr: IPRoute, vni: int, vtep: str) -> tuple[int, int]:
 class Kernel:
     """One NVE's kernel objects, through netlink. Only touches objects carrying roamnet's aliases."""
 
-    def __init__(self, ns: str, vtep: str):
+    def __init__(self, ns: str, vtep: str, vrf_namespaces: dict[str, str] | None = None):
         self.ns, self.vtep = ns, vtep
         self.ipr = IPRoute(netns=ns)
+        self.vrfs = VrfKernel(self.ipr, vtep, vrf_namespaces or {})
         self._index: dict[str, int] = {}  # device name -> ifindex
         self._port_index: dict[str, int] = {}  # iface_id -> ifindex of its port, as last read
         self._bridge_dev: dict[tuple[int, str], int] = {}  # (vni, mac) -> device of its static entry
 
     def close(self) -> None:
+        self.vrfs.close()
         self.ipr.close()
 
     # ---- read ----------------------------------------------------------------------------------
@@ -89,6 +92,7 @@ class Kernel:
         port_master: dict[str, int] = {}
         port_names: dict[int, str] = {}  # ifindex -> iface_id, every VM port
         ports: dict[int, str] = {}  # the ports that are up
+        gateways: dict[int, tuple[int, int]] = {}  # ifindex -> (VNI, master) of a CUG's gateway port
         for link in self.ipr.get_links():
             name, idx = link.get("ifname"), link["index"]
             index[name] = idx
@@ -97,6 +101,8 @@ class Kernel:
             if alias.startswith(names.SEGMENT_ALIAS):
                 vni = int(alias[len(names.SEGMENT_ALIAS):])
                 (bridges if kind == "bridge" else vxlans)[idx] = vni
+            elif alias.startswith(names.GATEWAY_ALIAS):
+                gateways[idx] = (int(alias[len(names.GATEWAY_ALIAS):]), link.get("IFLA_MASTER") or 0)
             elif (iface := names.iface_from_alias(alias)) is not None:
                 port_names[idx] = iface
                 port_index[iface] = idx
@@ -114,11 +120,12 @@ class Kernel:
                     act.flood.setdefault(vni, set()).add(dst)
                 else:
                     act.remote_macs.setdefault((vni, mac), set()).add(dst)
-            elif master in bridges and entry["state"] == NUD_NOARP:
+            elif master in bridges and entry["state"] == NUD_NOARP and idx not in gateways:
                 target = VXLAN_PORT if idx in vxlans else port_names.get(idx, f"ifindex:{idx}")
                 act.bridge_fdb[(bridges[master], mac)] = target
                 bridge_dev[(bridges[master], mac)] = idx
         self._index, self._port_index, self._bridge_dev = index, port_index, bridge_dev
+        act.vrfs = self.vrfs.read({vni: bridges.get(m) == vni for vni, m in gateways.values()})
         return act, ports
 
     # ---- apply ---------------------------------------------------------------------------------
@@ -141,12 +148,15 @@ class Kernel:
             raise LookupError(f"{self.ns}: no port for {iface}")
         return self._port_index[iface]
 
-    def apply(self, changes: list[Change]) -> list[str]:
+    def apply(self, changes: list[Change | VrfChange]) -> list[str]:
         """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
         errors = []
         for ch in changes:
             try:
-                getattr(self, "_" + ch.op.replace("-", "_"))(ch)
+                if isinstance(ch, VrfChange):
+                    self.vrfs.apply(ch)
+                else:
+                    getattr(self, "_" + ch.op.replace("-", "_"))(ch)
             except (NetlinkError, LookupError, OSError) as exc:
                 errors.append(f"{self.ns}: {ch}: {exc}")
         return errors
@@ -247,9 +257,10 @@ def parse_announcement(frame: bytes) -> str | None:
 class Agent:
     """One NVE's agent. `start()` runs it in threads; `reconcile()` is one synchronous pass."""
 
-    def __init__(self, mapping: MappingSystem, nve: Nve, ns: str):
+    def __init__(self, mapping: MappingSystem, nve: Nve, ns: str, vrf_namespaces: dict[str, str] | None = None):
         self.mapping, self.nve, self.ns = mapping, nve, ns
-        self.kernel = Kernel(ns, nve.vtep)
+        self.vrf_namespaces = dict(vrf_namespaces or {})
+        self.kernel = Kernel(ns, nve.vtep, self.vrf_namespaces)
         self.stats = AgentStats()
         self._unneeded_since: dict[int, float] = {}  # VNI -> when its segment stopped being desired
         self._prune_timer: threading.Timer | None = None
@@ -301,7 +312,8 @@ class Agent:
             if self._claim_arrivals(snap, ports):
                 snap = self.mapping.snapshot()
             want = compute_desired(snap, self.nve.name)
-            changes = self._hold_prunes(plan(want, actual))
+            changes: list[Change | VrfChange] = self._hold_prunes(plan(want, actual))
+            changes += plan_vrfs(want.vrfs, actual.vrfs)
             errors = self.kernel.apply(changes) if changes else []
             if errors or any(c.op in STRUCTURAL for c in changes):
                 self._cache, self._kernel_dirty = None, True

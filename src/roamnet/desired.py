@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .mapping import Snapshot
+from .model import ROUTER_MAC_PREFIX
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class NveDesired:
     flood: dict[int, frozenset[str]] = field(default_factory=dict)  # vni -> remote VTEPs
     replicated: frozenset[tuple[int, str]] = frozenset()  # (vni, mac) sent to the whole flood list
     dual: frozenset[tuple[int, str]] = frozenset()  # (vni, mac) with no bridge entry: local port AND VXLAN
+    vrfs: dict[str, VrfDesired] = field(default_factory=dict)  # tenant -> its VRF here (see below)
 
     def to_json(self) -> dict:
         return {
@@ -55,6 +57,7 @@ class NveDesired:
             "flood": {str(v): sorted(t) for v, t in sorted(self.flood.items())},
             "replicated": [{"vni": v, "mac": m} for v, m in sorted(self.replicated)],
             "dual": [{"vni": v, "mac": m} for v, m in sorted(self.dual)],
+            "vrfs": {t: v.to_json() for t, v in sorted(self.vrfs.items())},
         }
 
 
@@ -77,4 +80,83 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
             replicated.add(m.key)
     hosts = [(b.vni, b.vtep, b.nve) for b in snap.bindings.values()] + [(m.vni, m.dst_vtep, m.dst) for m in prepared]
     flood = {vni: frozenset(t for v, t, n in hosts if v == vni and n != nve) for vni in segments}
-    return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual))
+    return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),
+                      compute_vrfs(snap, nve, segments))
+
+
+# ---- routing: distributed anycast gateway and symmetric IRB (RFC 9135) --------------------------
+#
+# A tenant is a VRF: on every NVE that hosts one of its routed CUGs, and on every border (DCBR), a
+# namespace holds the tenant's routing table. Each hosted routed CUG has a gateway interface there
+# with the CUG's gateway IP and the fabric-wide anycast MAC (so a VM's ARP entry for its gateway is
+# right on every server). Between NVEs, routed traffic rides the tenant's L3 VNI: the ingress NVE
+# routes it to a /32 host route whose next hop is the egress NVE's VTEP, with that NVE's router MAC
+# as destination MAC; the egress NVE routes it again into the VM's CUG. Each server's default route
+# points at its own data center's border; a border announces (over BGP, to the WAN) the tenant's
+# subnets and the /32s of the VMs in its data center, and forwards to the others without announcing
+# them (the "transit" table).
+
+MAIN, TRANSIT = "main", "transit"  # a border's announced routes, and the ones it only forwards
+BLACKHOLE = ""  # a route with no next hop: a border's covering route for a subnet
+
+
+def router_mac(vtep: str) -> str:
+    """An NVE's router MAC on every L3 VNI, derived from its VTEP address (in 198.18.0.0/16): the
+    reserved 02:52:4e prefix, 01, then the address's last two octets."""
+    a = [int(x) for x in vtep.split(".")]
+    return f"{ROUTER_MAC_PREFIX}{a[2]:02x}:{a[3]:02x}"
+
+
+@dataclass(frozen=True)
+class VrfDesired:
+    tenant: str
+    l3vni: int
+    rmac: str  # this NVE's router MAC (the L3 VNI device's address)
+    anycast_mac: str
+    border: bool = False  # a border: the transit table is looked up first
+    gateways: dict[int, str] = field(default_factory=dict)  # hosted routed VNI -> gateway "ip/plen"
+    neighbors: dict[str, tuple[int, str]] = field(default_factory=dict)  # local VM IP -> (VNI, MAC)
+    routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, prefix) -> VTEP | BLACKHOLE
+    rmacs: dict[str, str] = field(default_factory=dict)  # next-hop VTEP -> its router MAC
+
+    def to_json(self) -> dict:
+        return {
+            "tenant": self.tenant, "l3vni": self.l3vni, "rmac": self.rmac, "border": self.border,
+            "gateways": {str(v): g for v, g in sorted(self.gateways.items())},
+            "neighbors": {ip: {"vni": v, "mac": m} for ip, (v, m) in sorted(self.neighbors.items())},
+            "routes": [{"table": t, "prefix": p, "via": via or "blackhole"}
+                       for (t, p), via in sorted(self.routes.items())],
+        }
+
+
+def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str, VrfDesired]:
+    """The tenant VRFs NVE `nve` has, given the L2 segments it hosts. Pure."""
+    me = snap.nves[nve]
+    is_border = me.role == "border"
+    routed = {vni: s for vni, s in snap.segments.items() if s.tenant and s.gateway and s.tenant in snap.tenants}
+    present = set(snap.tenants) if is_border else {routed[v].tenant for v in segments if v in routed}
+    border_vtep = next((n.vtep for n in snap.nves.values() if n.role == "border" and n.dc == me.dc), None)
+    out: dict[str, VrfDesired] = {}
+    for name in sorted(present):
+        t = snap.tenants[name]
+        mine = {vni: s for vni, s in routed.items() if s.tenant == name}
+        gateways = {} if is_border else {v: s.gateway for v, s in mine.items() if v in segments}
+        neighbors: dict[str, tuple[int, str]] = {}
+        routes: dict[tuple[str, str], str] = {}
+        for b in snap.bindings.values():
+            if b.vni not in mine:
+                continue
+            if b.nve == nve:
+                neighbors.update({ip: (b.vni, b.mac) for ip in b.ips})
+                continue
+            there = snap.nves.get(b.nve)
+            table = TRANSIT if is_border and there is not None and there.dc != me.dc else MAIN
+            routes.update({(table, f"{ip}/32"): b.vtep for ip in b.ips})
+        if is_border:
+            routes.update({(MAIN, s.subnet): BLACKHOLE for s in mine.values()})
+        elif border_vtep is not None:
+            routes[(MAIN, "0.0.0.0/0")] = border_vtep
+        rmacs = {v: router_mac(v) for v in routes.values() if v != BLACKHOLE}
+        out[name] = VrfDesired(name, t.l3vni, router_mac(me.vtep), t.anycast_mac, is_border,
+                               gateways, neighbors, routes, rmacs)
+    return out

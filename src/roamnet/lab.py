@@ -26,22 +26,26 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pyroute2 import IPRoute
 
 from . import names, netns
 from .agent import Agent
 from .desired import compute_desired
-from .labplan import UNDERLAY_MTU, LabPlan, build_plan, check_addresses, nic_ns
-from .mapping import ACTIVATED, Binding, LogicalPort, MappingSystem, MoveRefused, Nve, Snapshot
+from .labplan import UNDERLAY_MTU, LabPlan, Node, build_plan, check_addresses, nic_ns
+from .mapping import ACTIVATED, Binding, LogicalPort, MappingSystem, MoveRefused, Nve, Segment, Snapshot, Tenant
 from .model import Topology
 from .store import MemoryStore, Store
+
+if TYPE_CHECKING:
+    from .border import BorderBgp
 
 log = logging.getLogger(__name__)
 
 ANNOUNCE_AT_MS = (0, 50, 200, 450, 800)  # QEMU's self-announce schedule (50 ms, +100 ms steps)
 GUEST_MTU = 1500
+RTNH_F_ONLINK = 0x4
 UPLINK_INDEX_BASE = 100000  # ifindexes of VM uplinks in the NIC namespaces (see _create_port)
 PREPARE_TIMEOUT_S = 30.0  # a prepared move not activated by then is rolled back
 EXPIRE_MARGIN_S = 0.05  # the prepare timer fires this long after the mapping's deadline
@@ -82,9 +86,12 @@ def rarp_frame(mac: str) -> bytes:
 
 class Lab:
     def __init__(self, topo: Topology, store: Store | None = None, journal: Path | None = None,
-                 progress: Callable[[str], None] | None = None, control_plane: ControlPlane | None = None):
+                 progress: Callable[[str], None] | None = None, control_plane: ControlPlane | None = None,
+                 wan_bgp: bool = True):
         self.topo = topo
         self.control_plane = control_plane
+        self.wan_bgp = wan_bgp and bool(topo.tenants)  # FRR on the borders and the WAN router
+        self.border: BorderBgp | None = None
         self.pending: dict[str, dict] = {}  # vm -> its prepared move (to, timer, from)
         self.plan: LabPlan = build_plan(topo)
         check_addresses(self.plan)
@@ -141,10 +148,15 @@ class Lab:
                 self._wait_located(converge_timeout)
                 return
             self._register()
-            for name, node in self.plan.nodes.items():
-                if node.kind == "server":
-                    self.agents[name] = Agent(self.mapping, self.mapping.snapshot().nves[name], node.ns)
-                    self.agents[name].start()
+            for node in self._nves():
+                self.agents[node.name] = self._new_agent(node.name)
+                self.agents[node.name].start()
+            if self.wan_bgp:
+                from .border import BorderBgp
+
+                self.progress("starting FRR (BGP) on the border routers and the WAN router")
+                self.border = BorderBgp()
+                self.border.start(self)
             self.progress("starting VMs")
             for vm in self.topo.vms:
                 self._build_vm(vm)
@@ -176,11 +188,14 @@ class Lab:
         for agent in self.agents.values():
             agent.stop()
         self.agents.clear()
-        if self.control_plane is not None:
+        for cp in (self.control_plane, self.border):
+            if cp is None:
+                continue
             try:
-                self.control_plane.stop(self)
+                cp.stop(self)
             except Exception:  # the namespaces must go whatever happened
-                log.exception("%s: stop failed", self.control_plane.name)
+                log.exception("%s: stop failed", cp.name)
+        self.border = None
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
@@ -199,6 +214,9 @@ class Lab:
             self._new_ns(node.ns)
             if node.forwarding:
                 netns.sysctl(node.ns, "net.ipv4.ip_forward", 1)
+            if node.kind == "vrf":  # routes are symmetric only per flow: no reverse-path filtering
+                for conf in ("all", "default"):
+                    netns.sysctl(node.ns, f"net.ipv4.conf.{conf}.rp_filter", 0)
         self.progress(f"wiring {len(self.plan.links)} underlay links")
         for link in self.plan.links:
             a, b = self.plan.nodes[link.a], self.plan.nodes[link.b]
@@ -213,8 +231,13 @@ class Lab:
         for node in self.plan.nodes.values():
             if node.routes:
                 ipr = self._nl(node.ns)
-                for dst, gw in node.routes:
-                    ipr.route("add", dst=dst, gateway=gw)
+                for r in node.routes:
+                    via = {"oif": ipr.link_lookup(ifname=r.dev)[0]} if r.dev else {}
+                    if r.gateway:
+                        via["gateway"] = r.gateway
+                        if r.dev:
+                            via["flags"] = RTNH_F_ONLINK
+                    ipr.route("add", dst=r.dst, **via)
 
     @staticmethod
     def _address(ipr: IPRoute, ifname: str, cidr: str) -> None:
@@ -223,10 +246,27 @@ class Lab:
         ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
         ipr.link("set", index=idx, state="up")
 
+    def _nves(self) -> list[Node]:
+        """The lab's NVEs: every server; every border too when there are tenants (a DCBR is an NVE of
+        every tenant)."""
+        roles = ("server", "border") if self.topo.tenants else ("server",)
+        return [n for n in self.plan.nodes.values() if n.kind in roles]
+
+    def _vrf_namespaces(self, node: str) -> dict[str, str]:
+        return {t: self.plan.vrf(node, t).ns for t in self.topo.tenants}
+
+    def _new_agent(self, node: str) -> Agent:
+        return Agent(self.mapping, self.mapping.snapshot().nves[node], self.plan.nodes[node].ns,
+                     self._vrf_namespaces(node))
+
     def _register(self) -> None:
-        for name, node in self.plan.nodes.items():
-            if node.kind == "server":
-                self.mapping.register_nve(Nve(name, node.vtep, node.dc))
+        for t, spec in self.topo.tenants.items():
+            self.mapping.register_tenant(Tenant(t, spec.l3vni, self.topo.anycast_gateway_mac))
+        for cug, spec in self.topo.cugs.items():
+            gw = f"{spec.gateway}/{spec.subnet.prefixlen}" if spec.gateway is not None else ""
+            self.mapping.register_segment(Segment(spec.vni, cug, str(spec.subnet), gw, spec.tenant or ""))
+        for node in self._nves():
+            self.mapping.register_nve(Nve(node.name, node.vtep, node.dc, node.kind))
         snap = self.mapping.snapshot()
         for vm, spec in self.topo.vms.items():
             nve = snap.nves[spec.server]
@@ -256,6 +296,11 @@ class Lab:
             plen = self.topo.cugs[itf.cug].subnet.prefixlen
             g.addr("add", index=idx, address=str(itf.ip), prefixlen=plen)
             g.link("set", index=idx, state="up")
+        routed = self.topo.routed_interface(vm)
+        if routed is not None:  # the anycast gateway of its first routed CUG
+            i, itf = routed
+            g.route("add", dst="0.0.0.0/0", gateway=str(self.topo.cugs[itf.cug].gateway),
+                    oif=g.link_lookup(ifname=f"eth{i}")[0])
 
     # ---- the hypervisor's side of a migration ---------------------------------------------------
     # A hypervisor creates the destination tap before it stops the VM, and the source tap goes away
@@ -549,7 +594,7 @@ class Lab:
         if server not in self.agents:
             raise LabError(f"no NVE agent on {server!r}")
         self.agents[server].stop()
-        agent = Agent(self.mapping, self.mapping.snapshot().nves[server], self.plan.nodes[server].ns)
+        agent = self._new_agent(server)
         first = agent.reconcile()
         self.agents[server] = agent
         agent.start()

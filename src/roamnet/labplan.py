@@ -3,7 +3,15 @@
 Underlay (198.18.0.0/16, routed, no L2 between data centers):
   data center d (1-based) owns 198.18.d.0/24; server k of it is joined to the DC's border router by
   a /31: border 198.18.d.(2k), server 198.18.d.(2k+1) — that server address is its VTEP address.
-  Border of DC d <-> the WAN core router: /31 198.18.250.(2d-2) (WAN side) / .(2d-1) (border side).
+  Border of DC d <-> the WAN core router: /31 198.18.250.(2d-2) (WAN side) / .(2d-1) (border side);
+  that border address is the DCBR's VTEP address (a DCBR is an NVE of every tenant).
+Tenants (VRFs): every server and every border has a namespace per tenant, `rn-<lab>-<node>.t-<tenant>`
+  (this kernel has no VRF devices; a namespace is the stronger isolation anyway). The NVE agent fills
+  it: the L3 VNI's VXLAN device (its UDP socket stays in the node's namespace), the gateway
+  interfaces, host routes. Each border's tenant namespace is handed off to the WAN router by a /31 from
+  198.18.251.0/24 (VRF-lite, as a DCBR hands a VRF to a provider), over which FRR speaks eBGP.
+WAN clients (the outside world): a namespace each, joined to the WAN router; the client has its own
+  address as a /32 and a default route to 198.18.252.1 (the WAN router's address on every client link).
 The engine that builds this is `lab.py` (topology description apart from the engine, as in Mininet).
 """
 
@@ -17,8 +25,11 @@ from .model import Topology
 
 UNDERLAY_MTU = 1600  # room for VXLAN's 50 bytes over a 1500-byte overlay
 WAN_NET = "198.18.250"
+HANDOFF_NET = ipaddress.ip_network("198.18.251.0/24")  # border tenant namespace <-> WAN router, /31 each
+CLIENT_GATEWAY = "198.18.252.1"  # the WAN router's address on every client link
 WAN_NODE = "wan"
 MAX_DCS, MAX_SERVERS_PER_DC = 120, 127
+MAX_HANDOFFS = HANDOFF_NET.num_addresses // 2
 
 
 @dataclass(frozen=True)
@@ -35,15 +46,24 @@ class Link:
     b_if: Iface
 
 
+@dataclass(frozen=True)
+class Route:
+    dst: str
+    gateway: str = ""
+    dev: str = ""  # with a gateway: the gateway is on-link through this device (a /32 link address)
+
+
 @dataclass
 class Node:
     name: str
-    kind: str  # server | border | wan | vm
+    kind: str  # server | border | wan | vm | client | vrf (a tenant's namespace on a server or border)
     ns: str
     dc: str = ""
     vtep: str = ""
     forwarding: bool = False
-    routes: list[tuple[str, str]] = field(default_factory=list)  # (prefix, gateway)
+    routes: list[Route] = field(default_factory=list)
+    tenant: str = ""  # vrf: its tenant
+    parent: str = ""  # vrf: the server or border it belongs to
 
 
 @dataclass
@@ -57,6 +77,21 @@ class LabPlan:
         out = [n.ns for n in self.nodes.values()]
         out += [nic_ns(self.lab, n.name) for n in self.nodes.values() if n.kind == "vm"]
         return out
+
+    def vrf(self, node: str, tenant: str) -> Node:
+        """The namespace of `tenant` on server or border `node`."""
+        return self.nodes[vrf_name(node, tenant)]
+
+    def handoff(self, border: str, tenant: str) -> tuple[Iface, Iface]:
+        """(border tenant side, WAN side) of the link handing `tenant` from `border` to the WAN."""
+        vrf = vrf_name(border, tenant)
+        link = next(lk for lk in self.links if lk.b == vrf and lk.a == WAN_NODE)
+        return link.b_if, link.a_if
+
+
+def vrf_name(node: str, tenant: str) -> str:
+    """Plan key of a tenant's namespace on a node ('.' is in no node name: no collision possible)."""
+    return f"{node}.t-{tenant}"
 
 
 def nic_ns(lab: str, vm: str) -> str:
@@ -82,24 +117,54 @@ def build_plan(topo: Topology) -> LabPlan:
         border_name = topo.border_of(dc_name)
         wan_side, border_side = _p2p(WAN_NET, 2 * d - 2)
         nodes[border_name] = Node(border_name, "border", names.netns(lab, border_name), dc=dc_name,
-                                  forwarding=True, routes=[("198.18.0.0/16", wan_side.split("/")[0])])
+                                  vtep=border_side.split("/")[0], forwarding=True,
+                                  routes=[Route("198.18.0.0/16", wan_side.split("/")[0])])
         links.append(Link(WAN_NODE, Iface(dc_name, wan_side), border_name, Iface(WAN_NODE, border_side)))
-        wan.routes.append((f"198.18.{d}.0/24", border_side.split("/")[0]))
+        wan.routes.append(Route(f"198.18.{d}.0/24", border_side.split("/")[0]))
         for k, server in enumerate(dc.servers):
             b_side, s_side = _p2p(f"198.18.{d}", 2 * k)
             vtep = s_side.split("/")[0]
             nodes[server] = Node(server, "server", names.netns(lab, server), dc=dc_name, vtep=vtep,
-                                 routes=[("198.18.0.0/16", b_side.split("/")[0])])
+                                 routes=[Route("198.18.0.0/16", b_side.split("/")[0])])
             links.append(Link(border_name, Iface(server, b_side), server, Iface("uplink", s_side)))
+    _plan_tenants(topo, nodes, links)
+    for client, spec in topo.wan_clients().items():
+        nodes[client] = Node(client, "client", names.netns(lab, client),
+                             routes=[Route("0.0.0.0/0", CLIENT_GATEWAY, "eth0")])
+        links.append(Link(WAN_NODE, Iface(f"c-{client}", CLIENT_GATEWAY + "/32"), client, Iface("eth0", f"{spec.ip}/32")))
+        wan.routes.append(Route(f"{spec.ip}/32", dev=f"c-{client}"))
     for vm in topo.vms:
         nodes[vm] = Node(vm, "vm", names.netns(lab, vm))
     return LabPlan(lab, nodes, links)
 
 
+def _plan_tenants(topo: Topology, nodes: dict[str, Node], links: list[Link]) -> None:
+    """A namespace per tenant on every server and border; borders' ones handed off to the WAN."""
+    nves = [n for n in nodes.values() if n.kind in ("server", "border")]
+    borders = [n for n in nves if n.kind == "border"]
+    if len(borders) * len(topo.tenants) > MAX_HANDOFFS:
+        raise ValueError(f"at most {MAX_HANDOFFS} (data center, tenant) pairs in a lab "
+                         f"({len(borders)} data centers x {len(topo.tenants)} tenants)")
+    pairs = iter(HANDOFF_NET.subnets(new_prefix=31))
+    for j, tenant in enumerate(topo.tenants, start=1):
+        for nve in nves:
+            vrf = vrf_name(nve.name, tenant)
+            nodes[vrf] = Node(vrf, "vrf", names.vrf_netns(topo.name, nve.name, tenant), dc=nve.dc,
+                              vtep=nve.vtep, forwarding=True, tenant=tenant, parent=nve.name)
+            if nve.kind == "border":
+                net = next(pairs)
+                wan_side, vrf_side = (f"{a}/31" for a in net)
+                links.append(Link(WAN_NODE, Iface(f"{nve.name}-t{j}", wan_side), vrf, Iface("wan", vrf_side)))
+
+
 def check_addresses(plan: LabPlan) -> None:
-    """Lab safety: every underlay address lies in 198.18.0.0/15."""
+    """Lab safety: every underlay address and route lies in 198.18.0.0/15."""
     lab_range = ipaddress.ip_network("198.18.0.0/15")
     for link in plan.links:
         for iface in (link.a_if, link.b_if):
             if ipaddress.ip_interface(iface.address).ip not in lab_range:
                 raise ValueError(f"address {iface.address} outside 198.18.0.0/15")
+    for node in plan.nodes.values():
+        for r in node.routes:
+            if r.gateway and ipaddress.ip_address(r.gateway) not in lab_range:
+                raise ValueError(f"{node.name}: gateway {r.gateway} outside 198.18.0.0/15")

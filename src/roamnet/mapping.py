@@ -5,6 +5,8 @@ Keys in the store (values are JSON):
   /ports/<iface_id>            -> LogicalPort: a VM interface as the intent defines it (VNI, MAC, IPs)
   /bindings/<vni>/<mac>        -> Binding: which NVE hosts that MAC now, with its sequence number
   /migrations/<iface_id>       -> Migration: a make-before-break move in progress (prepared | activated)
+  /tenants/<name>              -> Tenant: a VRF of CUGs, its L3 VNI and the fabric's anycast gateway MAC
+  /cugs/<vni>                  -> Segment: a CUG's subnet, and its gateway and tenant when it is routed
 
 Mobility (RFC 7432 §15): a move advertises the highest sequence number seen + 1; the higher number
 wins; on equal numbers the lower NVE (VTEP) address wins; anything else is stale and ignored.
@@ -30,6 +32,8 @@ from .store import CasConflict, Store
 log = logging.getLogger(__name__)
 
 NVES, PORTS, BINDINGS, MIGRATIONS = "/nves/", "/ports/", "/bindings/", "/migrations/"
+TENANTS, SEGMENTS = "/tenants/", "/cugs/"
+SERVER, BORDER = "server", "border"
 PREPARED, ACTIVATED = "prepared", "activated"
 
 
@@ -38,6 +42,25 @@ class Nve:
     name: str
     vtep: str
     dc: str = ""
+    role: str = SERVER  # server (hosts VMs) | border (a DCBR: an NVE of every tenant, no VMs)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    l3vni: int
+    anycast_mac: str  # the gateway MAC of every routed CUG, on every NVE (fabric-wide)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A CUG as the NVEs need it. Routed when it has a gateway ("198.19.1.1/24") and a tenant."""
+
+    vni: int
+    name: str
+    subnet: str
+    gateway: str = ""
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +153,8 @@ class Snapshot:
     ports: dict[str, LogicalPort] = field(default_factory=dict)
     bindings: dict[tuple[int, str], Binding] = field(default_factory=dict)
     migrations: dict[str, Migration] = field(default_factory=dict)  # iface_id -> move in progress
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    segments: dict[int, Segment] = field(default_factory=dict)  # vni -> segment
 
     def prepared(self) -> list[Migration]:
         """Moves prepared and not yet activated: the ones that change what NVEs program."""
@@ -145,6 +170,8 @@ class Snapshot:
             "nves": [asdict(n) for n in self.nves.values()],
             "bindings": [asdict(b) for b in sorted(self.bindings.values(), key=lambda b: b.key)],
             "migrations": [asdict(m) for _, m in sorted(self.migrations.items())],
+            "tenants": [asdict(t) for _, t in sorted(self.tenants.items())],
+            "segments": [asdict(g) for _, g in sorted(self.segments.items())],
         }
 
 
@@ -167,6 +194,12 @@ class MappingSystem:
     def register_port(self, port: LogicalPort) -> None:
         self.store.put(PORTS + port.iface_id, _dump(port))
 
+    def register_tenant(self, tenant: Tenant) -> None:
+        self.store.put(TENANTS + tenant.name, _dump(tenant))
+
+    def register_segment(self, segment: Segment) -> None:
+        self.store.put(f"{SEGMENTS}{segment.vni}", _dump(segment))
+
     def snapshot(self) -> Snapshot:
         """The mapping now. Snapshots are immutable by convention: one decoded snapshot per store
         revision is shared by all agents in the process (32 agents decoding the same store after
@@ -182,17 +215,18 @@ class MappingSystem:
 
     def _decode(self) -> Snapshot:
         items, rev = self.store.range("/")
-        nves, ports, bindings, migrations = {}, {}, {}, {}
+        nves, ports, bindings, migrations, tenants, segments = {}, {}, {}, {}, {}, {}
         kinds = ((NVES, Nve, nves, lambda o: o.name), (PORTS, LogicalPort, ports, lambda o: o.iface_id),
                  (BINDINGS, Binding, bindings, lambda o: o.key),
-                 (MIGRATIONS, Migration, migrations, lambda o: o.iface_id))
+                 (MIGRATIONS, Migration, migrations, lambda o: o.iface_id),
+                 (TENANTS, Tenant, tenants, lambda o: o.name), (SEGMENTS, Segment, segments, lambda o: o.vni))
         for kv in items:
             for prefix, cls, into, key in kinds:
                 if kv.key.startswith(prefix):
                     obj = _load(cls, kv.value)
                     into[key(obj)] = obj
                     break
-        return Snapshot(rev, nves, ports, bindings, migrations)
+        return Snapshot(rev, nves, ports, bindings, migrations, tenants, segments)
 
     def advertise(self, proposed: Binding, retries: int = 20) -> Binding:
         """Apply an advertisement with the mobility rules; returns the binding that holds after it."""
@@ -242,7 +276,10 @@ class MappingSystem:
             raise MoveRefused(f"unknown VM interface {iface_id!r}")
         if kv_nve is None:
             raise MoveRefused(f"unknown NVE {nve_name!r}")
-        return _load(LogicalPort, kv_port.value), _load(Nve, kv_nve.value)
+        nve = _load(Nve, kv_nve.value)
+        if nve.role != SERVER:
+            raise MoveRefused(f"NVE {nve_name!r} is a {nve.role} router: it hosts no VMs")
+        return _load(LogicalPort, kv_port.value), nve
 
     def _change_migration(self, iface_id: str, change) -> Migration | None:
         """Compare-and-swap on a migration record: `change(mig)` returns the new record, None to

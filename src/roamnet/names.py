@@ -5,10 +5,18 @@ from __future__ import annotations
 OWNER = "roamnet"  # alias prefix marking devices roamnet created and may remove
 PORT_ALIAS = OWNER + ":port="  # alias of a VM port on an NVE: carries the VM interface id (like OVN's iface-id)
 SEGMENT_ALIAS = OWNER + ":segment="
+GATEWAY_ALIAS = OWNER + ":gateway="  # a CUG's gateway port in its bridge (peer of the irb device)
+IRB_ALIAS = OWNER + ":irb="  # the gateway interface in the tenant's namespace
+L3VNI_ALIAS = OWNER + ":l3vni="  # the tenant's L3 VNI device
 
 
 def netns(lab: str, node: str) -> str:
     return f"rn-{lab}-{node}"
+
+
+def vrf_netns(lab: str, node: str, tenant: str) -> str:
+    """A tenant's namespace (its VRF) on a server or border."""
+    return f"{netns(lab, node)}.t-{tenant}"
 
 
 def bridge(vni: int) -> str:
@@ -17,6 +25,14 @@ def bridge(vni: int) -> str:
 
 def vxlan(vni: int) -> str:
     return f"vx{vni}"
+
+
+def gateway_port(vni: int) -> str:
+    return f"g{vni}"
+
+
+def irb(vni: int) -> str:
+    return f"irb{vni}"
 
 
 def iface_id(vm: str, index: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .desired import NveDesired
+from .desired import NveDesired, VrfDesired
 
 VXLAN_PORT = "vx"  # a bridge entry that points at the segment's VXLAN device
 
@@ -21,6 +21,18 @@ class Actual:
     bridge_fdb: dict[tuple[int, str], str] = field(default_factory=dict)  # (vni, mac) -> iface_id | "vx"
     remote_macs: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (vni, mac) -> VTEPs
     flood: dict[int, set[str]] = field(default_factory=dict)  # vni -> VTEPs
+    vrfs: dict[str, VrfActual] = field(default_factory=dict)  # tenant -> what its namespace holds of ours
+
+
+@dataclass
+class VrfActual:
+    l3vni: int | None = None  # the L3 VNI device (None: absent)
+    transit_rule: bool = False  # a border's rule looking up the transit table first
+    irbs: dict[int, str] = field(default_factory=dict)  # VNI -> gateway "ip/plen" of a complete gateway
+    #                                                     interface ("" if some part is missing)
+    neighbors: dict[str, tuple[int, str]] = field(default_factory=dict)  # IP -> (VNI, MAC), static
+    routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, prefix) -> VTEP | ""
+    rmacs: dict[str, str] = field(default_factory=dict)  # VTEP -> router MAC (neighbor + FDB entry)
 
 
 @dataclass(frozen=True)
@@ -85,14 +97,66 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
     return out
 
 
-STRUCTURAL = frozenset({"add-segment", "del-segment", "attach-port"})  # change devices, not only entries
+@dataclass(frozen=True)
+class VrfChange:
+    op: str  # add-l3vni | add-irb | set-rmac | set-route | set-neighbor
+    #          del-route | del-neighbor | del-rmac | del-irb | del-l3vni
+    tenant: str
+    key: str = ""  # VNI (irb), VTEP (rmac), "table prefix" (route), IP (neighbor)
+    value: str = ""  # gateway, MAC, next-hop VTEP ("" blackhole), "vni mac"
+
+    def __str__(self) -> str:
+        return " ".join(x for x in (self.op, self.tenant, self.key, self.value) if x)
 
 
-def apply_to(have: Actual, changes: list[Change]) -> Actual:
+def plan_vrfs(want: dict[str, VrfDesired], have: dict[str, VrfActual]) -> list[VrfChange]:
+    """The changes that make every tenant namespace hold what `want` says: devices, then entries,
+    then removals (a route's next hop and its router MAC exist before the route)."""
+    out: list[VrfChange] = []
+    for name, w in sorted(want.items()):
+        h = have.get(name) or VrfActual()
+        if h.l3vni != w.l3vni or h.transit_rule != w.border:
+            out.append(VrfChange("add-l3vni", name, str(w.l3vni), "border" if w.border else ""))
+        for vni, gw in sorted(w.gateways.items()):
+            if h.irbs.get(vni) != gw:
+                out.append(VrfChange("add-irb", name, str(vni), f"{gw} {w.anycast_mac}"))
+        for vtep, mac in sorted(w.rmacs.items()):
+            if h.rmacs.get(vtep) != mac:
+                out.append(VrfChange("set-rmac", name, vtep, mac))
+        for (table, prefix), via in sorted(w.routes.items()):
+            if h.routes.get((table, prefix), None) != via:
+                out.append(VrfChange("set-route", name, f"{table} {prefix}", via))
+        for ip, (vni, mac) in sorted(w.neighbors.items()):
+            if h.neighbors.get(ip) != (vni, mac):
+                out.append(VrfChange("set-neighbor", name, ip, f"{vni} {mac}"))
+    for name, h in sorted(have.items()):
+        w = want.get(name)
+        if w is None:  # the whole VRF goes: its gateway interfaces, then the L3 VNI (and its entries)
+            out.extend(VrfChange("del-irb", name, str(vni)) for vni in sorted(h.irbs))
+            if h.l3vni is not None:
+                out.append(VrfChange("del-l3vni", name, str(h.l3vni)))
+            continue
+        out.extend(VrfChange("del-route", name, f"{t} {p}") for t, p in sorted(set(h.routes) - set(w.routes)))
+        for ip, (vni, _) in sorted(h.neighbors.items()):
+            if ip not in w.neighbors:
+                out.append(VrfChange("del-neighbor", name, ip, str(vni)))
+        out.extend(VrfChange("del-rmac", name, v, h.rmacs[v]) for v in sorted(set(h.rmacs) - set(w.rmacs)))
+        out.extend(VrfChange("del-irb", name, str(v)) for v in sorted(set(h.irbs) - set(w.gateways)))
+    return out
+
+
+STRUCTURAL = frozenset({"add-segment", "del-segment", "attach-port",  # change devices, not only entries
+                        "add-l3vni", "del-l3vni", "add-irb", "del-irb"})
+
+
+def apply_to(have: Actual, changes: list[Change | VrfChange]) -> Actual:
     """What the kernel holds after `changes` succeeded: the agent's cache between kernel reads, and
     a model of the kernel for tests. (A removed bridge also detaches its ports: after a structural
     change the agent reads the kernel again rather than trusting this.)"""
     for c in changes:
+        if isinstance(c, VrfChange):
+            _apply_vrf(have.vrfs.setdefault(c.tenant, VrfActual()), c)
+            continue
         key = (c.vni, c.mac)
         if c.op == "add-segment":
             have.segments.add(c.vni)
@@ -119,3 +183,29 @@ def apply_to(have: Actual, changes: list[Change]) -> Actual:
         elif c.op == "del-flood":
             have.flood.get(c.vni, set()).discard(c.target)
     return have
+
+
+def _apply_vrf(v: VrfActual, c: VrfChange) -> None:
+    if c.op == "set-route":
+        table, prefix = c.key.split(" ")
+        v.routes[(table, prefix)] = c.value
+    elif c.op == "del-route":
+        table, prefix = c.key.split(" ")
+        v.routes.pop((table, prefix), None)
+    elif c.op == "set-neighbor":
+        vni, mac = c.value.split(" ")
+        v.neighbors[c.key] = (int(vni), mac)
+    elif c.op == "del-neighbor":
+        v.neighbors.pop(c.key, None)
+    elif c.op == "set-rmac":
+        v.rmacs[c.key] = c.value
+    elif c.op == "del-rmac":
+        v.rmacs.pop(c.key, None)
+    elif c.op == "add-l3vni":
+        v.l3vni, v.transit_rule = int(c.key), c.value == "border"
+    elif c.op == "add-irb":
+        v.irbs[int(c.key)] = c.value.split(" ")[0]
+    elif c.op == "del-irb":
+        v.irbs.pop(int(c.key), None)
+    elif c.op == "del-l3vni":
+        v.l3vni, v.routes, v.rmacs = None, {}, {}

@@ -31,8 +31,30 @@ def test_plan_addresses_in_benchmark_range_and_routed():
         assert a.ip in ipaddress.ip_network("198.18.0.0/16")
     for node in plan.nodes.values():
         assert all(len(i) <= 15 for l in plan.links for i in (l.a_if.name, l.b_if.name))
-        for dst, gw in node.routes:
-            assert ipaddress.ip_address(gw) in ipaddress.ip_network("198.18.0.0/16")
+        for r in node.routes:
+            assert ipaddress.ip_address(r.gateway) in ipaddress.ip_network("198.18.0.0/16")
+
+
+ROUTED = load_topology(packaged_example("routed.yaml"))
+
+
+def test_plan_tenant_namespaces_handoffs_and_clients():
+    plan = build_plan(ROUTED)
+    check_addresses(plan)
+    vrfs = {n.name: n for n in plan.nodes.values() if n.kind == "vrf"}
+    assert set(vrfs) == {f"{x}.t-t1" for x in ("hv1", "hv2", "hv3", "hv4", "dc1br", "dc2br")}
+    assert plan.vrf("hv1", "t1").ns == "rn-routed-hv1.t-t1" and plan.vrf("hv1", "t1").vtep == "198.18.1.1"
+    assert plan.nodes["dc1br"].vtep == "198.18.250.1"  # a border's VTEP: its WAN-side address
+    border_side, wan_side = plan.handoff("dc2br", "t1")
+    assert border_side.name == "wan" and wan_side.name == "dc2br-t1"
+    a, b = ipaddress.ip_interface(border_side.address), ipaddress.ip_interface(wan_side.address)
+    assert a.network == b.network and a.network.subnet_of(ipaddress.ip_network("198.18.251.0/24"))
+    client = plan.nodes["client1"]
+    assert client.kind == "client" and client.ns == "rn-routed-client1"
+    assert client.routes[0].dst == "0.0.0.0/0" and client.routes[0].dev == "eth0"
+    assert any(r.dst == "198.18.200.10/32" and r.dev == "c-client1" for r in plan.nodes["wan"].routes)
+    assert len(plan.namespaces()) == len(set(plan.namespaces()))
+    assert all(len(i.name) <= 15 for lk in plan.links for i in (lk.a_if, lk.b_if))
 
 
 def test_rarp_frame_is_qemu_announce():
