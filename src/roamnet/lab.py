@@ -87,10 +87,13 @@ def rarp_frame(mac: str) -> bytes:
 class Lab:
     def __init__(self, topo: Topology, store: Store | None = None, journal: Path | None = None,
                  progress: Callable[[str], None] | None = None, control_plane: ControlPlane | None = None,
-                 wan_bgp: bool = True):
+                 wan_bgp: bool = True, border: BorderBgp | None = None):
         self.topo = topo
         self.control_plane = control_plane
-        self.wan_bgp = wan_bgp and bool(topo.tenants)  # FRR on the borders and the WAN router
+        # FRR (BGP) on the borders' tenant namespaces and the WAN router, when there are tenants;
+        # `border` overrides how (e.g. another FRR location), wan_bgp=False leaves the WAN unrouted
+        self.wan_bgp = wan_bgp and bool(topo.tenants)
+        self._border_arg = border
         self.border: BorderBgp | None = None
         self.pending: dict[str, dict] = {}  # vm -> its prepared move (to, timer, from)
         self.plan: LabPlan = build_plan(topo)
@@ -155,7 +158,7 @@ class Lab:
                 from .border import BorderBgp
 
                 self.progress("starting FRR (BGP) on the border routers and the WAN router")
-                self.border = BorderBgp()
+                self.border = self._border_arg or BorderBgp()
                 self.border.start(self)
             self.progress("starting VMs")
             for vm in self.topo.vms:
@@ -599,6 +602,25 @@ class Lab:
         self.agents[server] = agent
         agent.start()
         return {"server": server, "changes_on_restart": [str(c) for c in first]}
+
+    # ---- the WAN edge --------------------------------------------------------------------------
+    def border_namespaces(self) -> list[tuple[str, str]]:
+        """(border, namespace) of every border's tenant namespace (each has a handoff `wan`)."""
+        return [(n.parent, n.ns) for n in self.plan.nodes.values()
+                if n.kind == "vrf" and self.plan.nodes[n.parent].kind == "border"]
+
+    def handoff_counters(self) -> dict[str, dict[str, int]]:
+        """Per border (summed over tenants): packets received from the WAN ("in", entering the data
+        center) and sent to it ("out") on the handoff interfaces."""
+        out: dict[str, dict[str, int]] = {}
+        for border, ns in self.border_namespaces():
+            ipr = self._nl(ns)
+            link = ipr.get_links(ipr.link_lookup(ifname="wan")[0])[0]
+            stats = link.get("IFLA_STATS64")
+            c = out.setdefault(border, {"in": 0, "out": 0})
+            c["in"] += stats["rx_packets"]
+            c["out"] += stats["tx_packets"]
+        return out
 
     # ---- inspect -------------------------------------------------------------------------------
     def inspect(self) -> dict:

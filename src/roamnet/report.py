@@ -128,11 +128,13 @@ class Report:
     streams: list[StreamResult]
     migrations: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    paths: list[dict[str, Any]] = field(default_factory=list)  # paths.PathChange.to_json() per stream and move
 
     def to_json(self) -> dict[str, Any]:
         return {
             "streams": [s.to_json() for s in self.streams],
             "migrations": [dict(m) for m in self.migrations],
+            "paths": [dict(p) for p in self.paths],
             "meta": dict(self.meta),
         }
 
@@ -193,6 +195,28 @@ def render_table(report: Report, console: Any) -> None:
             *(_fmt(m.get(k)) for k in extra),
         )  # fmt: skip
     console.print(mt)
+    if report.paths:
+        render_paths(report.paths, console)
+
+
+def render_paths(paths: list[dict[str, Any]], console: Any) -> None:
+    """Which border router each WAN stream entered and left through, before and after each move."""
+    from rich.table import Table
+
+    pt = Table(title="paths through the border routers (WAN streams)")
+    for col in ("stream", "vm", "move", "in before", "out before", "in after", "out after",
+                "inbound switch ms", "outbound switch ms"):  # fmt: skip
+        pt.add_column(col, justify="right" if col.endswith("ms") or col == "move" else "left")
+    for p in paths:
+        def mark(border: Any) -> str:
+            if border is None:
+                return "-"
+            return f"[green]{border}[/]" if border == p.get("expected") else f"[yellow]{border}[/]"
+
+        pt.add_row(str(p["stream"]), str(p["vm"]), str(p["move"]), mark(p["in_before"]), mark(p["out_before"]),
+                   mark(p["in_after"]), mark(p["out_after"]), _fmt(p["inbound_switch_ms"]),
+                   _fmt(p["outbound_switch_ms"]))
+    console.print(pt)
 
 
 def plot(report: Report, path: str | Path, t0: float) -> Path:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from . import names, netns
 from .daemon import cleanup, journal_namespaces, make_state_dir
 from .lab import Lab, LabError
+from .paths import PathObserver, Watched, summarize_paths
 from .report import Report, summarize
 from .scenario import Scenario
 from .traffic import recv_argv, send_argv
@@ -68,15 +69,25 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
     journal = make_state_dir(topo.name) / "journal.json"
     lab = Lab(topo, journal=journal, progress=progress)
     procs: list[Proc] = []
+    observer: PathObserver | None = None
     try:
         progress(f"building lab {topo.name}")
         lab.up()
         t0 = time.monotonic() + START_DELAY_S + 0.2 * len(scn.streams)
         plan = []
+        watched: list[Watched] = []
+        stream_vm: dict[str, str] = {}
         for i, st in enumerate(scn.streams):
-            src, dst, cug = st.endpoints(topo)
+            src, dst, via = st.endpoints(topo)
             port = st.port or BASE_PORT + i
             plan.append((st, str(src), str(dst), port))
+            if via == "wan":  # a WAN client and a VM: watch which border the packets cross
+                vm_is_src = st.from_ in topo.vms
+                stream_vm[st.name] = st.from_ if vm_is_src else st.to
+                watched.append(Watched(st.name, str(src if vm_is_src else dst), str(dst if vm_is_src else src)))
+        observer = PathObserver(lab.border_namespaces(), watched, max_seconds=scn.duration + 60) if watched else None
+        if observer is not None:
+            observer.start()
             rp = Proc(st.name, "recv", spawn(names.netns(topo.name, st.to),
                                              recv_argv(st.proto, str(dst), port, t0, scn.duration, LINGER_S)))
             procs.append(rp)
@@ -100,10 +111,16 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
         for st, src, dst, port in plan:
             streams.append(summarize(st.name, st.proto, st.from_, st.to, st.rate, results[(st.name, "send")],
                                      results[(st.name, "recv")], migrations))
+        paths = []
+        if observer is not None:
+            borders = {dc: topo.border_of(dc) for dc in topo.datacenters}
+            paths = [p.to_json() for p in summarize_paths(observer.stop(), stream_vm, migrations, borders)]
         meta = {"lab": topo.name, "duration": scn.duration, "t0": t0,
                 "machine": f"{platform.node()} {platform.machine()} {platform.release()}"}
-        return Report(streams, migrations, meta), t0
+        return Report(streams, migrations, meta, paths), t0
     finally:
+        if observer is not None:
+            observer.stop()
         for p in procs:  # bounded: every endpoint stops by itself; this only covers an early error
             if p.popen.poll() is None:
                 p.popen.kill()

@@ -250,14 +250,14 @@ def lab_namespaces() -> Callable[[dict[str, Any]], list[str]]:
 
 
 @contextlib.contextmanager
-def running_lab(topo: dict[str, Any], converge_timeout: float = 30.0) -> Iterator[Any]:
+def running_lab(topo: dict[str, Any], converge_timeout: float = 30.0, **lab_args: Any) -> Iterator[Any]:
     """Build a Lab from topology data; always `lab.down()`; then none of its namespaces may remain."""
     from roamnet.lab import Lab
     from roamnet.model import parse_topology
 
     name = topo["name"]
     planned = planned_namespaces(topo)
-    lab = Lab(parse_topology(topo, f"<{name}>"))
+    lab = Lab(parse_topology(topo, f"<{name}>"), **lab_args)
     assert sorted(lab.plan.namespaces()) == sorted(planned)
     try:
         lab.up(converge_timeout=converge_timeout)
@@ -345,9 +345,10 @@ class Flow:
 
 @pytest.fixture
 def traffic() -> Iterator[Callable[..., Flow]]:
-    """start(lab, name, proto, src_vm, dst_vm, port, start_at, duration, rate=1000, linger=1.0) -> Flow.
+    """start(lab, name, proto, src, dst, port, start_at, duration, rate=1000, linger=1.0) -> Flow.
 
-    The receiver runs in the destination VM's namespace, the sender in the source VM's; both stop by
+    src and dst are VMs or WAN clients; the destination address is the scenario's (roamnet.scenario).
+    The receiver runs in the destination's namespace, the sender in the source's; both stop by
     themselves at start_at + duration (+ linger); teardown kills leftovers by their own pid."""
     from roamnet import names
     from roamnet.traffic import recv_argv, send_argv
@@ -356,7 +357,9 @@ def traffic() -> Iterator[Callable[..., Flow]]:
 
     def start(lab: Any, name: str, proto: str, src: str, dst: str, port: int, start_at: float, duration: float,
               rate: float = 1000, linger: float = 1.0) -> Flow:
-        dst_ip = str(lab.topo.vms[dst].interfaces[0].ip)
+        from roamnet.scenario import Stream
+
+        dst_ip = str(Stream(name=name, from_=src, to=dst, proto=proto).endpoints(lab.topo)[1])
         recv = Endpoint(names.netns(lab.name, dst), recv_argv(proto, dst_ip, port, start_at, duration, linger))
         endpoints.append(recv)
         recv.wait_ready()

@@ -103,7 +103,7 @@ def make_report() -> Report:
 def test_json_shape() -> None:
     d = make_report().to_json()
     json.dumps(d)  # serializable
-    assert set(d) == {"streams", "migrations", "meta"}
+    assert set(d) == {"streams", "migrations", "paths", "meta"}
     assert set(d["streams"][0]) == {"name", "proto", "from", "to", "rate", "sent", "received",
                                     "lost", "max_gap_ms", "survived"}  # fmt: skip
     assert d["streams"][0]["from"] == "vm1" and d["streams"][0]["lost"] == 60
