@@ -92,10 +92,15 @@ def _inspect_table(data: dict) -> None:
     for col in ("node", "kind", "dc", "namespace", "details"):
         t.add_column(col)
     for n in data["nodes"]:
-        if n["kind"] == "server":
+        if n["kind"] in ("server", "border") and "vtep" in n:
             a = n.get("agent", {})
             details = f"VTEP {n['vtep']}  VNIs {','.join(map(str, n.get('segments', []))) or '-'}  " \
                       f"reconciles {a.get('reconciles', 0)}" + (f"  errors: {a['errors'][-1]}" if a.get("errors") else "")
+            for t, v in n.get("vrfs", {}).items():
+                details += f"\n{t}: L3 VNI {v['l3vni']}  gateways {','.join(v['gateways']) or '-'}  " \
+                           f"host routes {v['host_routes']}  default via {v['default_via'] or '-'}"
+        elif n["kind"] == "vrf":
+            details = f"tenant {n['tenant']} on {n['parent']}"
         elif n["kind"] == "vm":
             details = f"on {n['server']}  " + "  ".join(f"{i['cug']} {i['ip']} {i['mac']}" for i in n["interfaces"])
         else:
@@ -108,6 +113,16 @@ def _inspect_table(data: dict) -> None:
     for b in data["mapping"]["bindings"]:
         m.add_row(str(b["vni"]), b["mac"], ",".join(b["ips"]), b["nve"], b["vtep"], str(b["seq"]))
     out.print(m)
+    bgp = data.get("wan_bgp")
+    if bgp:
+        w = Table(title="WAN routes (FRR BGP): prefix -> border router")
+        for col in ("prefix", "border"):
+            w.add_column(col)
+        for prefix, border in sorted((bgp.get("wan_routes") or {}).items()):
+            w.add_row(prefix, border)
+        out.print(w)
+        if bgp.get("error"):
+            out.print(f"[red]FRR: {bgp['error']}[/]")
 
 
 @lab.command("inspect")

@@ -628,11 +628,22 @@ class Lab:
         nodes = []
         for name, node in self.plan.nodes.items():
             row = {"name": name, "kind": node.kind, "namespace": node.ns, "dc": node.dc}
-            if node.kind == "server":
+            if node.kind == "vrf":
+                row.update({"tenant": node.tenant, "parent": node.parent})
+            if node.kind == "client":
+                row["ip"] = str(self.topo.wan_clients()[name].ip)
+            if node.kind in ("server", "border") and node.vtep:
                 row["vtep"] = node.vtep
                 a = self.agents.get(name)
                 if a:
-                    row["segments"] = sorted(compute_desired(snap, name).segments)
+                    want = compute_desired(snap, name)
+                    row["segments"] = sorted(want.segments)
+                    if want.vrfs:
+                        row["vrfs"] = {t: {"l3vni": v.l3vni, "router_mac": v.rmac,
+                                           "gateways": sorted(v.gateways.values()),
+                                           "host_routes": sum(p.endswith("/32") for _, p in v.routes),
+                                           "default_via": v.routes.get(("main", "0.0.0.0/0"))}
+                                       for t, v in want.vrfs.items()}
                     row["agent"] = {"reconciles": a.stats.reconciles, "changes": a.stats.changes_applied,
                                     "moves_reported": a.stats.moves_reported,
                                     "converged_revision": a.stats.converged_revision,
@@ -647,5 +658,14 @@ class Lab:
                 "mapping": snap.to_json(), "migrations": self.migrations,
                 "pending": {vm: {k: v for k, v in p.items() if k in ("from", "to", "resumed")}
                             for vm, p in self.pending.items()},
-                "control_plane": self.control_plane.name if self.control_plane else "roamnet"}
+                "control_plane": self.control_plane.name if self.control_plane else "roamnet",
+                "wan_bgp": self._wan_bgp_state()}
+
+    def _wan_bgp_state(self) -> dict | None:
+        if self.border is None:
+            return None
+        try:
+            return {"sessions": self.border.sessions(), "wan_routes": self.border.wan_routes()}
+        except Exception as exc:  # inspect must answer even when FRR does not
+            return {"error": str(exc)}
 
