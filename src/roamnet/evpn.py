@@ -9,26 +9,18 @@ the old route is still known) and the other servers' zebra re-point their FDB en
 VTEP. `located()` reads those kernel FDBs. The VMs' ports keep bridge learning on; the VXLAN ports
 have it off (zebra installs remote MACs as extern_learn entries).
 
-Each FRR instance lives in its own directory `<workdir>/<node>/` (config, pid file, vty and zserv
-sockets, logs) and is started with explicit paths (`-f`, `-i`, `-z`, `--vty_socket`), so instances
-never meet each other or a host FRR, and nothing is written under /etc/frr or /var/run/frr. Every
-pid is journalled in `<workdir>/frr-pids.json` the moment its process exists; `kill_recorded`
-ends them after a crash, by pid, after checking /proc/<pid>/cmdline names that daemon and that
-instance directory. Daemons are only ever started inside lab namespaces (through nsenter).
+The FRR processes themselves (per-instance directories `<workdir>/<node>/`, explicit paths, the pid
+journal `<workdir>/frr-pids.json`, `kill_recorded`, stop by our own pids) are `roamnet.frr`'s, shared
+with the border routers' BGP (`roamnet.border`). Daemons are only ever started inside lab namespaces.
 """
 
 from __future__ import annotations
 
-import grp
 import ipaddress
-import json
 import logging
 import os
-import shutil
-import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -41,8 +33,26 @@ from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
 from pyroute2.netlink.rtnl import RTM_GETNEIGH
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
-from . import names, netns
+from . import frr, names, netns
 from .agent import ensure_segment
+from .frr import (  # noqa: F401  (re-exported: evpn's public API from before the split)
+    DAEMONS,
+    FRR_BIN_DIR,
+    FRR_TMP,
+    JOURNAL,
+    KILL_WAIT_S,
+    LAB_RANGE,
+    SOCKET_TIMEOUT_S,
+    SUN_PATH_MAX,
+    TERM_WAIT_S,
+    VTY_GROUP,
+    ZEBRA_NL_BUFSIZE,
+    FrrError,
+    FrrProcesses,
+    check_lab_address,
+    daemon_argv,
+    is_instance_process,
+)
 from .labplan import WAN_NODE
 
 if TYPE_CHECKING:
@@ -50,20 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FRR_BIN_DIR = Path("/usr/lib/frr")  # Debian's `frr` package
-DAEMONS = ("zebra", "bgpd")  # start order; stopped in reverse
 EVPN_ASN = 65000
-LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
-JOURNAL = "frr-pids.json"
 READY_TIMEOUT_S = 30.0
-SOCKET_TIMEOUT_S = 10.0  # a daemon's vty/zserv sockets appear within this after its start
-TERM_WAIT_S = 5.0  # SIGTERM -> SIGKILL after this
-KILL_WAIT_S = 2.0
-ZEBRA_NL_BUFSIZE = 16 * 1024 * 1024  # zebra's netlink receive buffer (-s; Debian's /etc/frr/daemons: 90 MB)
-SUN_PATH_MAX = 107  # a unix socket path (sun_path is 108 bytes with its NUL)
-VTY_GROUP = "frrvty"  # Debian's FRR is built with --enable-vty-group=frrvty
-FRR_TMP = Path("/var/tmp/frr")  # FRR keeps per-process log buffers in <daemon>.<pid>/ here (removed at a
-#                                 clean exit, left behind by SIGKILL)
 AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
@@ -82,7 +80,7 @@ class FdbEntry(NamedTuple):
     master: int | None
 
 
-class EvpnError(RuntimeError):
+class EvpnError(FrrError):
     pass
 
 
@@ -121,12 +119,6 @@ def plan_instances(plan: Any) -> list[FrrInstance]:
     return out
 
 
-def _check_lab_address(addr: str, what: str) -> str:
-    if ipaddress.ip_address(addr) not in LAB_RANGE:
-        raise ValueError(f"{what} {addr} is outside the lab range {LAB_RANGE}")
-    return addr
-
-
 def frr_config(daemon: str, inst: FrrInstance, *, log_file: str | None = None, asn: int = EVPN_ASN,
                keepalive: int = 3, holdtime: int = 9, connect_retry: int = 1, debug: bool = False) -> str:
     """The configuration file of `daemon` ("zebra" | "bgpd") of one instance. Pure.
@@ -143,14 +135,10 @@ def frr_config(daemon: str, inst: FrrInstance, *, log_file: str | None = None, a
         raise ValueError(f"unknown role {inst.role!r}")
     if not inst.peers:
         raise ValueError(f"{inst.node}: no BGP peers")
-    _check_lab_address(inst.address, f"{inst.node}: address")
+    check_lab_address(inst.address, f"{inst.node}: address")
     for p in inst.peers:
-        _check_lab_address(p, f"{inst.node}: peer")
-    lines = [f"! {daemon} of {inst.node} ({inst.role}) in {inst.ns}, written by roamnet.evpn",
-             f"hostname {inst.node}"]
-    if log_file:
-        lines.append(f"log file {log_file}{' debugging' if debug else ' informational'}")
-    lines += ["log timestamp precision 3", "!"]
+        check_lab_address(p, f"{inst.node}: peer")
+    lines = frr.config_header(daemon, inst.node, inst.ns, inst.role, "roamnet.evpn", log_file=log_file, debug=debug)
     if daemon == "zebra":
         if debug:
             lines += ["debug zebra vxlan", "debug zebra kernel", "!"]
@@ -180,131 +168,18 @@ def frr_config(daemon: str, inst: FrrInstance, *, log_file: str | None = None, a
     return "\n".join(lines)
 
 
-def daemon_argv(bin_dir: Path, daemon: str, instdir: Path, user: str = "root", group: str = VTY_GROUP) -> list[str]:
-    """The daemon's own argv (run inside the namespace through nsenter). Every path is explicit and
-    inside `instdir`: config, pid file, zserv socket, vty socket directory (the log file is named in
-    the config; what comes before it goes to stdout, kept in <daemon>.out); no TCP vty."""
-    argv = [str(bin_dir / daemon), "-u", user, "-g", group,
-            "-f", str(instdir / f"{daemon}.conf"), "-i", str(instdir / f"{daemon}.pid"),
-            "-z", str(instdir / "zserv.api"), "--vty_socket", str(instdir), "-P", "0",
-            "--log", "stdout", "--log-level", "warnings"]
-    if daemon == "zebra":
-        argv += ["-s", str(ZEBRA_NL_BUFSIZE)]
-    return argv
-
-
-def _run_group() -> str:
-    # Debian's daemons drop to user `frr`, which could not use our 0700 root-owned workdir (nor act on
-    # it without chowning things). They run as root instead: `-u root`. FRR then insists that the user
-    # is a member of its vty group (`-u root -g root` fails: "user(root) is not part of vty group
-    # specified(frrvty)"), and adding root to frrvty would change the host; naming frrvty as the
-    # group (`-g frrvty`) passes that check with no change to the host. The daemons keep uid 0 and
-    # only the capabilities FRR asks for, inside a throwaway lab namespace.
-    try:
-        grp.getgrnam(VTY_GROUP)
-        return VTY_GROUP
-    except KeyError:  # an FRR build without a vty group
-        return "root"
-
-
-# ---------------------------------------------------------------- the pid journal
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# ---------------------------------------------------------------- the pid journal (roamnet.frr's)
 
 
 def read_journal(workdir: Path) -> list[dict]:
-    try:
-        return list(json.loads((Path(workdir) / JOURNAL).read_text())["processes"])
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EvpnError(f"unreadable pid journal {Path(workdir) / JOURNAL}: {exc}") from None
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    """argv of a live process, None if gone (or a zombie: empty cmdline)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    return argv or None
-
-
-def is_instance_process(pid: int, daemon: str, instdir: str) -> bool:
-    """True if pid is FRR's `daemon` of the instance in `instdir` (its own argv, or nsenter about to exec it)."""
-    argv = _cmdline(pid)
-    if not argv:
-        return False
-    if os.path.basename(argv[0]) == "nsenter" and "--" in argv:  # between fork and exec
-        argv = argv[argv.index("--") + 1:]
-    if not argv or os.path.basename(argv[0]) != daemon:
-        return False
-    return any(a == "--vty_socket" and b == instdir for a, b in zip(argv, argv[1:]))
-
-
-def _wait_gone(check: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 1):
-        if not check():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return not check()
+    return frr.read_journal(workdir, EvpnError)
 
 
 def kill_recorded(workdir: Path) -> list[str]:
-    """Crash clean-up: end the FRR processes the pid journal in `workdir` records, by pid, each only
-    after /proc/<pid>/cmdline shows it is that daemon of that instance (never by name pattern).
-    SIGTERM, then SIGKILL after a bounded wait. Returns what it ended, e.g. "bgpd@rn-x-hv1 (pid 42)"."""
-    workdir = Path(workdir)
-    entries = read_journal(workdir)
-    live = [e for e in entries if is_instance_process(int(e["pid"]), e["daemon"], e["instdir"])]
-    ended = []
-    for daemon in reversed(DAEMONS):
-        group = [e for e in live if e["daemon"] == daemon]
-        for e in group:
-            if is_instance_process(int(e["pid"]), daemon, e["instdir"]):  # verified right before the signal
-                with _ignore_gone():
-                    os.kill(int(e["pid"]), signal.SIGTERM)
-        for e in group:
-            pid, inst = int(e["pid"]), e["instdir"]
-            if not _wait_gone(lambda: is_instance_process(pid, daemon, inst), TERM_WAIT_S):
-                if is_instance_process(pid, daemon, inst):  # checked again: the pid is still that daemon
-                    with _ignore_gone():
-                        os.kill(pid, signal.SIGKILL)
-                    if _wait_gone(lambda: is_instance_process(pid, daemon, inst), KILL_WAIT_S):
-                        _drop_log_buffers(daemon, pid)
-            ended.append(f"{e['label']} (pid {pid})")
-    if (workdir / JOURNAL).exists():
-        for e in entries:
-            e["running"] = is_instance_process(int(e["pid"]), e["daemon"], e["instdir"])
-        _write_json(workdir / JOURNAL, {"processes": entries})
-    return ended
-
-
-def _drop_log_buffers(daemon: str, pid: int) -> None:
-    """After `daemon` (pid) was killed: remove the log-buffer directory FRR leaves for exactly that process."""
-    d = FRR_TMP / f"{daemon}.{pid}"
-    if d.is_dir() and not d.is_symlink():
-        shutil.rmtree(d, ignore_errors=True)
-
-
-class _ignore_gone:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
-        return et is ProcessLookupError
+    """Crash clean-up: end the FRR processes the pid journal in `workdir` records (see
+    `roamnet.frr.kill_recorded`: by pid, each only after /proc/<pid>/cmdline shows it is that daemon of
+    that instance). Returns what it ended, e.g. "bgpd@rn-x-hv1 (pid 42)"."""
+    return frr.kill_recorded(workdir, EvpnError)
 
 
 # ---------------------------------------------------------------- reading a namespace's FDB
@@ -373,25 +248,7 @@ class FdbReader:
 # ---------------------------------------------------------------- the control plane
 
 
-def _sockets(instdir: Path, daemon: str) -> tuple[Path, ...]:
-    return (instdir / f"{daemon}.vty", instdir / "zserv.api") if daemon == "zebra" else (instdir / f"{daemon}.vty",)
-
-
-@dataclass
-class _Proc:
-    inst: FrrInstance
-    daemon: str
-    popen: subprocess.Popen
-    instdir: Path
-    argv: list[str]
-    started_at: float  # time.time()
-
-    @property
-    def label(self) -> str:
-        return self.inst.label(self.daemon)
-
-
-class FrrEvpn:
+class FrrEvpn(FrrProcesses):
     """FRR BGP-EVPN as the lab's control plane (see the module's docstring).
 
     workdir: configs, sockets, pid files, logs and the pid journal; default /run/roamnet/<lab>/frr
@@ -399,51 +256,21 @@ class FrrEvpn:
     and bgpd are. debug: FRR's EVPN/zebra/BGP update debugging into the daemons' logs."""
 
     name = "frr-evpn"
+    workdir_name = "frr"
+    error = EvpnError
 
     def __init__(self, workdir: Path | None = None, frr_bin_dir: Path | str = FRR_BIN_DIR,
                  vtysh: str | None = None, ready_timeout: float = READY_TIMEOUT_S, debug: bool = False,
                  keep_workdir: bool = False):
-        self._workdir_arg = Path(workdir) if workdir is not None else None
-        self.workdir = self._workdir_arg  # the default is known once start() knows the lab's name
-        self._own_workdir: list[Path] = []  # directories start() created, removed by stop() unless kept
-        self.bin_dir = Path(frr_bin_dir)
-        self.vtysh_bin = vtysh or shutil.which("vtysh") or "/usr/bin/vtysh"
+        super().__init__(workdir, frr_bin_dir, vtysh, keep_workdir)
         self.ready_timeout = ready_timeout
         self.debug = debug
-        self.keep_workdir = keep_workdir
         self.instances: list[FrrInstance] = []
-        self._procs: list[_Proc] = []
-        self._lock = threading.Lock()
-        self._journal_lock = threading.Lock()
         # for located(): per server namespace, VNI -> (bridge ifindex, vxlan ifindex), and the readers
         self._segments: dict[str, dict[int, tuple[int, int]]] = {}
         self._readers: dict[str, FdbReader] = {}
         self._readers_lock = threading.Lock()
         self._last_miss: dict[tuple[str, str], str] = {}
-
-    # ---- paths -----------------------------------------------------------------------------------
-    def _prepare_workdir(self, lab: Lab) -> Path:
-        self.workdir = self._workdir_arg or Path("/run/roamnet") / lab.name / "frr"
-        self._own_workdir = []
-        missing = []
-        p = self.workdir
-        for _ in range(64):  # bounded walk up to an existing ancestor
-            if p.exists():
-                break
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            d.mkdir(mode=0o700)
-            self._own_workdir.append(d)
-        os.chmod(self.workdir, 0o700)
-        return self.workdir
-
-    def instdir(self, inst: FrrInstance) -> Path:
-        assert self.workdir is not None
-        return self.workdir / inst.node
-
-    def journal_path(self) -> Path | None:
-        return self.workdir / JOURNAL if self.workdir else None
 
     # ---- start ----------------------------------------------------------------------------------
     def start(self, lab: Lab) -> None:
@@ -454,47 +281,24 @@ class FrrEvpn:
         raises EvpnError naming the instance ("bgpd in rn-<lab>-hv1: ...") with the tail of its log."""
         if self.running():
             raise EvpnError(f"{self.name} is already running ({', '.join(self.running())})")
-        self._procs = []
         progress = getattr(lab, "progress", None) or (lambda msg: None)
         try:
-            workdir = self._prepare_workdir(lab)
-            leftovers = [e["label"] for e in read_journal(workdir)
-                         if is_instance_process(int(e["pid"]), e["daemon"], e["instdir"])]
-            if leftovers:
-                raise EvpnError(f"FRR processes of an earlier run are still alive ({', '.join(leftovers)}); "
-                                f"end them with roamnet.evpn.kill_recorded({str(workdir)!r})")
-            _write_json(workdir / JOURNAL, {"processes": []})
+            self.prepare_workdir(lab.name)
             self.instances = plan_instances(lab.plan)
             vnis = sorted({c.vni for c in lab.topo.cugs.values()})
-            self._check_paths()
-            group = _run_group()
+            self.check_paths()
             progress(f"{self.name}: VXLAN segments {', '.join(map(str, vnis)) or '-'} on "
                      f"{sum(i.role == 'vtep' for i in self.instances)} servers")
             for inst in self.instances:
                 if inst.role == "vtep":
                     self._segments[inst.ns] = self._make_segments(lab, inst, vnis)
-            for inst in self.instances:
-                d = self.instdir(inst)
-                d.mkdir(mode=0o700, exist_ok=True)
-                for daemon in DAEMONS:
-                    (d / f"{daemon}.conf").write_text(
-                        frr_config(daemon, inst, log_file=str(d / f"{daemon}.log"), debug=self.debug))
-            for daemon in DAEMONS:  # every zebra listens before any bgpd starts (bgpd would retry, later)
-                progress(f"{self.name}: starting {daemon} in {len(self.instances)} namespaces")
-                for inst in self.instances:
-                    self._spawn(inst, daemon, group)
-                self._wait_sockets(daemon)
+            self.write_configs(lambda daemon, inst, log_file:
+                               frr_config(daemon, inst, log_file=log_file, debug=self.debug))
+            self.launch(progress)
             self._wait_ready(lab, vnis, progress)
         except BaseException:
             self.stop(lab)
             raise
-
-    def _check_paths(self) -> None:
-        for inst in self.instances:
-            longest = str(self.instdir(inst) / "zserv.api")
-            if len(longest) > SUN_PATH_MAX:
-                raise EvpnError(f"workdir {self.workdir} is too long for FRR's unix sockets "
-                                f"({longest!r} has {len(longest)} > {SUN_PATH_MAX} characters)")
 
     @staticmethod
     def _make_segments(lab: Lab, inst: FrrInstance, vnis: Iterable[int]) -> dict[int, tuple[int, int]]:
@@ -503,118 +307,7 @@ class FrrEvpn:
         ipr = lab._nl(inst.ns)
         return {vni: ensure_segment(ipr, vni, inst.address) for vni in vnis}
 
-    def _spawn(self, inst: FrrInstance, daemon: str, group: str) -> None:
-        d = self.instdir(inst)
-        binary = self.bin_dir / daemon
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
-            raise EvpnError(f"{daemon} in {inst.ns}: no executable {binary} (is FRR installed? "
-                            f"Debian: apt-get install frr)")
-        argv = daemon_argv(self.bin_dir, daemon, d, group=group)
-        for f in (*_sockets(d, daemon), d / f"{daemon}.pid"):  # a crashed run's: would look like ours
-            f.unlink(missing_ok=True)
-        with open(d / f"{daemon}.out", "ab") as out:
-            popen = subprocess.Popen(netns.command(inst.ns, argv), stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        proc = _Proc(inst, daemon, popen, d, argv, time.time())
-        with self._lock:
-            self._procs.append(proc)
-        self._write_journal()  # at once: a crash from here on still knows this pid
-        log.info("started %s (pid %d): %s", proc.label, popen.pid, " ".join(argv))
-
-    def running(self) -> list[str]:
-        """Labels of the processes this object started that have not been seen to end."""
-        with self._lock:
-            return [p.label for p in self._procs if p.popen.poll() is None]
-
-    def _write_journal(self) -> None:
-        """Every process this object started, with whether it still runs (`running`)."""
-        path = self.journal_path()
-        if path is None:
-            return
-        with self._lock:
-            rows = [{"label": p.label, "daemon": p.daemon, "node": p.inst.node, "ns": p.inst.ns,
-                     "instdir": str(p.instdir), "pid": p.popen.pid, "argv": p.argv, "started_at": p.started_at,
-                     "running": p.popen.returncode is None, "returncode": p.popen.returncode}
-                    for p in self._procs]
-        with self._journal_lock:
-            _write_json(path, {"processes": rows})
-
-    def log_tail(self, proc: _Proc, lines: int = 15) -> str:
-        text = []
-        for f in (proc.instdir / f"{proc.daemon}.out", proc.instdir / f"{proc.daemon}.log"):
-            try:
-                text += f.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                pass
-        return "\n    ".join(text[-lines:]) or "(no log)"
-
-    def _failure(self, proc: _Proc, what: str) -> EvpnError:
-        return EvpnError(f"{proc.daemon} in {proc.inst.ns}: {what}; log tail:\n    {self.log_tail(proc)}")
-
-    def _check_alive(self) -> None:
-        for p in self._procs:
-            rc = p.popen.poll()
-            if rc is not None:
-                raise self._failure(p, f"exited with status {rc}")
-
-    def _wait_sockets(self, daemon: str) -> None:
-        """Until every `daemon` listens on its vty socket (zebra: and its zserv socket); then check that
-        FRR accepted the configuration (a rejected line is a bug of frr_config, not a lab state)."""
-        procs = [p for p in self._procs if p.daemon == daemon]
-        deadline, step = time.monotonic() + SOCKET_TIMEOUT_S, 0.02
-        for _ in range(int(SOCKET_TIMEOUT_S / step) + 1):
-            self._check_alive()
-            waiting = [p for p in procs if not all(f.exists() for f in _sockets(p.instdir, daemon))]
-            if not waiting:
-                break
-            if time.monotonic() > deadline:
-                raise self._failure(waiting[0], f"no vty socket after {SOCKET_TIMEOUT_S:.0f} s")
-            time.sleep(step)
-        else:
-            raise self._failure(procs[0], f"no vty socket after {SOCKET_TIMEOUT_S:.0f} s")
-        # The vty socket exists before the configuration is read: FRR reads it in the first event of
-        # its loop, before it serves any vty client. So once a daemon answered vtysh, it has read it.
-        with ThreadPoolExecutor(max_workers=min(16, len(procs))) as pool:
-            list(pool.map(lambda p: self.vtysh(p.inst, daemon, "show version"), procs))
-        for p in procs:
-            bad = [ln.strip() for ln in self._log_text(p).splitlines()
-                   if "No such command" in ln or "Error occurred during reading" in ln]
-            if bad:
-                raise self._failure(p, "configuration rejected: " + bad[0])
-
-    @staticmethod
-    def _log_text(p: _Proc) -> str:
-        text = ""
-        for f in (p.instdir / f"{p.daemon}.out", p.instdir / f"{p.daemon}.log"):
-            try:
-                text += f.read_text(errors="replace")
-            except OSError:
-                pass
-        return text
-
     # ---- readiness ------------------------------------------------------------------------------
-    def show(self, inst: FrrInstance, daemon: str, command: str, timeout: float = 5.0) -> Any:
-        """`vtysh -c COMMAND` (a JSON show command) against one instance's daemon; parsed."""
-        out = self.vtysh(inst, daemon, command, timeout)
-        try:
-            return json.loads(out) if out.strip() else {}
-        except ValueError:
-            raise EvpnError(f"{daemon} in {inst.ns}: `{command}` gave no JSON: {out[-300:]!r}") from None
-
-    def vtysh(self, inst: FrrInstance, daemon: str, command: str, timeout: float = 5.0) -> str:
-        """The output of `vtysh -c COMMAND` against one instance's daemon (reading state only)."""
-        argv = [self.vtysh_bin, "--vty_socket", str(self.instdir(inst)), "-d", daemon, "-c", command]
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise EvpnError(f"{daemon} in {inst.ns}: `{command}` did not answer within {timeout:.0f} s") from None
-        except OSError as exc:
-            raise EvpnError(f"{daemon} in {inst.ns}: cannot run {self.vtysh_bin}: {exc}") from None
-        if p.returncode != 0:
-            raise EvpnError(f"{daemon} in {inst.ns}: `{command}` failed ({p.returncode}): "
-                            f"{(p.stderr or p.stdout).strip()[-300:]}")
-        return p.stdout
-
     def _rr_sessions(self, rr: FrrInstance) -> dict[str, str]:
         """Peer -> BGP state, as the route reflector sees its l2vpn evpn sessions."""
         out = self.show(rr, "bgpd", "show bgp l2vpn evpn summary json")
@@ -651,7 +344,7 @@ class FrrEvpn:
         next_note = started + 1.0
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(vteps)))) as pool:
             for _ in range(int(self.ready_timeout / 0.1) + 10):  # bounded in count as well as in time
-                self._check_alive()
+                self.check_alive()
                 sessions = self._rr_sessions(rr)
                 up = [p for p, s in sessions.items() if s == "Established"]
                 if len(up) == len(sessions):
@@ -674,14 +367,13 @@ class FrrEvpn:
         if down:
             peer, state = next(iter(down.items()))
             vtep = next((i for i in vteps if i.address == peer), None)
-            proc = next((p for p in self._procs if p.daemon == "bgpd" and p.inst is vtep), None)
-            proc = proc or next(p for p in self._procs if p.daemon == "bgpd" and p.inst is rr)
-            raise self._failure(proc, f"BGP session {peer} <-> {rr.address} not Established after "
+            proc = (self.proc(vtep, "bgpd") if vtep is not None else None) or self.proc(rr, "bgpd")
+            raise self.failure(proc, f"BGP session {peer} <-> {rr.address} not Established after "
                                       f"{self.ready_timeout:.0f} s (state {state}; "
                                       f"{len(down)} of {len(sessions)} sessions down)")
         ns, why = next(iter(pending.items()))
-        proc = next(p for p in self._procs if p.daemon == "zebra" and p.inst.ns == ns)
-        raise self._failure(proc, f"EVPN not ready after {self.ready_timeout:.0f} s: {why} "
+        proc = next(p for p in self.processes() if p.daemon == "zebra" and p.inst.ns == ns)
+        raise self.failure(proc, f"EVPN not ready after {self.ready_timeout:.0f} s: {why} "
                                   f"({len(pending)} of {len(vteps)} servers not ready)")
 
     # ---- ports and locations --------------------------------------------------------------------
@@ -746,49 +438,12 @@ class FrrEvpn:
     def stop(self, lab: Lab | None = None) -> list[str]:
         """End every FRR process this object started, by its own pid: bgpd first, then zebra; SIGTERM,
         SIGKILL after a bounded wait. Returns what it stopped, e.g. ["bgpd@rn-x-hv1", ...]."""
-        stopped = []
         with self._readers_lock:
             for r in self._readers.values():
                 r.close()
             self._readers.clear()
-        for daemon in reversed(DAEMONS):
-            with self._lock:
-                group = [p for p in self._procs if p.daemon == daemon]
-            running = [p for p in group if p.popen.poll() is None]
-            for p in running:
-                with _ignore_gone():
-                    p.popen.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + TERM_WAIT_S
-            for p in running:
-                try:
-                    p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    log.warning("%s (pid %d) ignored SIGTERM for %.0f s: SIGKILL", p.label, p.popen.pid,
-                                TERM_WAIT_S)
-                    p.popen.kill()
-                    try:
-                        p.popen.wait(timeout=KILL_WAIT_S)
-                    except subprocess.TimeoutExpired:
-                        log.error("%s (pid %d) survived SIGKILL", p.label, p.popen.pid)
-                        continue
-                    _drop_log_buffers(p.daemon, p.popen.pid)
-                stopped.append(p.label)
-            self._write_journal()
+        stopped = self.stop_processes()
         if not self.running():
             self._segments.clear()
-            self._remove_workdir()
+            self.remove_workdir()
         return stopped
-
-    def _remove_workdir(self) -> None:
-        """Remove the workdir if start() created it (never one that existed before), unless kept; then
-        the parents start() created, each only if empty (/run/roamnet/<lab> may hold other state)."""
-        if self.keep_workdir or not self._own_workdir:
-            return
-        if self._own_workdir[-1] == self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        for d in reversed(self._own_workdir[:-1]):
-            try:
-                d.rmdir()
-            except OSError:  # not empty: someone else's files
-                break
-        self._own_workdir.clear()
