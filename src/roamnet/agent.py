@@ -31,6 +31,7 @@ from .vrfs import VrfKernel
 log = logging.getLogger(__name__)
 
 NUD_NOARP = 0x40  # a static entry
+NUD_PERMANENT = 0x80
 IFF_UP = 0x1
 NTF_SELF, NTF_MASTER = 0x02, 0x04
 ETH_P_ALL, ETH_P_ARP, ETH_P_RARP = 0x0003, 0x0806, 0x8035
@@ -52,7 +53,9 @@ def ensure_segment(ipr: IPRoute, vni: int, vtep: str) -> tuple[int, int]:
     Returns (bridge ifindex, vxlan ifindex)."""
     br, vx, alias = names.bridge(vni), names.vxlan(vni), names.SEGMENT_ALIAS + str(vni)
     if not ipr.link_lookup(ifname=br):
-        ipr.link("add", ifname=br, kind="bridge", br_stp_state=0)
+        # a MAC of its own: a bridge that takes its ports' lowest MAC changes it when ports come and
+        # go, and the kernel then flushes the bridge's neighbour entries (the gateway's, see vrfs.py)
+        ipr.link("add", ifname=br, kind="bridge", br_stp_state=0, address=names.bridge_mac(vni))
     br_idx = ipr.link_lookup(ifname=br)[0]
     ipr.link("set", index=br_idx, ifalias=alias, state="up")
     if not ipr.link_lookup(ifname=vx):
@@ -125,7 +128,11 @@ class Kernel:
                 act.bridge_fdb[(bridges[master], mac)] = target
                 bridge_dev[(bridges[master], mac)] = idx
         self._index, self._port_index, self._bridge_dev = index, port_index, bridge_dev
-        act.vrfs = self.vrfs.read({vni: bridges.get(m) == vni for vni, m in gateways.values()})
+        # a gateway is whole when its port is in its CUG's bridge and the bridge knows the gateway's
+        # MAC (the neighbour entry that keeps ARP for it off the overlay)
+        known = {n["ifindex"] for n in self.ipr.get_neighbours(family=socket.AF_INET)
+                 if n["state"] & NUD_PERMANENT}
+        act.vrfs = self.vrfs.read({vni: bridges.get(m) == vni and m in known for vni, m in gateways.values()})
         return act, ports
 
     # ---- apply ---------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def cleanup(lab: str) -> list[str]:
             if not Path(f"/proc/{pid}").exists():
                 break
             time.sleep(0.05)
-    from .evpn import kill_recorded  # FRR daemons the lab started (pids verified, never by name)
+    from .frr import kill_recorded  # FRR daemons the lab started (pids verified, never by name)
 
     kill_recorded(state_dir(lab) / "frr")
     kill_recorded(state_dir(lab) / "border")  # FRR (BGP) on the borders and the WAN router

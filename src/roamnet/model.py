@@ -36,6 +36,7 @@ WAN_CLIENT_RANGE = IPv4Network("198.18.192.0/19")  # the only part of the underl
 DEFAULT_ANYCAST_MAC = "02:52:4e:00:00:01"  # the distributed gateway's MAC, the same on every NVE
 RESERVED_MAC_PREFIX = "02:52:4e"  # roamnet's gateway and router MACs; never a VM's
 ROUTER_MAC_PREFIX = RESERVED_MAC_PREFIX + ":01:"  # NVE router MACs (desired.router_mac); never the anycast MAC
+BRIDGE_MAC_PREFIX = RESERVED_MAC_PREFIX + ":02:"  # segment bridges' own MACs (names.bridge_mac)
 VNI_MAX = 2**24 - 1
 MAC_RE = r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"  # accepted input; stored as lowercase xx:xx:..
 
@@ -255,8 +256,9 @@ def _check_topology(t: Topology) -> list[Problem]:
             else:
                 node(border, f"datacenters.{dc} (default border)", "border")
 
-    if t.anycast_gateway_mac.startswith(ROUTER_MAC_PREFIX):
-        problems.append(("anycast_gateway_mac", f"MACs {ROUTER_MAC_PREFIX}xx:xx are the NVEs' router MACs"))
+    if t.anycast_gateway_mac.startswith((ROUTER_MAC_PREFIX, BRIDGE_MAC_PREFIX)):
+        problems.append(("anycast_gateway_mac", f"MACs {ROUTER_MAC_PREFIX}xx:xx and {BRIDGE_MAC_PREFIX}xx:xx "
+                         "are roamnet's router and bridge MACs"))
     servers = t.server_dc()
     cug_vnis: dict[int, str] = {}  # VNI -> first CUG using it
     for name, cug in t.cugs.items():

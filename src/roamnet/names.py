@@ -23,6 +23,12 @@ def bridge(vni: int) -> str:
     return f"br{vni}"
 
 
+def bridge_mac(vni: int) -> str:
+    """A segment bridge's own MAC, in roamnet's reserved 02:52:4e range (02:52:4e:02:<low 16 bits of
+    the VNI>): never a VM's, the anycast gateway's or a router MAC; bridges in one namespace may share."""
+    return f"02:52:4e:02:{(vni >> 8) & 0xFF:02x}:{vni & 0xFF:02x}"
+
+
 def vxlan(vni: int) -> str:
     return f"vx{vni}"
 

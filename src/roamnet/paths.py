@@ -24,7 +24,7 @@ from typing import Any
 
 from . import netns
 
-ETH_P_IP = 0x0800
+ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
 PACKET_OUTGOING = 4
 IN, OUT = "in", "out"
 # classic BPF: accept IPv4 (ethertype 0x0800) frames carrying UDP (17) or TCP (6), first 64 bytes
@@ -41,27 +41,42 @@ PATH_FILTER = (
 
 @dataclass(frozen=True)
 class Watched:
-    """A stream whose packets cross the WAN edge: the VM's address and the client's."""
+    """A stream whose packets cross the WAN edge: the VM's address, the client's, the receiver's port,
+    and which end sends (streams between the same two hosts differ by port)."""
 
     stream: str
     vm_ip: str
     client_ip: str
+    port: int
+    vm_sends: bool
+
+    def keys(self) -> dict[tuple[str, str, str, int], tuple[str, str]]:
+        src, dst = (self.vm_ip, self.client_ip) if self.vm_sends else (self.client_ip, self.vm_ip)
+        forward = (self.stream, OUT if self.vm_sends else IN)  # data, to the receiver's port
+        reverse = (self.stream, IN if self.vm_sends else OUT)  # e.g. TCP's acks, from that port
+        return {(src, dst, "dport", self.port): forward, (dst, src, "sport", self.port): reverse}
 
 
-def classify(frame: bytes, watched: dict[tuple[str, str], tuple[str, str]]) -> tuple[str, str] | None:
-    """(stream, direction) of an Ethernet/IPv4 frame, direction "in" (towards the VM) or "out";
-    `watched` maps (source IP, destination IP) -> (stream, direction). None if not watched."""
+Table = dict[tuple[str, str, str, int], tuple[str, str]]
+
+
+def classify(frame: bytes, watched: Table) -> tuple[str, str] | None:
+    """(stream, direction) of an Ethernet/IPv4 UDP or TCP frame, direction "in" (towards the VM) or
+    "out"; None if it belongs to no watched stream."""
     if len(frame) < 34 or frame[12:14] != b"\x08\x00":
         return None
+    ihl = (frame[14] & 0x0F) * 4
+    if len(frame) < 14 + ihl + 4:
+        return None
     src, dst = socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34])
-    return watched.get((src, dst))
+    sport, dport = struct.unpack("!HH", frame[14 + ihl:18 + ihl])
+    return watched.get((src, dst, "dport", dport)) or watched.get((src, dst, "sport", sport))
 
 
-def watch_table(streams: list[Watched]) -> dict[tuple[str, str], tuple[str, str]]:
-    table = {}
+def watch_table(streams: list[Watched]) -> Table:
+    table: Table = {}
     for w in streams:
-        table[(w.client_ip, w.vm_ip)] = (w.stream, IN)
-        table[(w.vm_ip, w.client_ip)] = (w.stream, OUT)
+        table.update(w.keys())
     return table
 
 
@@ -82,9 +97,11 @@ class PathObserver:
         from .agent import attach_filter  # one classic-BPF loader for the project
 
         for border, ns in self.borders:
-            s = netns.socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+            # every frame (a socket bound to one ethertype never sees the frames a device sends),
+            # filtered to IPv4 UDP/TCP in the kernel
+            s = netns.socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             attach_filter(s, PATH_FILTER)
-            s.bind((self.ifname, ETH_P_IP))
+            s.bind((self.ifname, ETH_P_ALL))
             s.setblocking(False)
             self._socks[s] = border
         self._thread = threading.Thread(target=self._run, name="paths", daemon=True)

@@ -84,14 +84,15 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
             if via == "wan":  # a WAN client and a VM: watch which border the packets cross
                 vm_is_src = st.from_ in topo.vms
                 stream_vm[st.name] = st.from_ if vm_is_src else st.to
-                watched.append(Watched(st.name, str(src if vm_is_src else dst), str(dst if vm_is_src else src)))
-        observer = PathObserver(lab.border_namespaces(), watched, max_seconds=scn.duration + 60) if watched else None
-        if observer is not None:
-            observer.start()
+                vm_ip, client_ip = (src, dst) if vm_is_src else (dst, src)
+                watched.append(Watched(st.name, str(vm_ip), str(client_ip), port, vm_is_src))
             rp = Proc(st.name, "recv", spawn(names.netns(topo.name, st.to),
                                              recv_argv(st.proto, str(dst), port, t0, scn.duration, LINGER_S)))
             procs.append(rp)
             wait_ready(rp, timeout=10)
+        if watched:
+            observer = PathObserver(lab.border_namespaces(), watched, max_seconds=scn.duration + 60)
+            observer.start()
         for st, src, dst, port in plan:
             procs.append(Proc(st.name, "send", spawn(names.netns(topo.name, st.from_),
                                                      send_argv(st.proto, dst, port, st.rate, t0, scn.duration))))

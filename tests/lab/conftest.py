@@ -17,6 +17,7 @@ Addresses: underlay 198.18.0.0/16 (labplan), tenants 198.19.0.0/16 only.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -389,3 +390,32 @@ def addr() -> Any:
         mac = staticmethod(vm_mac)
 
     return Addr
+
+
+# ---------------------------------------------------------------- FRR
+
+FRR_BIN = Path("/usr/lib/frr")  # Debian's frr package
+
+
+def host_frr_state() -> dict[str, Any]:
+    """What a host FRR owns: /etc/frr's files (with their content) and /var/run/frr's entries."""
+    etc = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path("/etc/frr").glob("*"))
+           if p.is_file()} if Path("/etc/frr").is_dir() else None
+    run = sorted(os.listdir("/var/run/frr")) if Path("/var/run/frr").is_dir() else None
+    return {"/etc/frr": etc, "/var/run/frr": run}
+
+
+@pytest.fixture(scope="module")
+def frr_required() -> Iterator[None]:
+    """The module's tests run FRR: skip them without it (fail them when the lab is required), and
+    check afterwards that the host's own FRR files were not touched."""
+    missing = [str(FRR_BIN / d) for d in ("zebra", "bgpd") if not (FRR_BIN / d).exists()]
+    missing += [] if shutil.which("vtysh") else ["vtysh"]
+    if missing:
+        msg = f"FRR is not installed (missing {', '.join(missing)}; Debian: apt-get install frr)"
+        if lab_required():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    before = host_frr_state()
+    yield
+    assert host_frr_state() == before, "an FRR lab test changed /etc/frr or /var/run/frr"

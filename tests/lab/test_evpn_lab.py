@@ -8,7 +8,6 @@ FRR is only ever started inside lab namespaces; /etc/frr and /var/run/frr must b
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -25,40 +24,12 @@ import pytest
 from roamnet import evpn as evpn_mod
 from roamnet.evpn import DAEMONS, JOURNAL, EvpnError, FrrEvpn, kill_recorded
 
-FRR_BIN = Path("/usr/lib/frr")
+FRR_BIN = Path("/usr/lib/frr")  # as conftest.FRR_BIN
 VNI = 10100  # the `web` CUG of the conftest topologies
 VTEP = {"hv1": "198.18.1.1", "hv2": "198.18.1.3", "hv3": "198.18.2.1"}
 
 
-def _required() -> bool:
-    return any((os.environ.get(v) or "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("CI", "ROAMNET_REQUIRE_LAB"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _frr_installed() -> None:
-    missing = [str(FRR_BIN / d) for d in DAEMONS if not (FRR_BIN / d).exists()]
-    missing += [] if shutil.which("vtysh") else ["vtysh"]
-    if missing:
-        msg = f"FRR is not installed (missing {', '.join(missing)}; Debian: apt-get install frr)"
-        if _required():
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
-
-
-def _host_frr_state() -> dict[str, Any]:
-    """What a host FRR owns: /etc/frr's files (with their content) and /var/run/frr's entries."""
-    etc = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path("/etc/frr").glob("*"))
-           if p.is_file()} if Path("/etc/frr").is_dir() else None
-    run = sorted(os.listdir("/var/run/frr")) if Path("/var/run/frr").is_dir() else None
-    return {"/etc/frr": etc, "/var/run/frr": run}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _host_frr_untouched(_frr_installed: None) -> Iterator[None]:
-    before = _host_frr_state()
-    yield
-    assert _host_frr_state() == before, "the EVPN lab changed /etc/frr or /var/run/frr"
+pytestmark = pytest.mark.usefixtures("frr_required")
 
 
 # ---------------------------------------------------------------- helpers

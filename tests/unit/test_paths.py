@@ -10,16 +10,20 @@ from roamnet.paths import IN, OUT, Watched, classify, summarize_paths, watch_tab
 from roamnet.report import render_paths
 
 VM, CLIENT = "198.19.1.11", "198.18.200.10"
-TABLE = watch_table([Watched("s1", VM, CLIENT)])
+TABLE = watch_table([Watched("s1", VM, CLIENT, 5001, False), Watched("s2", VM, CLIENT, 5002, True)])
 
 
-def test_classify_by_addresses_in_both_directions():
-    inbound = bytes(Ether() / IP(src=CLIENT, dst=VM) / UDP(dport=5001))
-    outbound = bytes(Ether() / IP(src=VM, dst=CLIENT) / TCP(sport=5001))
-    other = bytes(Ether() / IP(src=CLIENT, dst="198.19.1.12") / UDP())
+def test_classify_by_addresses_and_port_in_both_directions():
+    inbound = bytes(Ether() / IP(src=CLIENT, dst=VM) / UDP(sport=40000, dport=5001))
+    acks = bytes(Ether() / IP(src=VM, dst=CLIENT) / TCP(sport=5001, dport=40000))
+    s2 = bytes(Ether() / IP(src=VM, dst=CLIENT) / UDP(sport=40001, dport=5002))
+    s2_back = bytes(Ether() / IP(src=CLIENT, dst=VM) / TCP(sport=5002, dport=40001))
+    other = bytes(Ether() / IP(src=CLIENT, dst="198.19.1.12") / UDP(dport=5001))
+    other_port = bytes(Ether() / IP(src=CLIENT, dst=VM) / UDP(sport=40000, dport=5003))
     assert classify(inbound, TABLE) == ("s1", IN)
-    assert classify(outbound[:64], TABLE) == ("s1", OUT)  # the kernel filter hands over 64 bytes
-    assert classify(other, TABLE) is None
+    assert classify(acks[:64], TABLE) == ("s1", OUT)  # the kernel filter hands over 64 bytes
+    assert classify(s2, TABLE) == ("s2", OUT) and classify(s2_back, TABLE) == ("s2", IN)
+    assert classify(other, TABLE) is None and classify(other_port, TABLE) is None
     assert classify(b"\x00" * 10, TABLE) is None
     arp = bytes(Ether(type=0x0806)) + b"\x00" * 28
     assert classify(arp, TABLE) is None

@@ -184,6 +184,19 @@ def test_custom_anycast_mac_is_normalised() -> None:
     assert parse_topology(data).anycast_gateway_mac == "02:aa:00:00:00:01"
 
 
+@pytest.mark.parametrize("mac", ["02:52:4e:01:01:03", "02:52:4e:02:27:74"])
+def test_anycast_mac_is_no_router_or_bridge_mac(mac: str) -> None:
+    from roamnet.desired import router_mac
+    from roamnet.names import bridge_mac
+
+    assert router_mac("198.18.1.3") == "02:52:4e:01:01:03" and bridge_mac(10100) == "02:52:4e:02:27:74"
+    data = routed()
+    data["anycast_gateway_mac"] = mac
+    with pytest.raises(IntentError) as e:
+        parse_topology(data)
+    assert e.value.problems[0][0] == "anycast_gateway_mac" and "router and bridge MACs" in e.value.problems[0][1]
+
+
 def test_empty_wan() -> None:
     data = routed()
     data["wan"] = {}
