@@ -131,7 +131,7 @@ class Kernel:
         # a gateway is whole when its port is in its CUG's bridge and the bridge knows the gateway's
         # MAC (the neighbour entry that keeps ARP for it off the overlay)
         known = {n["ifindex"] for n in self.ipr.get_neighbours(family=socket.AF_INET)
-                 if n["state"] & NUD_PERMANENT}
+                 if n["state"] & NUD_PERMANENT} if gateways else set()
         act.vrfs = self.vrfs.read({vni: bridges.get(m) == vni and m in known for vni, m in gateways.values()})
         return act, ports
 

@@ -419,3 +419,17 @@ def frr_required() -> Iterator[None]:
     before = host_frr_state()
     yield
     assert host_frr_state() == before, "an FRR lab test changed /etc/frr or /var/run/frr"
+
+
+def netns_inode(ns: str) -> int:
+    return os.stat(f"/run/netns/{ns}").st_ino
+
+
+def proc_netns_inode(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+def frr_decoy(daemon: str, instdir: str) -> subprocess.Popen:
+    """A process that looks like another lab's FRR daemon (its argv[0] and --vty_socket): must survive."""
+    return subprocess.Popen([str(FRR_BIN / daemon), "-c", "import time; time.sleep(120)", "--vty_socket", instdir],
+                            executable=sys.executable, stdin=subprocess.DEVNULL)

@@ -14,8 +14,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +39,8 @@ VTEP = {"hv1": "198.18.1.1", "hv2": "198.18.2.1"}  # the servers' VTEPs: the age
 WITHDRAW_WITHIN_S = 5.0
 ANNOUNCE_WITHIN_S = 5.0
 
+
+from conftest import frr_decoy, netns_inode, proc_netns_inode  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("frr_required")
 
@@ -137,20 +137,6 @@ def _still_runs(row: dict) -> bool:
     return bool(argv) and Path(argv[0]).name == row["daemon"] and row["instdir"] in argv
 
 
-def _netns_inode(ns: str) -> int:
-    return os.stat(f"/run/netns/{ns}").st_ino
-
-
-def _proc_netns_inode(pid: int) -> int:
-    return os.stat(f"/proc/{pid}/ns/net").st_ino
-
-
-def _decoy(daemon: str, instdir: str) -> subprocess.Popen:
-    """A process that looks like another lab's FRR daemon (its argv[0] and --vty_socket): must survive."""
-    return subprocess.Popen([str(FRR_BIN / daemon), "-c", "import time; time.sleep(120)", "--vty_socket", instdir],
-                            executable=sys.executable, stdin=subprocess.DEVNULL)
-
-
 def _wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> float | None:
     """Seconds until cond() held, None if it did not within `timeout` (bounded)."""
     t0 = time.monotonic()
@@ -192,7 +178,7 @@ def _agent_routes(ns: str, l3vni: int, main: list[tuple[str, str]], transit: lis
 
 def test_border_announces_main_table_routes_not_transit(host: Any, lab_name: Any) -> None:
     name = lab_name("t-border")
-    decoys = [_decoy("bgpd", f"/run/roamnet/{name}x/border/wan"), _decoy("zebra", f"/tmp/not-{name}/wan")]
+    decoys = [frr_decoy("bgpd", f"/run/roamnet/{name}x/border/wan"), frr_decoy("zebra", f"/tmp/not-{name}/wan")]
     try:
         with handoff_lab(name, host) as lab, running(lab, BorderBgp()) as bgp:
             b1, b2 = lab.plan.vrf("dc1br", "t1"), lab.plan.vrf("dc2br", "t1")
@@ -205,7 +191,7 @@ def test_border_announces_main_table_routes_not_transit(host: Any, lab_name: Any
                 f"{d}@{ns}" for ns in (lab.wan_ns, b1.ns, b2.ns) for d in DAEMONS)
             for r in recorded:
                 assert _still_runs(r), r
-                assert _proc_netns_inode(r["pid"]) == _netns_inode(r["ns"]) != _proc_netns_inode(os.getpid())
+                assert proc_netns_inode(r["pid"]) == netns_inode(r["ns"]) != proc_netns_inode(os.getpid())
             assert Path(bgp.workdir) == Path(f"/run/roamnet/{name}/border")
             assert oct(os.stat(bgp.workdir).st_mode & 0o777) == "0o700"
             assert any("2/2 eBGP sessions established" in m for m in lab.messages), lab.messages

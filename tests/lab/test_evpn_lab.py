@@ -11,8 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +26,8 @@ FRR_BIN = Path("/usr/lib/frr")  # as conftest.FRR_BIN
 VNI = 10100  # the `web` CUG of the conftest topologies
 VTEP = {"hv1": "198.18.1.1", "hv2": "198.18.1.3", "hv3": "198.18.2.1"}
 
+
+from conftest import frr_decoy, netns_inode, proc_netns_inode  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("frr_required")
 
@@ -51,20 +51,6 @@ def _still_runs(row: dict) -> bool:
 
 def _log_buffers(row: dict) -> Path:
     return Path("/var/tmp/frr") / f"{row['daemon']}.{row['pid']}"
-
-
-def _netns_inode(ns: str) -> int:
-    return os.stat(f"/run/netns/{ns}").st_ino
-
-
-def _proc_netns_inode(pid: int) -> int:
-    return os.stat(f"/proc/{pid}/ns/net").st_ino
-
-
-def _decoy(daemon: str, instdir: str) -> subprocess.Popen:
-    """A process that looks like another lab's FRR daemon (its argv[0] and --vty_socket): must survive."""
-    return subprocess.Popen([str(FRR_BIN / daemon), "-c", "import time; time.sleep(120)", "--vty_socket", instdir],
-                            executable=sys.executable, stdin=subprocess.DEVNULL)
 
 
 def _fdb(host: Any, ns: str, dev: str) -> list[dict]:
@@ -107,7 +93,7 @@ def test_evpn_learns_forwards_and_leaves_nothing(host: Any, lab_name: Any, make_
                                                  traffic: Any, addr: Any) -> None:
     name = lab_name("t-evpn-fwd")
     topo = make_topology(name)  # dc1: hv1 (vm1), hv2 (vm2); dc2: hv3 (vm3); all in VNI 10100
-    decoys = [_decoy("bgpd", f"/run/roamnet/{name}x/frr/hv1"), _decoy("zebra", f"/tmp/not-{name}/hv1")]
+    decoys = [frr_decoy("bgpd", f"/run/roamnet/{name}x/frr/hv1"), frr_decoy("zebra", f"/tmp/not-{name}/hv1")]
     try:
         with evpn_lab(topo, lab_namespaces, host) as (lab, cp):
             recorded = _recorded(cp.workdir)
@@ -115,7 +101,7 @@ def test_evpn_learns_forwards_and_leaves_nothing(host: Any, lab_name: Any, make_
             assert sorted(r["label"] for r in recorded) == sorted(f"{d}@rn-{name}-{n}" for n in nodes for d in DAEMONS)
             for r in recorded:  # each daemon runs in its lab namespace, none in the host's
                 assert _still_runs(r), r
-                assert _proc_netns_inode(r["pid"]) == _netns_inode(r["ns"]) != _proc_netns_inode(os.getpid())
+                assert proc_netns_inode(r["pid"]) == netns_inode(r["ns"]) != proc_netns_inode(os.getpid())
             assert Path(cp.workdir) == Path(f"/run/roamnet/{name}/frr")
             assert oct(os.stat(cp.workdir).st_mode & 0o777) == "0o700"
 

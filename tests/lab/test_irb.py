@@ -59,10 +59,12 @@ class Sniffer:
 
     def _run(self) -> None:
         try:
-            while time.monotonic() < self._until and not self._stop.is_set():
+            while time.monotonic() < self._until:
                 try:
                     frame, addr = self._sock.recvfrom(4096)
                 except TimeoutError:
+                    if self._stop.is_set():  # stopped, and everything queued before has been read
+                        break
                     continue
                 except OSError:  # the device went away (a pruned segment): nothing more to see
                     break
