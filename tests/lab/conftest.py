@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -433,3 +434,62 @@ def frr_decoy(daemon: str, instdir: str) -> subprocess.Popen:
     """A process that looks like another lab's FRR daemon (its argv[0] and --vty_socket): must survive."""
     return subprocess.Popen([str(FRR_BIN / daemon), "-c", "import time; time.sleep(120)", "--vty_socket", instdir],
                             executable=sys.executable, stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- captures and FRR journals
+
+
+class Sniffer:
+    """Frames matching `keep(ether, outgoing)` on device `dev` of namespace `ns`, in a bounded thread."""
+
+    def __init__(self, ns: str, dev: str, keep: Callable[[Any, bool], bool], seconds: float = 60.0):
+        self.frames: list[Any] = []
+        self._keep = keep
+        from roamnet import netns
+
+        self._sock = netns.socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+        self._sock.bind((dev, 0))
+        self._sock.settimeout(0.05)
+        self._until = time.monotonic() + seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while time.monotonic() < self._until:
+                try:
+                    frame, addr = self._sock.recvfrom(4096)
+                except TimeoutError:
+                    if self._stop.is_set():  # stopped, and everything queued before has been read
+                        break
+                    continue
+                except OSError:  # the device went away (a pruned segment): nothing more to see
+                    break
+                from scapy.layers.l2 import Ether
+
+                eth = Ether(frame)
+                if self._keep(eth, addr[2] == 4):
+                    self.frames.append(eth)
+        finally:
+            self._sock.close()
+
+    def stop(self) -> list[Any]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.frames
+
+
+def recorded_frr(workdir: Path) -> list[dict]:
+    """The pid journal an FRR control plane keeps in `workdir`, read as a file."""
+    return json.loads((Path(workdir) / "frr-pids.json").read_text())["processes"]
+
+
+def frr_still_runs(row: dict) -> bool:
+    """Independent of roamnet: does pid still run that daemon of that instance (per /proc)?"""
+    try:
+        argv = Path(f"/proc/{row['pid']}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    argv = [a.decode() for a in argv if a]
+    return bool(argv) and Path(argv[0]).name == row["daemon"] and row["instdir"] in argv

@@ -10,7 +10,6 @@ at the end; FRR runs only inside these namespaces, with its files under its own 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -26,7 +25,7 @@ from pyroute2 import IPRoute
 
 from roamnet import frr, names, netns
 from roamnet.border import BorderBgp, BorderError
-from roamnet.frr import DAEMONS, JOURNAL
+from roamnet.frr import DAEMONS
 from roamnet.labplan import WAN_NODE, build_plan
 from roamnet.model import parse_topology
 
@@ -40,7 +39,7 @@ WITHDRAW_WITHIN_S = 5.0
 ANNOUNCE_WITHIN_S = 5.0
 
 
-from conftest import frr_decoy, netns_inode, proc_netns_inode  # noqa: E402
+from conftest import frr_decoy, frr_still_runs, netns_inode, proc_netns_inode, recorded_frr  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("frr_required")
 
@@ -123,20 +122,6 @@ def running(lab: Any, bgp: BorderBgp) -> Iterator[BorderBgp]:
 # ---------------------------------------------------------------- helpers
 
 
-def _recorded(workdir: Path) -> list[dict]:
-    return json.loads((Path(workdir) / JOURNAL).read_text())["processes"]
-
-
-def _still_runs(row: dict) -> bool:
-    """Independent of roamnet.frr: does pid still run that daemon of that instance (per /proc)?"""
-    try:
-        argv = Path(f"/proc/{row['pid']}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    argv = [a.decode() for a in argv if a]
-    return bool(argv) and Path(argv[0]).name == row["daemon"] and row["instdir"] in argv
-
-
 def _wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> float | None:
     """Seconds until cond() held, None if it did not within `timeout` (bounded)."""
     t0 = time.monotonic()
@@ -186,11 +171,11 @@ def test_border_announces_main_table_routes_not_transit(host: Any, lab_name: Any
             via = {v.parent: lab.plan.handoff(v.parent, "t1")[0].address.split("/")[0] for v in (b1, b2)}
 
             # the processes: 3 instances x (zebra, bgpd), each in its lab namespace, none in the host's
-            recorded = _recorded(bgp.workdir)
+            recorded = recorded_frr(bgp.workdir)
             assert sorted(r["label"] for r in recorded) == sorted(
                 f"{d}@{ns}" for ns in (lab.wan_ns, b1.ns, b2.ns) for d in DAEMONS)
             for r in recorded:
-                assert _still_runs(r), r
+                assert frr_still_runs(r), r
                 assert proc_netns_inode(r["pid"]) == netns_inode(r["ns"]) != proc_netns_inode(os.getpid())
             assert Path(bgp.workdir) == Path(f"/run/roamnet/{name}/border")
             assert oct(os.stat(bgp.workdir).st_mode & 0o777) == "0o700"
@@ -251,7 +236,7 @@ def test_border_announces_main_table_routes_not_transit(host: Any, lab_name: Any
             started = {r["pid"]: r for r in recorded}
             stopped = bgp.stop(lab)
             assert sorted(stopped) == sorted(r["label"] for r in recorded)
-            assert not [r["label"] for r in started.values() if _still_runs(r) or Path(f"/proc/{r['pid']}").exists()]
+            assert not [r["label"] for r in started.values() if frr_still_runs(r) or Path(f"/proc/{r['pid']}").exists()]
             assert bgp.running() == []
         assert not Path(f"/run/roamnet/{name}").exists(), "the default workdir was not removed"
         for d in decoys:
@@ -304,9 +289,9 @@ def test_border_missing_bgpd_stops_the_zebras(host: Any, lab_name: Any) -> None:
             bgp = BorderBgp(workdir=workdir, frr_bin_dir=bindir)
             with pytest.raises(BorderError, match=rf"bgpd in rn-{name}-dc1br\.t-t1: no executable {bindir}/bgpd"):
                 bgp.start(lab)
-            recorded = _recorded(workdir)
+            recorded = recorded_frr(workdir)
             assert sorted(r["label"] for r in recorded) == sorted(f"zebra@{ns}" for ns in lab.namespaces)
-            assert not [r["label"] for r in recorded if _still_runs(r) or r["running"]]
+            assert not [r["label"] for r in recorded if frr_still_runs(r) or r["running"]]
             assert bgp.running() == []
     finally:
         shutil.rmtree(bindir, ignore_errors=True)
@@ -329,9 +314,9 @@ def test_border_session_that_never_comes_up(host: Any, lab_name: Any) -> None:
                 bgp.start(lab)
             assert time.monotonic() - t0 < 30
             assert "log tail" in str(err.value)
-            recorded = _recorded(workdir)
+            recorded = recorded_frr(workdir)
             assert len(recorded) == 6
-            assert not [r["label"] for r in recorded if _still_runs(r) or r["running"]]
+            assert not [r["label"] for r in recorded if frr_still_runs(r) or r["running"]]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -339,13 +324,13 @@ def test_border_session_that_never_comes_up(host: Any, lab_name: Any) -> None:
 def test_border_kill_recorded_after_a_crash(host: Any, lab_name: Any) -> None:
     name = lab_name("t-border-crash")
     with handoff_lab(name, host) as lab, running(lab, BorderBgp()) as bgp:
-        recorded = _recorded(bgp.workdir)
-        assert len(recorded) == 6 and all(_still_runs(r) for r in recorded)
+        recorded = recorded_frr(bgp.workdir)
+        assert len(recorded) == 6 and all(frr_still_runs(r) for r in recorded)
         # as if the process that ran the lab had died: only the journal is left to go by (the lab's
         # crash clean-up calls this on /run/roamnet/<lab>/border)
         ended = frr.kill_recorded(Path(f"/run/roamnet/{name}/border"))
         assert sorted(e.split(" ")[0] for e in ended) == sorted(r["label"] for r in recorded)
-        assert not [r["label"] for r in recorded if _still_runs(r)]
+        assert not [r["label"] for r in recorded if frr_still_runs(r)]
         assert not [r for r in recorded if (Path("/var/tmp/frr") / f"{r['daemon']}.{r['pid']}").exists()]
         assert frr.kill_recorded(bgp.workdir) == []
 
@@ -361,7 +346,7 @@ def test_border_with_the_lab_and_its_agents(host: Any, lab_name: Any, lab_up: An
     with lab_up(topo) as lab:
         bgp = lab.border
         assert isinstance(bgp, BorderBgp)
-        recorded = _recorded(bgp.workdir)
+        recorded = recorded_frr(bgp.workdir)
         assert set(bgp.sessions().values()) == {"Established"}
         want = {SUBNET: None, "198.19.1.11/32": "dc1br", "198.19.1.12/32": "dc2br"}
 
@@ -383,5 +368,5 @@ def test_border_with_the_lab_and_its_agents(host: Any, lab_name: Any, lab_up: An
         wan_ns = lab.plan.nodes[WAN_NODE].ns
         assert _wait_for(lambda: _wan_kernel_routes(host, wan_ns).get("198.19.1.11/32", ("", ""))[1] == "dc2br-t1",
                          WITHDRAW_WITHIN_S) is not None, _wan_kernel_routes(host, wan_ns)
-    assert not [r["label"] for r in recorded if _still_runs(r)], "FRR still runs after lab.down()"
+    assert not [r["label"] for r in recorded if frr_still_runs(r)], "FRR still runs after lab.down()"
     assert not Path(f"/run/roamnet/{name}").exists()

@@ -20,33 +20,19 @@ from typing import Any
 import pytest
 
 from roamnet import evpn as evpn_mod
-from roamnet.evpn import DAEMONS, JOURNAL, EvpnError, FrrEvpn, kill_recorded
+from roamnet.evpn import DAEMONS, EvpnError, FrrEvpn, kill_recorded
 
 FRR_BIN = Path("/usr/lib/frr")  # as conftest.FRR_BIN
 VNI = 10100  # the `web` CUG of the conftest topologies
 VTEP = {"hv1": "198.18.1.1", "hv2": "198.18.1.3", "hv3": "198.18.2.1"}
 
 
-from conftest import frr_decoy, netns_inode, proc_netns_inode  # noqa: E402
+from conftest import frr_decoy, frr_still_runs, netns_inode, proc_netns_inode, recorded_frr  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("frr_required")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _recorded(workdir: Path) -> list[dict]:
-    return json.loads((workdir / JOURNAL).read_text())["processes"]
-
-
-def _still_runs(row: dict) -> bool:
-    """Independent of roamnet.evpn: does pid still run that daemon of that instance (per /proc)?"""
-    try:
-        argv = Path(f"/proc/{row['pid']}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    argv = [a.decode() for a in argv if a]
-    return bool(argv) and Path(argv[0]).name == row["daemon"] and row["instdir"] in argv
 
 
 def _log_buffers(row: dict) -> Path:
@@ -96,11 +82,11 @@ def test_evpn_learns_forwards_and_leaves_nothing(host: Any, lab_name: Any, make_
     decoys = [frr_decoy("bgpd", f"/run/roamnet/{name}x/frr/hv1"), frr_decoy("zebra", f"/tmp/not-{name}/hv1")]
     try:
         with evpn_lab(topo, lab_namespaces, host) as (lab, cp):
-            recorded = _recorded(cp.workdir)
+            recorded = recorded_frr(cp.workdir)
             nodes = ("hv1", "hv2", "hv3", "wan")
             assert sorted(r["label"] for r in recorded) == sorted(f"{d}@rn-{name}-{n}" for n in nodes for d in DAEMONS)
             for r in recorded:  # each daemon runs in its lab namespace, none in the host's
-                assert _still_runs(r), r
+                assert frr_still_runs(r), r
                 assert proc_netns_inode(r["pid"]) == netns_inode(r["ns"]) != proc_netns_inode(os.getpid())
             assert Path(cp.workdir) == Path(f"/run/roamnet/{name}/frr")
             assert oct(os.stat(cp.workdir).st_mode & 0o777) == "0o700"
@@ -121,7 +107,7 @@ def test_evpn_learns_forwards_and_leaves_nothing(host: Any, lab_name: Any, make_
             result = flow.finish()
             assert result.sent >= 900 and result.lost == 0 and result.received == result.sent, result.to_json()
 
-        left = [r["label"] for r in recorded if _still_runs(r)]
+        left = [r["label"] for r in recorded if frr_still_runs(r)]
         assert not left, f"FRR processes of lab {name} still run after lab.down(): {left}"
         assert not [r for r in recorded if _log_buffers(r).exists()], "FRR left its /var/tmp/frr log buffers"
         assert not Path(f"/run/roamnet/{name}").exists(), "the default workdir was not removed"
@@ -207,10 +193,10 @@ def test_evpn_missing_bgpd_stops_the_zebras(host: Any, lab_name: Any, make_topol
                 lab.up(converge_timeout=10)
         finally:
             lab.down()
-        recorded = _recorded(workdir)
+        recorded = recorded_frr(workdir)
         nodes = ("hv1", "hv2", "hv3", "wan")
         assert sorted(r["label"] for r in recorded) == sorted(f"zebra@rn-{name}-{n}" for n in nodes)
-        assert not [r["label"] for r in recorded if _still_runs(r) or r["running"]]
+        assert not [r["label"] for r in recorded if frr_still_runs(r) or r["running"]]
         assert not set(planned) & set(host.netns_list())
     finally:
         shutil.rmtree(bindir, ignore_errors=True)
@@ -239,9 +225,9 @@ def test_evpn_session_that_never_comes_up(host: Any, lab_name: Any, make_topolog
             lab.down()
         assert time.monotonic() - t0 < 30
         assert "log tail" in str(err.value)
-        recorded = _recorded(workdir)
+        recorded = recorded_frr(workdir)
         assert len(recorded) == 8
-        assert not [r["label"] for r in recorded if _still_runs(r) or r["running"]]
+        assert not [r["label"] for r in recorded if frr_still_runs(r) or r["running"]]
         assert not set(planned) & set(host.netns_list())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -251,12 +237,12 @@ def test_kill_recorded_after_a_crash(host: Any, lab_name: Any, make_topology: An
     name = lab_name("t-evpn-crash")
     topo = make_topology(name, vms={"vm1": ("hv1", "web"), "vm3": ("hv3", "web")})
     with evpn_lab(topo, lab_namespaces, host) as (lab, cp):
-        recorded = _recorded(cp.workdir)
-        assert all(_still_runs(r) for r in recorded)
+        recorded = recorded_frr(cp.workdir)
+        assert all(frr_still_runs(r) for r in recorded)
         # as if the process that ran the lab had died: only the journal is left to go by
         ended = kill_recorded(cp.workdir)
         assert sorted(e.split(" ")[0] for e in ended) == sorted(r["label"] for r in recorded)
-        assert not [r["label"] for r in recorded if _still_runs(r)]
+        assert not [r["label"] for r in recorded if frr_still_runs(r)]
         assert not [r for r in recorded if _log_buffers(r).exists()], "FRR left its /var/tmp/frr log buffers"
         assert kill_recorded(cp.workdir) == []
 

@@ -4,7 +4,6 @@ symmetric IRB (between CUGs: routed on the VM's own server, NVE to NVE over the 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -15,10 +14,7 @@ from scapy.layers.inet import IP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN  # noqa: F401 - binds UDP 4789 so inner frames are parsed
 
-from roamnet import netns
-
-ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
+from conftest import Sniffer
 ANYCAST = "02:52:4e:00:00:01"
 WEB_GW, DB_GW = "198.19.1.1", "198.19.2.1"
 
@@ -41,43 +37,6 @@ def routed_topology(name: str, clients: bool = False) -> dict[str, Any]:
     if clients:
         topo["wan"] = {"clients": {"client1": {"ip": "198.18.200.10"}}}
     return topo
-
-
-class Sniffer:
-    """Frames matching `keep(ether, outgoing)` on device `dev` of namespace `ns`, in a bounded thread."""
-
-    def __init__(self, ns: str, dev: str, keep: Callable[[Ether, bool], bool], seconds: float = 60.0):
-        self.frames: list[Ether] = []
-        self._keep = keep
-        self._sock = netns.socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self._sock.bind((dev, 0))
-        self._sock.settimeout(0.05)
-        self._until = time.monotonic() + seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while time.monotonic() < self._until:
-                try:
-                    frame, addr = self._sock.recvfrom(4096)
-                except TimeoutError:
-                    if self._stop.is_set():  # stopped, and everything queued before has been read
-                        break
-                    continue
-                except OSError:  # the device went away (a pruned segment): nothing more to see
-                    break
-                eth = Ether(frame)
-                if self._keep(eth, addr[2] == PACKET_OUTGOING):
-                    self.frames.append(eth)
-        finally:
-            self._sock.close()
-
-    def stop(self) -> list[Ether]:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        return self.frames
 
 
 def arp_for(ips: set[str]) -> Callable[[Ether, bool], bool]:

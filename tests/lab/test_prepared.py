@@ -4,52 +4,21 @@ timeout; a move activated by the VM's RARP completes with the old location withd
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from typing import Any
 
 import pytest
 
-from roamnet import netns
 
+from conftest import Sniffer
 from test_pruning import flood_dsts, remote_mac_dst, vxlan_devs, wait_for
 
 WEB = 10100
-ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
 
 
-class Capture:
-    """Counts frames to `mac` (IPv4) seen on device `dev` in namespace `ns`, in a bounded thread."""
-
-    def __init__(self, ns: str, dev: str, mac: str, outgoing: bool, seconds: float):
-        self.count = 0
-        self._mac = bytes.fromhex(mac.replace(":", ""))
-        self._sock = netns.socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self._sock.bind((dev, 0))
-        self._sock.settimeout(0.1)
-        self._want_out = outgoing
-        self._until = time.monotonic() + seconds
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while time.monotonic() < self._until:
-                try:
-                    frame, addr = self._sock.recvfrom(2048)
-                except TimeoutError:
-                    continue
-                if (addr[2] == PACKET_OUTGOING) == self._want_out and frame[:6] == self._mac \
-                        and frame[12:14] == b"\x08\x00":
-                    self.count += 1
-        finally:
-            self._sock.close()
-
-    def join(self) -> int:
-        self._thread.join(timeout=30)
-        return self.count
+def frames_to(mac: str, outgoing: bool):
+    """IPv4 frames to `mac`, sent (outgoing=True) or received by the device."""
+    return lambda e, out: out == outgoing and e.dst == mac and e.type == 0x0800
 
 
 def ping(host: Any, lab: Any, src: str, dst_ip: str, count: int, interval: float = 0.02) -> int:
@@ -89,11 +58,11 @@ def test_prepared_move_delivers_to_both_servers(host, lab_up, topo, addr):
         assert {vtep["hv1"], vtep["hv2"]} <= flood_dsts(host, ns["hv3"], WEB)
         assert vxlan_devs(host, ns["hv2"], WEB)  # the destination has the segment before the VM is there
 
-        at_src = Capture(ns["hv1"], "vm1-e0", mac, outgoing=True, seconds=2.0)  # to the running VM
-        at_dst = Capture(ns["hv2"], f"vx{WEB}", mac, outgoing=False, seconds=2.0)  # the copy at the destination
+        at_src = Sniffer(ns["hv1"], "vm1-e0", frames_to(mac, outgoing=True), seconds=5.0)  # to the running VM
+        at_dst = Sniffer(ns["hv2"], f"vx{WEB}", frames_to(mac, outgoing=False), seconds=5.0)  # the copy there
         time.sleep(0.2)
         replies = ping(host, lab, "vm3", ip, 30)
-        n_src, n_dst = at_src.join(), at_dst.join()
+        n_src, n_dst = len(at_src.stop()), len(at_dst.stop())
         assert replies == 30, "the VM, still on the source, answers every echo"
         assert n_src >= 30 and n_dst >= 30, f"frames to {mac}: {n_src} at the source's port, {n_dst} at the destination"
 
