@@ -22,8 +22,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from . import names, netns
-from .desired import compute_desired
+from . import names, netns, vlan
+from .desired import compute_desired, is_trunk, trunk_attachment
 from .mapping import PREPARED, MappingSystem, MoveRefused, Nve, Snapshot
 from .reconcile import STRUCTURAL, VXLAN_PORT, Actual, Change, VrfChange, apply_to, plan, plan_vrfs
 from .vrfs import VrfKernel
@@ -67,6 +67,72 @@ def ensure_segment(ipr: IPRoute, vni: int, vtep: str) -> tuple[int, int]:
     return br_idx, vx_idx
 
 
+@dataclass
+class VmPorts:
+    """The VM ports (taps) in a namespace, as the hypervisor made them, and how each VM interface
+    reaches a bridge: through the tap itself (untagged) or through the tap's VLAN port for the guest's
+    own tag."""
+
+    bridge_port: dict[str, int] = field(default_factory=dict)  # iface_id -> ifindex of its bridge port
+    master: dict[str, int | None] = field(default_factory=dict)  # iface_id -> that port's bridge (None:
+    #                                                               none, or its VLAN port is incomplete)
+    guest_vlan: dict[str, int] = field(default_factory=dict)  # iface_id -> the guest's tag (0: untagged)
+    tap: dict[str, str] = field(default_factory=dict)  # iface_id -> the tap's name
+    up: list[str] = field(default_factory=list)  # iface_ids whose tap is up
+    by_device: dict[int, list[str]] = field(default_factory=dict)  # ifindex (tap or VLAN port) -> iface_ids
+    orphans: set[str] = field(default_factory=set)  # VLAN ports ("<dev>/<vid>") whose tagged device is gone
+
+
+def read_vm_ports(links: list, vports: dict[tuple[str, int], vlan.VlanPort]) -> VmPorts:
+    """Pure over a link dump and the VLAN ports read from it. A VLAN port of a tap is an orphan once
+    the tap is gone or no longer carries that guest VLAN; a VLAN port of any other device (a trunk)
+    belongs to the NVE's plan while the device exists."""
+    out = VmPorts()
+    names_here = {link.get("ifname") for link in links}
+    taps = {link.get("ifname") for link in links if names.ifaces_from_alias(link.get("IFLA_IFALIAS"))}
+    for link in links:
+        entries = names.ifaces_from_alias(link.get("IFLA_IFALIAS"))
+        tap, idx = link.get("ifname"), link["index"]
+        for iface, g in entries:
+            out.tap[iface], out.guest_vlan[iface] = tap, g
+            if link["flags"] & IFF_UP:
+                out.up.append(iface)
+            if g == 0:
+                out.bridge_port[iface], out.master[iface] = idx, link.get("IFLA_MASTER") or None
+            else:
+                vp = vports.get((tap, g))
+                if vp is not None:
+                    out.bridge_port[iface] = vp.index
+                out.master[iface] = vp.master or None if vp is not None and vp.complete else None
+            devices = {idx, out.bridge_port.get(iface, idx)}  # an announcement comes in on the tap
+            for dev in devices:
+                out.by_device.setdefault(dev, []).append(iface)
+    wanted = {(out.tap[i], g) for i, g in out.guest_vlan.items() if g}
+    for tagged, vid in vports:
+        gone = tagged not in names_here
+        if gone or ((tagged, vid) not in wanted and tagged in taps):
+            out.orphans.add(f"{tagged}/{vid}")
+    return out
+
+
+def attach(ipr: IPRoute, vm: VmPorts, att: str, bridge: int, learning: bool) -> int:
+    """Put bridge port `att` into bridge `bridge`: a trunk's VLAN port "<trunk>:<VLAN>" (made whole
+    first), a VM interface's VLAN port on its tap (guest-tagged; made whole first) or the tap itself.
+    Returns the bridge port's ifindex."""
+    if is_trunk(att):
+        tagged, vid = att.rsplit(":", 1)
+        idx = vlan.ensure_port(ipr, tagged, int(vid))
+    elif vm.guest_vlan.get(att):
+        idx = vlan.ensure_port(ipr, vm.tap[att], vm.guest_vlan[att])
+    elif att in vm.bridge_port:
+        idx = vm.bridge_port[att]
+    else:
+        raise LookupError(f"no port for {att}")
+    ipr.link("set", index=idx, master=bridge)
+    ipr.brport("set", index=idx, learning=int(learning))
+    return idx
+
+
 class Kernel:
     """One NVE's kernel objects, through netlink. Only touches objects carrying roamnet's aliases."""
 
@@ -75,28 +141,25 @@ class Kernel:
         self.ipr = IPRoute(netns=ns)
         self.vrfs = VrfKernel(self.ipr, vtep, vrf_namespaces or {})
         self._index: dict[str, int] = {}  # device name -> ifindex
-        self._port_index: dict[str, int] = {}  # iface_id -> ifindex of its port, as last read
+        self._port_index: dict[str, int] = {}  # bridge port (iface_id, trunk attachment) -> ifindex
         self._bridge_dev: dict[tuple[int, str], int] = {}  # (vni, mac) -> device of its static entry
+        self._vm = VmPorts()
 
     def close(self) -> None:
         self.vrfs.close()
         self.ipr.close()
 
     # ---- read ----------------------------------------------------------------------------------
-    def read(self) -> tuple[Actual, dict[int, str]]:
-        """The actual state, and ifindex -> iface_id of the VM ports that are up (active here)."""
+    def read(self) -> tuple[Actual, list[str]]:
+        """The actual state, and the VM interfaces whose ports are up (active here)."""
         act = Actual()
         # built aside and swapped in at the end: the announcement thread reads them meanwhile
         index: dict[str, int] = {}
-        port_index: dict[str, int] = {}
-        bridge_dev: dict[tuple[int, str], int] = {}
         bridges: dict[int, int] = {}  # ifindex -> vni
         vxlans: dict[int, int] = {}
-        port_master: dict[str, int] = {}
-        port_names: dict[int, str] = {}  # ifindex -> iface_id, every VM port
-        ports: dict[int, str] = {}  # the ports that are up
         gateways: dict[int, tuple[int, int]] = {}  # ifindex -> (VNI, master) of a CUG's gateway port
-        for link in self.ipr.get_links():
+        links = self.ipr.get_links()
+        for link in links:
             name, idx = link.get("ifname"), link["index"]
             index[name] = idx
             alias = link.get("IFLA_IFALIAS") or ""
@@ -106,14 +169,19 @@ class Kernel:
                 (bridges if kind == "bridge" else vxlans)[idx] = vni
             elif alias.startswith(names.GATEWAY_ALIAS):
                 gateways[idx] = (int(alias[len(names.GATEWAY_ALIAS):]), link.get("IFLA_MASTER") or 0)
-            elif (iface := names.iface_from_alias(alias)) is not None:
-                port_names[idx] = iface
-                port_index[iface] = idx
-                if link["flags"] & IFF_UP:
-                    ports[idx] = iface
-                port_master[iface] = link.get("IFLA_MASTER") or 0
+        vports = vlan.read_ports(self.ipr, links)
+        vm = read_vm_ports(links, vports)
+        port_index = dict(vm.bridge_port)  # bridge port (iface_id or trunk attachment) -> ifindex
+        act.ports = {iface: bridges.get(m) if m else None for iface, m in vm.master.items()}
+        for (tagged, vid), vp in vports.items():
+            if tagged not in vm.tap.values() and f"{tagged}/{vid}" not in vm.orphans:
+                att = trunk_attachment(tagged, vid)
+                port_index[att] = vp.index
+                act.ports[att] = bridges.get(vp.master) if vp.complete else None
+        act.orphans = set(vm.orphans)
+        port_names = {idx: att for att, idx in port_index.items()}
         act.segments = set(bridges.values()) & set(vxlans.values())
-        act.ports = {iface: bridges.get(m) for iface, m in port_master.items()}
+        bridge_dev: dict[tuple[int, str], int] = {}
         for entry in self.ipr.fdb("dump"):
             idx, mac = entry["ifindex"], entry.get("NDA_LLADDR")
             master = entry.get("NDA_MASTER")
@@ -127,13 +195,13 @@ class Kernel:
                 target = VXLAN_PORT if idx in vxlans else port_names.get(idx, f"ifindex:{idx}")
                 act.bridge_fdb[(bridges[master], mac)] = target
                 bridge_dev[(bridges[master], mac)] = idx
-        self._index, self._port_index, self._bridge_dev = index, port_index, bridge_dev
+        self._index, self._port_index, self._bridge_dev, self._vm = index, port_index, bridge_dev, vm
         # a gateway is whole when its port is in its CUG's bridge and the bridge knows the gateway's
         # MAC (the neighbour entry that keeps ARP for it off the overlay)
         known = {n["ifindex"] for n in self.ipr.get_neighbours(family=socket.AF_INET)
                  if n["state"] & NUD_PERMANENT} if gateways else set()
         act.vrfs = self.vrfs.read({vni: bridges.get(m) == vni and m in known for vni, m in gateways.values()})
-        return act, ports
+        return act, list(vm.up)
 
     # ---- apply ---------------------------------------------------------------------------------
     def _idx(self, name: str) -> int:
@@ -144,16 +212,16 @@ class Kernel:
             self._index[name] = found[0]
         return self._index[name]
 
-    def port_named(self, ifname: str) -> str | None:
-        """The VM interface whose port is device `ifname`, as last read (up or down)."""
+    def port_named(self, ifname: str) -> list[str]:
+        """The VM interfaces whose port is device `ifname`, as last read (up or down)."""
         idx = self._index.get(ifname)
-        return next((i for i, x in list(self._port_index.items()) if x == idx), None) if idx else None
+        return list(self._vm.by_device.get(idx, [])) if idx else []
 
-    def _port_idx(self, iface: str) -> int:
-        """Ports are created by the hypervisor, never by a plan: the last read knows them all."""
-        if iface not in self._port_index:
-            raise LookupError(f"{self.ns}: no port for {iface}")
-        return self._port_index[iface]
+    def _port_idx(self, att: str) -> int:
+        """A bridge port as last read (VM ports are the hypervisor's; the plan made trunk ports)."""
+        if att not in self._port_index:
+            raise LookupError(f"{self.ns}: no port for {att}")
+        return self._port_index[att]
 
     def apply(self, changes: list[Change | VrfChange]) -> list[str]:
         """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
@@ -183,9 +251,17 @@ class Kernel:
     def _attach_port(self, ch: Change) -> None:
         # only enslaved: whether the port is up is the hypervisor's business (a prepared move's port
         # stays down until the VM resumes on it). No learning: every MAC comes from the mapping.
-        idx = self._port_idx(ch.target)
-        self.ipr.link("set", index=idx, master=self._idx(names.bridge(ch.vni)))
-        self.ipr.brport("set", index=idx, learning=0)
+        idx = attach(self.ipr, self._vm, ch.target, self._idx(names.bridge(ch.vni)), learning=False)
+        self._port_index[ch.target] = idx
+
+    def _detach_port(self, ch: Change) -> None:
+        tagged, vid = ch.target.rsplit(":", 1)
+        vlan.remove_port(self.ipr, tagged, int(vid))
+        self._port_index.pop(ch.target, None)
+
+    def _del_vlan_port(self, ch: Change) -> None:
+        tagged, vid = ch.target.rsplit("/", 1)
+        vlan.remove_port(self.ipr, tagged, int(vid))
 
     def _set_bridge_entry(self, ch: Change) -> None:
         dev = self._idx(names.vxlan(ch.vni)) if ch.target == VXLAN_PORT else self._port_idx(ch.target)
@@ -267,27 +343,34 @@ class Agent:
     def __init__(self, mapping: MappingSystem, nve: Nve, ns: str, vrf_namespaces: dict[str, str] | None = None):
         self.mapping, self.nve, self.ns = mapping, nve, ns
         self.vrf_namespaces = dict(vrf_namespaces or {})
-        self.kernel = Kernel(ns, nve.vtep, self.vrf_namespaces)
+        self.kernel = self._make_kernel()
         self.stats = AgentStats()
         self._unneeded_since: dict[int, float] = {}  # VNI -> when its segment stopped being desired
         self._prune_timer: threading.Timer | None = None
         # the kernel as last read plus what this agent applied since: a pass woken by the mapping
         # alone plans against it; a kernel event, a structural change, an error or the resync
         # makes the next pass read the kernel again
-        self._cache: tuple[Actual, dict[int, str]] | None = None
+        self._cache: tuple[Actual, list[str]] | None = None
         self._kernel_dirty = True
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
+    def _make_kernel(self):
+        return Kernel(self.ns, self.nve.vtep, self.vrf_namespaces)
+
+    def _changes(self, snap: Snapshot, actual: Actual) -> list[Change | VrfChange]:
+        want = compute_desired(snap, self.nve.name)
+        return self._hold_prunes(plan(want, actual)) + plan_vrfs(want.vrfs, actual.vrfs)
+
     # ---- one pass ------------------------------------------------------------------------------
-    def _claim_arrivals(self, snap: Snapshot, ports: dict[int, str]) -> bool:
+    def _claim_arrivals(self, snap: Snapshot, ports: list[str]) -> bool:
         """Learn path: a port up here for a VM the mapping has elsewhere is a move. Not for a prepared
         move to here: its port may be up before the VM runs (QEMU opens the tap at the start of an
         incoming migration); that move is activated by the VM's own announcement (or explicitly)."""
         claimed = False
-        for iface in ports.values():
+        for iface in ports:
             b = snap.binding_of(iface)
             mig = snap.migrations.get(iface)
             if mig is not None and mig.state == PREPARED and mig.dst == self.nve.name:
@@ -318,9 +401,7 @@ class Agent:
                 actual, ports = self._cache
             if self._claim_arrivals(snap, ports):
                 snap = self.mapping.snapshot()
-            want = compute_desired(snap, self.nve.name)
-            changes: list[Change | VrfChange] = self._hold_prunes(plan(want, actual))
-            changes += plan_vrfs(want.vrfs, actual.vrfs)
+            changes = self._changes(snap, actual)
             errors = self.kernel.apply(changes) if changes else []
             if errors or any(c.op in STRUCTURAL for c in changes):
                 self._cache, self._kernel_dirty = None, True
@@ -419,12 +500,15 @@ class Agent:
 
     def _announcement(self, ifname: str, frame: bytes) -> None:
         # any VM port of the last read: the frame proves it is up even if no pass has seen it up yet
-        iface = self.kernel.port_named(ifname)
+        ifaces = self.kernel.port_named(ifname)
         mac = parse_announcement(frame)
-        if iface is None or mac is None:
+        if not ifaces or mac is None:
             return
         self.stats.announcements_seen += 1
         snap = self.mapping.snapshot()
-        b = snap.binding_of(iface)
-        if b is not None and b.mac == mac and b.nve != self.nve.name and self._report(iface):
-            self._wake.set()
+        # QEMU announces a NIC (untagged, with its MAC): every VM interface on that NIC arrived
+        bound = [(i, b) for i in ifaces if (b := snap.binding_of(i)) is not None and b.mac == mac]
+        if bound and any(b.nve != self.nve.name for _, b in bound):
+            reported = [self._report(i) for i, b in bound if b.nve != self.nve.name]
+            if any(reported):
+                self._wake.set()

@@ -18,13 +18,18 @@ it gets it, with no reaction from any agent:
     entry points back at the VXLAN device it came in on).
 No frame loops: a bridge never sends a frame back out of the port it came in on, so a copy that
 arrived by VXLAN is never sent on by VXLAN.
+
+A ToR is the NVE of the servers of its L2 domain (draft §3.1): a VM there is reached through the
+VLAN port of the server's trunk for the domain VLAN of the VM's CUG (the "attachment"
+"<server>:<VLAN>"). A prepared move between two servers behind one ToR involves that ToR only: it
+delivers to both trunks (no bridge entry), and every other NVE keeps the ToR's VTEP for the MAC.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .mapping import Snapshot
+from .mapping import TOR, Snapshot
 from .model import ROUTER_MAC_PREFIX
 
 
@@ -33,7 +38,18 @@ class LocalPort:
     iface_id: str
     vni: int
     mac: str
+    attachment: str = ""  # the bridge port that reaches it: the VM's port (its iface_id) on a server,
+    #                       "<server>:<VLAN>" (a trunk's VLAN port) on a ToR
+    guest_vlan: int = 0  # the guest's own tag on that interface (0: untagged)
 
+
+def trunk_attachment(server: str, vlan: int) -> str:
+    return f"{server}:{vlan}"
+
+
+def is_trunk(attachment: str) -> bool:
+    """A trunk VLAN port (the NVE creates it) rather than a VM's port (the hypervisor creates it)."""
+    return ":" in attachment
 
 @dataclass(frozen=True)
 class NveDesired:
@@ -46,13 +62,16 @@ class NveDesired:
     replicated: frozenset[tuple[int, str]] = frozenset()  # (vni, mac) sent to the whole flood list
     dual: frozenset[tuple[int, str]] = frozenset()  # (vni, mac) with no bridge entry: local port AND VXLAN
     vrfs: dict[str, VrfDesired] = field(default_factory=dict)  # tenant -> its VRF here (see below)
+    attachments: dict[str, int] = field(default_factory=dict)  # bridge port -> VNI of its bridge
 
     def to_json(self) -> dict:
         return {
             "nve": self.nve,
             "vtep": self.vtep,
             "segments": sorted(self.segments),
-            "local_ports": {k: {"vni": p.vni, "mac": p.mac} for k, p in sorted(self.local_ports.items())},
+            "local_ports": {k: {"vni": p.vni, "mac": p.mac, "via": p.attachment, "guest_vlan": p.guest_vlan}
+                            for k, p in sorted(self.local_ports.items())},
+            "attachments": dict(sorted(self.attachments.items())),
             "remote_macs": [{"vni": v, "mac": m, "vtep": t} for (v, m), t in sorted(self.remote_macs.items())],
             "flood": {str(v): sorted(t) for v, t in sorted(self.flood.items())},
             "replicated": [{"vni": v, "mac": m} for v, m in sorted(self.replicated)],
@@ -64,24 +83,47 @@ class NveDesired:
 def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
     me = snap.nves[nve]
     prepared = snap.prepared()
-    local = {b.iface_id: LocalPort(b.iface_id, b.vni, b.mac) for b in snap.bindings.values() if b.nve == nve}
-    local.update({m.iface_id: LocalPort(m.iface_id, m.vni, m.mac) for m in prepared if m.dst == nve})
-    segments = frozenset(p.vni for p in local.values())
-    remote = {b.key: b.vtep for b in snap.bindings.values() if b.nve != nve and b.vni in segments}
+    alloc = snap.vlans.get(me.domain, {}) if me.role == TOR else {}
+
+    def port_at(node: str, iface: str, vni: int, mac: str) -> LocalPort | None:
+        """The port of `iface` on `node` as this NVE reaches it (None: not through this NVE, or its
+        domain has no VLAN for the CUG yet)."""
+        guest = snap.ports[iface].vlan if iface in snap.ports else 0
+        if node == nve:
+            return LocalPort(iface, vni, mac, iface, guest)
+        if snap.serving(node) != nve or vni not in alloc:
+            return None
+        return LocalPort(iface, vni, mac, trunk_attachment(node, alloc[vni]), guest)
+
+    local: dict[str, LocalPort] = {}
+    attachments: dict[str, int] = {}
+    for b in snap.bindings.values():
+        if (p := port_at(b.nve, b.iface_id, b.vni, b.mac)) is not None:
+            local[p.iface_id], attachments[p.attachment] = p, p.vni
+    for m in prepared:
+        if (p := port_at(m.dst, m.iface_id, m.vni, m.mac)) is not None:
+            local.setdefault(p.iface_id, p)  # a move inside one ToR: the binding's port stays the local one
+            attachments[p.attachment] = p.vni
+    segments = frozenset(attachments.values())
+    remote = {b.key: b.vtep for b in snap.bindings.values() if b.vtep != me.vtep and b.vni in segments}
     replicated, dual = set(), set()
     for m in prepared:
-        if nve == m.src:  # the VM runs here until it stops: deliver locally and to the destination
-            remote[m.key] = m.dst_vtep
+        src = snap.bindings.get(m.key)
+        if src is not None and src.vtep == m.dst_vtep:  # inside one ToR: no other NVE takes part
+            if src.vtep == me.vtep:
+                dual.add(m.key)  # no bridge entry: both servers' trunks get its frames
+        elif src is not None and src.vtep == me.vtep:  # the VM runs here until it stops: deliver
+            remote[m.key] = m.dst_vtep                   # locally and to the destination
             dual.add(m.key)
-        elif nve == m.dst:  # the VM will run here: deliver locally (once the port is up) and to the source
-            dual.add(m.key)  # the binding (on the source) gave its VXLAN entry
+        elif m.dst_vtep == me.vtep:  # the VM will run here: deliver locally (once the port is up) and
+            dual.add(m.key)           # to the source (the binding gave its VXLAN entry)
         elif m.vni in segments:  # everybody else: to both, through the segment's flood list
             remote.pop(m.key, None)
             replicated.add(m.key)
-    hosts = [(b.vni, b.vtep, b.nve) for b in snap.bindings.values()] + [(m.vni, m.dst_vtep, m.dst) for m in prepared]
-    flood = {vni: frozenset(t for v, t, n in hosts if v == vni and n != nve) for vni in segments}
+    hosts = [(b.vni, b.vtep) for b in snap.bindings.values()] + [(m.vni, m.dst_vtep) for m in prepared]
+    flood = {vni: frozenset(t for v, t in hosts if v == vni and t != me.vtep) for vni in segments}
     return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),
-                      compute_vrfs(snap, nve, segments))
+                      compute_vrfs(snap, nve, segments), attachments)
 
 
 # ---- routing: distributed anycast gateway and symmetric IRB (RFC 9135) --------------------------
@@ -146,7 +188,7 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str
         for b in snap.bindings.values():
             if b.vni not in mine:
                 continue
-            if b.nve == nve:
+            if snap.serving(b.nve) == nve:
                 neighbors.update({ip: (b.vni, b.mac) for ip in b.ips})
                 continue
             there = snap.nves.get(b.nve)

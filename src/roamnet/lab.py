@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from pyroute2 import IPRoute
 
-from . import names, netns
+from . import names, netns, vlan
 from .agent import Agent
 from .desired import compute_desired
 from .labplan import UNDERLAY_MTU, LabPlan, Node, build_plan, check_addresses, nic_ns
-from .mapping import ACTIVATED, Binding, LogicalPort, MappingSystem, MoveRefused, Nve, Segment, Snapshot, Tenant
+from .mapping import ACTIVATED, Binding, Domain, LogicalPort, MappingSystem, MoveRefused, Nve, Segment, Snapshot, Tenant
 from .model import Topology
 from .store import MemoryStore, Store
 
@@ -82,6 +82,12 @@ def rarp_frame(mac: str) -> bytes:
     m = bytes.fromhex(mac.replace(":", ""))
     return (b"\xff" * 6 + m + struct.pack("!H", 0x8035)
             + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 3) + m + b"\0" * 4 + m + b"\0" * 4 + b"\0" * 18)
+
+
+def _agent_row(a: Agent) -> dict:
+    return {"reconciles": a.stats.reconciles, "changes": a.stats.changes_applied,
+            "moves_reported": a.stats.moves_reported, "converged_revision": a.stats.converged_revision,
+            "errors": a.stats.errors[-5:]}
 
 
 class Lab:
@@ -139,6 +145,9 @@ class Lab:
 
     # ---- up / down -----------------------------------------------------------------------------
     def up(self, converge_timeout: float = 20.0) -> None:
+        if self.control_plane is not None and self.topo.tors():
+            raise LabError(f"{self.control_plane.name} drives server NVEs only: this lab has ToR NVEs "
+                           f"({', '.join(self.topo.tors())})")
         try:
             self._build_underlay()
             if self.control_plane is not None:
@@ -151,7 +160,7 @@ class Lab:
                 self._wait_located(converge_timeout)
                 return
             self._register()
-            for node in self._nves():
+            for node in self._agent_nodes():
                 self.agents[node.name] = self._new_agent(node.name)
                 self.agents[node.name].start()
             if self.wan_bgp:
@@ -245,22 +254,30 @@ class Lab:
     @staticmethod
     def _address(ipr: IPRoute, ifname: str, cidr: str) -> None:
         idx = ipr.link_lookup(ifname=ifname)[0]
-        addr, plen = cidr.split("/")
-        ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+        if cidr:  # else an L2 trunk
+            addr, plen = cidr.split("/")
+            ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
         ipr.link("set", index=idx, state="up")
 
     def _nves(self) -> list[Node]:
-        """The lab's NVEs: every server; every border too when there are tenants (a DCBR is an NVE of
-        every tenant)."""
-        roles = ("server", "border") if self.topo.tenants else ("server",)
-        return [n for n in self.plan.nodes.values() if n.kind in roles]
+        """The lab's NVEs: every server of a trivial domain, every ToR; every border too when there
+        are tenants (a DCBR is an NVE of every tenant)."""
+        return [n for n in self.plan.nodes.values() if n.is_nve and (n.kind != "border" or self.topo.tenants)]
+
+    def _agent_nodes(self) -> list[Node]:
+        """Nodes with an agent: the NVEs, and the servers behind ToRs (their hypervisor switches)."""
+        return self._nves() + [n for n in self.plan.nodes.values() if n.kind == "server" and n.tor]
 
     def _vrf_namespaces(self, node: str) -> dict[str, str]:
         return {t: self.plan.vrf(node, t).ns for t in self.topo.tenants}
 
     def _new_agent(self, node: str) -> Agent:
-        return Agent(self.mapping, self.mapping.snapshot().nves[node], self.plan.nodes[node].ns,
-                     self._vrf_namespaces(node))
+        nve = self.mapping.snapshot().nves[node]
+        if nve.tor:
+            from .switch import SwitchAgent
+
+            return SwitchAgent(self.mapping, nve, self.plan.nodes[node].ns)
+        return Agent(self.mapping, nve, self.plan.nodes[node].ns, self._vrf_namespaces(node))
 
     def _register(self) -> None:
         for t, spec in self.topo.tenants.items():
@@ -268,16 +285,25 @@ class Lab:
         for cug, spec in self.topo.cugs.items():
             gw = f"{spec.gateway}/{spec.subnet.prefixlen}" if spec.gateway is not None else ""
             self.mapping.register_segment(Segment(spec.vni, cug, str(spec.subnet), gw, spec.tenant or ""))
-        for node in self._nves():
-            self.mapping.register_nve(Nve(node.name, node.vtep, node.dc, node.kind))
+        for dom in self.topo.tors().values():
+            self.mapping.register_domain(Domain(dom.name, dom.dc, dom.tor, tuple(dom.servers), *dom.vlans))
+        for node in self._agent_nodes():
+            self.mapping.register_nve(Nve(node.name, node.vtep, node.dc, node.kind, node.tor, node.domain))
         snap = self.mapping.snapshot()
         for vm, spec in self.topo.vms.items():
             nve = snap.nves[spec.server]
             for i, itf in enumerate(spec.interfaces):
                 vni = self.topo.cugs[itf.cug].vni
-                port = LogicalPort(names.iface_id(vm, i), vm, vni, itf.mac, (str(itf.ip),))
+                port = LogicalPort(names.iface_id(vm, i), vm, vni, itf.mac, (str(itf.ip),), itf.vlan or 0)
                 self.mapping.register_port(port)
-                self.mapping.advertise(Binding(vni, itf.mac, nve.name, nve.vtep, 0, port.ips, port.iface_id))
+                try:
+                    self.mapping.advertise(Binding(vni, itf.mac, nve.name, nve.vtep, 0, port.ips, port.iface_id))
+                except MoveRefused as exc:
+                    raise LabError(f"{vm} cannot start on {spec.server}: {exc}") from None
+
+    def _nics(self, vm: str) -> list[tuple[int, ...]]:
+        """The VM's NICs: interface indices per NIC (a NIC carrying guest VLANs is a trunk)."""
+        return self.topo.nics(vm)
 
     def _build_vm(self, vm: str) -> None:
         guest, nic = names.netns(self.name, vm), nic_ns(self.name, vm)
@@ -285,25 +311,31 @@ class Lab:
         self._new_ns(nic)
         spec = self.topo.vms[vm]
         n = self._nl(nic)
-        for i, itf in enumerate(spec.interfaces):
-            n.link("add", ifname=f"nic{i}", kind="bridge", br_stp_state=0)
-            n.link("add", ifname=f"tap{i}", kind="veth", mtu=GUEST_MTU, peer={"ifname": f"eth{i}", "mtu": GUEST_MTU})
-            n.link("set", index=n.link_lookup(ifname=f"eth{i}")[0], net_ns_fd=guest)
-            br = n.link_lookup(ifname=f"nic{i}")[0]
+        nics = self._nics(vm)
+        for k, _ in enumerate(nics):
+            n.link("add", ifname=f"nic{k}", kind="bridge", br_stp_state=0)
+            n.link("add", ifname=f"tap{k}", kind="veth", mtu=GUEST_MTU, peer={"ifname": f"eth{k}", "mtu": GUEST_MTU})
+            n.link("set", index=n.link_lookup(ifname=f"eth{k}")[0], net_ns_fd=guest)
+            br = n.link_lookup(ifname=f"nic{k}")[0]
             n.link("set", index=br, state="up")
-            n.link("set", index=n.link_lookup(ifname=f"tap{i}")[0], master=br, state="up")
+            n.link("set", index=n.link_lookup(ifname=f"tap{k}")[0], master=br, state="up")
         g = self._nl(guest)
-        for i, itf in enumerate(spec.interfaces):
-            idx = g.link_lookup(ifname=f"eth{i}")[0]
-            g.link("set", index=idx, address=itf.mac)
-            plen = self.topo.cugs[itf.cug].subnet.prefixlen
-            g.addr("add", index=idx, address=str(itf.ip), prefixlen=plen)
-            g.link("set", index=idx, state="up")
+        devices: dict[int, int] = {}  # interface index -> the guest's device carrying it
+        for k, members in enumerate(nics):
+            eth = g.link_lookup(ifname=f"eth{k}")[0]
+            g.link("set", index=eth, address=spec.interfaces[members[0]].mac, state="up")
+            for i in members:
+                itf = spec.interfaces[i]
+                # a guest-tagged interface is the guest's VLAN sub-interface of its NIC
+                dev = vlan.ensure_port(g, f"eth{k}", itf.vlan, mtu=GUEST_MTU) if itf.vlan else eth
+                if itf.vlan:
+                    g.link("set", index=dev, address=itf.mac)
+                g.addr("add", index=dev, address=str(itf.ip), prefixlen=self.topo.cugs[itf.cug].subnet.prefixlen)
+                devices[i] = dev
         routed = self.topo.routed_interface(vm)
         if routed is not None:  # the anycast gateway of its first routed CUG
             i, itf = routed
-            g.route("add", dst="0.0.0.0/0", gateway=str(self.topo.cugs[itf.cug].gateway),
-                    oif=g.link_lookup(ifname=f"eth{i}")[0])
+            g.route("add", dst="0.0.0.0/0", gateway=str(self.topo.cugs[itf.cug].gateway), oif=devices[i])
 
     # ---- the hypervisor's side of a migration ---------------------------------------------------
     # A hypervisor creates the destination tap before it stops the VM, and the source tap goes away
@@ -316,7 +348,8 @@ class Lab:
         """Create the VM's ports on `server`, down, and their uplinks in the NIC namespace, detached."""
         nic, srv_ns = nic_ns(self.name, vm), self.plan.nodes[server].ns
         n = self._nl(nic)
-        for i, _ in enumerate(self.topo.vms[vm].interfaces):
+        spec = self.topo.vms[vm]
+        for i, members in enumerate(self._nics(vm)):
             port, up = names.port(vm, i), self._uplink(i, server)
             # The uplink gets an ifindex no port can have (ports keep a small one): a veth whose
             # ifindex equals its peer's (in another namespace) has its carrier changes treated as
@@ -326,7 +359,8 @@ class Lab:
             n.link("add", ifname=up, kind="veth", index=self._uplink_index, mtu=GUEST_MTU,
                    peer={"ifname": port, "mtu": GUEST_MTU})
             pidx = n.link_lookup(ifname=port)[0]
-            n.link("set", index=pidx, ifalias=names.port_alias(names.iface_id(vm, i)))
+            n.link("set", index=pidx, ifalias=names.port_alias(
+                [(names.iface_id(vm, j), spec.interfaces[j].vlan or 0) for j in members]))
             n.link("set", index=pidx, net_ns_fd=srv_ns)
             n.link("set", index=n.link_lookup(ifname=up)[0], state="up")
         if self.control_plane is not None:
@@ -335,9 +369,8 @@ class Lab:
     def _switch(self, vm: str, server: str, up: bool) -> None:
         """Connect (up=True) or disconnect the VM's NICs to/from its ports on `server`: fast link flips."""
         nic, srv_ns = nic_ns(self.name, vm), self.plan.nodes[server].ns
-        n_ifaces = len(self.topo.vms[vm].interfaces)
         s, n = self._nl(srv_ns), self._nl(nic)
-        for i in range(n_ifaces):
+        for i in range(len(self._nics(vm))):
             uidx = n.link_lookup(ifname=self._uplink(i, server))[0]
             pidx = s.link_lookup(ifname=names.port(vm, i))[0]
             if up:
@@ -353,25 +386,26 @@ class Lab:
 
     def _remove_port(self, vm: str, server: str) -> None:
         s = self._nl(self.plan.nodes[server].ns)
-        for i, _ in enumerate(self.topo.vms[vm].interfaces):
+        for i in range(len(self._nics(vm))):
             for idx in s.link_lookup(ifname=names.port(vm, i)):
                 s.link("del", index=idx)
 
     def _announce(self, vm: str) -> None:
         """Send QEMU's RARP self-announcements on every NIC of the VM, on QEMU's schedule."""
         spec = self.topo.vms[vm]
-        socks = []
-        for i, _ in enumerate(spec.interfaces):
+        socks, macs = [], []
+        for i, members in enumerate(self._nics(vm)):  # one per NIC, untagged, as QEMU does
             s = netns.socket_in(nic_ns(self.name, vm), socket.AF_PACKET, socket.SOCK_RAW)
             s.bind((self._uplink(i, self.location[vm]), 0))
             socks.append(s)
+            macs.append(spec.interfaces[members[0]].mac)
         t0 = time.monotonic()
         try:
             for at in ANNOUNCE_AT_MS:
                 time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
-                for s, itf in zip(socks, spec.interfaces):
+                for s, mac in zip(socks, macs):
                     try:
-                        s.send(rarp_frame(itf.mac))
+                        s.send(rarp_frame(mac))
                     except OSError as exc:  # the VM moved again meanwhile
                         log.info("announce %s: %s", vm, exc)
         finally:
@@ -632,26 +666,35 @@ class Lab:
                 row.update({"tenant": node.tenant, "parent": node.parent})
             if node.kind == "client":
                 row["ip"] = str(self.topo.wan_clients()[name].ip)
-            if node.kind in ("server", "border") and node.vtep:
+            if node.tor:
+                row.update({"tor": node.tor, "domain": node.domain})
+                a = self.agents.get(name)
+                if a:
+                    from .switch import compute_switch
+
+                    row["switch"] = compute_switch(snap, name).to_json()
+                    row["agent"] = _agent_row(a)
+            elif node.is_nve and node.vtep:
                 row["vtep"] = node.vtep
+                if node.kind == "tor":
+                    row["domain"] = node.domain
                 a = self.agents.get(name)
                 if a:
                     want = compute_desired(snap, name)
                     row["segments"] = sorted(want.segments)
+                    if node.kind == "tor":
+                        row["trunk_vlans"] = sorted(a for a in want.attachments)
                     if want.vrfs:
                         row["vrfs"] = {t: {"l3vni": v.l3vni, "router_mac": v.rmac,
                                            "gateways": sorted(v.gateways.values()),
                                            "host_routes": sum(p.endswith("/32") for _, p in v.routes),
                                            "default_via": v.routes.get(("main", "0.0.0.0/0"))}
                                        for t, v in want.vrfs.items()}
-                    row["agent"] = {"reconciles": a.stats.reconciles, "changes": a.stats.changes_applied,
-                                    "moves_reported": a.stats.moves_reported,
-                                    "converged_revision": a.stats.converged_revision,
-                                    "errors": a.stats.errors[-5:]}
+                    row["agent"] = _agent_row(a)
             if node.kind == "vm":
                 row["server"] = self.location[name]
                 row["dc"] = self.plan.nodes[self.location[name]].dc
-                row["interfaces"] = [{"cug": i.cug, "mac": i.mac, "ip": str(i.ip)}
+                row["interfaces"] = [{"cug": i.cug, "mac": i.mac, "ip": str(i.ip), "guest_vlan": i.vlan}
                                      for i in self.topo.vms[name].interfaces]
             nodes.append(row)
         return {"lab": self.name, "nodes": nodes, "namespaces": list(self.created),

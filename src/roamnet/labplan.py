@@ -10,6 +10,9 @@ Tenants (VRFs): every server and every border has a namespace per tenant, `rn-<l
   it: the L3 VNI's VXLAN device (its UDP socket stays in the node's namespace), the gateway
   interfaces, host routes. Each border's tenant namespace is handed off to the WAN router by a /31 from
   198.18.251.0/24 (VRF-lite, as a DCBR hands a VRF to a provider), over which FRR speaks eBGP.
+L2 physical domains (draft §3.1): a non-trivial domain's ToR takes the routed /31 (and VTEP) a
+  server would have; its servers have no underlay address: an 802.1Q trunk each to the ToR (`trunk`
+  on the server, the server's name on the ToR), over which the ToR is their NVE.
 WAN clients (the outside world): a namespace each, joined to the WAN router; the client has its own
   address as a /32 and a default route to 198.18.252.1 (the WAN router's address on every client link).
 The engine that builds this is `lab.py` (topology description apart from the engine, as in Mininet).
@@ -35,7 +38,7 @@ MAX_HANDOFFS = HANDOFF_NET.num_addresses // 2
 @dataclass(frozen=True)
 class Iface:
     name: str
-    address: str  # "a.b.c.d/len"
+    address: str  # "a.b.c.d/len", or "" (an L2 trunk)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Route:
 @dataclass
 class Node:
     name: str
-    kind: str  # server | border | wan | vm | client | vrf (a tenant's namespace on a server or border)
+    kind: str  # server | tor | border | wan | vm | client | vrf (a tenant's namespace on an NVE)
     ns: str
     dc: str = ""
     vtep: str = ""
@@ -64,6 +67,13 @@ class Node:
     routes: list[Route] = field(default_factory=list)
     tenant: str = ""  # vrf: its tenant
     parent: str = ""  # vrf: the server or border it belongs to
+    tor: str = ""  # a server behind a ToR: the ToR (its NVE; the server's vtep is the ToR's)
+    domain: str = ""  # a ToR, or a server behind one: its non-trivial L2 domain
+
+    @property
+    def is_nve(self) -> bool:
+        """An overlay edge: a server of a trivial domain, a ToR, a border."""
+        return self.kind in ("tor", "border") or (self.kind == "server" and not self.tor)
 
 
 @dataclass
@@ -112,8 +122,10 @@ def build_plan(topo: Topology) -> LabPlan:
     wan = Node(WAN_NODE, "wan", names.netns(lab, WAN_NODE), forwarding=True)
     nodes[WAN_NODE] = wan
     for d, (dc_name, dc) in enumerate(topo.datacenters.items(), start=1):
-        if len(dc.servers) > MAX_SERVERS_PER_DC:
-            raise ValueError(f"datacenters.{dc_name}: at most {MAX_SERVERS_PER_DC} servers")
+        domains = [dom for dom in topo.domains().values() if dom.dc == dc_name]
+        slots = sum(1 if dom.tor else len(dom.servers) for dom in domains)
+        if slots > MAX_SERVERS_PER_DC:
+            raise ValueError(f"datacenters.{dc_name}: at most {MAX_SERVERS_PER_DC} servers and ToRs")
         border_name = topo.border_of(dc_name)
         wan_side, border_side = _p2p(WAN_NET, 2 * d - 2)
         nodes[border_name] = Node(border_name, "border", names.netns(lab, border_name), dc=dc_name,
@@ -121,12 +133,18 @@ def build_plan(topo: Topology) -> LabPlan:
                                   routes=[Route("198.18.0.0/16", wan_side.split("/")[0])])
         links.append(Link(WAN_NODE, Iface(dc_name, wan_side), border_name, Iface(WAN_NODE, border_side)))
         wan.routes.append(Route(f"198.18.{d}.0/24", border_side.split("/")[0]))
-        for k, server in enumerate(dc.servers):
+        routed = [(s, None) for dom in domains if not dom.tor for s in dom.servers]
+        routed += [(dom.tor, dom) for dom in domains if dom.tor]
+        for k, (name, dom) in enumerate(routed):
             b_side, s_side = _p2p(f"198.18.{d}", 2 * k)
             vtep = s_side.split("/")[0]
-            nodes[server] = Node(server, "server", names.netns(lab, server), dc=dc_name, vtep=vtep,
-                                 routes=[Route("198.18.0.0/16", b_side.split("/")[0])])
-            links.append(Link(border_name, Iface(server, b_side), server, Iface("uplink", s_side)))
+            nodes[name] = Node(name, "tor" if dom else "server", names.netns(lab, name), dc=dc_name, vtep=vtep,
+                               routes=[Route("198.18.0.0/16", b_side.split("/")[0])], domain=dom.name if dom else "")
+            links.append(Link(border_name, Iface(name, b_side), name, Iface("uplink", s_side)))
+            for server in dom.servers if dom else ():
+                nodes[server] = Node(server, "server", names.netns(lab, server), dc=dc_name, vtep=vtep,
+                                     tor=name, domain=dom.name)
+                links.append(Link(name, Iface(server, ""), server, Iface(names.TRUNK, "")))
     _plan_tenants(topo, nodes, links)
     for client, spec in topo.wan_clients().items():
         nodes[client] = Node(client, "client", names.netns(lab, client),
@@ -140,7 +158,7 @@ def build_plan(topo: Topology) -> LabPlan:
 
 def _plan_tenants(topo: Topology, nodes: dict[str, Node], links: list[Link]) -> None:
     """A namespace per tenant on every server and border; borders' ones handed off to the WAN."""
-    nves = [n for n in nodes.values() if n.kind in ("server", "border")]
+    nves = [n for n in nodes.values() if n.is_nve]
     borders = [n for n in nves if n.kind == "border"]
     if len(borders) * len(topo.tenants) > MAX_HANDOFFS:
         raise ValueError(f"at most {MAX_HANDOFFS} (data center, tenant) pairs in a lab "
@@ -162,7 +180,7 @@ def check_addresses(plan: LabPlan) -> None:
     lab_range = ipaddress.ip_network("198.18.0.0/15")
     for link in plan.links:
         for iface in (link.a_if, link.b_if):
-            if ipaddress.ip_interface(iface.address).ip not in lab_range:
+            if iface.address and ipaddress.ip_interface(iface.address).ip not in lab_range:
                 raise ValueError(f"address {iface.address} outside 198.18.0.0/15")
     for node in plan.nodes.values():
         for r in node.routes:

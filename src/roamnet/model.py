@@ -1,6 +1,12 @@
 """The intent model: a lab's data centers, servers, closed user groups (CUGs), VMs,
 tenants (routing domains of CUGs with an anycast gateway) and WAN clients.
 
+A data center's servers are grouped in L2 physical domains (draft §3.1). A server listed
+directly under `servers:` is a trivial domain of its own (the NVE is in the server). A domain
+with a `tor` is non-trivial: its servers reach the ToR switch, which is the NVE, over 802.1Q
+trunks, and each CUG present in the domain takes a VLAN of the domain's `vlans` range (VLAN
+IDs only mean something inside one domain).
+
 Validation happens in two phases: pydantic checks each field (types, ranges, names,
 unknown keys), then `Topology` cross-checks references and uniqueness. Every problem
 is reported as an `IntentError` entry `(YAML path, reason)`.
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +46,9 @@ ROUTER_MAC_PREFIX = RESERVED_MAC_PREFIX + ":01:"  # NVE router MACs (desired.rou
 BRIDGE_MAC_PREFIX = RESERVED_MAC_PREFIX + ":02:"  # segment bridges' own MACs (names.bridge_mac)
 VNI_MAX = 2**24 - 1
 MAC_RE = r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"  # accepted input; stored as lowercase xx:xx:..
+VLAN_MAX = 4094  # 0 and 4095 are reserved by 802.1Q
+DEFAULT_VLANS = (2, VLAN_MAX)  # a ToR domain's range when `vlans:` is omitted (VLAN 1 is often the native one)
+VLAN_RANGE_RE = r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$"  # "lo-hi" (or one ID); stored as "lo-hi"
 
 Problem = tuple[str, str]  # (YAML path, reason)
 
@@ -96,6 +106,36 @@ def _vni(vni: int) -> int:
     return vni
 
 
+def _vlan_id(vlan: int) -> int:
+    if not 1 <= vlan <= VLAN_MAX:
+        raise ValueError(f"VLAN ID must be in 1..{VLAN_MAX}, got {vlan}")
+    return vlan
+
+
+def _vlan_range(value: Any) -> str:
+    """Parse a VLAN range: "lo-hi", or one VLAN ID (int); normalised to "lo-hi"."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f'a VLAN range must be a string "lo-hi" or one VLAN ID, got {type(value).__name__}')
+    if isinstance(value, int):
+        lo = hi = value
+    else:
+        m = re.fullmatch(VLAN_RANGE_RE, value)
+        if m is None:
+            raise ValueError(f'malformed VLAN range {value!r} (expected "lo-hi" like "100-199", or one VLAN ID)')
+        lo, hi = int(m[1]), int(m[2] or m[1])
+    if not (1 <= lo <= VLAN_MAX and 1 <= hi <= VLAN_MAX):
+        raise ValueError(f"VLAN range {lo}-{hi} is outside 1..{VLAN_MAX}")
+    if lo > hi:
+        raise ValueError(f"VLAN range {lo}-{hi} is empty (its low end is above its high end)")
+    return f"{lo}-{hi}"
+
+
+def parse_vlan_range(text: str) -> tuple[int, int]:
+    """(lo, hi) of a VLAN range as stored ("lo-hi")."""
+    lo, _, hi = _vlan_range(text).partition("-")
+    return int(lo), int(hi)
+
+
 def _tenant_subnet(net: IPv4Network) -> IPv4Network:
     if not net.subnet_of(TENANT_RANGE):
         raise ValueError(
@@ -122,6 +162,12 @@ NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME_RE), AfterValidato
 Mac = Annotated[str, BeforeValidator(_mac), WithJsonSchema({"type": "string", "pattern": MAC_RE})]
 Vni = Annotated[int, Strict(), AfterValidator(_vni),
                 WithJsonSchema({"type": "integer", "minimum": 1, "maximum": VNI_MAX})]
+VlanId = Annotated[int, Strict(), AfterValidator(_vlan_id),
+                   WithJsonSchema({"type": "integer", "minimum": 1, "maximum": VLAN_MAX})]
+VlanRange = Annotated[str, BeforeValidator(_vlan_range), WithJsonSchema({"anyOf": [
+    {"type": "string", "pattern": VLAN_RANGE_RE},
+    {"type": "integer", "minimum": 1, "maximum": VLAN_MAX},
+]})]
 TenantSubnet = Annotated[IPv4Network, AfterValidator(_tenant_subnet)]
 WanClientIp = Annotated[IPv4Address, AfterValidator(_wan_client_ip)]
 
@@ -135,9 +181,49 @@ class Model(BaseModel):
 # ---------------------------------------------------------------- models
 
 
+class Domain(Model):
+    """An L2 physical domain (§3.1): with a `tor`, the ToR switch is the NVE of its servers, which
+    reach it over 802.1Q trunks, one VLAN of `vlans` per CUG; without one, the NVE is in each server."""
+
+    tor: NodeName | None = Field(default=None, description=(
+        "node name of the ToR switch, the NVE of this domain's servers (omit: the NVE is in each server)"))
+    servers: list[NodeName] = Field(min_length=1, description="servers of this domain")
+    vlans: VlanRange | None = Field(default=None, description=(
+        'VLAN IDs the ToR gives to CUGs in this domain: "lo-hi" or one ID, within 1..4094 '
+        f'(default "{DEFAULT_VLANS[0]}-{DEFAULT_VLANS[1]}"); only for a domain with a tor'))
+
+    def vlan_range(self) -> tuple[int, int] | None:
+        """(lo, hi) of the VLANs this domain allocates (the default without `vlans:`); None without a tor."""
+        if self.tor is None:
+            return None
+        return parse_vlan_range(self.vlans) if self.vlans is not None else DEFAULT_VLANS
+
+
 class Datacenter(Model):
-    servers: list[NodeName] = Field(min_length=1)
+    """A data center: servers grouped in L2 physical domains, and a border router. At least one
+    server in all (in `servers:` or in a domain)."""
+
+    servers: list[NodeName] = Field(default_factory=list, description=(
+        "servers that are each a trivial L2 physical domain of their own (the NVE is in the server)"))
+    domains: dict[NodeName, Domain] = Field(default_factory=dict, description=(
+        "L2 physical domains by name (names unique in the topology and distinct from node names)"))
     border: NodeName | None = None
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """One L2 physical domain, resolved: a declared one, or the trivial domain of a server listed
+    directly in its data center's `servers:` (named after that server)."""
+
+    name: str
+    dc: str
+    tor: str | None  # None: trivial, the NVE is in each server
+    servers: tuple[str, ...]
+    vlans: tuple[int, int] | None  # (lo, hi) the ToR allocates from; None when trivial
+
+    @property
+    def trivial(self) -> bool:
+        return self.tor is None
 
 
 class Tenant(Model):
@@ -156,9 +242,14 @@ class Cug(Model):
 
 
 class VmInterface(Model):
+    """One interface of a VM in one CUG. Interfaces of a VM sharing a MAC are one NIC carrying
+    several guest VLANs (a trunk): each of them needs a distinct `vlan` and a distinct CUG."""
+
     cug: NodeName
     mac: Mac
     ip: IPv4Address
+    vlan: VlanId | None = Field(default=None, description=(
+        "802.1Q tag the guest itself puts on this interface's frames (part of the VM, kept across moves)"))
 
 
 class Vm(Model):
@@ -193,17 +284,64 @@ class Topology(Model):
     wan: Wan | None = None
 
     def server_dc(self) -> dict[str, str]:
-        """Server name -> data center name, in file order."""
-        return {s: dc for dc, d in self.datacenters.items() for s in d.servers}
+        """Server name -> data center name, for all servers: data center by data center, the ones
+        listed directly in `servers:` first, then the domains' in file order."""
+        out: dict[str, str] = {}
+        for dc, d in self.datacenters.items():
+            for s in [*d.servers, *(s for dom in d.domains.values() for s in dom.servers)]:
+                out.setdefault(s, dc)
+        return out
+
+    def domains(self) -> dict[str, DomainInfo]:
+        """Domain name -> domain, for every domain: data center by data center, one trivial domain
+        per server listed directly in `servers:` (named after it), then the declared ones."""
+        out: dict[str, DomainInfo] = {}
+        for dc, d in self.datacenters.items():
+            for s in d.servers:
+                out.setdefault(s, DomainInfo(s, dc, None, (s,), None))
+            for name, dom in d.domains.items():
+                out.setdefault(name, DomainInfo(name, dc, dom.tor, tuple(dom.servers), dom.vlan_range()))
+        return out
+
+    def domain_of(self, server: str) -> DomainInfo:
+        """The domain `server` belongs to (KeyError if it is no server)."""
+        info = next((d for d in self.domains().values() if server in d.servers), None)
+        if info is None:
+            raise KeyError(server)
+        return info
+
+    def tors(self) -> dict[str, DomainInfo]:
+        """ToR node name -> its (non-trivial) domain, in file order."""
+        return {d.tor: d for d in self.domains().values() if d.tor is not None}
+
+    def nics(self, vm: str) -> list[tuple[int, ...]]:
+        """`vm`'s NICs: indices of its interfaces grouped by MAC, in order of first appearance
+        (e.g. [(0,), (1, 2)]: interfaces 1 and 2 are guest VLANs of one NIC)."""
+        groups: dict[str, list[int]] = {}
+        for i, itf in enumerate(self.vms[vm].interfaces):
+            groups.setdefault(itf.mac, []).append(i)
+        return [tuple(g) for g in groups.values()]
+
+    def owner_of_ip(self, ip: IPv4Address | str) -> tuple[str, int | None] | None:
+        """(VM name, interface index) or (WAN client name, None) having address `ip`, or None."""
+        try:
+            addr = IPv4Address(ip)
+        except ValueError:
+            return None
+        for name, vm in self.vms.items():
+            for i, itf in enumerate(vm.interfaces):
+                if itf.ip == addr:
+                    return name, i
+        return next(((name, None) for name, c in self.wan_clients().items() if c.ip == addr), None)
 
     def border_of(self, dc: str) -> str:
         """Node name of `dc`'s border router (explicit, or f"{dc}br")."""
         return self.datacenters[dc].border or f"{dc}br"
 
     def node_names(self) -> set[str]:
-        """Names of all nodes: servers, borders, VMs and WAN clients."""
-        return (set(self.server_dc()) | {self.border_of(dc) for dc in self.datacenters} | set(self.vms)
-                | set(self.wan_clients()))
+        """Names of all nodes: servers, ToR switches, borders, VMs and WAN clients."""
+        return (set(self.server_dc()) | set(self.tors()) | {self.border_of(dc) for dc in self.datacenters}
+                | set(self.vms) | set(self.wan_clients()))
 
     def wan_clients(self) -> dict[str, WanClient]:
         """WAN client name -> client, in file order (empty without `wan`)."""
@@ -236,16 +374,32 @@ def _check_topology(t: Topology) -> list[Problem]:
         else:
             nodes[name] = path
 
-    server_dcs: dict[str, str] = {}
+    server_at: dict[str, tuple[str, str]] = {}  # server -> (data center, path where it was listed)
+
+    def server(name: str, dc: str, path: str) -> None:
+        if name in server_at:
+            other, where = server_at[name]
+            reason = f"listed twice in {dc}" if other == dc else f"already in datacenter {other}"
+            problems.append((path, f"server {name!r} is {reason} (also at {where})"))
+            return
+        server_at[name] = (dc, path)
+        node(name, path, "server")
+
     for dc, d in t.datacenters.items():
-        for i, server in enumerate(d.servers):
-            if server in server_dcs:
-                other = server_dcs[server]
-                reason = f"listed twice in {dc}" if other == dc else f"already in datacenter {other}"
-                problems.append((f"datacenters.{dc}.servers[{i}]", f"server {server!r} is {reason}"))
-                continue
-            server_dcs[server] = dc
-            node(server, f"datacenters.{dc}.servers[{i}]", "server")
+        for i, s in enumerate(d.servers):
+            server(s, dc, f"datacenters.{dc}.servers[{i}]")
+        for name, dom in d.domains.items():
+            path = f"datacenters.{dc}.domains.{name}"
+            if dom.tor is not None:
+                node(dom.tor, f"{path}.tor", "ToR")
+            elif dom.vlans is not None:
+                problems.append((f"{path}.vlans", "only a domain with a tor allocates VLANs (without `tor:` the "
+                                 "NVE is in each server and no VLAN is used); add `tor:` or remove `vlans:`"))
+            for i, s in enumerate(dom.servers):
+                server(s, dc, f"{path}.servers[{i}]")
+        if not d.servers and not d.domains:
+            problems.append((f"datacenters.{dc}", f"datacenter {dc} has no server: list at least one in "
+                             "`servers:` or in a domain of `domains:`"))
         if d.border is not None:
             node(d.border, f"datacenters.{dc}.border", "border")
         else:
@@ -297,23 +451,26 @@ def _check_topology(t: Topology) -> list[Problem]:
             kind = "network" if gw == net.network_address else "broadcast"
             problems.append((f"cugs.{name}.gateway", f"{gw} is the {kind} address of subnet {net}"))
 
-    macs: dict[str, str] = {}
+    macs: dict[str, tuple[str, str]] = {}  # MAC -> (VM, path where it was first used)
     ips: dict[IPv4Address, str] = {}
     for name, vm in t.vms.items():
         node(name, f"vms.{name}", "VM")
         if vm.server not in servers:
-            problems.append((f"vms.{name}.server", f"unknown server {vm.server!r}"))
+            problems.append((f"vms.{name}.server", _not_a_server(t, vm.server)))
         seen_cugs: set[str] = set()
         for i, iface in enumerate(vm.interfaces):
             path = f"vms.{name}.interfaces[{i}]"
             if iface.mac in macs:
-                problems.append((f"{path}.mac", f"duplicate MAC {iface.mac} (also at {macs[iface.mac]})"))
+                owner, where = macs[iface.mac]
+                if owner != name:
+                    problems.append((f"{path}.mac", f"duplicate MAC {iface.mac} (also at {where}; only "
+                                     "interfaces of one VM may share a MAC, as guest VLANs of one NIC)"))
             elif iface.mac == t.anycast_gateway_mac:
                 problems.append((f"{path}.mac", f"{iface.mac} is the anycast gateway MAC (anycast_gateway_mac)"))
             elif iface.mac.startswith(RESERVED_MAC_PREFIX + ":"):
                 problems.append((f"{path}.mac", f"MACs {RESERVED_MAC_PREFIX}:xx:xx:xx are reserved for "
                                  "roamnet's gateway and router MACs"))
-            macs.setdefault(iface.mac, f"{path}.mac")
+            macs.setdefault(iface.mac, (name, f"{path}.mac"))
             if iface.ip in ips:
                 problems.append((f"{path}.ip", f"duplicate IP {iface.ip} (also at {ips[iface.ip]})"))
             ips.setdefault(iface.ip, f"{path}.ip")
@@ -332,6 +489,7 @@ def _check_topology(t: Topology) -> list[Problem]:
                 problems.append((f"{path}.ip", f"{iface.ip} is the {kind} address of subnet {net}"))
             elif iface.ip == cug.gateway:
                 problems.append((f"{path}.ip", f"{iface.ip} is the gateway of CUG {iface.cug}"))
+        problems += _check_nics(t, name)
 
     client_ips: dict[IPv4Address, str] = {}
     for name, client in t.wan_clients().items():
@@ -340,6 +498,76 @@ def _check_topology(t: Topology) -> list[Problem]:
         if client.ip in client_ips:
             problems.append((f"{path}.ip", f"duplicate IP {client.ip} (also at {client_ips[client.ip]})"))
         client_ips.setdefault(client.ip, f"{path}.ip")
+    problems += _check_domain_names(t, nodes)
+    problems += _check_vlan_capacity(t)
+    return problems
+
+
+def _not_a_server(t: Topology, name: str) -> str:
+    """Why a VM cannot be on `name`, which is no server."""
+    tor = t.tors().get(name)
+    if tor is not None:
+        return (f"{name} is the ToR switch of domain {tor.name}, and a ToR hosts no VMs "
+                f"(put the VM on one of its servers: {', '.join(tor.servers)})")
+    return f"unknown server {name!r}"
+
+
+def _check_nics(t: Topology, vm: str) -> list[Problem]:
+    """Interfaces of `vm` sharing a MAC (one NIC, a trunk) each need a distinct guest VLAN.
+    (Distinct CUGs are checked for all interfaces of a VM.)"""
+    problems: list[Problem] = []
+    interfaces = t.vms[vm].interfaces
+    for nic in t.nics(vm):
+        if len(nic) < 2:
+            continue
+        mac, shared = interfaces[nic[0]].mac, ", ".join(f"interfaces[{i}]" for i in nic)
+        vlans: dict[int, int] = {}  # guest VLAN -> first interface index using it
+        for i in nic:
+            path, vlan = f"vms.{vm}.interfaces[{i}].vlan", interfaces[i].vlan
+            if vlan is None:
+                problems.append((path, f"{shared} share MAC {mac}: they are one NIC carrying several guest "
+                                 "VLANs, so each needs a `vlan`"))
+            elif vlan in vlans:
+                problems.append((path, f"guest VLAN {vlan} is already used on this NIC (MAC {mac}) "
+                                 f"by interfaces[{vlans[vlan]}]"))
+            else:
+                vlans[vlan] = i
+    return problems
+
+
+def _check_domain_names(t: Topology, nodes: Mapping[str, str]) -> list[Problem]:
+    """Domain names are unique in the whole topology and are no node names (a server listed
+    directly is a trivial domain named after itself)."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for dc, d in t.datacenters.items():
+        for name in d.domains:
+            path = f"datacenters.{dc}.domains.{name}"
+            if name in seen:
+                problems.append((path, f"domain name {name!r} is already used at {seen[name]}"))
+            elif name in nodes:
+                problems.append((path, f"domain name {name!r} is already a node name (at {nodes[name]}); "
+                                 "domains and nodes need distinct names"))
+            seen.setdefault(name, path)
+    return problems
+
+
+def _check_vlan_capacity(t: Topology) -> list[Problem]:
+    """Each ToR domain's VLAN range holds the CUGs of the VMs initially on its servers."""
+    problems: list[Problem] = []
+    for dc, d in t.datacenters.items():
+        for name, dom in d.domains.items():
+            vlans = dom.vlan_range()
+            if vlans is None:
+                continue
+            members = set(dom.servers)
+            needed = {itf.cug for vm in t.vms.values() if vm.server in members for itf in vm.interfaces}
+            cugs = [c for c in t.cugs if c in needed]
+            size = vlans[1] - vlans[0] + 1
+            if len(cugs) > size:
+                problems.append((f"datacenters.{dc}.domains.{name}.vlans",
+                                 f"domain {name} runs out of VLANs: its range {vlans[0]}-{vlans[1]} holds {size}, "
+                                 f"but {len(cugs)} CUGs need a VLAN at start ({', '.join(cugs)})"))
     return problems
 
 

@@ -8,6 +8,8 @@ SEGMENT_ALIAS = OWNER + ":segment="
 GATEWAY_ALIAS = OWNER + ":gateway="  # a CUG's gateway port in its bridge (peer of the irb device)
 IRB_ALIAS = OWNER + ":irb="  # the gateway interface in the tenant's namespace
 L3VNI_ALIAS = OWNER + ":l3vni="  # the tenant's L3 VNI device
+SWITCH_ALIAS = OWNER + ":hs="  # a hypervisor switch's bridge for one domain VLAN (server behind a ToR)
+TRUNK = "trunk"  # a server's 802.1Q trunk to its ToR (on the ToR, the trunk is named after the server)
 
 
 def netns(lab: str, node: str) -> str:
@@ -50,11 +52,22 @@ def port(vm: str, index: int) -> str:
     return f"{vm}-e{index}"
 
 
-def port_alias(iface: str) -> str:
-    return PORT_ALIAS + iface
+def switch_bridge(vlan: int) -> str:
+    return f"hs{vlan}"
 
 
-def iface_from_alias(alias: str | None) -> str | None:
-    if alias and alias.startswith(PORT_ALIAS):
-        return alias[len(PORT_ALIAS):]
-    return None
+def port_alias(ifaces: list[tuple[str, int]]) -> str:
+    """The alias of a VM's port (one NIC): the VM interfaces it carries, each with the guest's own
+    VLAN tag ("vm9/1@10,vm9/2@20"; an untagged interface has no "@")."""
+    return PORT_ALIAS + ",".join(f"{i}@{v}" if v else i for i, v in ifaces)
+
+
+def ifaces_from_alias(alias: str | None) -> list[tuple[str, int]]:
+    """[(iface_id, guest VLAN or 0)] of a VM port's alias; [] for any other device."""
+    if not alias or not alias.startswith(PORT_ALIAS):
+        return []
+    out = []
+    for part in alias[len(PORT_ALIAS):].split(","):
+        iface, _, vlan = part.partition("@")
+        out.append((iface, int(vlan) if vlan else 0))
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .desired import NveDesired, VrfDesired
+from .desired import NveDesired, VrfDesired, is_trunk
 
 VXLAN_PORT = "vx"  # a bridge entry that points at the segment's VXLAN device
 
@@ -17,7 +17,9 @@ VXLAN_PORT = "vx"  # a bridge entry that points at the segment's VXLAN device
 @dataclass
 class Actual:
     segments: set[int] = field(default_factory=set)
-    ports: dict[str, int | None] = field(default_factory=dict)  # iface_id -> VNI of the bridge it is in
+    ports: dict[str, int | None] = field(default_factory=dict)  # bridge port (a VM's iface_id, or a
+    #   trunk VLAN port "<server>:<VLAN>") -> VNI of the bridge it is in (None: in none, or incomplete)
+    orphans: set[str] = field(default_factory=set)  # VLAN ports whose tagged device is gone ("<dev>/<vid>")
     bridge_fdb: dict[tuple[int, str], str] = field(default_factory=dict)  # (vni, mac) -> iface_id | "vx"
     remote_macs: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (vni, mac) -> VTEPs
     flood: dict[int, set[str]] = field(default_factory=dict)  # vni -> VTEPs
@@ -38,7 +40,7 @@ class VrfActual:
 @dataclass(frozen=True)
 class Change:
     op: str  # add-segment | attach-port | set-bridge-entry | del-bridge-entry | set-remote | del-remote
-    #          add-flood | del-flood | del-segment
+    #          add-flood | del-flood | detach-port | del-vlan-port | del-segment
     vni: int
     mac: str = ""
     target: str = ""  # iface_id, "vx" or a VTEP address
@@ -51,13 +53,13 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
     out: list[Change] = []
     for vni in sorted(want.segments - have.segments):
         out.append(Change("add-segment", vni))
-    for iface, port in sorted(want.local_ports.items()):
-        if iface in have.ports and have.ports[iface] != port.vni:
-            out.append(Change("attach-port", port.vni, port.mac, iface))
+    # a VM's port is the hypervisor's: attached once it exists; a trunk VLAN port is made here
+    exists = {att for att in want.attachments if att in have.ports or is_trunk(att)}
+    for att, vni in sorted(want.attachments.items()):
+        if att in exists and have.ports.get(att) != vni:
+            out.append(Change("attach-port", vni, target=att))
 
-    want_bridge: dict[tuple[int, str], str] = {(p.vni, p.mac): i for i, p in want.local_ports.items()}
-    # a local port can only be pointed at once it exists in the kernel
-    want_bridge = {k: i for k, i in want_bridge.items() if i in have.ports}
+    want_bridge = {(p.vni, p.mac): p.attachment for p in want.local_ports.values() if p.attachment in exists}
     want_bridge.update({k: VXLAN_PORT for k in want.remote_macs})
     want_bridge.update({k: VXLAN_PORT for k in want.replicated})
     for key in want.dual:  # no entry: the bridge floods it to the local port and the VXLAN device
@@ -92,6 +94,10 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
     for vni in sorted(keep):
         for vtep in sorted(have.flood.get(vni, set()) - want.flood.get(vni, frozenset())):
             out.append(Change("del-flood", vni, target=vtep))
+    for att in sorted(have.ports):
+        if is_trunk(att) and att not in want.attachments:
+            out.append(Change("detach-port", have.ports[att] or 0, target=att))
+    out.extend(Change("del-vlan-port", 0, target=o) for o in sorted(have.orphans))
     for vni in sorted(have.segments - want.segments):
         out.append(Change("del-segment", vni))
     return out
@@ -146,6 +152,7 @@ def plan_vrfs(want: dict[str, VrfDesired], have: dict[str, VrfActual]) -> list[V
 
 
 STRUCTURAL = frozenset({"add-segment", "del-segment", "attach-port",  # change devices, not only entries
+                        "detach-port", "del-vlan-port", "add-vlan", "del-vlan",
                         "add-l3vni", "del-l3vni", "add-irb", "del-irb"})
 
 
@@ -168,6 +175,10 @@ def apply_to(have: Actual, changes: list[Change | VrfChange]) -> Actual:
                     del d[k]
         elif c.op == "attach-port":
             have.ports[c.target] = c.vni
+        elif c.op == "detach-port":
+            have.ports.pop(c.target, None)
+        elif c.op == "del-vlan-port":
+            have.orphans.discard(c.target)
         elif c.op == "set-bridge-entry":
             have.bridge_fdb[key] = c.target
         elif c.op == "del-bridge-entry":

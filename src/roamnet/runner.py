@@ -83,10 +83,10 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
             plan.append((st, str(src), str(dst), port))
             if via == "wan":  # a WAN client and a VM: watch which border the packets cross
                 vm_is_src = st.from_ in topo.vms
-                stream_vm[st.name] = st.from_ if vm_is_src else st.to
+                stream_vm[st.name] = st.from_ if vm_is_src else st.receiver(topo)
                 vm_ip, client_ip = (src, dst) if vm_is_src else (dst, src)
                 watched.append(Watched(st.name, str(vm_ip), str(client_ip), port, vm_is_src))
-            rp = Proc(st.name, "recv", spawn(names.netns(topo.name, st.to),
+            rp = Proc(st.name, "recv", spawn(names.netns(topo.name, st.receiver(topo)),
                                              recv_argv(st.proto, str(dst), port, t0, scn.duration, LINGER_S)))
             procs.append(rp)
             wait_ready(rp, timeout=10)

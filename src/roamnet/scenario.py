@@ -29,13 +29,15 @@ StrictInt = Annotated[int, Strict()]
 
 class Stream(Model):
     """Traffic from one VM (or WAN client) to another: sequence-numbered UDP datagrams, or one paced
-    TCP connection. At most one end may be a WAN client."""
+    TCP connection. At most one end may be a WAN client. `to:` names a VM or a WAN client, or is an
+    IP address of one (a VM interface's: that very interface receives)."""
 
     model_config = ConfigDict(populate_by_name=True)  # Stream(from_=...) in code, `from:` in YAML
 
     name: Annotated[str, StringConstraints(pattern=STREAM_NAME_RE)]
-    from_: str = Field(alias="from")
-    to: str
+    from_: str = Field(alias="from", description="sending VM or WAN client (by name)")
+    to: str = Field(description=(
+        "receiving VM or WAN client, by name or by IP address (a VM interface's or a WAN client's)"))
     proto: Literal["udp", "tcp"]
     rate: StrictInt = Field(default=DEFAULT_RATE["udp"], ge=1, le=100_000)  # default depends on proto
     port: StrictInt | None = Field(default=None, ge=1, le=65535)
@@ -47,6 +49,21 @@ class Stream(Model):
             data = {**data, "rate": DEFAULT_RATE[data["proto"]]}
         return data
 
+    def target(self, topology: Topology) -> tuple[str, int | None]:
+        """(node, interface index) that `to:` names: a VM or WAN client named as such (index None),
+        or the owner of the IP address `to:` is (index None for a WAN client).
+        Raises ValueError for an IP address nobody in `topology` has."""
+        if not _is_ip(self.to):
+            return self.to, None
+        owner = topology.owner_of_ip(self.to)
+        if owner is None:
+            raise ValueError(f"unknown IP address {self.to}: no VM interface nor WAN client has it")
+        return owner
+
+    def receiver(self, topology: Topology) -> str:
+        """Name of the receiving VM or WAN client (`to:` may be an IP address of it)."""
+        return self.target(topology)[0]
+
     def endpoints(self, topology: Topology) -> tuple[IPv4Address, IPv4Address, str]:
         """(source IP, destination IP, via). `via` is how the traffic goes:
 
@@ -56,31 +73,78 @@ class Stream(Model):
           one's first interface in a CUG of that tenant;
         - ``"wan"``: a WAN client and a VM, from/to the VM's first interface in a routed CUG.
 
+        When `to:` is a VM interface's IP address, that interface receives: from the sender's
+        interface in its CUG if there is one (via that CUG), else from the sender's first interface
+        in a CUG of its tenant (via the tenant); from a WAN client, it must be in a routed CUG.
+        A WAN client's IP address means that client.
+
         Raises ValueError when the two cannot reach each other."""
         clients = topology.wan_clients()
-        if self.from_ in clients or self.to in clients:
-            if self.from_ in clients and self.to in clients:
-                raise ValueError(f"a stream needs at least one VM ({self.from_} and {self.to} are both WAN clients)")
-            client, vm = (self.from_, self.to) if self.from_ in clients else (self.to, self.from_)
-            routed = topology.routed_interface(vm)
-            if routed is None:
-                raise ValueError(f"{client} can only reach VMs with an interface in a routed CUG "
-                                 f"(one with a gateway and a tenant); {vm} has none")
-            client_ip, vm_ip = clients[client].ip, routed[1].ip
+        dst, index = self.target(topology)
+        if self.from_ in clients or dst in clients:
+            if self.from_ in clients and dst in clients:
+                raise ValueError(f"a stream needs at least one VM ({self.from_} and {dst} are both WAN clients)")
+            client, vm = (self.from_, dst) if self.from_ in clients else (dst, self.from_)
+            vm_ip = _wan_facing_ip(topology, client, vm, index if vm == dst else None)
+            client_ip = clients[client].ip
             return (client_ip, vm_ip, "wan") if self.from_ == client else (vm_ip, client_ip, "wan")
-        src, dst = topology.vms[self.from_], topology.vms[self.to]
+        if index is not None:
+            return _endpoints_to_interface(topology, self.from_, dst, index)
+        src, dst_vm = topology.vms[self.from_], topology.vms[dst]
         for iface in src.interfaces:
-            peer = dst.interface_in(iface.cug)
+            peer = dst_vm.interface_in(iface.cug)
             if peer is not None:
                 return iface.ip, peer.ip, iface.cug
         for iface in src.interfaces:
             tenant = topology.tenant_of(iface.cug)
             if tenant is None:
                 continue
-            peer = next((p for p in dst.interfaces if topology.tenant_of(p.cug) == tenant), None)
+            peer = next((p for p in dst_vm.interfaces if topology.tenant_of(p.cug) == tenant), None)
             if peer is not None:
                 return iface.ip, peer.ip, f"tenant:{tenant}"
-        raise ValueError(f"{self.from_} and {self.to} share no CUG and no tenant")
+        raise ValueError(f"{self.from_} and {dst} share no CUG and no tenant")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _wan_facing_ip(topology: Topology, client: str, vm: str, index: int | None) -> IPv4Address:
+    """IP address of `vm` that WAN client `client` talks to: interface `index` (which must be in a
+    routed CUG), or by default the VM's first interface in a routed CUG."""
+    if index is None:
+        routed = topology.routed_interface(vm)
+        if routed is None:
+            raise ValueError(f"{client} can only reach VMs with an interface in a routed CUG "
+                             f"(one with a gateway and a tenant); {vm} has none")
+        return routed[1].ip
+    iface = topology.vms[vm].interfaces[index]
+    if topology.tenant_of(iface.cug) is None:
+        raise ValueError(f"{client} can only reach VM interfaces in a routed CUG (one with a gateway and "
+                         f"a tenant); {iface.ip} ({vm} interfaces[{index}]) is in L2-only CUG {iface.cug}")
+    return iface.ip
+
+
+def _endpoints_to_interface(topology: Topology, src: str, dst: str, index: int) -> tuple[
+        IPv4Address, IPv4Address, str]:
+    """Endpoints from VM `src` to interface `index` of VM `dst` (see `Stream.endpoints`)."""
+    peer, sender = topology.vms[dst].interfaces[index], topology.vms[src]
+    iface = sender.interface_in(peer.cug)
+    if iface is not None:
+        return iface.ip, peer.ip, peer.cug
+    tenant = topology.tenant_of(peer.cug)
+    if tenant is not None:
+        iface = next((i for i in sender.interfaces if topology.tenant_of(i.cug) == tenant), None)
+        if iface is not None:
+            return iface.ip, peer.ip, f"tenant:{tenant}"
+        raise ValueError(f"{src} cannot reach {peer.ip} ({dst} interfaces[{index}]): it has no interface in "
+                         f"CUG {peer.cug} nor in another CUG of tenant {tenant}")
+    raise ValueError(f"{src} cannot reach {peer.ip} ({dst} interfaces[{index}]): it has no interface in "
+                     f"CUG {peer.cug} (an L2-only CUG)")
 
 
 class Step(Model):
@@ -116,14 +180,23 @@ def _check_scenario(s: Scenario) -> list[Problem]:
             problems.append((f"{path}.name", f"duplicate stream name {st.name!r} (also streams[{names[st.name]}])"))
         names.setdefault(st.name, i)
         known = True
-        for key, end in (("from", st.from_), ("to", st.to)):
-            if end not in vms and end not in clients:
-                problems.append((f"{path}.{key}", f"unknown VM or WAN client {end!r}"))
-                known = False
+        if st.from_ not in vms and st.from_ not in clients:
+            hint = " (`from:` names a VM or a WAN client, not an address)" if _is_ip(st.from_) else ""
+            problems.append((f"{path}.from", f"unknown VM or WAN client {st.from_!r}{hint}"))
+            known = False
+        try:
+            receiver = st.receiver(s.topology)
+        except ValueError as e:
+            problems.append((f"{path}.to", str(e)))
+            continue
+        if receiver not in vms and receiver not in clients:
+            problems.append((f"{path}.to", f"unknown VM or WAN client {st.to!r} "
+                             "(`to:` names a VM or a WAN client, or is an IP address of one)"))
+            known = False
         if not known:
             continue
-        if st.from_ == st.to:
-            problems.append((f"{path}.to", f"a stream needs two different nodes (from and to are both {st.to})"))
+        if st.from_ == receiver:
+            problems.append((f"{path}.to", f"a stream needs two different nodes (from and to are both {receiver})"))
             continue
         try:
             st.endpoints(s.topology)
@@ -139,7 +212,12 @@ def _check_scenario(s: Scenario) -> list[Problem]:
         if step.migrate not in vms:
             problems.append((f"{path}.migrate", f"unknown VM {step.migrate!r}"))
         if step.to not in servers:
-            problems.append((f"{path}.to", f"unknown server {step.to!r}"))
+            tor = s.topology.tors().get(step.to)
+            if tor is None:
+                problems.append((f"{path}.to", f"unknown server {step.to!r}"))
+            else:
+                problems.append((f"{path}.to", f"{step.to} is the ToR switch of domain {tor.name}, and a ToR "
+                                 f"hosts no VMs (migrate to one of its servers: {', '.join(tor.servers)})"))
         elif placement.get(step.migrate) == step.to:
             problems.append((f"{path}.to", f"{step.migrate} is already on {step.to} at {step.at:g}s"))
         if step.migrate in placement and step.to in servers:

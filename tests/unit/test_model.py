@@ -231,7 +231,7 @@ def test_overlapping_subnets(tmp_path: Path) -> None:
         (lambda d: d.update(colour="red"), "colour"),
         (lambda d: d["datacenters"]["dc1"].update(boarder="x"), "datacenters.dc1.boarder"),
         (lambda d: d["cugs"]["web"].update(mtu=1500), "cugs.web.mtu"),
-        (lambda d: iface(d, "vm2", 1).update(vlan=3), "vms.vm2.interfaces[1].vlan"),
+        (lambda d: iface(d, "vm2", 1).update(mtu=1500), "vms.vm2.interfaces[1].mtu"),
     ],
 )
 def test_unknown_key(tmp_path: Path, edit: Callable[[dict[str, Any]], None], path: str) -> None:
