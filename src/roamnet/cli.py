@@ -92,21 +92,39 @@ def _inspect_table(data: dict) -> None:
     for col in ("node", "kind", "dc", "namespace", "details"):
         t.add_column(col)
     for n in data["nodes"]:
-        if n["kind"] in ("server", "border") and "vtep" in n:
-            a = n.get("agent", {})
+        a = n.get("agent", {})
+        errors = f"  errors: {a['errors'][-1]}" if a.get("errors") else ""
+        if "switch" in n:  # a server behind a ToR: its hypervisor switch
+            sw = n["switch"]
+            details = f"behind {n['tor']} ({n['domain']})  VLANs {','.join(map(str, sw['vlans'])) or '-'}  " + \
+                "  ".join(f"{i}: guest {p['guest_vlan'] or 'untagged'} -> {p['vlan']}" for i, p in sw["ports"].items()) + errors
+        elif n["kind"] in ("server", "tor", "border") and "vtep" in n:
             details = f"VTEP {n['vtep']}  VNIs {','.join(map(str, n.get('segments', []))) or '-'}  " \
-                      f"reconciles {a.get('reconciles', 0)}" + (f"  errors: {a['errors'][-1]}" if a.get("errors") else "")
+                      f"reconciles {a.get('reconciles', 0)}" + errors
+            if n.get("trunk_vlans"):
+                details += f"\ntrunk VLAN ports {', '.join(n['trunk_vlans'])}"
             for t, v in n.get("vrfs", {}).items():
                 details += f"\n{t}: L3 VNI {v['l3vni']}  gateways {','.join(v['gateways']) or '-'}  " \
                            f"host routes {v['host_routes']}  default via {v['default_via'] or '-'}"
         elif n["kind"] == "vrf":
             details = f"tenant {n['tenant']} on {n['parent']}"
         elif n["kind"] == "vm":
-            details = f"on {n['server']}  " + "  ".join(f"{i['cug']} {i['ip']} {i['mac']}" for i in n["interfaces"])
+            details = f"on {n['server']}  " + "  ".join(
+                f"{i['cug']} {i['ip']} {i['mac']}" + (f" vlan {i['guest_vlan']}" if i.get("guest_vlan") else "")
+                for i in n["interfaces"])
         else:
             details = ""
         t.add_row(n["name"], n["kind"], n.get("dc", ""), n["namespace"], details)
     out.print(t)
+    vlans = data["mapping"].get("vlans") or {}
+    if vlans:
+        v = Table(title="VLANs per L2 domain (allocated by the mapping)")
+        for col in ("domain", "VNI", "VLAN"):
+            v.add_column(col)
+        for dom, alloc in vlans.items():
+            for vni, vlan in alloc.items():
+                v.add_row(dom, vni, str(vlan))
+        out.print(v)
     m = Table(title=f"mapping (revision {data['mapping']['revision']})")
     for col in ("VNI", "MAC", "IPs", "NVE", "VTEP", "seq"):
         m.add_column(col)

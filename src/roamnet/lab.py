@@ -415,6 +415,8 @@ class Lab:
     def _check_move(self, vm: str, to: str) -> str:
         if vm not in self.topo.vms:
             raise LabError(f"no VM {vm!r} in lab {self.name}")
+        if to in self.plan.nodes and self.plan.nodes[to].kind == "tor":
+            raise LabError(f"{to} is the ToR switch of domain {self.plan.nodes[to].domain}: it hosts no VMs")
         if to not in self.plan.nodes or self.plan.nodes[to].kind != "server":
             raise LabError(f"no server {to!r} in lab {self.name}")
         if vm in self.pending:

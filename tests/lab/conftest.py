@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -349,7 +350,7 @@ class Flow:
 def traffic() -> Iterator[Callable[..., Flow]]:
     """start(lab, name, proto, src, dst, port, start_at, duration, rate=1000, linger=1.0) -> Flow.
 
-    src and dst are VMs or WAN clients; the destination address is the scenario's (roamnet.scenario).
+    src is a VM or WAN client, dst one too or an address of one; the destination address is the scenario's (roamnet.scenario).
     The receiver runs in the destination's namespace, the sender in the source's; both stop by
     themselves at start_at + duration (+ linger); teardown kills leftovers by their own pid."""
     from roamnet import names
@@ -361,8 +362,10 @@ def traffic() -> Iterator[Callable[..., Flow]]:
               rate: float = 1000, linger: float = 1.0) -> Flow:
         from roamnet.scenario import Stream
 
-        dst_ip = str(Stream(name=name, from_=src, to=dst, proto=proto).endpoints(lab.topo)[1])
-        recv = Endpoint(names.netns(lab.name, dst), recv_argv(proto, dst_ip, port, start_at, duration, linger))
+        stream = Stream(name=name, from_=src, to=dst, proto=proto)
+        dst_ip = str(stream.endpoints(lab.topo)[1])
+        recv = Endpoint(names.netns(lab.name, stream.receiver(lab.topo)),
+                        recv_argv(proto, dst_ip, port, start_at, duration, linger))
         endpoints.append(recv)
         recv.wait_ready()
         send = Endpoint(names.netns(lab.name, src), send_argv(proto, dst_ip, port, rate, start_at, duration))
@@ -439,8 +442,13 @@ def frr_decoy(daemon: str, instdir: str) -> subprocess.Popen:
 # ---------------------------------------------------------------- captures and FRR journals
 
 
+SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID = 263, 8, 1 << 4
+
+
 class Sniffer:
-    """Frames matching `keep(ether, outgoing)` on device `dev` of namespace `ns`, in a bounded thread."""
+    """Frames matching `keep(ether, outgoing)` on device `dev` of namespace `ns`, in a bounded thread.
+    802.1Q tags the kernel keeps out of band (VLAN acceleration) are put back into the frame from the
+    packet's auxiliary data, as libpcap does, so scapy sees its Dot1Q layer."""
 
     def __init__(self, ns: str, dev: str, keep: Callable[[Any, bool], bool], seconds: float = 60.0):
         self.frames: list[Any] = []
@@ -448,6 +456,7 @@ class Sniffer:
         from roamnet import netns
 
         self._sock = netns.socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+        self._sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         self._sock.bind((dev, 0))
         self._sock.settimeout(0.05)
         self._until = time.monotonic() + seconds
@@ -455,11 +464,20 @@ class Sniffer:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def _with_tag(frame: bytes, ancdata: list) -> bytes:
+        for level, kind, data in ancdata:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 20:
+                status, _, _, _, _, tci, tpid = struct.unpack("IIIHHHH", data[:20])
+                if status & TP_STATUS_VLAN_VALID:
+                    return frame[:12] + struct.pack("!HH", tpid or 0x8100, tci) + frame[12:]
+        return frame
+
     def _run(self) -> None:
         try:
             while time.monotonic() < self._until:
                 try:
-                    frame, addr = self._sock.recvfrom(4096)
+                    frame, ancdata, _, addr = self._sock.recvmsg(4096, socket.CMSG_SPACE(32))
                 except TimeoutError:
                     if self._stop.is_set():  # stopped, and everything queued before has been read
                         break
@@ -468,7 +486,7 @@ class Sniffer:
                     break
                 from scapy.layers.l2 import Ether
 
-                eth = Ether(frame)
+                eth = Ether(self._with_tag(frame, ancdata))
                 if self._keep(eth, addr[2] == 4):
                     self.frames.append(eth)
         finally:
