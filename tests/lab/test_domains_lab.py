@@ -155,3 +155,27 @@ def test_exhausted_vlan_range_refuses_the_move_and_changes_nothing(host, lab_nam
         assert {n: links(n) for n in kernel_before} == kernel_before
         assert lab.location["vm1"] == "hv1" and not lab.pending
         assert lab.migrations == []
+
+
+def test_tors_route_between_cugs_with_the_anycast_gateway(host, lab_name, lab_up, lab_namespaces):
+    t = pods(lab_name("t-dom-irb"))
+    t["tenants"] = {"t1": {"l3vni": 50001}}
+    t["cugs"]["web"].update(gateway="198.19.1.1", tenant="t1")
+    t["cugs"]["db"].update(gateway="198.19.2.1", tenant="t1")
+    lab_namespaces(t)
+
+    def replies(vm: str, ip: str) -> int:
+        out = host.run(["ip", "netns", "exec", f"rn-{t['name']}-{vm}", "ping", "-n", "-q", "-c", "5", "-i", "0.05",
+                        "-W", "1", ip], timeout=30, check=False).stdout
+        return next((int(ln.split(",")[1].split()[0]) for ln in out.splitlines() if "received" in ln), 0)
+
+    with lab_up(t, wan_bgp=False) as lab:
+        have = lab.agents["tor1"].kernel.read()[0].vrfs["t1"]
+        assert have.irbs == {10100: "198.19.1.1/24"}  # the ToR presents the gateway of the CUGs behind it
+        replies("vm2", "198.19.2.15")  # (the first packets resolve neighbours)
+        # vm2 (tagged 30 by the guest, behind tor1) <-> vm5 (behind tor2), routed by the two ToRs
+        assert replies("vm2", "198.19.2.15") == 5
+        assert replies("vm5", "198.19.1.14") == 5  # to vm4's trunk NIC, on hv5
+        lab.migrate("vm2", "hv3")  # now behind tor2, next to vm5
+        assert replies("vm2", "198.19.2.15") == 5
+        assert replies("vm2", "198.19.1.1") == 5  # its gateway, same IP and MAC behind the other ToR
