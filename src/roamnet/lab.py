@@ -301,17 +301,13 @@ class Lab:
                 except MoveRefused as exc:
                     raise LabError(f"{vm} cannot start on {spec.server}: {exc}") from None
 
-    def _nics(self, vm: str) -> list[tuple[int, ...]]:
-        """The VM's NICs: interface indices per NIC (a NIC carrying guest VLANs is a trunk)."""
-        return self.topo.nics(vm)
-
     def _build_vm(self, vm: str) -> None:
         guest, nic = names.netns(self.name, vm), nic_ns(self.name, vm)
         self._new_ns(guest)
         self._new_ns(nic)
         spec = self.topo.vms[vm]
         n = self._nl(nic)
-        nics = self._nics(vm)
+        nics = self.topo.nics(vm)
         for k, _ in enumerate(nics):
             n.link("add", ifname=f"nic{k}", kind="bridge", br_stp_state=0)
             n.link("add", ifname=f"tap{k}", kind="veth", mtu=GUEST_MTU, peer={"ifname": f"eth{k}", "mtu": GUEST_MTU})
@@ -349,7 +345,7 @@ class Lab:
         nic, srv_ns = nic_ns(self.name, vm), self.plan.nodes[server].ns
         n = self._nl(nic)
         spec = self.topo.vms[vm]
-        for i, members in enumerate(self._nics(vm)):
+        for i, members in enumerate(self.topo.nics(vm)):
             port, up = names.port(vm, i), self._uplink(i, server)
             # The uplink gets an ifindex no port can have (ports keep a small one): a veth whose
             # ifindex equals its peer's (in another namespace) has its carrier changes treated as
@@ -370,7 +366,7 @@ class Lab:
         """Connect (up=True) or disconnect the VM's NICs to/from its ports on `server`: fast link flips."""
         nic, srv_ns = nic_ns(self.name, vm), self.plan.nodes[server].ns
         s, n = self._nl(srv_ns), self._nl(nic)
-        for i in range(len(self._nics(vm))):
+        for i in range(len(self.topo.nics(vm))):
             uidx = n.link_lookup(ifname=self._uplink(i, server))[0]
             pidx = s.link_lookup(ifname=names.port(vm, i))[0]
             if up:
@@ -386,7 +382,7 @@ class Lab:
 
     def _remove_port(self, vm: str, server: str) -> None:
         s = self._nl(self.plan.nodes[server].ns)
-        for i in range(len(self._nics(vm))):
+        for i in range(len(self.topo.nics(vm))):
             for idx in s.link_lookup(ifname=names.port(vm, i)):
                 s.link("del", index=idx)
 
@@ -394,7 +390,7 @@ class Lab:
         """Send QEMU's RARP self-announcements on every NIC of the VM, on QEMU's schedule."""
         spec = self.topo.vms[vm]
         socks, macs = [], []
-        for i, members in enumerate(self._nics(vm)):  # one per NIC, untagged, as QEMU does
+        for i, members in enumerate(self.topo.nics(vm)):  # one per NIC, untagged, as QEMU does
             s = netns.socket_in(nic_ns(self.name, vm), socket.AF_PACKET, socket.SOCK_RAW)
             s.bind((self._uplink(i, self.location[vm]), 0))
             socks.append(s)

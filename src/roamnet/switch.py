@@ -95,6 +95,7 @@ class SwitchKernel:
         self._index: dict[str, int] = {}
         self._dev: dict[tuple[int, str], int] = {}  # (VLAN, MAC) -> device of its static entry
         self._trunk_ports: dict[int, int] = {}  # VLAN -> the trunk's VLAN port
+        self._bridges: dict[int, int] = {}  # VLAN -> its bridge, as last read or made
 
     def close(self) -> None:
         self.ipr.close()
@@ -107,6 +108,7 @@ class SwitchKernel:
             alias = link.get("IFLA_IFALIAS") or ""
             if alias.startswith(names.SWITCH_ALIAS):
                 bridges[link["index"]] = int(alias[len(names.SWITCH_ALIAS):])
+        self._bridges = {v: idx for idx, v in bridges.items()}
         vports = vlan.read_ports(self.ipr, links)
         vm = read_vm_ports(links, vports)
         act = SwitchActual()
@@ -141,11 +143,15 @@ class SwitchKernel:
         return errors
 
     def _bridge(self, v: int) -> int:
+        """Bridge hs<v>, made if missing (the last read knows the ones that exist)."""
+        if v in self._bridges:
+            return self._bridges[v]
         name = names.switch_bridge(v)
         if not self.ipr.link_lookup(ifname=name):
             self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0)
         idx = self.ipr.link_lookup(ifname=name)[0]
         self.ipr.link("set", index=idx, ifalias=f"{names.SWITCH_ALIAS}{v}", state="up")
+        self._bridges[v] = idx
         return idx
 
     def _add_vlan(self, ch: Change) -> None:
@@ -175,6 +181,7 @@ class SwitchKernel:
         vlan.remove_port(self.ipr, names.TRUNK, ch.vni)
         for idx in self.ipr.link_lookup(ifname=names.switch_bridge(ch.vni)):
             self.ipr.link("del", index=idx)
+        self._bridges.pop(ch.vni, None)
 
 
 class SwitchAgent(Agent):

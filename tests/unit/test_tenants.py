@@ -17,7 +17,6 @@ from roamnet.model import (
     RESERVED_MAC_PREFIX,
     WAN_CLIENT_RANGE,
     IntentError,
-    Topology,
     WanClient,
     load_topology,
     parse_topology,
