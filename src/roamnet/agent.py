@@ -26,7 +26,7 @@ from . import names, netns, vlan
 from .desired import compute_desired, is_trunk, trunk_attachment
 from .mapping import PREPARED, MappingSystem, MoveRefused, Nve, Snapshot
 from .reconcile import STRUCTURAL, VXLAN_PORT, Actual, Change, VrfChange, apply_to, plan, plan_vrfs
-from .vrfs import VrfKernel
+from .vrfs import PROTO, VrfKernel
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def ensure_segment(ipr: IPRoute, vni: int, vtep: str) -> tuple[int, int]:
                  vxlan_learning=0, vxlan_local=vtep, mtu=OVERLAY_MTU)
     vx_idx = ipr.link_lookup(ifname=vx)[0]
     ipr.link("set", index=vx_idx, ifalias=alias, master=br_idx, state="up")
-    ipr.brport("set", index=vx_idx, learning=0)
+    # no learning; ARP for IPs the bridge knows never floods to VXLAN (see desired.py)
+    ipr.brport("set", index=vx_idx, learning=0, neigh_suppress=1)
     return br_idx, vx_idx
 
 
@@ -196,10 +197,16 @@ class Kernel:
                 act.bridge_fdb[(bridges[master], mac)] = target
                 bridge_dev[(bridges[master], mac)] = idx
         self._index, self._port_index, self._bridge_dev, self._vm = index, port_index, bridge_dev, vm
-        # a gateway is whole when its port is in its CUG's bridge and the bridge knows the gateway's
-        # MAC (the neighbour entry that keeps ARP for it off the overlay)
-        known = {n["ifindex"] for n in self.ipr.get_neighbours(family=socket.AF_INET)
-                 if n["state"] & NUD_PERMANENT} if gateways else set()
+        # the bridges' permanent neighbour entries: ours (protocol 77) answer ARP for VMs; a gateway
+        # is whole when its port is in its CUG's bridge and the bridge knows the gateway's MAC
+        known = set()
+        for n in self.ipr.get_neighbours(family=socket.AF_INET) if bridges else ():
+            if not n["state"] & NUD_PERMANENT or n["ifindex"] not in bridges:
+                continue
+            if n.get("NDA_PROTOCOL") == PROTO:
+                act.arp[(bridges[n["ifindex"]], n.get("NDA_DST"))] = n.get("NDA_LLADDR")
+            else:
+                known.add(n["ifindex"])
         act.vrfs = self.vrfs.read({vni: bridges.get(m) == vni and m in known for vni, m in gateways.values()})
         return act, list(vm.up)
 
@@ -282,6 +289,13 @@ class Kernel:
     def _del_remote(self, ch: Change) -> None:
         self.ipr.fdb("del", ifindex=self._idx(names.vxlan(ch.vni)), lladdr=ch.mac, dst=ch.target, flags=NTF_SELF)
 
+    def _set_arp(self, ch: Change) -> None:
+        self.ipr.neigh("replace", dst=ch.target, lladdr=ch.mac, ifindex=self._idx(names.bridge(ch.vni)),
+                       state=NUD_PERMANENT, protocol=PROTO)
+
+    def _del_arp(self, ch: Change) -> None:
+        self.ipr.neigh("del", dst=ch.target, ifindex=self._idx(names.bridge(ch.vni)))
+
     def _add_flood(self, ch: Change) -> None:
         self.ipr.fdb("append", ifindex=self._idx(names.vxlan(ch.vni)), lladdr=ZERO_MAC, dst=ch.target, flags=NTF_SELF)
 
@@ -360,9 +374,13 @@ class Agent:
     def _make_kernel(self):
         return Kernel(self.ns, self.nve.vtep, self.vrf_namespaces)
 
-    def _changes(self, snap: Snapshot, actual: Actual) -> list[Change | VrfChange]:
+    def _changes(self, snap: Snapshot, actual: Actual) -> tuple[list[Change | VrfChange], bool]:
+        """The changes to apply, and whether they make this NVE whole: not while a VM port the
+        mapping binds here is still to be created by the hypervisor (lab up plugs VMs after
+        registering them; converged must mean forwarding)."""
         want = compute_desired(snap, self.nve.name)
-        return self._hold_prunes(plan(want, actual)) + plan_vrfs(want.vrfs, actual.vrfs)
+        waiting = any(not is_trunk(a) and a not in actual.ports for a in want.attachments)
+        return self._hold_prunes(plan(want, actual)) + plan_vrfs(want.vrfs, actual.vrfs), not waiting
 
     # ---- one pass ------------------------------------------------------------------------------
     def _claim_arrivals(self, snap: Snapshot, ports: list[str]) -> bool:
@@ -401,7 +419,7 @@ class Agent:
                 actual, ports = self._cache
             if self._claim_arrivals(snap, ports):
                 snap = self.mapping.snapshot()
-            changes = self._changes(snap, actual)
+            changes, whole = self._changes(snap, actual)
             errors = self.kernel.apply(changes) if changes else []
             if errors or any(c.op in STRUCTURAL for c in changes):
                 self._cache, self._kernel_dirty = None, True
@@ -417,7 +435,7 @@ class Agent:
             if errors:
                 self.stats.errors = (self.stats.errors + errors)[-20:]
                 log.warning("%s", "; ".join(errors))
-            else:
+            elif whole:
                 self.stats.converged_revision = snap.revision
             return changes
 

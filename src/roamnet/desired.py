@@ -19,6 +19,11 @@ it gets it, with no reaction from any agent:
 No frame loops: a bridge never sends a frame back out of the port it came in on, so a copy that
 arrived by VXLAN is never sent on by VXLAN.
 
+ARP suppression (the EVPN way, RFC 7432 §10): every NVE has, on each segment's bridge, a neighbour
+entry per VM IP of the segment from the mapping, and `neigh_suppress` on the VXLAN port; the bridge
+answers a request for a remote VM itself and never floods a request for a known IP to VXLAN (a local
+VM answers for itself). Requests for IPs the mapping does not know still flood.
+
 A ToR is the NVE of the servers of its L2 domain (draft §3.1): a VM there is reached through the
 VLAN port of the server's trunk for the domain VLAN of the VM's CUG (the "attachment"
 "<server>:<VLAN>"). A prepared move between two servers behind one ToR involves that ToR only: it
@@ -63,6 +68,8 @@ class NveDesired:
     dual: frozenset[tuple[int, str]] = frozenset()  # (vni, mac) with no bridge entry: local port AND VXLAN
     vrfs: dict[str, VrfDesired] = field(default_factory=dict)  # tenant -> its VRF here (see below)
     attachments: dict[str, int] = field(default_factory=dict)  # bridge port -> VNI of its bridge
+    arp: dict[tuple[int, str], str] = field(default_factory=dict)  # (VNI, IP) -> MAC: every VM IP of
+    #   the hosted segments, as neighbour entries of the segment's bridge (ARP suppression, below)
 
     def to_json(self) -> dict:
         return {
@@ -72,6 +79,7 @@ class NveDesired:
             "local_ports": {k: {"vni": p.vni, "mac": p.mac, "via": p.attachment, "guest_vlan": p.guest_vlan}
                             for k, p in sorted(self.local_ports.items())},
             "attachments": dict(sorted(self.attachments.items())),
+            "arp": [{"vni": v, "ip": ip, "mac": m} for (v, ip), m in sorted(self.arp.items())],
             "remote_macs": [{"vni": v, "mac": m, "vtep": t} for (v, m), t in sorted(self.remote_macs.items())],
             "flood": {str(v): sorted(t) for v, t in sorted(self.flood.items())},
             "replicated": [{"vni": v, "mac": m} for v, m in sorted(self.replicated)],
@@ -122,8 +130,9 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
             replicated.add(m.key)
     hosts = [(b.vni, b.vtep) for b in snap.bindings.values()] + [(m.vni, m.dst_vtep) for m in prepared]
     flood = {vni: frozenset(t for v, t in hosts if v == vni and t != me.vtep) for vni in segments}
+    arp = {(b.vni, ip): b.mac for b in snap.bindings.values() if b.vni in segments for ip in b.ips}
     return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),
-                      compute_vrfs(snap, nve, segments), attachments)
+                      compute_vrfs(snap, nve, segments), attachments, arp)
 
 
 # ---- routing: distributed anycast gateway and symmetric IRB (RFC 9135) --------------------------

@@ -20,6 +20,7 @@ class Actual:
     ports: dict[str, int | None] = field(default_factory=dict)  # bridge port (a VM's iface_id, or a
     #   trunk VLAN port "<server>:<VLAN>") -> VNI of the bridge it is in (None: in none, or incomplete)
     orphans: set[str] = field(default_factory=set)  # VLAN ports whose tagged device is gone ("<dev>/<vid>")
+    arp: dict[tuple[int, str], str] = field(default_factory=dict)  # (VNI, IP) -> MAC: our neighbour entries
     bridge_fdb: dict[tuple[int, str], str] = field(default_factory=dict)  # (vni, mac) -> iface_id | "vx"
     remote_macs: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (vni, mac) -> VTEPs
     flood: dict[int, set[str]] = field(default_factory=dict)  # vni -> VTEPs
@@ -40,10 +41,10 @@ class VrfActual:
 @dataclass(frozen=True)
 class Change:
     op: str  # add-segment | attach-port | set-bridge-entry | del-bridge-entry | set-remote | del-remote
-    #          add-flood | del-flood | detach-port | del-vlan-port | del-segment
+    #          add-flood | del-flood | set-arp | del-arp | detach-port | del-vlan-port | del-segment
     vni: int
     mac: str = ""
-    target: str = ""  # iface_id, "vx" or a VTEP address
+    target: str = ""  # bridge port (iface_id, trunk attachment), "vx", a VTEP address or an IP (arp)
 
     def __str__(self) -> str:
         return " ".join(x for x in (self.op, str(self.vni), self.mac, self.target) if x)
@@ -77,6 +78,9 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
     for vni, vteps in sorted(want.flood.items()):
         for vtep in sorted(vteps - have.flood.get(vni, set())):
             out.append(Change("add-flood", vni, target=vtep))
+    for (vni, ip), mac in sorted(want.arp.items()):
+        if have.arp.get((vni, ip)) != mac:
+            out.append(Change("set-arp", vni, mac, ip))
 
     # removals: only inside segments that stay (a removed segment takes its entries with it)
     keep = want.segments & have.segments
@@ -94,6 +98,9 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
     for vni in sorted(keep):
         for vtep in sorted(have.flood.get(vni, set()) - want.flood.get(vni, frozenset())):
             out.append(Change("del-flood", vni, target=vtep))
+    for (vni, ip), mac in sorted(have.arp.items()):
+        if vni in keep and (vni, ip) not in want.arp:
+            out.append(Change("del-arp", vni, mac, ip))
     for att in sorted(have.ports):
         if is_trunk(att) and att not in want.attachments:
             out.append(Change("detach-port", have.ports[att] or 0, target=att))
@@ -170,7 +177,7 @@ def apply_to(have: Actual, changes: list[Change | VrfChange]) -> Actual:
         elif c.op == "del-segment":
             have.segments.discard(c.vni)
             have.flood.pop(c.vni, None)
-            for d in (have.bridge_fdb, have.remote_macs):
+            for d in (have.bridge_fdb, have.remote_macs, have.arp):
                 for k in [k for k in d if k[0] == c.vni]:
                     del d[k]
         elif c.op == "attach-port":
@@ -193,6 +200,10 @@ def apply_to(have: Actual, changes: list[Change | VrfChange]) -> Actual:
             have.flood.setdefault(c.vni, set()).add(c.target)
         elif c.op == "del-flood":
             have.flood.get(c.vni, set()).discard(c.target)
+        elif c.op == "set-arp":
+            have.arp[(c.vni, c.target)] = c.mac
+        elif c.op == "del-arp":
+            have.arp.pop((c.vni, c.target), None)
     return have
 
 

@@ -191,5 +191,6 @@ class SwitchAgent(Agent):
     def _make_kernel(self):
         return SwitchKernel(self.ns)
 
-    def _changes(self, snap: Snapshot, actual: Actual) -> list[Change]:
-        return plan_switch(compute_switch(snap, self.nve.name), actual)
+    def _changes(self, snap: Snapshot, actual: Actual) -> tuple[list[Change], bool]:
+        want = compute_switch(snap, self.nve.name)
+        return plan_switch(want, actual), all(i in actual.ports for i in want.ports)
