@@ -134,7 +134,34 @@ def attach(ipr: IPRoute, vm: VmPorts, att: str, bridge: int, learning: bool) -> 
     return idx
 
 
-class Kernel:
+class KernelBase:
+    """What every agent's kernel side shares: the VM ports found by the last read, and applying
+    changes by name (`add-segment` -> `_add_segment`), collecting errors instead of stopping."""
+
+    ns: str
+    _index: dict[str, int]
+    _vm: VmPorts
+
+    def port_named(self, ifname: str) -> list[str]:
+        """The VM interfaces whose port is device `ifname`, as last read (up or down)."""
+        idx = self._index.get(ifname)
+        return list(self._vm.by_device.get(idx, [])) if idx else []
+
+    def _apply_one(self, ch) -> None:
+        getattr(self, "_" + ch.op.replace("-", "_"))(ch)
+
+    def apply(self, changes: list) -> list[str]:
+        """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
+        errors = []
+        for ch in changes:
+            try:
+                self._apply_one(ch)
+            except (NetlinkError, LookupError, OSError) as exc:
+                errors.append(f"{self.ns}: {ch}: {exc}")
+        return errors
+
+
+class Kernel(KernelBase):
     """One NVE's kernel objects, through netlink. Only touches objects carrying roamnet's aliases."""
 
     def __init__(self, ns: str, vtep: str, vrf_namespaces: dict[str, str] | None = None):
@@ -219,29 +246,17 @@ class Kernel:
             self._index[name] = found[0]
         return self._index[name]
 
-    def port_named(self, ifname: str) -> list[str]:
-        """The VM interfaces whose port is device `ifname`, as last read (up or down)."""
-        idx = self._index.get(ifname)
-        return list(self._vm.by_device.get(idx, [])) if idx else []
-
     def _port_idx(self, att: str) -> int:
         """A bridge port as last read (VM ports are the hypervisor's; the plan made trunk ports)."""
         if att not in self._port_index:
             raise LookupError(f"{self.ns}: no port for {att}")
         return self._port_index[att]
 
-    def apply(self, changes: list[Change | VrfChange]) -> list[str]:
-        """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
-        errors = []
-        for ch in changes:
-            try:
-                if isinstance(ch, VrfChange):
-                    self.vrfs.apply(ch)
-                else:
-                    getattr(self, "_" + ch.op.replace("-", "_"))(ch)
-            except (NetlinkError, LookupError, OSError) as exc:
-                errors.append(f"{self.ns}: {ch}: {exc}")
-        return errors
+    def _apply_one(self, ch: Change | VrfChange) -> None:
+        if isinstance(ch, VrfChange):
+            self.vrfs.apply(ch)
+        else:
+            super()._apply_one(ch)
 
     def _add_segment(self, ch: Change) -> None:
         br, vx = ensure_segment(self.ipr, ch.vni, self.vtep)

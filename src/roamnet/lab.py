@@ -681,7 +681,7 @@ class Lab:
                     want = compute_desired(snap, name)
                     row["segments"] = sorted(want.segments)
                     if node.kind == "tor":
-                        row["trunk_vlans"] = sorted(a for a in want.attachments)
+                        row["trunk_vlans"] = sorted(want.attachments)
                     if want.vrfs:
                         row["vrfs"] = {t: {"l3vni": v.l3vni, "router_mac": v.rmac,
                                            "gateways": sorted(v.gateways.values()),

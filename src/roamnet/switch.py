@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from . import names, vlan
-from .agent import NTF_MASTER, NUD_NOARP, Agent, VmPorts, attach, read_vm_ports
+from .agent import NTF_MASTER, NUD_NOARP, Agent, KernelBase, VmPorts, attach, read_vm_ports
 from .mapping import Snapshot
 from .reconcile import Actual, Change
 
@@ -85,7 +84,7 @@ def plan_switch(want: SwitchDesired, have: SwitchActual) -> list[Change]:
     return out
 
 
-class SwitchKernel:
+class SwitchKernel(KernelBase):
     """The switch's kernel objects in the server's namespace, through netlink."""
 
     def __init__(self, ns: str):
@@ -128,19 +127,6 @@ class SwitchKernel:
         self._vm = vm
         self._trunk_ports = {v: vp.index for (t, v), vp in vports.items() if t == names.TRUNK}
         return act, list(vm.up)
-
-    def port_named(self, ifname: str) -> list[str]:
-        idx = self._index.get(ifname)
-        return list(self._vm.by_device.get(idx, [])) if idx else []
-
-    def apply(self, changes: list[Change]) -> list[str]:
-        errors = []
-        for ch in changes:
-            try:
-                getattr(self, "_" + ch.op.replace("-", "_"))(ch)
-            except (NetlinkError, LookupError, OSError) as exc:
-                errors.append(f"{self.ns}: {ch}: {exc}")
-        return errors
 
     def _bridge(self, v: int) -> int:
         """Bridge hs<v>, made if missing (the last read knows the ones that exist)."""

@@ -188,10 +188,6 @@ def port_name(tagged_idx: int, vid: int) -> str:
     return f"v{vid}i{tagged_idx}"
 
 
-def hold_name(tagged_idx: int, vid: int) -> str:
-    return f"h{vid}i{tagged_idx}"
-
-
 @dataclass(frozen=True)
 class VlanPort:
     tagged: str  # T's name
@@ -225,6 +221,7 @@ def read_ports(ipr: IPRoute, links: list | None = None) -> dict[tuple[str, int],
 
 
 def hold_name_of(pname: str | None) -> str:
+    """H's name, from P's."""
     return "h" + pname[1:] if pname else ""
 
 
@@ -235,7 +232,8 @@ def ensure_port(ipr: IPRoute, tagged: str, vid: int, mtu: int = 1500) -> int:
     if not t_idx:
         raise VlanError(19, f"no device {tagged}")
     t_idx = t_idx[0]
-    pname, hname = port_name(t_idx, vid), hold_name(t_idx, vid)
+    pname = port_name(t_idx, vid)
+    hname = hold_name_of(pname)
     if not ipr.link_lookup(ifname=pname):
         ipr.link("add", ifname=pname, kind="veth", mtu=mtu, peer={"ifname": hname, "mtu": mtu})
     p_idx, h_idx = ipr.link_lookup(ifname=pname)[0], ipr.link_lookup(ifname=hname)[0]
