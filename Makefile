@@ -25,8 +25,10 @@ OUT    := out
 # iproute2: ip/bridge for independent checks in tests; util-linux: nsenter, used by the product
 # to run commands in lab namespaces; iputils-ping and tcpdump: for poking at a running lab;
 # frr: zebra + bgpd (in /usr/lib/frr, not on PATH: vtysh shows the package is there) for the FRR
-# BGP-EVPN baseline control plane (src/roamnet/evpn.py), only ever started inside lab namespaces.
-DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump frr:vtysh
+# BGP-EVPN baseline control plane (src/roamnet/evpn.py), only ever started inside lab namespaces;
+# nftables: libnftables1 (pulled in by it) is what the agents program port filters with (src/roamnet/nft.py),
+# `nft` is for looking at them.
+DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump frr:vtysh nftables:nft
 
 # Under CI the lab tests must run: the lab conftest fails instead of skipping when it cannot.
 ifneq ($(filter true 1 yes on,$(shell printf '%s' '$(CI)' | tr A-Z a-z)),)

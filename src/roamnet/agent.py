@@ -24,8 +24,11 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from . import names, netns, vlan
 from .desired import compute_desired, is_trunk, trunk_attachment
+from .filters import FAMILY, TABLE, read_table
 from .mapping import PREPARED, MappingSystem, MoveRefused, Nve, Snapshot
-from .reconcile import STRUCTURAL, VXLAN_PORT, Actual, Change, VrfChange, apply_to, plan, plan_vrfs
+from .nft import Nft
+from .reconcile import (STRUCTURAL, VXLAN_PORT, Actual, Change, FilterChange, VrfChange, apply_to, plan,
+                        plan_filters, plan_vrfs)
 from .vrfs import PROTO, VrfKernel
 
 log = logging.getLogger(__name__)
@@ -168,6 +171,7 @@ class Kernel(KernelBase):
         self.ns, self.vtep = ns, vtep
         self.ipr = IPRoute(netns=ns)
         self.vrfs = VrfKernel(self.ipr, vtep, vrf_namespaces or {})
+        self.nft = Nft(ns)
         self._index: dict[str, int] = {}  # device name -> ifindex
         self._port_index: dict[str, int] = {}  # bridge port (iface_id, trunk attachment) -> ifindex
         self._bridge_dev: dict[tuple[int, str], int] = {}  # (vni, mac) -> device of its static entry
@@ -175,6 +179,7 @@ class Kernel(KernelBase):
 
     def close(self) -> None:
         self.vrfs.close()
+        self.nft.close()
         self.ipr.close()
 
     # ---- read ----------------------------------------------------------------------------------
@@ -207,6 +212,9 @@ class Kernel(KernelBase):
                 port_index[att] = vp.index
                 act.ports[att] = bridges.get(vp.master) if vp.complete else None
         act.orphans = set(vm.orphans)
+        dev_names = {idx: name for name, idx in index.items()}
+        act.devices = {iface: dev_names[idx] for iface, idx in vm.bridge_port.items() if idx in dev_names}
+        act.table = read_table(self.nft.list_table(FAMILY, TABLE))
         port_names = {idx: att for att, idx in port_index.items()}
         act.segments = set(bridges.values()) & set(vxlans.values())
         bridge_dev: dict[tuple[int, str], int] = {}
@@ -252,11 +260,14 @@ class Kernel(KernelBase):
             raise LookupError(f"{self.ns}: no port for {att}")
         return self._port_index[att]
 
-    def _apply_one(self, ch: Change | VrfChange) -> None:
+    def _apply_one(self, ch: Change | VrfChange | FilterChange) -> None:
         if isinstance(ch, VrfChange):
             self.vrfs.apply(ch)
         else:
             super()._apply_one(ch)
+
+    def _set_filters(self, ch: FilterChange) -> None:
+        self.nft.run(list(ch.commands))  # one transaction
 
     def _add_segment(self, ch: Change) -> None:
         br, vx = ensure_segment(self.ipr, ch.vni, self.vtep)
@@ -395,7 +406,9 @@ class Agent:
         registering them; converged must mean forwarding)."""
         want = compute_desired(snap, self.nve.name)
         waiting = any(not is_trunk(a) and a not in actual.ports for a in want.attachments)
-        return self._hold_prunes(plan(want, actual)) + plan_vrfs(want.vrfs, actual.vrfs), not waiting
+        # filters first: a VM port is attached to its bridge only in a pass that has given it its filter
+        return (plan_filters(want, actual) + self._hold_prunes(plan(want, actual))
+                + plan_vrfs(want.vrfs, actual.vrfs)), not waiting
 
     # ---- one pass ------------------------------------------------------------------------------
     def _claim_arrivals(self, snap: Snapshot, ports: list[str]) -> bool:

@@ -22,7 +22,12 @@ arrived by VXLAN is never sent on by VXLAN.
 ARP suppression (the EVPN way, RFC 7432 §10): every NVE has, on each segment's bridge, a neighbour
 entry per VM IP of the segment from the mapping, and `neigh_suppress` on the VXLAN port; the bridge
 answers a request for a remote VM itself and never floods a request for a known IP to VXLAN (a local
-VM answers for itself). Requests for IPs the mapping does not know still flood.
+VM answers for itself). Requests for IPs the mapping does not know still flood, unless the CUG
+says otherwise (`arp_flood`: the NVE then drops ARP requests heading for VXLAN).
+
+Port filters (policy.py, filters.py): every VM port hosted here gets its filter (port security and
+the policy) as soon as the port is in the desired state, so a prepared move's destination has it
+before the VM can run there, and the source drops it when the port goes.
 
 A ToR is the NVE of the servers of its L2 domain (draft §3.1): a VM there is reached through the
 VLAN port of the server's trunk for the domain VLAN of the VM's CUG (the "attachment"
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 
 from .mapping import TOR, Snapshot
 from .model import ROUTER_MAC_PREFIX
+from .policy import PortFilter, port_filter
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,10 @@ class NveDesired:
     attachments: dict[str, int] = field(default_factory=dict)  # bridge port -> VNI of its bridge
     arp: dict[tuple[int, str], str] = field(default_factory=dict)  # (VNI, IP) -> MAC: every VM IP of
     #   the hosted segments, as neighbour entries of the segment's bridge (ARP suppression, below)
+    filters: dict[str, PortFilter] = field(default_factory=dict)  # iface_id -> its port's filter
+    #   (port security and policy, policy.py), for every VM port on this NVE: a prepared move's
+    #   destination port has it before the VM can be activated there
+    arp_flood: dict[int, bool] = field(default_factory=dict)  # hosted VNI -> ARP for unknown IPs floods
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +95,9 @@ class NveDesired:
             "replicated": [{"vni": v, "mac": m} for v, m in sorted(self.replicated)],
             "dual": [{"vni": v, "mac": m} for v, m in sorted(self.dual)],
             "vrfs": {t: v.to_json() for t, v in sorted(self.vrfs.items())},
+            "filters": {k: {"mac": f.mac, "ips": list(f.ips), "out": len(f.out), "in": len(f.inbound)}
+                        for k, f in sorted(self.filters.items())},
+            "arp_flood": {str(v): f for v, f in sorted(self.arp_flood.items())},
         }
 
 
@@ -131,8 +144,12 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
     hosts = [(b.vni, b.vtep) for b in snap.bindings.values()] + [(m.vni, m.dst_vtep) for m in prepared]
     flood = {vni: frozenset(t for v, t in hosts if v == vni and t != me.vtep) for vni in segments}
     arp = {(b.vni, ip): b.mac for b in snap.bindings.values() if b.vni in segments for ip in b.ips}
+    filters = {p.iface_id: port_filter(snap.policy, snap.segments, p.iface_id, p.vni, p.mac,
+                                       snap.ports[p.iface_id].ips if p.iface_id in snap.ports else ())
+               for p in local.values() if p.attachment == p.iface_id}  # a VM port here (not via a trunk)
+    arp_flood = {vni: snap.segments[vni].flood_unknown_arp if vni in snap.segments else True for vni in segments}
     return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),
-                      compute_vrfs(snap, nve, segments), attachments, arp)
+                      compute_vrfs(snap, nve, segments), attachments, arp, filters, arp_flood)
 
 
 # ---- routing: distributed anycast gateway and symmetric IRB (RFC 9135) --------------------------

@@ -36,6 +36,7 @@ from .desired import compute_desired
 from .labplan import UNDERLAY_MTU, LabPlan, Node, build_plan, check_addresses, nic_ns
 from .mapping import ACTIVATED, Binding, Domain, LogicalPort, MappingSystem, MoveRefused, Nve, Segment, Snapshot, Tenant
 from .model import Topology
+from .policy import resolve as resolve_policy
 from .store import MemoryStore, Store
 
 if TYPE_CHECKING:
@@ -284,7 +285,9 @@ class Lab:
             self.mapping.register_tenant(Tenant(t, spec.l3vni, self.topo.anycast_gateway_mac))
         for cug, spec in self.topo.cugs.items():
             gw = f"{spec.gateway}/{spec.subnet.prefixlen}" if spec.gateway is not None else ""
-            self.mapping.register_segment(Segment(spec.vni, cug, str(spec.subnet), gw, spec.tenant or ""))
+            self.mapping.register_segment(Segment(spec.vni, cug, str(spec.subnet), gw, spec.tenant or "",
+                                                  spec.flood_unknown_arp))
+        self.mapping.register_policy(resolve_policy(self.topo))  # before any VM: ports start filtered
         for dom in self.topo.tors().values():
             self.mapping.register_domain(Domain(dom.name, dom.dc, dom.tor, tuple(dom.servers), *dom.vlans))
         for node in self._agent_nodes():

@@ -7,6 +7,8 @@ Keys in the store (values are JSON):
   /migrations/<iface_id>       -> Migration: a make-before-break move in progress (prepared | activated)
   /tenants/<name>              -> Tenant: a VRF of CUGs, its L3 VNI and the fabric's anycast gateway MAC
   /cugs/<vni>                  -> Segment: a CUG's subnet, and its gateway and tenant when it is routed
+  /policy                      -> PolicySet: the intent's rules resolved to prefixes, and each tenant's
+                                  default (policy.py); one key: a policy change is one atomic write
   /domains/<name>              -> Domain: a non-trivial L2 physical domain (servers behind a ToR NVE)
   /vlans/<domain>              -> {vni: VLAN-ID}: the domain's VLAN allocation (one key: allocating
                                   is one compare-and-swap, so two CUGs can never get one VLAN)
@@ -36,12 +38,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 
+from .policy import PolicySet
 from .store import CasConflict, Store
 
 log = logging.getLogger(__name__)
 
 NVES, PORTS, BINDINGS, MIGRATIONS = "/nves/", "/ports/", "/bindings/", "/migrations/"
 TENANTS, SEGMENTS, DOMAINS, VLANS = "/tenants/", "/cugs/", "/domains/", "/vlans/"
+POLICY = "/policy"
 SERVER, BORDER, TOR = "server", "border", "tor"
 PREPARED, ACTIVATED = "prepared", "activated"
 
@@ -89,6 +93,7 @@ class Segment:
     subnet: str
     gateway: str = ""
     tenant: str = ""
+    flood_unknown_arp: bool = True  # ARP requests for IPs the mapping does not know go to other NVEs
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,7 @@ class Snapshot:
     segments: dict[int, Segment] = field(default_factory=dict)  # vni -> segment
     domains: dict[str, Domain] = field(default_factory=dict)  # non-trivial L2 domains
     vlans: dict[str, dict[int, int]] = field(default_factory=dict)  # domain -> {vni: VLAN-ID}
+    policy: PolicySet = field(default_factory=PolicySet)
 
     def serving(self, node: str) -> str:
         """The NVE that serves `node`: its ToR for a server behind one, else the node itself."""
@@ -256,6 +262,7 @@ class Snapshot:
             "segments": [asdict(g) for _, g in sorted(self.segments.items())],
             "domains": [asdict(d) for _, d in sorted(self.domains.items())],
             "vlans": {d: {str(v): vl for v, vl in sorted(a.items())} for d, a in sorted(self.vlans.items())},
+            "policy": self.policy.to_json(),
         }
 
 
@@ -287,6 +294,9 @@ class MappingSystem:
     def register_domain(self, domain: Domain) -> None:
         self.store.put(DOMAINS + domain.name, _dump(domain))
 
+    def register_policy(self, policy: PolicySet) -> None:
+        self.store.put(POLICY, json.dumps(policy.to_json(), sort_keys=True))
+
     def snapshot(self) -> Snapshot:
         """The mapping now. Snapshots are immutable by convention: one decoded snapshot per store
         revision is shared by all agents in the process (32 agents decoding the same store after
@@ -308,7 +318,11 @@ class MappingSystem:
                  (MIGRATIONS, Migration, migrations, lambda o: o.iface_id),
                  (TENANTS, Tenant, tenants, lambda o: o.name), (SEGMENTS, Segment, segments, lambda o: o.vni),
                  (DOMAINS, Domain, domains, lambda o: o.name))
+        policy = PolicySet()
         for kv in items:
+            if kv.key == POLICY:
+                policy = PolicySet.from_json(json.loads(kv.value))
+                continue
             if kv.key.startswith(VLANS):
                 vlans[kv.key[len(VLANS):]] = _load_vlans(kv.value)
                 continue
@@ -317,7 +331,7 @@ class MappingSystem:
                     obj = _load(cls, kv.value)
                     into[key(obj)] = obj
                     break
-        return Snapshot(rev, nves, ports, bindings, migrations, tenants, segments, domains, vlans)
+        return Snapshot(rev, nves, ports, bindings, migrations, tenants, segments, domains, vlans, policy)
 
     def advertise(self, proposed: Binding, retries: int = 20) -> Binding:
         """Apply an advertisement with the mobility rules; returns the binding that holds after it."""

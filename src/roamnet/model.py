@@ -1,5 +1,10 @@
 """The intent model: a lab's data centers, servers, closed user groups (CUGs), VMs,
-tenants (routing domains of CUGs with an anycast gateway) and WAN clients.
+tenants (routing domains of CUGs with an anycast gateway), WAN clients and policies (ordered
+allow/deny rules between CUGs, VMs and prefixes).
+
+Addresses are unique per scope: the scope of a routed CUG is its tenant, an L2-only CUG is a
+scope of its own. Two tenants may thus reuse a subnet and its IPs (unless the lab has WAN
+clients: the WAN has one routing table, so routed CUGs of all tenants need distinct subnets).
 
 A data center's servers are grouped in L2 physical domains (draft §3.1). A server listed
 directly under `servers:` is a trivial domain of its own (the NVE is in the server). A domain
@@ -19,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -49,6 +54,9 @@ MAC_RE = r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"  # accepted input; stored as
 VLAN_MAX = 4094  # 0 and 4095 are reserved by 802.1Q
 DEFAULT_VLANS = (2, VLAN_MAX)  # a ToR domain's range when `vlans:` is omitted (VLAN 1 is often the native one)
 VLAN_RANGE_RE = r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$"  # "lo-hi" (or one ID); stored as "lo-hi"
+PORT_MAX = 65535
+PREFIX_RE = r"^\d{1,3}(\.\d{1,3}){3}(/\d{1,2})?$"  # a policy prefix: "a.b.c.d/len" (a bare address is a /32)
+ENDPOINT_KINDS = ("cug", "vm", "prefix", "any")  # a policy endpoint gives exactly one of these
 
 Problem = tuple[str, str]  # (YAML path, reason)
 
@@ -136,6 +144,29 @@ def parse_vlan_range(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def _port(port: int) -> int:
+    if not 1 <= port <= PORT_MAX:
+        raise ValueError(f"port {port} is outside 1..{PORT_MAX}")
+    return port
+
+
+def _prefix(value: Any) -> IPv4Network:
+    """Parse a policy prefix strictly: "a.b.c.d/len" without host bits (a bare address is a /32)."""
+    if isinstance(value, IPv4Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f'a prefix must be a string "address/length" like 198.19.1.0/24, got {type(value).__name__}')
+    try:
+        return IPv4Network(value.strip())
+    except ValueError:
+        pass
+    try:
+        loose = IPv4Network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f'malformed IPv4 prefix {value!r} (expected "address/length" like 198.19.1.0/24)') from None
+    raise ValueError(f"{value.strip()} has host bits set (did you mean {loose}?)")
+
+
 def _tenant_subnet(net: IPv4Network) -> IPv4Network:
     if not net.subnet_of(TENANT_RANGE):
         raise ValueError(
@@ -168,6 +199,9 @@ VlanRange = Annotated[str, BeforeValidator(_vlan_range), WithJsonSchema({"anyOf"
     {"type": "string", "pattern": VLAN_RANGE_RE},
     {"type": "integer", "minimum": 1, "maximum": VLAN_MAX},
 ]})]
+Port = Annotated[int, Strict(), AfterValidator(_port),
+                WithJsonSchema({"type": "integer", "minimum": 1, "maximum": PORT_MAX})]
+Prefix = Annotated[IPv4Network, BeforeValidator(_prefix), WithJsonSchema({"type": "string", "pattern": PREFIX_RE})]
 TenantSubnet = Annotated[IPv4Network, AfterValidator(_tenant_subnet)]
 WanClientIp = Annotated[IPv4Address, AfterValidator(_wan_client_ip)]
 
@@ -230,15 +264,22 @@ class Tenant(Model):
     """A routing domain: its CUGs are routed to each other (symmetric IRB over `l3vni`)."""
 
     l3vni: Vni
+    default_policy: Literal["allow", "deny"] = Field(default="allow", description=(
+        "what crosses CUGs of this tenant when no policy rule matches; inside one CUG traffic is "
+        "allowed unless a rule says otherwise"))
 
 
 class Cug(Model):
-    """An L2 segment; with a `gateway` and a `tenant` it is also routed (distributed anycast gateway)."""
+    """An L2 segment; with a `gateway` and a `tenant` it is also routed (distributed anycast gateway).
+    A routed CUG's addresses are unique in its tenant; an L2-only CUG is an address scope of its own."""
 
     vni: Vni
     subnet: TenantSubnet
     gateway: IPv4Address | None = None
     tenant: NodeName | None = None
+    flood_unknown_arp: bool = Field(default=True, description=(
+        "whether ARP requests for IPs the mapping does not know are flooded to the other NVEs of the "
+        "segment; requests for known IPs are always answered locally"))
 
 
 class VmInterface(Model):
@@ -271,6 +312,56 @@ class Wan(Model):
     clients: dict[NodeName, WanClient] = Field(default_factory=dict)
 
 
+class Endpoint(Model):
+    """One side of a policy rule: exactly one of `cug`, `vm`, `prefix`, `any`."""
+
+    cug: NodeName | None = Field(default=None, description="every VM interface in this CUG")
+    vm: NodeName | None = Field(default=None, description="every interface of this VM")
+    prefix: Prefix | None = Field(default=None, description=(
+        'addresses in this IPv4 prefix, "address/length" without host bits (a bare address is a /32)'))
+    any: Literal[True] | None = Field(default=None, description="`any: true`: every address")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise ValueError("an endpoint is a mapping with exactly one of cug, vm, prefix, any "
+                             f"(like {{cug: web}} or {{any: true}}), got {data!r}")
+        if data.get("any") is False:
+            raise ValueError("`any: false` matches nothing: write `any: true`, or give cug, vm or prefix instead")
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Endpoint:
+        given = self.kinds()
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(ENDPOINT_KINDS)} "
+                             f"(got {', '.join(given) if given else 'none'})")
+        return self
+
+    def kinds(self) -> list[str]:
+        """Which of cug, vm, prefix, any this endpoint gives (exactly one once validated)."""
+        return [k for k in ENDPOINT_KINDS if getattr(self, k) is not None]
+
+
+class Policy(Model):
+    """One rule: traffic `from` one endpoint `to` another (one direction), matching `proto` and
+    `ports` (destination ports), is allowed or denied. Rules are tried in order; the first match wins."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)  # Policy(from_=...) in code, `from:` in YAML
+
+    name: NodeName = Field(description="name of the rule, unique among policies")
+    from_: Endpoint = Field(alias="from", description="source: exactly one of cug, vm, prefix, any")
+    to: Endpoint = Field(description="destination: exactly one of cug, vm, prefix, any")
+    proto: Literal["tcp", "udp", "icmp", "any"] = Field(default="any", description="protocol the rule matches")
+    ports: list[Port] = Field(default_factory=list, description=(
+        "destination ports (1..65535), only with proto tcp or udp; empty: every port"))
+    action: Literal["allow", "deny"] = Field(description="what happens to matching traffic")
+    tenant: NodeName | None = Field(default=None, description=(
+        "tenant the rule applies in, for a rule whose endpoints are only prefix/any (omit: the tenant "
+        "of its cug/vm endpoints); a cug or vm endpoint must be in it"))
+
+
 class Topology(Model):
     """A lab: data centers of servers, CUGs (L2 segments), VMs attached to CUGs, tenants
     routing CUGs to each other, and WAN clients."""
@@ -282,6 +373,9 @@ class Topology(Model):
     cugs: dict[NodeName, Cug] = Field(default_factory=dict)
     vms: dict[NodeName, Vm] = Field(default_factory=dict)
     wan: Wan | None = None
+    policies: list[Policy] = Field(default_factory=list, description=(
+        "policy rules, in order: the first rule matching a packet decides; without a match a tenant's "
+        "default_policy applies between its CUGs, and traffic inside one CUG is allowed"))
 
     def server_dc(self) -> dict[str, str]:
         """Server name -> data center name, for all servers: data center by data center, the ones
@@ -322,17 +416,21 @@ class Topology(Model):
             groups.setdefault(itf.mac, []).append(i)
         return [tuple(g) for g in groups.values()]
 
-    def owner_of_ip(self, ip: IPv4Address | str) -> tuple[str, int | None] | None:
-        """(VM name, interface index) or (WAN client name, None) having address `ip`, or None."""
+    def owners_of_ip(self, ip: IPv4Address | str) -> list[tuple[str, int | None]]:
+        """Every (VM name, interface index) and (WAN client name, None) having address `ip`, VMs
+        first, in file order (empty if nobody has it or `ip` is no address). Addresses are unique
+        per scope (see `scope_of`), so VMs of several tenants may share one."""
         try:
             addr = IPv4Address(ip)
         except ValueError:
-            return None
-        for name, vm in self.vms.items():
-            for i, itf in enumerate(vm.interfaces):
-                if itf.ip == addr:
-                    return name, i
-        return next(((name, None) for name, c in self.wan_clients().items() if c.ip == addr), None)
+            return []
+        owners: list[tuple[str, int | None]] = [
+            (name, i) for name, vm in self.vms.items() for i, itf in enumerate(vm.interfaces) if itf.ip == addr]
+        return owners + [(name, None) for name, c in self.wan_clients().items() if c.ip == addr]
+
+    def owner_of_ip(self, ip: IPv4Address | str) -> tuple[str, int | None] | None:
+        """The first of `owners_of_ip(ip)`, or None."""
+        return next(iter(self.owners_of_ip(ip)), None)
 
     def border_of(self, dc: str) -> str:
         """Node name of `dc`'s border router (explicit, or f"{dc}br")."""
@@ -350,6 +448,12 @@ class Topology(Model):
     def tenant_of(self, cug: str) -> str | None:
         """Tenant of `cug` (KeyError if unknown), or None for an L2-only CUG."""
         return self.cugs[cug].tenant
+
+    def scope_of(self, cug: str) -> str:
+        """Address scope of `cug` (KeyError if unknown): its tenant's name for a routed CUG,
+        "cug:<name>" for an L2-only CUG (a scope of its own)."""
+        tenant = self.cugs[cug].tenant
+        return tenant if tenant is not None else f"cug:{cug}"
 
     def routed_interface(self, vm: str) -> tuple[int, VmInterface] | None:
         """(index, interface) of `vm`'s first interface in a routed CUG (one with a tenant), or None."""
@@ -428,13 +532,22 @@ def _check_topology(t: Topology) -> list[Problem]:
 
     vnis: dict[int, str] = {}
     subnets: dict[str, IPv4Network] = {}
+    one_table = bool(t.wan_clients())  # the WAN routes all tenants' subnets in one table
     for name, cug in t.cugs.items():
         if cug.vni in vnis:
             problems.append((f"cugs.{name}.vni", f"VNI {cug.vni} is already used by CUG {vnis[cug.vni]}"))
         vnis.setdefault(cug.vni, name)
         for other, net in subnets.items():
-            if cug.subnet.overlaps(net):
-                problems.append((f"cugs.{name}.subnet", f"{cug.subnet} overlaps {net} of CUG {other}"))
+            if not cug.subnet.overlaps(net):
+                continue
+            other_tenant = t.cugs[other].tenant
+            if cug.tenant is not None and cug.tenant == other_tenant:
+                problems.append((f"cugs.{name}.subnet", f"{cug.subnet} overlaps {net} of CUG {other} (CUGs of "
+                                 f"one tenant, here {cug.tenant}, need distinct subnets)"))
+            elif one_table and cug.tenant is not None and other_tenant is not None:
+                problems.append((f"cugs.{name}.subnet", f"{cug.subnet} overlaps {net} of CUG {other} (tenant "
+                                 f"{other_tenant}): the WAN has one routing table, so tenants that reach the WAN "
+                                 "need distinct subnets"))
         subnets[name] = cug.subnet
         if cug.tenant is not None and cug.tenant not in t.tenants:
             problems.append((f"cugs.{name}.tenant", f"unknown tenant {cug.tenant!r}"))
@@ -452,7 +565,7 @@ def _check_topology(t: Topology) -> list[Problem]:
             problems.append((f"cugs.{name}.gateway", f"{gw} is the {kind} address of subnet {net}"))
 
     macs: dict[str, tuple[str, str]] = {}  # MAC -> (VM, path where it was first used)
-    ips: dict[IPv4Address, str] = {}
+    ips: dict[tuple[str, IPv4Address], str] = {}  # (address scope, IP) -> path where it was first used
     for name, vm in t.vms.items():
         node(name, f"vms.{name}", "VM")
         if vm.server not in servers:
@@ -471,9 +584,13 @@ def _check_topology(t: Topology) -> list[Problem]:
                 problems.append((f"{path}.mac", f"MACs {RESERVED_MAC_PREFIX}:xx:xx:xx are reserved for "
                                  "roamnet's gateway and router MACs"))
             macs.setdefault(iface.mac, (name, f"{path}.mac"))
-            if iface.ip in ips:
-                problems.append((f"{path}.ip", f"duplicate IP {iface.ip} (also at {ips[iface.ip]})"))
-            ips.setdefault(iface.ip, f"{path}.ip")
+            if iface.cug in t.cugs:  # (an unknown CUG is reported below)
+                key = (t.scope_of(iface.cug), iface.ip)
+                if key in ips:
+                    problems.append((f"{path}.ip", f"duplicate IP {iface.ip} in {_scope_text(key[0])} "
+                                     f"(also at {ips[key]}; addresses are unique per tenant, and per "
+                                     "L2-only CUG)"))
+                ips.setdefault(key, f"{path}.ip")
             cug = t.cugs.get(iface.cug)
             if cug is None:
                 problems.append((f"{path}.cug", f"unknown CUG {iface.cug!r}"))
@@ -500,6 +617,66 @@ def _check_topology(t: Topology) -> list[Problem]:
         client_ips.setdefault(client.ip, f"{path}.ip")
     problems += _check_domain_names(t, nodes)
     problems += _check_vlan_capacity(t)
+    problems += _check_policies(t)
+    return problems
+
+
+def _scope_text(scope: str) -> str:
+    """An address scope (see `Topology.scope_of`) in words: "tenant t1" or "CUG lan (L2-only)"."""
+    return f"CUG {scope[4:]} (L2-only)" if scope.startswith("cug:") else f"tenant {scope}"
+
+
+def _scopes_text(scopes: Iterable[str]) -> str:
+    """Several scopes in words: "tenant t1", "tenants t1 and t2", "tenant t1 and CUG lan (L2-only)"."""
+    ordered = sorted(scopes)
+    tenants = [s for s in ordered if not s.startswith("cug:")]
+    words = ([f"tenant{'s' if len(tenants) > 1 else ''} {' and '.join(tenants)}"] if tenants else [])
+    words += [_scope_text(s) for s in ordered if s.startswith("cug:")]
+    return " and ".join(words)
+
+
+def _check_policies(t: Topology) -> list[Problem]:
+    """Policies name known CUGs and VMs, give ports only for tcp/udp, have unique names, and
+    both endpoints (and `tenant:`) share an address scope: different tenants never reach each other."""
+    problems: list[Problem] = []
+    names: dict[str, int] = {}  # policy name -> first index using it
+
+    def scopes(end: Endpoint, path: str) -> set[str] | None:
+        """Scopes `end` is in (None: any scope, a prefix or any); reports an unknown CUG or VM (empty set)."""
+        if end.cug is not None:
+            if end.cug not in t.cugs:
+                problems.append((f"{path}.cug", f"unknown CUG {end.cug!r}"))
+                return set()
+            return {t.scope_of(end.cug)}
+        if end.vm is not None:
+            vm = t.vms.get(end.vm)
+            if vm is None:
+                problems.append((f"{path}.vm", f"unknown VM {end.vm!r}"))
+                return set()
+            return {t.scope_of(i.cug) for i in vm.interfaces if i.cug in t.cugs}
+        return None
+
+    for i, pol in enumerate(t.policies):
+        path = f"policies[{i}]"
+        if pol.name in names:
+            problems.append((f"{path}.name", f"duplicate policy name {pol.name!r} (also policies[{names[pol.name]}])"))
+        names.setdefault(pol.name, i)
+        if pol.ports and pol.proto not in ("tcp", "udp"):
+            problems.append((f"{path}.ports", f"ports need proto tcp or udp (proto is {pol.proto}): "
+                             "set `proto:` or remove `ports:`"))
+        src, dst = scopes(pol.from_, f"{path}.from"), scopes(pol.to, f"{path}.to")
+        if pol.tenant is not None and pol.tenant not in t.tenants:
+            problems.append((f"{path}.tenant", f"unknown tenant {pol.tenant!r}"))
+        elif pol.tenant is not None:
+            for side, end, sc in (("from", pol.from_, src), ("to", pol.to, dst)):
+                if sc and pol.tenant not in sc:
+                    what = f"CUG {end.cug}" if end.cug is not None else f"VM {end.vm}"
+                    problems.append((f"{path}.tenant", f"{side} ({what}) is in {_scopes_text(sc)}, not in tenant "
+                                     f"{pol.tenant}: a rule applies in one tenant; fix `tenant:` or the endpoint"))
+        if src and dst and not src & dst:
+            l2 = " (an L2-only CUG is a scope of its own)" if any(s.startswith("cug:") for s in src | dst) else ""
+            problems.append((path, f"from is in {_scopes_text(src)}, to in {_scopes_text(dst)}: different "
+                             f"tenants never reach each other{l2}; fix an endpoint or remove the rule"))
     return problems
 
 
@@ -622,6 +799,8 @@ def _reason(e: Any) -> str:
         return "required field is missing"
     if kind == "extra_forbidden":
         return "unknown key"
+    if kind == "literal_error":
+        return f"unknown value {value!r}: must be {e['ctx']['expected']}"
     if kind == "string_pattern_mismatch":
         hint = " (node names become parts of Linux interface names)" if e["ctx"]["pattern"] == NODE_NAME_RE else ""
         return f"invalid name {value!r}: must match {e['ctx']['pattern']}{hint}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .desired import NveDesired, VrfDesired, is_trunk
+from .filters import Table, desired_table, plan_table
 
 VXLAN_PORT = "vx"  # a bridge entry that points at the segment's VXLAN device
 
@@ -25,6 +26,9 @@ class Actual:
     remote_macs: dict[tuple[int, str], set[str]] = field(default_factory=dict)  # (vni, mac) -> VTEPs
     flood: dict[int, set[str]] = field(default_factory=dict)  # vni -> VTEPs
     vrfs: dict[str, VrfActual] = field(default_factory=dict)  # tenant -> what its namespace holds of ours
+    devices: dict[str, str] = field(default_factory=dict)  # iface_id -> device of its bridge port (VM
+    #   ports that exist here)
+    table: Table = field(default_factory=lambda: Table(base_ok=False))  # our nftables table
 
 
 @dataclass
@@ -111,6 +115,32 @@ def plan(want: NveDesired, have: Actual) -> list[Change]:
 
 
 @dataclass(frozen=True)
+class FilterChange:
+    """One nftables transaction that makes the table `want` (filters.py): all of it or nothing."""
+
+    commands: tuple
+    want: Table
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    op: str = "set-filters"
+
+    def __str__(self) -> str:
+        return " ".join([self.op, *("+" + c for c in self.added), *("-" + c for c in self.removed)])
+
+
+def plan_filters(want: NveDesired, have: Actual) -> list[FilterChange]:
+    """The filters of the VM ports that exist here (a port is attached to its bridge only in a pass
+    that has put its filter first) and the ARP guards of the hosted segments."""
+    table = desired_table({i: (have.devices[i], f) for i, f in want.filters.items() if i in have.devices},
+                          want.arp_flood)
+    cmds = plan_table(table, have.table)
+    if not cmds:
+        return []
+    return [FilterChange(tuple(cmds), table, tuple(sorted(set(table.chains) - set(have.table.chains))),
+                         tuple(sorted(set(have.table.chains) - set(table.chains))))]
+
+
+@dataclass(frozen=True)
 class VrfChange:
     op: str  # add-l3vni | add-irb | set-rmac | set-route | set-neighbor
     #          del-route | del-neighbor | del-rmac | del-irb | del-l3vni
@@ -163,13 +193,16 @@ STRUCTURAL = frozenset({"add-segment", "del-segment", "attach-port",  # change d
                         "add-l3vni", "del-l3vni", "add-irb", "del-irb"})
 
 
-def apply_to(have: Actual, changes: list[Change | VrfChange]) -> Actual:
+def apply_to(have: Actual, changes: list[Change | VrfChange | FilterChange]) -> Actual:
     """What the kernel holds after `changes` succeeded: the agent's cache between kernel reads, and
     a model of the kernel for tests. (A removed bridge also detaches its ports: after a structural
     change the agent reads the kernel again rather than trusting this.)"""
     for c in changes:
         if isinstance(c, VrfChange):
             _apply_vrf(have.vrfs.setdefault(c.tenant, VrfActual()), c)
+            continue
+        if isinstance(c, FilterChange):
+            have.table = Table({n: [] for n in c.want.chains}, dict(c.want.ingress), dict(c.want.egress))
             continue
         key = (c.vni, c.mac)
         if c.op == "add-segment":

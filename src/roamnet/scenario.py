@@ -52,13 +52,16 @@ class Stream(Model):
     def target(self, topology: Topology) -> tuple[str, int | None]:
         """(node, interface index) that `to:` names: a VM or WAN client named as such (index None),
         or the owner of the IP address `to:` is (index None for a WAN client).
-        Raises ValueError for an IP address nobody in `topology` has."""
+        Raises ValueError for an IP address nobody in `topology` has, or several have (addresses
+        are unique per tenant only, so VMs of two tenants may share one)."""
         if not _is_ip(self.to):
             return self.to, None
-        owner = topology.owner_of_ip(self.to)
-        if owner is None:
+        owners = topology.owners_of_ip(self.to)
+        if not owners:
             raise ValueError(f"unknown IP address {self.to}: no VM interface nor WAN client has it")
-        return owner
+        if len(owners) > 1:
+            raise ValueError(_ambiguous(topology, self.to, owners))
+        return owners[0]
 
     def receiver(self, topology: Topology) -> str:
         """Name of the receiving VM or WAN client (`to:` may be an IP address of it)."""
@@ -111,6 +114,29 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _ambiguous(topology: Topology, ip: str, owners: list[tuple[str, int | None]]) -> str:
+    """Why `to: <ip>` names no single receiver: e.g. "ambiguous: vm1 and vm7 have 198.19.1.10
+    (tenants t1 and t2); name the VM instead"."""
+    vms = [name for name, _ in owners]
+    shared = len(set(vms)) < len(vms)  # one VM has it on several interfaces (in several scopes)
+    who = [f"{name} interfaces[{i}]" if shared and i is not None else name for name, i in owners]
+    tenants: list[str | None] = []
+    scopes: list[str] = []
+    for name, i in owners:
+        cug = topology.vms[name].interfaces[i].cug if i is not None else None
+        tenant = topology.tenant_of(cug) if cug is not None else None
+        tenants.append(tenant)
+        scopes.append("the WAN" if cug is None else f"tenant {tenant}" if tenant else f"CUG {cug} (L2-only)")
+    if all(tenants):
+        scopes = [f"tenants {tenants[0]}", *(str(t) for t in tenants[1:])]
+    return f"ambiguous: {_and(who)} have {ip} ({_and(scopes)}); name the VM instead"
+
+
+def _and(words: list[str]) -> str:
+    """Join words: "a", "a and b", "a, b and c"."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" and {words[-1]}"
 
 
 def _wan_facing_ip(topology: Topology, client: str, vm: str, index: int | None) -> IPv4Address:

@@ -221,7 +221,12 @@ def test_subnet_outside_tenant_range(tmp_path: Path, subnet: str) -> None:
 
 
 def test_overlapping_subnets(tmp_path: Path) -> None:
-    err = refused(tmp_path, lambda d: d["cugs"]["db"].update(subnet="198.19.1.128/25"))
+    def edit(d: dict[str, Any]) -> None:  # subnets only need to be distinct within one tenant
+        d["tenants"] = {"t1": {"l3vni": 50001}}
+        d["cugs"]["web"].update(gateway="198.19.1.1", tenant="t1")
+        d["cugs"]["db"].update(subnet="198.19.1.128/25", gateway="198.19.1.129", tenant="t1")
+
+    err = refused(tmp_path, edit)
     assert_problem(err, "cugs.db.subnet", "198.19.1.128/25 overlaps 198.19.1.0/24 of CUG web")
 
 
@@ -383,7 +388,8 @@ def test_json_schema() -> None:
     schema = topology_json_schema()
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["title"] == "roamnet topology"
-    assert set(schema["properties"]) == {"name", "datacenters", "tenants", "anycast_gateway_mac", "cugs", "vms", "wan"}
+    assert set(schema["properties"]) == {"name", "datacenters", "tenants", "anycast_gateway_mac", "cugs", "vms", "wan",
+                                        "policies"}
     assert set(schema["required"]) == {"name", "datacenters"}
     assert schema["additionalProperties"] is False
     assert {"VmInterface", "Tenant", "Wan", "WanClient"} <= set(schema["$defs"])

@@ -214,7 +214,7 @@ def test_json_schema_has_the_new_keys() -> None:
     assert {"tenants", "anycast_gateway_mac", "wan"} <= set(schema["properties"])
     assert schema["properties"]["anycast_gateway_mac"]["default"] == DEFAULT_ANYCAST_MAC
     defs = schema["$defs"]
-    assert set(defs["Tenant"]["properties"]) == {"l3vni"} and defs["Tenant"]["required"] == ["l3vni"]
+    assert set(defs["Tenant"]["properties"]) == {"l3vni", "default_policy"} and defs["Tenant"]["required"] == ["l3vni"]
     assert {"gateway", "tenant"} <= set(defs["Cug"]["properties"])
     assert set(defs["Cug"]["required"]) == {"vni", "subnet"}
     assert set(defs["Wan"]["properties"]) == {"clients"}
