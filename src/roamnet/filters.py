@@ -36,6 +36,9 @@ PROBE_SENDER = "0.0.0.0"  # an ARP probe's sender IP (RFC 5227)
 SPOOF_MAC, SPOOF_IP, SPOOF_ARP, NOT_IPV4 = "spoof-mac", "spoof-ip", "spoof-arp", "not-ipv4"
 ARP_REQUEST, ARP_TO_VXLAN, ARP_FROM_VXLAN, ARP_UNKNOWN_DROPPED = (
     "arp-request", "arp-to-vxlan", "arp-from-vxlan", "arp-unknown-dropped")
+POLICY_DENY = "policy-deny"
+TOTALS = (SPOOF_MAC, SPOOF_IP, SPOOF_ARP, NOT_IPV4, ARP_REQUEST, ARP_TO_VXLAN, ARP_FROM_VXLAN,
+          ARP_UNKNOWN_DROPPED, POLICY_DENY)  # the table's named counters: per NVE, they outlive chains
 DENY_PREFIX = "deny:"
 
 
@@ -69,6 +72,11 @@ def _rule(expr: list, comment: str = "") -> dict:
     return {"expr": expr, **({"comment": comment} if comment else {})}
 
 
+def _count(total: str) -> list[dict]:
+    """This rule's own counter (per port, gone with its chain) and the NVE's named total."""
+    return [{"counter": None}, {"counter": total}]
+
+
 def _clause(c: Clause, outbound: bool) -> dict:
     expr: list = []
     if c.peer is not None:
@@ -81,7 +89,7 @@ def _clause(c: Clause, outbound: bool) -> dict:
         expr.append(_match({"&": [_field("tcp", "flags"), {"|": ["syn", "ack"]}]}, "syn", "!="))
     if c.action == ALLOW:
         return _rule(expr + [{"accept": None}])
-    return _rule(expr + [{"counter": None}, {"drop": None}], DENY_PREFIX + (c.rule or "default"))
+    return _rule(expr + _count(POLICY_DENY) + [{"drop": None}], DENY_PREFIX + (c.rule or "default"))
 
 
 def render_out(f: PortFilter) -> list[dict]:
@@ -89,19 +97,18 @@ def render_out(f: PortFilter) -> list[dict]:
     policy."""
     arp = _match(_field("ether", "type"), "arp")
     ips = sorted(f.ips)
+    drop = [{"drop": None}]
     rules = [
-        _rule([_match(_field("ether", "saddr"), f.mac, "!="), {"counter": None}, {"drop": None}], SPOOF_MAC),
-        _rule([arp, _match(_field("arp", "saddr ether"), f.mac, "!="), {"counter": None}, {"drop": None}],
-              SPOOF_ARP),
-        _rule([arp, _match(_field("arp", "saddr ip"), _one_or_set(ips + [PROBE_SENDER]), "!="),
-               {"counter": None}, {"drop": None}], SPOOF_ARP),
-        _rule([arp, _match(_field("arp", "operation"), "request"), {"counter": None}, {"accept": None}],
+        _rule([_match(_field("ether", "saddr"), f.mac, "!=")] + _count(SPOOF_MAC) + drop, SPOOF_MAC),
+        _rule([arp, _match(_field("arp", "saddr ether"), f.mac, "!=")] + _count(SPOOF_ARP) + drop, SPOOF_ARP),
+        _rule([arp, _match(_field("arp", "saddr ip"), _one_or_set(ips + [PROBE_SENDER]), "!=")]
+              + _count(SPOOF_ARP) + drop, SPOOF_ARP),
+        _rule([arp, _match(_field("arp", "operation"), "request")] + _count(ARP_REQUEST) + [{"accept": None}],
               ARP_REQUEST),
         _rule([arp, {"accept": None}]),
         _rule([_match(_field("ether", "type"), ETH_P_RARP), {"accept": None}]),  # QEMU's announce
-        _rule([_match(_field("ether", "type"), "ip", "!="), {"counter": None}, {"drop": None}], NOT_IPV4),
-        _rule([_match(_field("ip", "saddr"), _one_or_set(ips), "!="), {"counter": None}, {"drop": None}],
-              SPOOF_IP),
+        _rule([_match(_field("ether", "type"), "ip", "!=")] + _count(NOT_IPV4) + drop, NOT_IPV4),
+        _rule([_match(_field("ip", "saddr"), _one_or_set(ips), "!=")] + _count(SPOOF_IP) + drop, SPOOF_IP),
         _rule([_match(_meta("l4proto"), "icmp"), _match(_field("icmp", "type"), {"set": list(ICMP_ALWAYS)}),
                {"accept": None}]),
     ]
@@ -122,11 +129,11 @@ def render_in(f: PortFilter) -> list[dict]:
 def render_vxlan(flood_unknown: bool) -> tuple[list[dict], list[dict]]:
     """(from VXLAN, to VXLAN) rules of a segment's VXLAN device."""
     arp = _match(_field("ether", "type"), "arp")
-    vx_in = [_rule([arp, {"counter": None}], ARP_FROM_VXLAN)]
+    vx_in = [_rule([arp] + _count(ARP_FROM_VXLAN), ARP_FROM_VXLAN)]
     vx_out = [] if flood_unknown else [
-        _rule([arp, _match(_field("arp", "operation"), "request"), {"counter": None}, {"drop": None}],
-              ARP_UNKNOWN_DROPPED)]
-    vx_out.append(_rule([arp, {"counter": None}], ARP_TO_VXLAN))
+        _rule([arp, _match(_field("arp", "operation"), "request")] + _count(ARP_UNKNOWN_DROPPED)
+              + [{"drop": None}], ARP_UNKNOWN_DROPPED)]
+    vx_out.append(_rule([arp] + _count(ARP_TO_VXLAN), ARP_TO_VXLAN))
     return vx_in, vx_out
 
 
@@ -147,6 +154,7 @@ class Table:
     base_ok: bool = True  # (actual) the base chains and maps exist, each base chain dispatching
     counters: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # (actual) chain ->
     #   [(comment, packets)] of its counting rules
+    totals: dict[str, int] = field(default_factory=dict)  # (actual) named counter -> packets
 
     def summary(self) -> dict:
         return {"chains": sorted(self.chains), "ingress": dict(sorted(self.ingress.items())),
@@ -182,6 +190,8 @@ def read_table(listing: dict | None) -> Table:
             if c["name"] in BASE:
                 continue
             t.chains[c["name"]] = []
+        elif "counter" in item:
+            t.totals[item["counter"]["name"]] = item["counter"].get("packets", 0)
         elif "map" in item:
             m = item["map"]
             maps.add(m["name"])
@@ -195,11 +205,11 @@ def read_table(listing: dict | None) -> Table:
             if r["chain"] in BASE and any("vmap" in e and e["vmap"].get("data") == "@" + BASE[r["chain"]]
                                           for e in r.get("expr", [])):
                 hooked.add(r["chain"])
-            packets = next((e["counter"]["packets"] for e in r.get("expr", [])
+            packets = next((e["counter"].get("packets", 0) for e in r.get("expr", [])
                             if isinstance(e.get("counter"), dict)), None)
             if packets is not None and r.get("comment"):
                 t.counters.setdefault(r["chain"], []).append((r["comment"], packets))
-    t.base_ok = hooked == set(BASE) and {INGRESS, EGRESS} <= maps
+    t.base_ok = hooked == set(BASE) and {INGRESS, EGRESS} <= maps and set(TOTALS) <= set(t.totals)
     return t
 
 
@@ -219,6 +229,7 @@ def plan_table(want: Table, have: Table) -> list[dict]:
         cmds.append({"add": {"table": {"family": FAMILY, "name": TABLE}}})
         for m in (INGRESS, EGRESS):
             cmds.append({"add": _obj("map", name=m, type="ifname", map="verdict")})
+        cmds.extend({"add": _obj("counter", name=c)} for c in TOTALS)
         for hook, m in BASE.items():
             cmds.append({"add": _obj("chain", name=hook, type="filter", hook=hook, prio=PRIORITY, policy="accept")})
             cmds.append({"flush": _obj("chain", name=hook)})
@@ -237,13 +248,9 @@ def plan_table(want: Table, have: Table) -> list[dict]:
 
 
 def counters(t: Table) -> dict[str, int]:
-    """Packets per counter kind over the whole table (deny rules summed as "policy-deny")."""
-    out: dict[str, int] = {}
-    for rules in t.counters.values():
-        for comment, packets in rules:
-            kind = "policy-deny" if comment.startswith(DENY_PREFIX) else comment
-            out[kind] = out.get(kind, 0) + packets
-    return out
+    """The NVE's totals per counter kind (named counters: a port's chain being replaced or moving
+    away does not take its counts with it)."""
+    return {k: t.totals.get(k, 0) for k in TOTALS}
 
 
 def port_counters(t: Table, iface_id: str) -> dict[str, int]:

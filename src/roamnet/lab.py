@@ -36,6 +36,8 @@ from .desired import compute_desired
 from .labplan import UNDERLAY_MTU, LabPlan, Node, build_plan, check_addresses, nic_ns
 from .mapping import ACTIVATED, Binding, Domain, LogicalPort, MappingSystem, MoveRefused, Nve, Segment, Snapshot, Tenant
 from .model import Topology
+from .filters import FAMILY, TABLE, Table, counters, read_table
+from .nft import Nft
 from .policy import resolve as resolve_policy
 from .store import MemoryStore, Store
 
@@ -657,9 +659,27 @@ class Lab:
             c["out"] += stats["tx_packets"]
         return out
 
+    # ---- port filters --------------------------------------------------------------------------
+    def filter_tables(self) -> dict[str, Table]:
+        """Each NVE's nftables table as it is now (filters.Table; counters included)."""
+        out: dict[str, Table] = {}
+        for node in self._nves():
+            nft = Nft(node.ns)
+            try:
+                out[node.name] = read_table(nft.list_table(FAMILY, TABLE))
+            finally:
+                nft.close()
+        return out
+
+    def filter_counters(self) -> dict[str, dict[str, int]]:
+        """Per NVE: packets its filters counted by kind (ARP requests answered here, ARP frames to and
+        from VXLAN, unknown-IP requests dropped, spoofing drops, policy denies; filters.TOTALS)."""
+        return {name: counters(t) for name, t in self.filter_tables().items()}
+
     # ---- inspect -------------------------------------------------------------------------------
     def inspect(self) -> dict:
         snap = self.mapping.snapshot()
+        tables = self.filter_tables()
         nodes = []
         for name, node in self.plan.nodes.items():
             row = {"name": name, "kind": node.kind, "namespace": node.ns, "dc": node.dc}
@@ -692,6 +712,8 @@ class Lab:
                                            "default_via": v.routes.get(("main", "0.0.0.0/0"))}
                                        for t, v in want.vrfs.items()}
                     row["agent"] = _agent_row(a)
+                    row["filters"] = {"ports": sorted(want.filters),
+                                      "counters": counters(tables[name]) if name in tables else {}}
             if node.kind == "vm":
                 row["server"] = self.location[name]
                 row["dc"] = self.plan.nodes[self.location[name]].dc

@@ -129,12 +129,15 @@ class Report:
     migrations: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     paths: list[dict[str, Any]] = field(default_factory=list)  # paths.PathChange.to_json() per stream and move
+    counters: dict[str, Any] = field(default_factory=dict)  # what the NVEs' filters counted during the
+    #   run: {"total": {kind: packets}, "by_nve": {nve: {kind: packets}}} (filters.TOTALS)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "streams": [s.to_json() for s in self.streams],
             "migrations": [dict(m) for m in self.migrations],
             "paths": [dict(p) for p in self.paths],
+            "counters": dict(self.counters),
             "meta": dict(self.meta),
         }
 
@@ -173,6 +176,8 @@ def render_table(report: Report, console: Any) -> None:
             str(s.lost), f"{s.loss_pct:.2f}", _fmt(s.max_gap_ms), surv,
         )  # fmt: skip
     console.print(st)
+    if report.counters.get("total"):
+        render_counters(report.counters, console)
 
     if not report.migrations:
         return
@@ -197,6 +202,27 @@ def render_table(report: Report, console: Any) -> None:
     console.print(mt)
     if report.paths:
         render_paths(report.paths, console)
+
+
+COUNTER_LABELS = {
+    "arp-request": "ARP requests from VMs", "arp-to-vxlan": "ARP frames to VXLAN",
+    "arp-from-vxlan": "ARP frames from VXLAN", "arp-unknown-dropped": "ARP requests for unknown IPs dropped",
+    "spoof-mac": "spoofed source MAC dropped", "spoof-ip": "spoofed source IP dropped",
+    "spoof-arp": "forged ARP dropped", "not-ipv4": "non-IPv4 dropped", "policy-deny": "denied by policy",
+}
+
+
+def render_counters(counted: dict[str, Any], console: Any) -> None:
+    """ARP and filter counters of the run, in total and per NVE."""
+    from rich.table import Table
+
+    nves = sorted(counted.get("by_nve", {}))
+    ct = Table(title="filters and ARP (packets during the run)")
+    for col in ("counter", "total", *nves):
+        ct.add_column(col, justify="left" if col == "counter" else "right")
+    for kind, total in counted["total"].items():
+        ct.add_row(COUNTER_LABELS.get(kind, kind), str(total), *(str(counted["by_nve"][n].get(kind, 0)) for n in nves))
+    console.print(ct)
 
 
 def render_paths(paths: list[dict[str, Any]], console: Any) -> None:

@@ -61,6 +61,16 @@ def final(p: Proc, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+def counter_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict:
+    """What the NVEs' filters counted during the run: per NVE and in total, by kind."""
+    by_nve = {nve: {k: v - before.get(nve, {}).get(k, 0) for k, v in c.items()} for nve, c in sorted(after.items())}
+    total: dict[str, int] = {}
+    for c in by_nve.values():
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    return {"total": total, "by_nve": by_nve}
+
+
 def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None) -> tuple[Report, float]:
     """Returns the report and t0 (the monotonic time streams started), for plotting."""
     topo = scn.topology
@@ -97,6 +107,7 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
             procs.append(Proc(st.name, "send", spawn(names.netns(topo.name, st.from_),
                                                      send_argv(st.proto, dst, port, st.rate, t0, scn.duration))))
         progress(f"running {len(scn.streams)} streams for {scn.duration:g} s")
+        counted_before = lab.filter_counters()
         migrations = []
         for step in sorted(scn.steps, key=lambda s: s.at):
             time.sleep(max(0.0, t0 + step.at - time.monotonic()))
@@ -118,7 +129,8 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
             paths = [p.to_json() for p in summarize_paths(observer.stop(), stream_vm, migrations, borders)]
         meta = {"lab": topo.name, "duration": scn.duration, "t0": t0,
                 "machine": f"{platform.node()} {platform.machine()} {platform.release()}"}
-        return Report(streams, migrations, meta, paths), t0
+        counted = counter_delta(counted_before, lab.filter_counters())
+        return Report(streams, migrations, meta, paths, counted), t0
     finally:
         if observer is not None:
             observer.stop()

@@ -4,7 +4,8 @@ table rendered from it and the diff that keeps it (pure parts; the lab runs them
 from __future__ import annotations
 
 from roamnet.desired import compute_desired
-from roamnet.filters import ARP_UNKNOWN_DROPPED, SPOOF_MAC, Table, desired_table, plan_table, read_table
+from roamnet.filters import (ARP_UNKNOWN_DROPPED, SPOOF_MAC, TOTALS, Table, counters, desired_table, plan_table,
+                             read_table)
 from roamnet.mapping import Binding, LogicalPort, MappingSystem, Nve, Segment
 from roamnet.policy import ALLOW, DENY, PolicySet, Rule, allowed, port_filter
 from roamnet.reconcile import Actual, FilterChange, apply_to, plan_filters
@@ -66,6 +67,7 @@ def table_for(iface: str = "vm1/0", dev: str = "tap-vm1-0", policy: PolicySet = 
 def as_listing(t: Table) -> dict:
     """What `nft -j list table` prints for a table made by plan_table (enough for read_table)."""
     items = [{"chain": {"name": n}} for n in ("prerouting", "forward", "output")]
+    items += [{"counter": {"name": c, "packets": 7}} for c in TOTALS]
     items += [{"map": {"name": m, "elem": [[d, {"jump": {"target": c}}] for d, c in elems.items()]}}
               for m, elems in (("ingress", t.ingress), ("egress", t.egress))]
     items += [{"rule": {"chain": h, "expr": [{"vmap": {"key": {}, "data": "@" + m}}]}}
@@ -73,7 +75,7 @@ def as_listing(t: Table) -> dict:
     for name, rules in t.chains.items():
         items.append({"chain": {"name": name}})
         for r in rules:
-            counted = [{"counter": {"packets": 3, "bytes": 1}} if "counter" in e else e for e in r["expr"]]
+            counted = [{"counter": {"packets": 3, "bytes": 1}} if e == {"counter": None} else e for e in r["expr"]]
             items.append({"rule": {"chain": name, "expr": counted, **({"comment": r["comment"]} if "comment" in r else {})}})
     return {"nftables": items}
 
@@ -114,6 +116,7 @@ def test_counters_and_unknown_arp_guard():
     have = read_table(as_listing(want))
     out = next(n for n in have.counters if n.startswith("out:"))
     assert (SPOOF_MAC, 3) in have.counters[out]
+    assert counters(have)[SPOOF_MAC] == 7  # the NVE's named total
 
 
 def mapping() -> MappingSystem:

@@ -103,7 +103,7 @@ def make_report() -> Report:
 def test_json_shape() -> None:
     d = make_report().to_json()
     json.dumps(d)  # serializable
-    assert set(d) == {"streams", "migrations", "paths", "meta"}
+    assert set(d) == {"streams", "migrations", "paths", "counters", "meta"}
     assert set(d["streams"][0]) == {"name", "proto", "from", "to", "rate", "sent", "received",
                                     "lost", "max_gap_ms", "survived"}  # fmt: skip
     assert d["streams"][0]["from"] == "vm1" and d["streams"][0]["lost"] == 60
@@ -131,3 +131,14 @@ def test_render_table() -> None:
     text = console.export_text()
     assert "s1" in text and "tcp-1" in text
     assert "hv3" in text and "converged_ms" in text
+
+
+def test_counter_delta_per_nve_and_total() -> None:
+    from roamnet.runner import counter_delta
+
+    before = {"hv1": {"arp-request": 5, "arp-to-vxlan": 1}, "hv2": {"arp-request": 0, "arp-to-vxlan": 0}}
+    after = {"hv1": {"arp-request": 9, "arp-to-vxlan": 1}, "hv2": {"arp-request": 3, "arp-to-vxlan": 0},
+             "hv3": {"arp-request": 2, "arp-to-vxlan": 0}}  # hv3 had no table before the run
+    d = counter_delta(before, after)
+    assert d["by_nve"]["hv1"] == {"arp-request": 4, "arp-to-vxlan": 0}
+    assert d["total"] == {"arp-request": 9, "arp-to-vxlan": 0}
