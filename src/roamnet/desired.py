@@ -144,8 +144,11 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
     hosts = [(b.vni, b.vtep) for b in snap.bindings.values()] + [(m.vni, m.dst_vtep) for m in prepared]
     flood = {vni: frozenset(t for v, t in hosts if v == vni and t != me.vtep) for vni in segments}
     arp = {(b.vni, ip): b.mac for b in snap.bindings.values() if b.vni in segments for ip in b.ips}
+    vm_ips: dict[str, tuple[str, ...]] = {}  # VM -> all its addresses (port security binds the VM's)
+    for lp in snap.ports.values():
+        vm_ips[lp.vm] = vm_ips.get(lp.vm, ()) + tuple(ip for ip in lp.ips if ip not in vm_ips.get(lp.vm, ()))
     filters = {p.iface_id: port_filter(snap.policy, snap.segments, p.iface_id, p.vni, p.mac,
-                                       snap.ports[p.iface_id].ips if p.iface_id in snap.ports else ())
+                                       vm_ips.get(snap.ports[p.iface_id].vm, ()) if p.iface_id in snap.ports else ())
                for p in local.values() if p.attachment == p.iface_id}  # a VM port here (not via a trunk)
     arp_flood = {vni: snap.segments[vni].flood_unknown_arp if vni in snap.segments else True for vni in segments}
     return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),

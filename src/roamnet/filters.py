@@ -79,6 +79,8 @@ def _count(total: str) -> list[dict]:
 
 def _clause(c: Clause, outbound: bool) -> dict:
     expr: list = []
+    if c.local is not None:
+        expr.append(_match(_field("ip", "saddr" if outbound else "daddr"), _prefixes(c.local)))
     if c.peer is not None:
         expr.append(_match(_field("ip", "daddr" if outbound else "saddr"), _prefixes(c.peer)))
     if c.proto != ANY_PROTO:

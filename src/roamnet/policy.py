@@ -132,6 +132,7 @@ class Clause:
     ports: tuple[int, ...] = ()
     reply: bool = False  # a reply of an allowed rule: `ports` are source ports, no bare TCP SYN
     rule: str = ""  # the rule it comes from ("" for the built-in ones)
+    local: tuple[str, ...] | None = None  # the VM's own addresses it is about (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -140,30 +141,42 @@ class PortFilter:
 
     iface_id: str
     mac: str
-    ips: tuple[str, ...]
+    ips: tuple[str, ...]  # every address of the VM (a multi-homed guest may answer on any interface
+    #                       with the address that was asked for)
     out: tuple[Clause, ...]  # from the VM, after port security
     inbound: tuple[Clause, ...]  # to the VM
 
 
-def _holds(prefixes: tuple[str, ...] | None, ips: tuple[str, ...]) -> bool:
+def _held(prefixes: tuple[str, ...] | None, ips: tuple[str, ...]) -> tuple[str, ...]:
+    """The addresses of `ips` inside `prefixes` (None: anything)."""
     if prefixes is None:
-        return True
+        return ips
     nets = [ipaddress.ip_network(p) for p in prefixes]
-    return any(ipaddress.ip_address(ip) in n for ip in ips for n in nets)
+    return tuple(ip for ip in ips if any(ipaddress.ip_address(ip) in n for n in nets))
 
 
-def _reply(r: Rule, peer: tuple[str, ...] | None) -> list[Clause]:
+def _holds(prefixes: tuple[str, ...] | None, ips: tuple[str, ...]) -> bool:
+    return bool(_held(prefixes, ips))
+
+
+def _local(prefixes: tuple[str, ...] | None, ips: tuple[str, ...]) -> tuple[str, ...] | None:
+    held = _held(prefixes, ips)
+    return None if held == ips else tuple(f"{ip}/32" for ip in held)
+
+
+def _reply(r: Rule, peer: tuple[str, ...] | None, local: tuple[str, ...] | None) -> list[Clause]:
     """Replies of allowed rule `r` coming back from `peer` (ICMP replies always pass)."""
     if r.action != ALLOW or r.proto == "icmp":
         return []
     protos = ("tcp", "udp") if r.proto == ANY_PROTO else (r.proto,)
     # a UDP reply is told from a new flow only by its source port: none without the rule's ports
-    return [Clause(ALLOW, peer, p, r.ports, True, r.name) for p in protos if p == "tcp" or r.ports]
+    return [Clause(ALLOW, peer, p, r.ports, True, r.name, local) for p in protos if p == "tcp" or r.ports]
 
 
 def port_filter(policy: PolicySet, segments: dict[int, Segment], iface_id: str, vni: int, mac: str,
                 ips: tuple[str, ...]) -> PortFilter:
-    """The filter of one VM port (interface `iface_id` in CUG `vni`). Pure."""
+    """The filter of one VM port (interface `iface_id` in CUG `vni`; `ips`: every address of its VM).
+    Pure."""
     seg = segments.get(vni)
     scope = scope_of(seg) if seg is not None else f"vni:{vni}"
     rules = [r for r in policy.rules if r.scopes is None or scope in r.scopes]
@@ -174,16 +187,18 @@ def port_filter(policy: PolicySet, segments: dict[int, Segment], iface_id: str, 
     out: list[Clause] = []
     for r in rules:  # replies to what this VM was allowed to receive
         if _holds(r.dst, ips):
-            out += _reply(r, r.src)
-    out += [Clause(r.action, r.dst, r.proto, r.ports, rule=r.name) for r in rules if _holds(r.src, ips)]
+            out += _reply(r, r.src, _local(r.dst, ips))
+    out += [Clause(r.action, r.dst, r.proto, r.ports, rule=r.name, local=_local(r.src, ips))
+            for r in rules if _holds(r.src, ips)]
     out.append(Clause(ALLOW, subnet, rule="same CUG"))
     out.append(Clause(default, rule="default"))
 
     inbound = [Clause(ALLOW, trusted, rule="scope")]  # judged at the sender's own port
     for r in rules:
         if _holds(r.src, ips):
-            inbound += _reply(r, r.dst)
-    inbound += [Clause(r.action, r.src, r.proto, r.ports, rule=r.name) for r in rules if _holds(r.dst, ips)]
+            inbound += _reply(r, r.dst, _local(r.src, ips))
+    inbound += [Clause(r.action, r.src, r.proto, r.ports, rule=r.name, local=_local(r.dst, ips))
+                for r in rules if _holds(r.dst, ips)]
     inbound.append(Clause(default, rule="default"))
     return PortFilter(iface_id, mac, tuple(ips), tuple(out), tuple(inbound))
 

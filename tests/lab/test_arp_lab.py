@@ -9,6 +9,8 @@ import time
 
 from conftest import Sniffer
 
+from roamnet.runner import counter_delta
+
 WEB = 10100
 
 
@@ -46,11 +48,15 @@ def test_known_ips_never_cross_vxlan(host, lab_name, make_topology, lab_namespac
 
         sniffers = capture()
         time.sleep(0.2)
+        before = lab.filter_counters()
         flush_and_ping_all()
         lab.migrate("vm1", "hv3")  # to the other data center: the answers follow nothing but the mapping
         flush_and_ping_all()
         seen = [f for s in sniffers for f in s.stop()]
         assert seen == [], [f.summary() for f in seen]
+        # the NVEs' counters say the same: requests from VMs, answered locally, none to or from VXLAN
+        counted = counter_delta(before, lab.filter_counters())["total"]
+        assert counted["arp-request"] >= 6 and counted["arp-to-vxlan"] == 0 and counted["arp-from-vxlan"] == 0, counted
 
         # control: the mapping knows no 198.19.1.99, so that request floods (and the captures see it)
         sniffers = capture()
@@ -59,3 +65,22 @@ def test_known_ips_never_cross_vxlan(host, lab_name, make_topology, lab_namespac
                  timeout=10, check=False)
         seen = [f for s in sniffers for f in s.stop()]
         assert seen and all(f["ARP"].pdst == "198.19.1.99" for f in seen), [f.summary() for f in seen]
+        assert sum(c["arp-to-vxlan"] for c in lab.filter_counters().values()) > 0
+
+
+def test_unknown_ips_do_not_flood_when_the_cug_says_so(host, lab_name, make_topology, lab_namespaces, lab_up):
+    t = make_topology(lab_name("t-arpknob"), datacenters={"dc1": ["hv1", "hv2"]},
+                      vms={"vm1": ("hv1", "web"), "vm2": ("hv2", "web")})
+    t["cugs"]["web"]["flood_unknown_arp"] = False
+    lab_namespaces(t)
+    with lab_up(t) as lab:
+        sniffers = [Sniffer(lab.plan.nodes[s].ns, f"vx{WEB}", arp_frames, seconds=30) for s in ("hv1", "hv2")]
+        time.sleep(0.2)
+        host.run(["ip", "netns", "exec", f"rn-{t['name']}-vm2", "ping", "-c", "2", "-W", "1", "198.19.1.99"],
+                 timeout=10, check=False)
+        out = host.run(["ip", "netns", "exec", f"rn-{t['name']}-vm2", "ping", "-n", "-q", "-c", "1", "-W", "1",
+                        "198.19.1.11"], timeout=10, check=False)
+        assert out.returncode == 0, out.stdout  # known IPs still resolve
+        seen = [f for s in sniffers for f in s.stop()]
+        assert seen == [], [f.summary() for f in seen]
+        assert lab.filter_counters()["hv2"]["arp-unknown-dropped"] >= 1

@@ -158,3 +158,18 @@ def test_filters_only_for_ports_that_exist_and_converge():
     (ch,) = plan_filters(want, have)
     assert sorted(c.split(":")[0] for c in ch.added) == ["in", "out"] and not ch.removed
     assert plan_filters(want, apply_to(have, [ch])) == []
+
+
+def test_multi_homed_vm_may_source_any_of_its_addresses_and_rules_keep_to_theirs():
+    # vm4 has web 198.19.1.14 and db 198.19.2.14; a reply to a db VM asking for .1.14 leaves by db
+    f = port_filter(POLICY, SEGMENTS, "vm4/1", DB, "02:00:00:02:00:14", ("198.19.2.14", "198.19.1.14"))
+    t = desired_table({"vm4/1": ("v20i7", f)}, {})
+    out = next(rules for name, rules in t.chains.items() if name.startswith("out:"))
+    spoof_ip = next(r for r in out if r.get("comment") == "spoof-ip")
+    assert spoof_ip["expr"][0]["match"]["right"] == {"set": ["198.19.1.14", "198.19.2.14"]}
+    web_to_db = next(c for c in f.out if c.rule == "web-to-db" and not c.reply)
+    assert web_to_db.local == ("198.19.1.14/32",)  # only packets from its web address meet that rule
+    dns = next(c for c in f.out if c.rule == "dns" and not c.reply)
+    reply = next(c for c in f.out if c.rule == "web-to-db" and c.reply)
+    assert reply.local == ("198.19.2.14/32",)  # db answers web from its db address
+    assert dns.local == ("198.19.2.14/32",)
