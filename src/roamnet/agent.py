@@ -142,6 +142,7 @@ class KernelBase:
     changes by name (`add-segment` -> `_add_segment`), collecting errors instead of stopping."""
 
     ns: str
+    nft: Nft
     _index: dict[str, int]
     _vm: VmPorts
 
@@ -152,6 +153,15 @@ class KernelBase:
 
     def _apply_one(self, ch) -> None:
         getattr(self, "_" + ch.op.replace("-", "_"))(ch)
+
+    def _set_filters(self, ch: FilterChange) -> None:
+        self.nft.run(list(ch.commands))  # one transaction
+
+    def _read_filters(self, act: Actual, links: list, vm: VmPorts) -> None:
+        """The VM ports' devices and our nftables table, into `act`."""
+        dev_names = {link["index"]: link.get("ifname") for link in links}
+        act.devices = {iface: dev_names[idx] for iface, idx in vm.bridge_port.items() if idx in dev_names}
+        act.table = read_table(self.nft.list_table(FAMILY, TABLE))
 
     def apply(self, changes: list) -> list[str]:
         """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
@@ -212,9 +222,7 @@ class Kernel(KernelBase):
                 port_index[att] = vp.index
                 act.ports[att] = bridges.get(vp.master) if vp.complete else None
         act.orphans = set(vm.orphans)
-        dev_names = {idx: name for name, idx in index.items()}
-        act.devices = {iface: dev_names[idx] for iface, idx in vm.bridge_port.items() if idx in dev_names}
-        act.table = read_table(self.nft.list_table(FAMILY, TABLE))
+        self._read_filters(act, links, vm)
         port_names = {idx: att for att, idx in port_index.items()}
         act.segments = set(bridges.values()) & set(vxlans.values())
         bridge_dev: dict[tuple[int, str], int] = {}
@@ -265,9 +273,6 @@ class Kernel(KernelBase):
             self.vrfs.apply(ch)
         else:
             super()._apply_one(ch)
-
-    def _set_filters(self, ch: FilterChange) -> None:
-        self.nft.run(list(ch.commands))  # one transaction
 
     def _add_segment(self, ch: Change) -> None:
         br, vx = ensure_segment(self.ipr, ch.vni, self.vtep)
@@ -407,7 +412,7 @@ class Agent:
         want = compute_desired(snap, self.nve.name)
         waiting = any(not is_trunk(a) and a not in actual.ports for a in want.attachments)
         # filters first: a VM port is attached to its bridge only in a pass that has given it its filter
-        return (plan_filters(want, actual) + self._hold_prunes(plan(want, actual))
+        return (plan_filters(want.filters, want.arp_flood, actual) + self._hold_prunes(plan(want, actual))
                 + plan_vrfs(want.vrfs, actual.vrfs)), not waiting
 
     # ---- one pass ------------------------------------------------------------------------------

@@ -144,15 +144,21 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
     hosts = [(b.vni, b.vtep) for b in snap.bindings.values()] + [(m.vni, m.dst_vtep) for m in prepared]
     flood = {vni: frozenset(t for v, t in hosts if v == vni and t != me.vtep) for vni in segments}
     arp = {(b.vni, ip): b.mac for b in snap.bindings.values() if b.vni in segments for ip in b.ips}
-    vm_ips: dict[str, tuple[str, ...]] = {}  # VM -> all its addresses (port security binds the VM's)
-    for lp in snap.ports.values():
-        vm_ips[lp.vm] = vm_ips.get(lp.vm, ()) + tuple(ip for ip in lp.ips if ip not in vm_ips.get(lp.vm, ()))
-    filters = {p.iface_id: port_filter(snap.policy, snap.segments, p.iface_id, p.vni, p.mac,
-                                       vm_ips.get(snap.ports[p.iface_id].vm, ()) if p.iface_id in snap.ports else ())
-               for p in local.values() if p.attachment == p.iface_id}  # a VM port here (not via a trunk)
+    filters = port_filters(snap, [p.iface_id for p in local.values() if p.attachment == p.iface_id])
+    #         (a VM port here, not one behind a trunk: that one's server filters it)
     arp_flood = {vni: snap.segments[vni].flood_unknown_arp if vni in snap.segments else True for vni in segments}
     return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),
                       compute_vrfs(snap, nve, segments), attachments, arp, filters, arp_flood)
+
+
+def port_filters(snap: Snapshot, ifaces: list[str]) -> dict[str, PortFilter]:
+    """The filters of the VM ports of `ifaces` (known to the mapping). Port security binds every
+    address of the VM, on each of its ports. Pure."""
+    vm_ips: dict[str, tuple[str, ...]] = {}
+    for lp in snap.ports.values():
+        vm_ips[lp.vm] = vm_ips.get(lp.vm, ()) + tuple(ip for ip in lp.ips if ip not in vm_ips.get(lp.vm, ()))
+    return {i: port_filter(snap.policy, snap.segments, i, snap.ports[i].vni, snap.ports[i].mac,
+                           vm_ips[snap.ports[i].vm]) for i in ifaces if i in snap.ports}
 
 
 # ---- routing: distributed anycast gateway and symmetric IRB (RFC 9135) --------------------------
@@ -189,6 +195,10 @@ class VrfDesired:
     neighbors: dict[str, tuple[int, str]] = field(default_factory=dict)  # local VM IP -> (VNI, MAC)
     routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, prefix) -> VTEP | BLACKHOLE
     rmacs: dict[str, str] = field(default_factory=dict)  # next-hop VTEP -> its router MAC
+    guard: frozenset[str] = frozenset()  # a border: the tenant's subnets, which no packet coming in
+    #   from the WAN may have as source (they are the tenant's own; ingress filtering, BCP 38): with
+    #   two tenants sharing addresses, one tenant's VMs would otherwise reach the other's through
+    #   the WAN as if they were its own VMs, which its VMs' filters trust
 
     def to_json(self) -> dict:
         return {
@@ -197,6 +207,7 @@ class VrfDesired:
             "neighbors": {ip: {"vni": v, "mac": m} for ip, (v, m) in sorted(self.neighbors.items())},
             "routes": [{"table": t, "prefix": p, "via": via or "blackhole"}
                        for (t, p), via in sorted(self.routes.items())],
+            "wan_source_guard": sorted(self.guard),
         }
 
 
@@ -228,6 +239,7 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str
         elif border_vtep is not None:
             routes[(MAIN, "0.0.0.0/0")] = border_vtep
         rmacs = {v: router_mac(v) for v in routes.values() if v != BLACKHOLE}
+        guard = frozenset(s.subnet for s in mine.values()) if is_border else frozenset()
         out[name] = VrfDesired(name, t.l3vni, router_mac(me.vtep), t.anycast_mac, is_border,
-                               gateways, neighbors, routes, rmacs)
+                               gateways, neighbors, routes, rmacs, guard)
     return out

@@ -661,9 +661,10 @@ class Lab:
 
     # ---- port filters --------------------------------------------------------------------------
     def filter_tables(self) -> dict[str, Table]:
-        """Each NVE's nftables table as it is now (filters.Table; counters included)."""
+        """Each NVE's (and hypervisor switch's) nftables table as it is now (filters.Table; counters
+        included)."""
         out: dict[str, Table] = {}
-        for node in self._nves():
+        for node in self._agent_nodes():
             nft = Nft(node.ns)
             try:
                 out[node.name] = read_table(nft.list_table(FAMILY, TABLE))
@@ -693,8 +694,11 @@ class Lab:
                 if a:
                     from .switch import compute_switch
 
-                    row["switch"] = compute_switch(snap, name).to_json()
+                    sw = compute_switch(snap, name)
+                    row["switch"] = sw.to_json()
                     row["agent"] = _agent_row(a)
+                    row["filters"] = {"ports": sorted(sw.filters),
+                                      "counters": counters(tables[name]) if name in tables else {}}
             elif node.is_nve and node.vtep:
                 row["vtep"] = node.vtep
                 if node.kind == "tor":

@@ -172,7 +172,7 @@ def _plan_tenants(topo: Topology, nodes: dict[str, Node], links: list[Link]) -> 
             if nve.kind == "border":
                 net = next(pairs)
                 wan_side, vrf_side = (f"{a}/31" for a in net)
-                links.append(Link(WAN_NODE, Iface(f"{nve.name}-t{j}", wan_side), vrf, Iface("wan", vrf_side)))
+                links.append(Link(WAN_NODE, Iface(f"{nve.name}-t{j}", wan_side), vrf, Iface(names.HANDOFF, vrf_side)))
 
 
 def check_addresses(plan: LabPlan) -> None:

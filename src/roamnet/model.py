@@ -42,6 +42,7 @@ from pydantic import (
 
 LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
 NODE_NAME_RE = r"^[a-z][a-z0-9_]{0,10}$"  # node names become parts of Linux interface names
+RULE_NAME_RE = r"^[a-z][a-z0-9_.-]{0,62}$"  # rule names appear in nftables rule comments (deny:<name>)
 RESERVED_NAMES = frozenset({"wan"})
 TENANT_RANGE = IPv4Network("198.19.0.0/16")  # RFC 2544; the underlay uses 198.18.0.0/16
 WAN_CLIENT_RANGE = IPv4Network("198.18.192.0/19")  # the only part of the underlay /16 left to WAN clients
@@ -189,6 +190,7 @@ def _wan_client_ip(ip: IPv4Address) -> IPv4Address:
 
 
 LabName = Annotated[str, StringConstraints(pattern=LAB_NAME_RE)]
+RuleName = Annotated[str, StringConstraints(pattern=RULE_NAME_RE)]
 NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME_RE), AfterValidator(_not_reserved)]
 Mac = Annotated[str, BeforeValidator(_mac), WithJsonSchema({"type": "string", "pattern": MAC_RE})]
 Vni = Annotated[int, Strict(), AfterValidator(_vni),
@@ -350,7 +352,7 @@ class Policy(Model):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)  # Policy(from_=...) in code, `from:` in YAML
 
-    name: NodeName = Field(description="name of the rule, unique among policies")
+    name: RuleName = Field(description="name of the rule, unique among policies")
     from_: Endpoint = Field(alias="from", description="source: exactly one of cug, vm, prefix, any")
     to: Endpoint = Field(description="destination: exactly one of cug, vm, prefix, any")
     proto: Literal["tcp", "udp", "icmp", "any"] = Field(default="any", description="protocol the rule matches")

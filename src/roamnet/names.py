@@ -9,6 +9,7 @@ GATEWAY_ALIAS = OWNER + ":gateway="  # a CUG's gateway port in its bridge (peer 
 IRB_ALIAS = OWNER + ":irb="  # the gateway interface in the tenant's namespace
 L3VNI_ALIAS = OWNER + ":l3vni="  # the tenant's L3 VNI device
 SWITCH_ALIAS = OWNER + ":hs="  # a hypervisor switch's bridge for one domain VLAN (server behind a ToR)
+HANDOFF = "wan"  # a border's interface to the WAN, in each tenant namespace (VRF-lite)
 TRUNK = "trunk"  # a server's 802.1Q trunk to its ToR (on the ToR, the trunk is named after the server)
 
 

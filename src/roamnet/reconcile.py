@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .desired import NveDesired, VrfDesired, is_trunk
 from .filters import Table, desired_table, plan_table
+from .policy import PortFilter
 
 VXLAN_PORT = "vx"  # a bridge entry that points at the segment's VXLAN device
 
@@ -40,6 +41,7 @@ class VrfActual:
     neighbors: dict[str, tuple[int, str]] = field(default_factory=dict)  # IP -> (VNI, MAC), static
     routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, prefix) -> VTEP | ""
     rmacs: dict[str, str] = field(default_factory=dict)  # VTEP -> router MAC (neighbor + FDB entry)
+    guard: set[str] = field(default_factory=set)  # subnets blackholed as sources from the WAN handoff
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,10 @@ class FilterChange:
         return " ".join([self.op, *("+" + c for c in self.added), *("-" + c for c in self.removed)])
 
 
-def plan_filters(want: NveDesired, have: Actual) -> list[FilterChange]:
+def plan_filters(filters: dict[str, PortFilter], arp_flood: dict[int, bool], have: Actual) -> list[FilterChange]:
     """The filters of the VM ports that exist here (a port is attached to its bridge only in a pass
     that has put its filter first) and the ARP guards of the hosted segments."""
-    table = desired_table({i: (have.devices[i], f) for i, f in want.filters.items() if i in have.devices},
-                          want.arp_flood)
+    table = desired_table({i: (have.devices[i], f) for i, f in filters.items() if i in have.devices}, arp_flood)
     cmds = plan_table(table, have.table)
     if not cmds:
         return []
@@ -142,8 +143,8 @@ def plan_filters(want: NveDesired, have: Actual) -> list[FilterChange]:
 
 @dataclass(frozen=True)
 class VrfChange:
-    op: str  # add-l3vni | add-irb | set-rmac | set-route | set-neighbor
-    #          del-route | del-neighbor | del-rmac | del-irb | del-l3vni
+    op: str  # add-l3vni | add-irb | set-guard | set-rmac | set-route | set-neighbor
+    #          del-route | del-neighbor | del-rmac | del-irb | del-l3vni | del-guard
     tenant: str
     key: str = ""  # VNI (irb), VTEP (rmac), "table prefix" (route), IP (neighbor)
     value: str = ""  # gateway, MAC, next-hop VTEP ("" blackhole), "vni mac"
@@ -163,6 +164,7 @@ def plan_vrfs(want: dict[str, VrfDesired], have: dict[str, VrfActual]) -> list[V
         for vni, gw in sorted(w.gateways.items()):
             if h.irbs.get(vni) != gw:
                 out.append(VrfChange("add-irb", name, str(vni), f"{gw} {w.anycast_mac}"))
+        out.extend(VrfChange("set-guard", name, net) for net in sorted(w.guard - h.guard))
         for vtep, mac in sorted(w.rmacs.items()):
             if h.rmacs.get(vtep) != mac:
                 out.append(VrfChange("set-rmac", name, vtep, mac))
@@ -175,6 +177,7 @@ def plan_vrfs(want: dict[str, VrfDesired], have: dict[str, VrfActual]) -> list[V
     for name, h in sorted(have.items()):
         w = want.get(name)
         if w is None:  # the whole VRF goes: its gateway interfaces, then the L3 VNI (and its entries)
+            out.extend(VrfChange("del-guard", name, net) for net in sorted(h.guard))
             out.extend(VrfChange("del-irb", name, str(vni)) for vni in sorted(h.irbs))
             if h.l3vni is not None:
                 out.append(VrfChange("del-l3vni", name, str(h.l3vni)))
@@ -185,6 +188,7 @@ def plan_vrfs(want: dict[str, VrfDesired], have: dict[str, VrfActual]) -> list[V
                 out.append(VrfChange("del-neighbor", name, ip, str(vni)))
         out.extend(VrfChange("del-rmac", name, v, h.rmacs[v]) for v in sorted(set(h.rmacs) - set(w.rmacs)))
         out.extend(VrfChange("del-irb", name, str(v)) for v in sorted(set(h.irbs) - set(w.gateways)))
+        out.extend(VrfChange("del-guard", name, net) for net in sorted(h.guard - w.guard))
     return out
 
 
@@ -262,5 +266,9 @@ def _apply_vrf(v: VrfActual, c: VrfChange) -> None:
         v.irbs[int(c.key)] = c.value.split(" ")[0]
     elif c.op == "del-irb":
         v.irbs.pop(int(c.key), None)
+    elif c.op == "set-guard":
+        v.guard.add(c.key)
+    elif c.op == "del-guard":
+        v.guard.discard(c.key)
     elif c.op == "del-l3vni":
         v.l3vni, v.routes, v.rmacs = None, {}, {}

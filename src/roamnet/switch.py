@@ -22,8 +22,11 @@ from pyroute2 import IPRoute
 
 from . import names, vlan
 from .agent import NTF_MASTER, NUD_NOARP, Agent, KernelBase, VmPorts, attach, read_vm_ports
+from .desired import port_filters
 from .mapping import Snapshot
-from .reconcile import Actual, Change
+from .nft import Nft
+from .policy import PortFilter
+from .reconcile import Actual, Change, plan_filters
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class SwitchDesired:
     vlans: frozenset[int] = frozenset()  # domain VLANs in use here: a bridge each, with the trunk's VLAN port
     ports: dict[str, tuple[int, int]] = field(default_factory=dict)  # iface_id -> (domain VLAN, guest VLAN)
     fdb: dict[tuple[int, str], str] = field(default_factory=dict)  # (VLAN, MAC) -> iface_id | TRUNK
+    filters: dict[str, PortFilter] = field(default_factory=dict)  # iface_id -> its VM port's filter: a
+    #   VM behind a ToR is filtered here, at its own port (the ToR sees only the trunk)
 
     def to_json(self) -> dict:
         return {"server": self.server, "vlans": sorted(self.vlans),
@@ -55,7 +60,7 @@ def compute_switch(snap: Snapshot, server: str) -> SwitchDesired:
         v = alloc.get(b.vni)
         if v in vlans and b.key not in moving:  # a prepared move here or away: no entry, both get it
             fdb[(v, b.mac)] = b.iface_id if b.nve == server else names.TRUNK
-    return SwitchDesired(server, vlans, ports, fdb)
+    return SwitchDesired(server, vlans, ports, fdb, port_filters(snap, list(ports)))
 
 
 @dataclass
@@ -90,6 +95,7 @@ class SwitchKernel(KernelBase):
     def __init__(self, ns: str):
         self.ns = ns
         self.ipr = IPRoute(netns=ns)
+        self.nft = Nft(ns)
         self._vm = VmPorts()
         self._index: dict[str, int] = {}
         self._dev: dict[tuple[int, str], int] = {}  # (VLAN, MAC) -> device of its static entry
@@ -97,6 +103,7 @@ class SwitchKernel(KernelBase):
         self._bridges: dict[int, int] = {}  # VLAN -> its bridge, as last read or made
 
     def close(self) -> None:
+        self.nft.close()
         self.ipr.close()
 
     def read(self) -> tuple[SwitchActual, list[str]]:
@@ -126,6 +133,7 @@ class SwitchKernel(KernelBase):
                 self._dev[key] = entry["ifindex"]
         self._vm = vm
         self._trunk_ports = {v: vp.index for (t, v), vp in vports.items() if t == names.TRUNK}
+        self._read_filters(act, links, vm)
         return act, list(vm.up)
 
     def _bridge(self, v: int) -> int:
@@ -179,4 +187,5 @@ class SwitchAgent(Agent):
 
     def _changes(self, snap: Snapshot, actual: Actual) -> tuple[list[Change], bool]:
         want = compute_switch(snap, self.nve.name)
-        return plan_switch(want, actual), all(i in actual.ports for i in want.ports)
+        # filters first: a VM port is attached only in a pass that has given it its filter
+        return plan_filters(want.filters, {}, actual) + plan_switch(want, actual), all(i in actual.ports for i in want.ports)

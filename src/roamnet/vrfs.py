@@ -19,6 +19,8 @@ no VRF devices). roamnet puts in it, and only ever reads or removes, these objec
   * permanent neighbour entries: a next-hop VTEP -> its router MAC on the L3 VNI device (with the
     FDB entry router MAC -> VTEP), and the local VMs' IP -> MAC on the gateway interfaces (from the
     mapping: the VRF never ARPs for them).
+  * on a border, a rule per tenant subnet (priority 90): a packet from the WAN handoff with a source
+    in the tenant's own subnets is dropped (blackhole), as a border does (ingress filtering).
 Routes of any other protocol (FRR's BGP routes on a border) are never touched.
 """
 
@@ -37,6 +39,8 @@ PROTO = 77  # route protocol of roamnet's routes (unassigned in iproute2's rt_pr
 TABLES = {MAIN: 254, TRANSIT: 100}
 TABLE_NAMES = {v: k for k, v in TABLES.items()}
 TRANSIT_RULE_PRIORITY = 100
+GUARD_RULE_PRIORITY = 90
+FR_ACT_BLACKHOLE = 6
 NUD_PERMANENT, NUD_NOARP = 0x80, 0x40
 NTF_SELF, NTF_MASTER = 0x02, 0x04
 RTNH_F_ONLINK = 0x4
@@ -93,8 +97,12 @@ class VrfKernel:
             self._irb[(tenant, vni)] = idx
             addrs = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx, family=socket.AF_INET)]
             v.irbs[vni] = addrs[0] if addrs and gateway_ports.get(vni) else ""
+        rules = ipr.get_rules(family=socket.AF_INET)
         v.transit_rule = any(r.get("FRA_TABLE") == TABLES[TRANSIT] and r.get("FRA_PRIORITY") == TRANSIT_RULE_PRIORITY
-                             for r in ipr.get_rules(family=socket.AF_INET))
+                             for r in rules)
+        v.guard = {f"{r.get('FRA_SRC')}/{r['src_len']}" for r in rules
+                   if r.get("FRA_PRIORITY") == GUARD_RULE_PRIORITY and r["action"] == FR_ACT_BLACKHOLE
+                   and r.get("FRA_IIFNAME") == names.HANDOFF and r.get("FRA_SRC")}
         for table, tid in TABLES.items():
             for r in ipr.get_routes(family=socket.AF_INET, table=tid):
                 if r["proto"] != PROTO:
@@ -141,6 +149,17 @@ class VrfKernel:
             except NetlinkError as exc:
                 if exc.code != 17:  # EEXIST
                     raise
+
+    def _guard_rule(self, op: str, ch: VrfChange) -> None:
+        addr, plen = ch.key.split("/")
+        self.ipr(ch.tenant).rule(op, priority=GUARD_RULE_PRIORITY, iifname=names.HANDOFF, src=addr,
+                                 src_len=int(plen), action=FR_ACT_BLACKHOLE, family=socket.AF_INET)
+
+    def _set_guard(self, ch: VrfChange) -> None:
+        self._guard_rule("add", ch)
+
+    def _del_guard(self, ch: VrfChange) -> None:
+        self._guard_rule("del", ch)
 
     def _del_l3vni(self, ch: VrfChange) -> None:
         ipr = self.ipr(ch.tenant)

@@ -148,6 +148,9 @@ def test_tor_reaches_its_servers_vms_through_trunk_vlan_ports():
     assert hv5.flood == {WEB: frozenset({TOR1})}  # one ToR, however many servers behind it
     sw = compute_switch(m.snapshot(), "hv1")
     assert sw.vlans == {100} and sw.ports == {"vm1/0": (100, 30)}  # guest tag 30 <-> domain VLAN 100
+    # a VM behind a ToR is filtered at its own port on its server; the ToR sees only trunks
+    assert set(sw.filters) == {"vm1/0"} and sw.filters["vm1/0"].mac == "02:00:00:00:00:01"
+    assert tor.filters == {} and set(hv5.filters) == {"vm5/0"}
 
 
 def test_plan_creates_trunk_ports_and_removes_unneeded_ones():

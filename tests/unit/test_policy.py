@@ -150,14 +150,14 @@ def test_filters_only_for_ports_that_exist_and_converge():
     m = mapping()
     want = compute_desired(m.snapshot(), "hv1")
     have = Actual(segments={WEB})
-    (ch,) = plan_filters(want, have)  # no port yet: only the segment's ARP guard
+    (ch,) = plan_filters(want.filters, want.arp_flood, have)  # no port yet: only the segment's ARP guard
     assert isinstance(ch, FilterChange) and not any(c.startswith("out:") for c in ch.added)
     have = apply_to(have, [ch])
-    assert plan_filters(want, have) == []
+    assert plan_filters(want.filters, want.arp_flood, have) == []
     have.devices["vm1/0"] = "tap-vm1-0"
-    (ch,) = plan_filters(want, have)
+    (ch,) = plan_filters(want.filters, want.arp_flood, have)
     assert sorted(c.split(":")[0] for c in ch.added) == ["in", "out"] and not ch.removed
-    assert plan_filters(want, apply_to(have, [ch])) == []
+    assert plan_filters(want.filters, want.arp_flood, apply_to(have, [ch])) == []
 
 
 def test_multi_homed_vm_may_source_any_of_its_addresses_and_rules_keep_to_theirs():

@@ -361,3 +361,11 @@ def test_stream_to_a_vm_by_name_or_unique_ip() -> None:
     assert s.streams[0].endpoints(s.topology) == (IPv4Address("198.19.1.28"), IPv4Address("198.19.1.10"), "web2")
     s = parse_scenario(scenario("198.19.2.20"))
     assert s.streams[0].target(s.topology) == ("vm2", 0)
+
+
+
+def test_rule_names_may_have_dashes_and_dots_but_not_spaces() -> None:
+    d = data()
+    add_policy(name="web-to-db.v2")(d)
+    assert parse_topology(d).policies[3].name == "web-to-db.v2"
+    assert_problem(refused(add_policy(name="web to db")), "policies[3].name", "invalid name")

@@ -133,3 +133,14 @@ def test_plan_repairs_a_detached_gateway_and_a_border_rule():
     have = apply_to(Actual(), plan_vrfs(want, {})).vrfs
     have["t1"].irbs[WEB] = ""  # the kernel read: its bridge port lost its bridge
     assert plan_ops(want, have) == ["add-irb t1 10100 198.19.1.1/24 " + ANYCAST]
+
+
+def test_border_guards_the_tenant_subnets_against_sources_from_the_wan():
+    want = compute_desired(snap(), "dc1br").vrfs
+    assert want["t1"].guard == {"198.19.1.0/24", "198.19.2.0/24"}
+    assert compute_desired(snap(), "hv1").vrfs["t1"].guard == frozenset()  # servers have no handoff
+    have = {"t1": VrfActual(guard={"198.19.9.0/24"})}
+    ops = plan_ops(want, have)
+    assert "set-guard t1 198.19.1.0/24" in ops and "del-guard t1 198.19.9.0/24" in ops
+    after = apply_to(Actual(vrfs=have), plan_vrfs(want, have)).vrfs
+    assert plan_vrfs(want, after) == []
