@@ -1,4 +1,5 @@
-"""Restarting an NVE agent finds the kernel already right: no changes, no lost packet."""
+"""Restarting an NVE agent finds the kernel already right: no changes (its port filters included, so
+there is no moment without them), no lost packet."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ def test_agent_restart_no_loss(host: Any, lab_name: Any, make_topology: Any, lab
     name = lab_name("t-restart")
     # vm2 on hv3 (dc2) sends to vm1 on hv1 (dc1): the stream crosses both restarted NVEs' VXLAN state
     topo = make_topology(name, vms={"vm1": ("hv1", "web"), "vm2": ("hv3", "web"), "vm3": ("hv2", "db")})
+    topo["policies"] = [{"name": "no-ssh", "from": {"any": True}, "to": {"vm": "vm1"}, "proto": "tcp",
+                         "ports": [22], "action": "deny"}]
     with lab_up(topo) as lab:
+        chains_before = {n: sorted(t.chains) for n, t in lab.filter_tables().items()}
+        assert any(c.startswith("out:vm1/0:") for c in chains_before["hv1"]), chains_before
         # warm up ARP both ways, so the measurement is about the agents only
         host.run(["ip", "netns", "exec", f"rn-{name}-vm2", "ping", "-c", "1", "-W", "2", addr.ip(topo, "vm1")])
         start_at = time.monotonic() + 1.5
@@ -27,6 +32,7 @@ def test_agent_restart_no_loss(host: Any, lab_name: Any, make_topology: Any, lab
             assert res["server"] == server
             assert res["changes_on_restart"] == [], f"agent on {server} changed state on restart: {res}"
         assert lab.wait_converged(5.0)
+        assert {n: sorted(t.chains) for n, t in lab.filter_tables().items()} == chains_before
 
         result = flow.finish()
         assert result.sent > 0.9 * 1000 * DURATION, result.to_json()
