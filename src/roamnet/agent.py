@@ -24,7 +24,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from . import names, netns, vlan
 from .desired import compute_desired, is_trunk, trunk_attachment
-from .filters import FAMILY, TABLE, read_table
+from .filters import read_table_briefly
 from .mapping import PREPARED, MappingSystem, MoveRefused, Nve, Snapshot
 from .nft import Nft
 from .reconcile import (STRUCTURAL, VXLAN_PORT, Actual, Change, FilterChange, VrfChange, apply_to, plan,
@@ -161,7 +161,7 @@ class KernelBase:
         """The VM ports' devices and our nftables table, into `act`."""
         dev_names = {link["index"]: link.get("ifname") for link in links}
         act.devices = {iface: dev_names[idx] for iface, idx in vm.bridge_port.items() if idx in dev_names}
-        act.table = read_table(self.nft.list_table(FAMILY, TABLE))
+        act.table = read_table_briefly(self.nft)
 
     def apply(self, changes: list) -> list[str]:
         """Apply changes in order; returns the errors (the next reconcile retries what failed)."""

@@ -82,15 +82,19 @@ class Nft:
         with self._lock:
             return self._run_in(self._ctx, json.dumps({"nftables": commands}))
 
-    def list_table(self, family: str, name: str) -> dict | None:
-        """`list table` as JSON, or None when there is no such table."""
+    def list(self, what: str, **obj) -> dict | None:
+        """`list <what>` (table, chains, map, chain, counters, ...) as JSON; None when it does not exist."""
         try:
-            out = self.run([{"list": {"table": {"family": family, "name": name}}}])
+            out = self.run([{"list": {what: obj}}])
         except NftError as exc:
             if "No such file or directory" in str(exc):
                 return None
             raise
         return json.loads(out) if out else None
+
+    def list_table(self, family: str, name: str) -> dict | None:
+        """`list table` as JSON (every rule, with counters), or None when there is no such table."""
+        return self.list("table", family=family, name=name)
 
     def close(self) -> None:
         with self._lock:

@@ -173,3 +173,27 @@ def test_multi_homed_vm_may_source_any_of_its_addresses_and_rules_keep_to_theirs
     reply = next(c for c in f.out if c.rule == "web-to-db" and c.reply)
     assert reply.local == ("198.19.2.14/32",)  # db answers web from its db address
     assert dns.local == ("198.19.2.14/32",)
+
+
+def test_brief_read_sees_chains_maps_and_base_without_port_rules():
+    from roamnet.filters import read_table_briefly
+
+    want = table_for()
+    full = as_listing(want)
+
+    class FakeNft:  # answers `list` from a full listing, as nft does (rules only for `list chain`)
+        def list(self, what, **obj):
+            items = full["nftables"]
+            if what == "chains":
+                return {"nftables": [i for i in items if "chain" in i]}
+            if what == "map":
+                return {"nftables": [i for i in items if i.get("map", {}).get("name") == obj["name"]]}
+            if what == "counters":
+                return {"nftables": [i for i in items if "counter" in i]}
+            if what == "chain":
+                return {"nftables": [i for i in items if i.get("rule", {}).get("chain") == obj["name"]]}
+            raise AssertionError(what)
+
+    brief = read_table_briefly(FakeNft())
+    assert brief.base_ok and brief.summary() == read_table(full).summary() and brief.counters == {}
+    assert plan_table(want, brief) == []
