@@ -5,7 +5,7 @@
 
 Runs as root in one namespace of its own (rn-bench-filters-<pid>), removed at the end; touches
 nothing else. For each table size N (VM ports already filtered), it times, K times each:
-  * read:  what the agent reads of its table on every kernel read (filters.read_table_briefly:
+  * read:  what the agent reads of its table at each resync (filters.read_table_briefly:
            chain names, maps, base chains, counters; the whole `list table` for comparison), against
            the baseline of the agent's link dump (pyroute2 get_links) in the same
            namespace with N + 8 links;

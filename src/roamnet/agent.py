@@ -24,7 +24,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from . import names, netns, vlan
 from .desired import compute_desired, is_trunk, trunk_attachment
-from .filters import read_table_briefly
+from .filters import Table, read_table_briefly
 from .mapping import PREPARED, MappingSystem, MoveRefused, Nve, Snapshot
 from .nft import Nft
 from .reconcile import (STRUCTURAL, VXLAN_PORT, Actual, Change, FilterChange, VrfChange, apply_to, plan,
@@ -145,6 +145,9 @@ class KernelBase:
     nft: Nft
     _index: dict[str, int]
     _vm: VmPorts
+    _table: Table | None = None  # our nftables table as last read or written; None: read it next time.
+    #   Only this agent writes it, so its own writes say what it holds: it is read again at the
+    #   periodic resync (`forget_filters`) and after a failed write, not on every link event
 
     def port_named(self, ifname: str) -> list[str]:
         """The VM interfaces whose port is device `ifname`, as last read (up or down)."""
@@ -155,13 +158,20 @@ class KernelBase:
         getattr(self, "_" + ch.op.replace("-", "_"))(ch)
 
     def _set_filters(self, ch: FilterChange) -> None:
+        self._table = None  # unknown until the transaction went through
         self.nft.run(list(ch.commands))  # one transaction
+        self._table = ch.result()
+
+    def forget_filters(self) -> None:
+        self._table = None
 
     def _read_filters(self, act: Actual, links: list, vm: VmPorts) -> None:
         """The VM ports' devices and our nftables table, into `act`."""
         dev_names = {link["index"]: link.get("ifname") for link in links}
         act.devices = {iface: dev_names[idx] for iface, idx in vm.bridge_port.items() if idx in dev_names}
-        act.table = read_table_briefly(self.nft)
+        if self._table is None:
+            self._table = read_table_briefly(self.nft)
+        act.table = self._table
 
     def apply(self, changes: list) -> list[str]:
         """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
@@ -508,7 +518,8 @@ class Agent:
     def _loop(self) -> None:
         while not self._stop.is_set():
             if not self._wake.wait(timeout=RESYNC_S):
-                self._kernel_dirty = True  # the periodic resync reads the kernel
+                self._kernel_dirty = True  # the periodic resync reads the kernel, filters included
+                self.kernel.forget_filters()
             self._wake.clear()
             if self._stop.is_set():
                 break

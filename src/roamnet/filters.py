@@ -270,12 +270,3 @@ def counters(t: Table) -> dict[str, int]:
     away does not take its counts with it)."""
     return {k: t.totals.get(k, 0) for k in TOTALS}
 
-
-def port_counters(t: Table, iface_id: str) -> dict[str, int]:
-    """Packets per rule comment in the chains of VM interface `iface_id`."""
-    out: dict[str, int] = {}
-    for chain, rules in t.counters.items():
-        if chain.split(":")[1:2] == [iface_id]:
-            for comment, packets in rules:
-                out[comment] = out.get(comment, 0) + packets
-    return out

@@ -665,11 +665,13 @@ class Lab:
         included)."""
         out: dict[str, Table] = {}
         for node in self._agent_nodes():
-            nft = Nft(node.ns)
+            agent = self.agents.get(node.name)
+            nft = agent.kernel.nft if agent is not None else Nft(node.ns)  # (no agents: another control plane)
             try:
                 out[node.name] = read_table(nft.list_table(FAMILY, TABLE))
             finally:
-                nft.close()
+                if agent is None:
+                    nft.close()
         return out
 
     def filter_counters(self) -> dict[str, dict[str, int]]:

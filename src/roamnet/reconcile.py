@@ -129,6 +129,10 @@ class FilterChange:
     def __str__(self) -> str:
         return " ".join([self.op, *("+" + c for c in self.added), *("-" + c for c in self.removed)])
 
+    def result(self) -> Table:
+        """The table once the transaction went through (chains by name, maps)."""
+        return Table({n: [] for n in self.want.chains}, dict(self.want.ingress), dict(self.want.egress))
+
 
 def plan_filters(filters: dict[str, PortFilter], arp_flood: dict[int, bool], have: Actual) -> list[FilterChange]:
     """The filters of the VM ports that exist here (a port is attached to its bridge only in a pass
@@ -206,7 +210,7 @@ def apply_to(have: Actual, changes: list[Change | VrfChange | FilterChange]) -> 
             _apply_vrf(have.vrfs.setdefault(c.tenant, VrfActual()), c)
             continue
         if isinstance(c, FilterChange):
-            have.table = Table({n: [] for n in c.want.chains}, dict(c.want.ingress), dict(c.want.egress))
+            have.table = c.result()
             continue
         key = (c.vni, c.mac)
         if c.op == "add-segment":
