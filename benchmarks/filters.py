@@ -28,11 +28,13 @@ import time
 
 from pyroute2 import IPRoute
 
-from roamnet import netns
-from roamnet.filters import FAMILY, TABLE, desired_table, plan_table, read_table, read_table_briefly
-from roamnet.nft import Nft
-from roamnet.policy import ALLOW, DENY, PolicySet, Rule, port_filter
-from roamnet.mapping import Segment
+from roamnet.dataplane import netns
+from roamnet.nve.filters import desired_table, FAMILY, plan_table, read_table, TABLE
+from roamnet.dataplane.nft import read_table_briefly
+from roamnet.dataplane.nft import Nft
+from roamnet.mapping.records import ALLOW, DENY, PolicySet, Rule
+from roamnet.nve.portfilter import port_filter
+from roamnet.mapping.records import Segment
 
 POLICY = PolicySet((
     Rule("web-to-db", ("t1",), ("198.19.1.0/24",), ("198.19.2.0/24",), "tcp", (5432,), ALLOW),

@@ -6,12 +6,12 @@
 
 Runs as root; builds its own namespace labs (one at a time, named bench-<pid>-<i>), never touches
 anything else. For each control plane in turn — roamnet with make-before-break ("prepared"),
-roamnet's learn-driven path ("learn"), FRR BGP-EVPN ("frr", when `roamnet.evpn` imports) — it brings
+roamnet's learn-driven path ("learn"), FRR BGP-EVPN ("frr") — it brings
 a lab up (dc1: hv1 hv2 hv3, dc2: hv4 hv5, one CUG), starts UDP streams to the mover vm1 (from p1 on
 hv3 at 1 kHz, p2 on hv5 at 10 kHz, p3 on hv1 at 1 kHz — p3 sits on the mover's source server on
 every outbound move), moves vm1 K times each way inside dc1 (hv1→hv2→hv1) and between the data
 centers (hv1→hv4→hv1), each with a pause of 0 and 100 ms, ~1.2 s apart, then tears the lab down.
-`roamnet.loss` says, per move and stream, how many packets were lost beyond the VM's own pause.
+`roamnet.experiments.loss` says, per move and stream, how many packets were lost beyond the VM's own pause.
 
 Writes <out>/migration.json (every per-move figure and the machine) and <out>/migration.png; prints
 the tables (or, with -f json, the JSON) on stdout and progress on stderr. Results are measured,
@@ -21,8 +21,6 @@ never adjusted: what is printed is what the kernel delivered.
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import math
 import os
@@ -35,14 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roamnet import names, netns
-from roamnet.daemon import cleanup, journal_namespaces, make_state_dir
-from roamnet.lab import Lab, LabError
-from roamnet.labplan import build_plan
-from roamnet.loss import MoveWindow, analyze_stream, send_time_estimates
-from roamnet.model import parse_topology
-from roamnet.runner import Proc, final, spawn, wait_ready
-from roamnet.traffic import recv_argv, send_argv
+from roamnet import names
+from roamnet.dataplane import netns
+from roamnet.baselines.evpn import FrrEvpn, kill_recorded
+from roamnet.lab.state import JOURNAL, cleanup, journal_namespaces, make_state_dir
+from roamnet.lab.engine import Lab, LabError
+from roamnet.lab.plan import build_plan
+from roamnet.experiments.loss import analyze_stream, MoveWindow, send_time_estimates
+from roamnet.intent.model import parse_topology
+from roamnet.experiments.runner import final, Proc, spawn, wait_ready
+from roamnet.experiments.traffic import recv_argv, send_argv
 
 # ---------------------------------------------------------------- configuration
 
@@ -57,7 +57,7 @@ TAIL_S = 1.5  # ... and after the last one returned; then the benchmark stops th
 START_DELAY_S = 1.0  # receivers and senders start this long after the lab is up (+0.2 s per stream)
 LINGER_S = 2.0
 MIGRATE_WAIT_S = 5.0  # a move not converged by then counts as a timeout
-SLACK_MS = 1.0  # see roamnet.loss
+SLACK_MS = 1.0  # see roamnet.experiments.loss
 BASE_PORT = 5001
 PLOT_WINDOW_MS = (-50.0, 250.0)
 
@@ -121,21 +121,6 @@ def pct(values: list[float], q: float) -> float | None:
     k = (len(xs) - 1) * q / 100
     lo, hi = math.floor(k), math.ceil(k)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-def lab_api() -> dict[str, bool]:
-    """What the installed Lab supports (the make-before-break API is landing alongside)."""
-    return {"control_plane": "control_plane" in inspect.signature(Lab.__init__).parameters,
-            "prepare": "prepare" in inspect.signature(Lab.migrate).parameters}
-
-
-def frr_factory() -> tuple[Callable[[], Any] | None, str | None]:
-    """(FrrEvpn, None) if roamnet.evpn imports, else (None, why not)."""
-    try:
-        mod = importlib.import_module("roamnet.evpn")
-        return mod.FrrEvpn, None
-    except Exception as exc:  # ImportError, or the module failing on import
-        return None, f"roamnet.evpn does not import: {type(exc).__name__}: {exc}"
 
 
 def machine() -> dict[str, Any]:
@@ -204,19 +189,16 @@ def schedule(k: int) -> list[tuple[str, int, str]]:
 class BenchLab:
     """A Lab built for one control plane; always torn down on exit."""
 
-    def __init__(self, topo_dict: dict[str, Any], plane: Plane, frr: Callable[[], Any] | None):
+    def __init__(self, topo_dict: dict[str, Any], plane: Plane):
         self.topo = parse_topology(topo_dict, f"<{topo_dict['name']}>")
         self.plane = plane
-        self.api = lab_api()
         name = self.topo.name
         if any(netns.exists(ns) for ns in journal_namespaces(name) + build_plan(self.topo).namespaces()):
             raise LabError(f"lab {name!r} already has namespaces; not touching them")
         kw: dict[str, Any] = {}
         if plane.frr:
-            if frr is None or not self.api["control_plane"]:
-                raise LabError("FRR BGP-EVPN needs roamnet.evpn and Lab(control_plane=...)")
-            kw["control_plane"] = frr()
-        journal = make_state_dir(name) / "journal.json"
+            kw["control_plane"] = FrrEvpn()
+        journal = make_state_dir(name) / JOURNAL
         try:
             self.lab = Lab(self.topo, journal=journal, progress=lambda m: progress(f"{plane.key}: {m}"), **kw)
         except BaseException:
@@ -244,11 +226,10 @@ class BenchLab:
     def _cleanup(self) -> None:
         """After lab.down(): FRR processes it may have left (by recorded pid), then the lab's state dir
         and whatever namespaces its journal still lists."""
-        cp = getattr(self.lab, "control_plane", None)
-        workdir = getattr(cp, "workdir", None)
-        if cp is not None and workdir is not None and Path(workdir).exists():
+        cp = self.lab.control_plane
+        if cp is not None and Path(cp.workdir).exists():
             try:
-                left = importlib.import_module("roamnet.evpn").kill_recorded(Path(workdir))
+                left = kill_recorded(Path(cp.workdir))
                 if left:
                     progress(f"{self.plane.key}: ended leftover FRR processes: {', '.join(left)}")
             except Exception as exc:
@@ -256,14 +237,8 @@ class BenchLab:
         cleanup(self.topo.name)
 
     def migrate(self, vm: str, to: str, pause_ms: int) -> dict[str, Any]:
-        kw: dict[str, Any] = {"pause_ms": pause_ms, "wait": MIGRATE_WAIT_S}
-        if self.api["prepare"] and not self.plane.frr:
-            kw["prepare"] = self.plane.prepare
-        rec = dict(self.lab.migrate(vm, to, **kw))
-        rec.setdefault("mode", "legacy")  # a Lab before make-before-break
-        if rec.get("resumed_mono") is None:  # older Lab: the dark window ends at at + dark_ms
-            rec["resumed_mono"] = rec["at_mono"] + float(rec.get("dark_ms") or 0.0) / 1000
-        return rec
+        return dict(self.lab.migrate(vm, to, pause_ms=pause_ms, wait=MIGRATE_WAIT_S,
+                                     prepare=self.plane.prepare))
 
 
 # ---------------------------------------------------------------- the traffic run
@@ -290,7 +265,7 @@ def _jsonable(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in rec.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
-def run_traffic(plane: Plane, k: int, lab_name: str, frr: Callable[[], Any] | None,
+def run_traffic(plane: Plane, k: int, lab_name: str,
                 streams: tuple[StreamSpec, ...] = STREAMS) -> PlaneResult:
     res = PlaneResult(plane, lab=lab_name)
     moves_plan = schedule(k)
@@ -300,7 +275,7 @@ def run_traffic(plane: Plane, k: int, lab_name: str, frr: Callable[[], Any] | No
     mover_ip = topo["vms"][MOVER]["interfaces"][0]["ip"]
     procs: list[Proc] = []
     try:
-        with BenchLab(topo, plane, frr) as bl:
+        with BenchLab(topo, plane) as bl:
             res.up_s = bl.up_s
             progress(f"{plane.key}: lab {lab_name} up in {bl.up_s:.1f} s; {len(moves_plan)} moves under "
                      f"{len(streams)} streams (at most {duration:.0f} s)")
@@ -412,7 +387,7 @@ def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tup
 # ---------------------------------------------------------------- control-plane latency at size
 
 
-def run_size(plane: Plane, n_servers: int, k: int, lab_name: str, frr: Callable[[], Any] | None) -> dict:
+def run_size(plane: Plane, n_servers: int, k: int, lab_name: str) -> dict:
     """A lab of 2 DCs × n/2 servers, one VM per server, one CUG; the mover moves k times, no traffic."""
     half = (n_servers + 1) // 2
     servers = [f"hv{i + 1}" for i in range(n_servers)]
@@ -422,7 +397,7 @@ def run_size(plane: Plane, n_servers: int, k: int, lab_name: str, frr: Callable[
     out: dict[str, Any] = {"plane": plane.key, "label": plane.label, "servers": n_servers, "vms": len(vms),
                            "lab": lab_name, "error": None, "up_s": None, "moves": []}
     try:
-        with BenchLab(topology(lab_name, dcs, vms), plane, frr) as bl:
+        with BenchLab(topology(lab_name, dcs, vms), plane) as bl:
             out["up_s"] = bl.up_s
             progress(f"size {n_servers} {plane.key}: lab up in {bl.up_s:.1f} s; {k} moves")
             for i in range(k):
@@ -580,7 +555,7 @@ def render(doc: dict[str, Any]) -> None:
         lost = sum(x["lost"] for m in pl["moves"] for x in m["loss"].values())
         if unc:
             notes.append(f"{pl['label']}: {unc} of {lost} lost packets could fall either side of a pause boundary "
-                         "(the sender slipped inside their gap; see roamnet.loss)")
+                         "(the sender slipped inside their gap; see roamnet.experiments.loss)")
     for n in notes:
         con.print(f"• {n}", highlight=False)
 
@@ -637,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="round trips per scope (intra/inter-DC) and pause (default 5; 2 with --quick)")
     ap.add_argument("--quick", action="store_true", help="K=2 (about 3 minutes for the three planes)")
     ap.add_argument("--planes", nargs="+", choices=[p.key for p in PLANES], default=[p.key for p in PLANES],
-                    help="control planes to run, in this order (default: all; frr only if roamnet.evpn imports)")
+                    help="control planes to run, in this order (default: all)")
     ap.add_argument("--sizes", nargs="*", type=int, default=None, metavar="N",
                     help="also measure control-plane latency in labs of N servers (default N=32), no traffic")
     ap.add_argument("--size-moves", type=int, default=None, metavar="K",
@@ -657,27 +632,19 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
-    api = lab_api()
-    frr, frr_why = frr_factory()
-    progress(f"lab API: {api}; FRR: {'available' if frr else frr_why}")
-    if not api["prepare"]:
-        progress("this Lab has no prepare=: 'roamnet' and 'learn' run the same (legacy) path")
     chosen = [p for p in PLANES if p.key in a.planes]
-    skipped = []
-    if frr is None and any(p.frr for p in chosen):
-        skipped.append({"key": "frr", "reason": frr_why})
-        chosen = [p for p in chosen if not p.frr]
+    skipped: list[dict[str, str]] = []
 
     results: list[PlaneResult] = []
     pid = os.getpid()
     for i, plane in enumerate(chosen):
         progress(f"=== {plane.label}")
-        results.append(run_traffic(plane, k, f"bench-{pid}-{i}", frr))
+        results.append(run_traffic(plane, k, f"bench-{pid}-{i}"))
     sizes_out = []
     for n in sizes or []:
         for j, plane in enumerate(p for p in chosen if p.key != "learn"):
             progress(f"=== size {n}: {plane.label}")
-            sizes_out.append(run_size(plane, n, a.size_moves or 4 * k, f"bsz-{pid}-{n}-{j}", frr))
+            sizes_out.append(run_size(plane, n, a.size_moves or 4 * k, f"bsz-{pid}-{n}-{j}"))
 
     doc: dict[str, Any] = {
         "benchmark": "roamnet live migration: loss beyond the VM's pause", "version": 1,
@@ -685,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         "runtime_s": round(time.time() - started, 1),
         "machine": machine(),
         "config": {"moves_per_scope_and_pause": k, "pauses_ms": list(PAUSES_MS), "spacing_s": SPACING_S,
-                   "slack_ms": SLACK_MS, "migrate_wait_s": MIGRATE_WAIT_S, "lab_api": api,
+                   "slack_ms": SLACK_MS, "migrate_wait_s": MIGRATE_WAIT_S,
                    "streams": [{"key": s.key, "label": s.label, "kind": s.kind, "proto": s.proto,
                                 "peer": s.peer, "peer_server": s.peer_server, "rate": s.rate} for s in STREAMS],
                    "mover": MOVER, "home": HOME, "intra": INTRA, "inter": INTER},

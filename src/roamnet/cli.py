@@ -11,11 +11,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import names, netns
-from .daemon import DaemonError, call, labs, start, state_dir, stop
-from .lab import LabError
-from .model import IntentError, load_topology, topology_json_schema
-from .scenario import load_scenario, packaged_example
+from roamnet import names
+from roamnet.dataplane import netns
+from roamnet.intent.model import IntentError, load_topology, topology_json_schema
+from roamnet.intent.scenario import load_scenario, packaged_example
+from roamnet.lab.daemon import DaemonError, call, start, stop
+from roamnet.lab.engine import LabError
+from roamnet.lab.state import labs, state_dir
 
 out = Console()
 err = Console(stderr=True)
@@ -103,8 +105,8 @@ def _inspect_table(data: dict) -> None:
                       f"reconciles {a.get('reconciles', 0)}" + errors
             if n.get("trunk_vlans"):
                 details += f"\ntrunk VLAN ports {', '.join(n['trunk_vlans'])}"
-            for t, v in n.get("vrfs", {}).items():
-                details += f"\n{t}: L3 VNI {v['l3vni']}  gateways {','.join(v['gateways']) or '-'}  " \
+            for tenant, v in n.get("vrfs", {}).items():
+                details += f"\n{tenant}: L3 VNI {v['l3vni']}  gateways {','.join(v['gateways']) or '-'}  " \
                            f"host routes {v['host_routes']}  default via {v['default_via'] or '-'}"
         elif n["kind"] == "vrf":
             details = f"tenant {n['tenant']} on {n['parent']}"
@@ -264,8 +266,8 @@ def migrate(lab_name: str, vm: str, to: str | None, pause_ms: int, no_prepare: b
 
 
 def _run(path: Path, fmt: str, plot_path: Path | None) -> None:
-    from .report import plot, render_table
-    from .runner import run_scenario
+    from roamnet.experiments.report import plot, render_table
+    from roamnet.experiments.runner import run_scenario
 
     _need_root()
     try:

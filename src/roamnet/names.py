@@ -1,6 +1,12 @@
-"""Names of what roamnet creates: namespaces, devices, aliases. Linux interface names fit in 15 chars."""
+"""Names of what roamnet creates (namespaces, devices, aliases, state directories) and the numbers and
+MAC ranges it reserves, each defined once. Linux interface names fit in 15 chars."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RUN_DIR_ENV = "ROAMNET_RUN_DIR"  # where labs keep their state (default /run/roamnet); one place for all
 
 OWNER = "roamnet"  # alias prefix marking devices roamnet created and may remove
 PORT_ALIAS = OWNER + ":port="  # alias of a VM port on an NVE: carries the VM interface id (like OVN's iface-id)
@@ -9,8 +15,28 @@ GATEWAY_ALIAS = OWNER + ":gateway="  # a CUG's gateway port in its bridge (peer 
 IRB_ALIAS = OWNER + ":irb="  # the gateway interface in the tenant's namespace
 L3VNI_ALIAS = OWNER + ":l3vni="  # the tenant's L3 VNI device
 SWITCH_ALIAS = OWNER + ":hs="  # a hypervisor switch's bridge for one domain VLAN (server behind a ToR)
+WAN_NODE = "wan"  # the lab's WAN router (a reserved node name)
 HANDOFF = "wan"  # a border's interface to the WAN, in each tenant namespace (VRF-lite)
 TRUNK = "trunk"  # a server's 802.1Q trunk to its ToR (on the ToR, the trunk is named after the server)
+PROTO = 77  # route and neighbour protocol of roamnet's entries (unassigned in iproute2's rt_protos)
+VXLAN_UDP_PORT = 4789  # IANA's VXLAN port, on every VXLAN device roamnet makes
+OVERLAY_MTU = 1500  # the MTU VMs get (the underlay leaves room for VXLAN's 50 bytes)
+
+# MACs roamnet gives its own devices: the 02:52:4e range (locally administered, "RN"), never a VM's
+RESERVED_MAC_PREFIX = "02:52:4e"
+DEFAULT_ANYCAST_MAC = RESERVED_MAC_PREFIX + ":00:00:01"  # the distributed gateway's MAC, on every NVE
+ROUTER_MAC_PREFIX = RESERVED_MAC_PREFIX + ":01:"  # NVE router MACs (router_mac); never the anycast MAC
+BRIDGE_MAC_PREFIX = RESERVED_MAC_PREFIX + ":02:"  # segment bridges' own MACs (bridge_mac)
+
+
+def run_dir() -> Path:
+    """The directory of every lab's state (`$ROAMNET_RUN_DIR`, default /run/roamnet)."""
+    return Path(os.environ.get(RUN_DIR_ENV, "/run/roamnet"))
+
+
+def state_dir(lab: str) -> Path:
+    """Lab `lab`'s state directory: daemon socket, journal, log, FRR workdirs."""
+    return run_dir() / lab
 
 
 def netns(lab: str, node: str) -> str:
@@ -27,9 +53,16 @@ def bridge(vni: int) -> str:
 
 
 def bridge_mac(vni: int) -> str:
-    """A segment bridge's own MAC, in roamnet's reserved 02:52:4e range (02:52:4e:02:<low 16 bits of
-    the VNI>): never a VM's, the anycast gateway's or a router MAC; bridges in one namespace may share."""
-    return f"02:52:4e:02:{(vni >> 8) & 0xFF:02x}:{vni & 0xFF:02x}"
+    """A segment bridge's own MAC, in roamnet's reserved range (02:52:4e:02:<low 16 bits of the VNI>):
+    never a VM's, the anycast gateway's or a router MAC; bridges in one namespace may share."""
+    return f"{BRIDGE_MAC_PREFIX}{(vni >> 8) & 0xFF:02x}:{vni & 0xFF:02x}"
+
+
+def router_mac(vtep: str) -> str:
+    """An NVE's router MAC on every L3 VNI, derived from its VTEP address (in 198.18.0.0/16): the
+    reserved prefix, 01, then the address's last two octets."""
+    a = [int(x) for x in vtep.split(".")]
+    return f"{ROUTER_MAC_PREFIX}{a[2]:02x}:{a[3]:02x}"
 
 
 def vxlan(vni: int) -> str:

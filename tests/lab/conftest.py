@@ -116,7 +116,7 @@ def roamnet_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProce
 
 
 def daemon_pids(lab: str) -> list[int]:
-    """Pids of every process whose cmdline is `... -m roamnet.daemon LAB` (read from /proc)."""
+    """Pids of every process whose cmdline is `... -m roamnet.lab.daemon LAB` (read from /proc)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -126,7 +126,7 @@ def daemon_pids(lab: str) -> list[int]:
         except OSError:
             continue
         argv = [a.decode(errors="replace") for a in argv if a]
-        if "roamnet.daemon" in argv and argv and argv[-1] == lab:
+        if "roamnet.lab.daemon" in argv and argv and argv[-1] == lab:
             pids.append(int(entry.name))
     return pids
 
@@ -189,8 +189,8 @@ def claim_lab_name(base: str) -> str:
 
 def planned_namespaces(topo: dict[str, Any]) -> list[str]:
     """Every namespace the lab of `topo` will create; refuses if any exists already (not ours)."""
-    from roamnet.labplan import build_plan
-    from roamnet.model import parse_topology
+    from roamnet.lab.plan import build_plan
+    from roamnet.intent.model import parse_topology
 
     name = topo["name"]
     assert name in _USED_NAMES, f"lab {name!r}: get its name from the lab_name fixture"
@@ -255,8 +255,8 @@ def lab_namespaces() -> Callable[[dict[str, Any]], list[str]]:
 @contextlib.contextmanager
 def running_lab(topo: dict[str, Any], converge_timeout: float = 30.0, **lab_args: Any) -> Iterator[Any]:
     """Build a Lab from topology data; always `lab.down()`; then none of its namespaces may remain."""
-    from roamnet.lab import Lab
-    from roamnet.model import parse_topology
+    from roamnet.lab.engine import Lab
+    from roamnet.intent.model import parse_topology
 
     name = topo["name"]
     planned = planned_namespaces(topo)
@@ -281,10 +281,10 @@ def lab_up() -> Callable[..., contextlib.AbstractContextManager]:
 
 
 class Endpoint:
-    """A `python -m roamnet.traffic` process inside a namespace; stdout collected by a thread."""
+    """A `python -m roamnet.experiments.traffic` process inside a namespace; stdout collected by a thread."""
 
     def __init__(self, ns: str, argv: list[str]):
-        from roamnet import netns
+        from roamnet.dataplane import netns
 
         self.popen = subprocess.Popen(netns.command(ns, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True)
@@ -338,7 +338,7 @@ class Flow:
 
     def finish(self, migrations: list[dict] | None = None) -> Any:
         """Wait for both ends (bounded) and summarize like a scenario report does."""
-        from roamnet.report import summarize
+        from roamnet.experiments.report import summarize
 
         budget = max(1.0, self.start_at + self.duration + self.linger + 15 - time.monotonic())
         send_out = self.send.result(timeout=budget)
@@ -350,17 +350,17 @@ class Flow:
 def traffic() -> Iterator[Callable[..., Flow]]:
     """start(lab, name, proto, src, dst, port, start_at, duration, rate=1000, linger=1.0) -> Flow.
 
-    src is a VM or WAN client, dst one too or an address of one; the destination address is the scenario's (roamnet.scenario).
+    src is a VM or WAN client, dst one too or an address of one; the destination address is the scenario's (roamnet.intent.scenario).
     The receiver runs in the destination's namespace, the sender in the source's; both stop by
     themselves at start_at + duration (+ linger); teardown kills leftovers by their own pid."""
     from roamnet import names
-    from roamnet.traffic import recv_argv, send_argv
+    from roamnet.experiments.traffic import recv_argv, send_argv
 
     endpoints: list[Endpoint] = []
 
     def start(lab: Any, name: str, proto: str, src: str, dst: str, port: int, start_at: float, duration: float,
               rate: float = 1000, linger: float = 1.0) -> Flow:
-        from roamnet.scenario import Stream
+        from roamnet.intent.scenario import Stream
 
         stream = Stream(name=name, from_=src, to=dst, proto=proto)
         dst_ip = str(stream.endpoints(lab.topo)[1])
@@ -453,7 +453,7 @@ class Sniffer:
     def __init__(self, ns: str, dev: str, keep: Callable[[Any, bool], bool], seconds: float = 60.0):
         self.frames: list[Any] = []
         self._keep = keep
-        from roamnet import netns
+        from roamnet.dataplane import netns
 
         self._sock = netns.socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
         self._sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
@@ -511,3 +511,18 @@ def frr_still_runs(row: dict) -> bool:
         return False
     argv = [a.decode() for a in argv if a]
     return bool(argv) and Path(argv[0]).name == row["daemon"] and row["instdir"] in argv
+
+
+def wait_resynced(lab: Any, nodes: list[str] | None = None, timeout: float = 10.0) -> None:
+    """Wait until every agent of `nodes` (default: all) has published a periodic resync that started
+    after this call (its kernel read again, not its cache): observable, not a sleep."""
+    nodes = list(lab.agents) if nodes is None else nodes
+    before = {n: s.resyncs for n, s in lab.mapping.statuses().items()}
+    deadline = time.monotonic() + timeout
+    while True:
+        now = lab.mapping.statuses()
+        behind = [n for n in nodes if n not in now or now[n].resyncs < before.get(n, 0) + 2]
+        if not behind:
+            return
+        assert time.monotonic() < deadline, f"no resync published within {timeout} s by {', '.join(behind)}"
+        time.sleep(0.05)

@@ -9,7 +9,7 @@ import time
 
 from conftest import Sniffer
 
-from roamnet.runner import counter_delta
+from roamnet.experiments.runner import counter_delta
 
 WEB = 10100
 

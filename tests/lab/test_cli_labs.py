@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from roamnet.daemon import RUN_DIR, cleanup, state_dir
+from roamnet.lab.state import cleanup, state_dir
 
 
 @contextlib.contextmanager
@@ -66,7 +66,7 @@ def test_down_leaves_nothing_and_spares_other_lab(tmp_path: Path, host: Any, lab
             while host.daemon_pids(first) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert not host.daemon_pids(first), f"daemon of {first} still running"
-            assert not (RUN_DIR / first).exists(), f"{RUN_DIR / first} still exists"
+            assert not state_dir(first).exists(), f"{state_dir(first)} still exists"
 
             # the other lab is untouched and still works
             assert present_namespaces(host, second) == ns_b
@@ -82,7 +82,7 @@ def test_down_leaves_nothing_and_spares_other_lab(tmp_path: Path, host: Any, lab
         p = host.roamnet("lab", "down", second)
         assert p.returncode == 0, p.stderr
         assert not present_namespaces(host, second)
-        assert not (RUN_DIR / second).exists()
+        assert not state_dir(second).exists()
         deadline = time.monotonic() + 5
         while host.daemon_pids(second) and time.monotonic() < deadline:
             time.sleep(0.05)

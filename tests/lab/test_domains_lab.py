@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import Sniffer
+from conftest import Sniffer, wait_resynced
 
 WEB, DB = 10100, 10200
 
@@ -127,10 +127,10 @@ def test_trunk_nic_moves_and_a_move_inside_a_tor_touches_no_other_nve(lab_name, 
         time.sleep(2.5)
         seen_hv2 = tags_of(trunk_hv2.stop(), mac)
         others = ("hv4", "hv5", "tor2")
-        before = {n: lab.agents[n].stats.changes_applied for n in others}
+        before = {n: lab.mapping.statuses()[n].changes_applied for n in others}
         inside = lab.migrate("vm4", "hv1")  # inside pod1: only tor1 and the two switches change
-        time.sleep(2.5)  # at least one resync of every agent
-        assert {n: lab.agents[n].stats.changes_applied for n in others} == before
+        wait_resynced(lab, list(others))  # every one of them read its kernel again since
+        assert {n: lab.mapping.statuses()[n].changes_applied for n in others} == before
         for flow in flows:
             assert_survived(flow.finish([into_pod, inside]), duration, [into_pod, inside])
         seen_guest = tags_of(guest.stop(), mac)
@@ -139,7 +139,7 @@ def test_trunk_nic_moves_and_a_move_inside_a_tor_touches_no_other_nve(lab_name, 
 
 
 def test_exhausted_vlan_range_refuses_the_move_and_changes_nothing(host, lab_name, lab_up, lab_namespaces):
-    from roamnet.lab import LabError
+    from roamnet.lab.engine import LabError
 
     t = pods(lab_name("t-dom-full"), dc1={"pod2": {"vlans": "200-200"}})  # db (vm5) has the only VLAN
     lab_namespaces(t)
@@ -152,7 +152,7 @@ def test_exhausted_vlan_range_refuses_the_move_and_changes_nothing(host, lab_nam
         with pytest.raises(LabError, match=r"pod2.*200-200.*exhausted"):
             lab.migrate("vm1", "hv3")
         lab.wait_converged(5)
-        time.sleep(2.5)  # at least one resync of every agent
+        wait_resynced(lab)  # every agent read its kernel again since
         mapping_after = lab.mapping.snapshot().to_json()
         mapping_before.pop("revision"), mapping_after.pop("revision")
         assert mapping_after == mapping_before

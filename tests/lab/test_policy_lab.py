@@ -61,7 +61,8 @@ class Listeners:
     Bounded: stops at stop() or after `seconds`."""
 
     def __init__(self, lab: Any, vms: list[str], seconds: float = 240.0):
-        from roamnet import names, netns
+        from roamnet import names
+        from roamnet.dataplane import netns
 
         self.got: set[str] = set()
         self._lock = threading.Lock()
@@ -114,7 +115,8 @@ class Listeners:
 
 def probe(lab: Any, listeners: Listeners, vms: list[str], rnd: int) -> dict[tuple[str, str, str, int], bool]:
     """Every ordered pair, port and protocol, in parallel; True when the intended VM got the token."""
-    from roamnet import names, netns
+    from roamnet import names
+    from roamnet.dataplane import netns
 
     def one(src: str, dst: str, proto: str, port: int) -> str:
         token = f"r{rnd}:{src}:{proto}:{port}>{dst}"
@@ -146,7 +148,7 @@ def probe(lab: Any, listeners: Listeners, vms: list[str], rnd: int) -> dict[tupl
 
 def verdict(lab: Any, a: str, b: str, proto: str, port: int) -> bool:
     """What the policy in the mapping says about a new flow from VM a to VM b."""
-    from roamnet.policy import allowed
+    from roamnet.mapping.policy import allowed
 
     snap = lab.mapping.snapshot()
 

@@ -17,7 +17,7 @@ COUNT = 5
 
 def send_frames(ns: str, frames: list[bytes], dev: str = "eth0") -> None:
     """Raw frames out of a guest's interface, as a misbehaving guest would send them."""
-    from roamnet import netns
+    from roamnet.dataplane import netns
 
     s = netns.socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roamnet.paths import PathObserver, Watched, summarize_paths
+from roamnet.experiments.paths import PathObserver, summarize_paths, Watched
 
 from test_irb import routed_topology
 
@@ -49,7 +49,7 @@ def pids_alive(pids: list[int]) -> list[int]:
 
 
 def test_wan_traffic_enters_and_leaves_through_the_vms_data_center(lab_name, lab_up, traffic):
-    from roamnet.evpn import read_journal
+    from roamnet.baselines.evpn import read_journal
 
     with lab_up(routed_topology(lab_name("t-wan"), clients=True)) as lab:
         assert poll(lambda: lab.border.wan_routes().get(f"{VM1}/32") == "dc1br", 20) is not None
@@ -95,9 +95,9 @@ def test_wan_traffic_enters_and_leaves_through_the_vms_data_center(lab_name, lab
 
 
 def test_a_missing_frr_names_the_instance_and_leaves_nothing(lab_name, lab_namespaces, tmp_path, host):
-    from roamnet.border import BorderBgp
-    from roamnet.lab import Lab
-    from roamnet.model import parse_topology
+    from roamnet.wan.border import BorderBgp
+    from roamnet.lab.engine import Lab
+    from roamnet.intent.model import parse_topology
 
     topo = routed_topology(lab_name("t-wan-nofrr"), clients=True)
     planned = lab_namespaces(topo)

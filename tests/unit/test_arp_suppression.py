@@ -3,10 +3,11 @@ segment, follows moves and IP changes, and drops entries of segments and VMs tha
 
 from __future__ import annotations
 
-from roamnet.desired import compute_desired
-from roamnet.mapping import Binding, LogicalPort, MappingSystem, Nve
-from roamnet.reconcile import Actual, Change, apply_to, plan
-from roamnet.store import MemoryStore
+from roamnet.nve.desired import compute_desired
+from roamnet.mapping.records import Binding, LogicalPort, Nve
+from roamnet.mapping.system import MappingSystem
+from roamnet.nve.plan import Actual, apply_to, Change, plan
+from roamnet.mapping.store import MemoryStore
 
 WEB, DB = 10100, 10200
 

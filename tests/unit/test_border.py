@@ -1,5 +1,5 @@
 """FRR BGP on the border routers (route health injection to the WAN), the pure parts: which instances a
-lab has, their configs; and roamnet.frr's shared machinery as border.py uses it (journal, kill_recorded,
+lab has, their configs; and roamnet.wan.frr's shared machinery as border.py uses it (journal, kill_recorded,
 stop by our own pids, the missing-binary error) against stand-in processes this test starts itself."""
 
 from __future__ import annotations
@@ -16,20 +16,12 @@ from typing import Any
 
 import pytest
 
-from roamnet import evpn, frr
-from roamnet.border import (
-    WAN_ASN,
-    BorderBgp,
-    BorderError,
-    BorderInstance,
-    Peer,
-    best_paths,
-    border_config,
-    plan_border_instances,
-)
-from roamnet.frr import DAEMONS, JOURNAL, FrrError, Proc
-from roamnet.labplan import build_plan
-from roamnet.model import parse_topology
+from roamnet.baselines import evpn
+from roamnet.wan import frr
+from roamnet.wan.border import best_paths, border_config, BorderBgp, BorderError, BorderInstance, Peer, plan_border_instances, WAN_ASN
+from roamnet.wan.frr import DAEMONS, FrrError, JOURNAL, Proc
+from roamnet.lab.plan import build_plan
+from roamnet.intent.model import parse_topology
 
 LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
@@ -245,7 +237,7 @@ def test_best_paths():
     assert best_paths({}, peers) == {}
 
 
-# ---------------------------------------------------------------- shared machinery (roamnet.frr)
+# ---------------------------------------------------------------- shared machinery (roamnet.wan.frr)
 
 
 def test_error_classes_share_a_base():
@@ -253,11 +245,11 @@ def test_error_classes_share_a_base():
     assert not issubclass(BorderError, evpn.EvpnError)
 
 
-def test_evpn_keeps_its_api():
-    for name in ("FrrEvpn", "FrrInstance", "EvpnError", "kill_recorded", "plan_instances", "frr_config",
-                 "daemon_argv", "is_instance_process", "read_journal", "DAEMONS", "JOURNAL", "FRR_BIN_DIR"):
+def test_evpn_and_border_share_frr_machinery():
+    # no re-exports: FRR's process machinery (daemon_argv, is_instance_process, DAEMONS...) is wan.frr's only
+    for name in ("FrrEvpn", "FrrInstance", "EvpnError", "kill_recorded", "plan_instances", "frr_config", "read_journal"):
         assert hasattr(evpn, name), name
-    assert evpn.daemon_argv is frr.daemon_argv and evpn.is_instance_process is frr.is_instance_process
+    assert not hasattr(evpn, "is_instance_process")
     assert issubclass(evpn.FrrEvpn, frr.FrrProcesses) and issubclass(BorderBgp, frr.FrrProcesses)
 
 

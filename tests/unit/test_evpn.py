@@ -14,19 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from roamnet.evpn import (
-    DAEMONS,
-    JOURNAL,
-    FrrInstance,
-    daemon_argv,
-    frr_config,
-    is_instance_process,
-    kill_recorded,
-    plan_instances,
-)
-from roamnet.labplan import build_plan
-from roamnet.model import load_topology
-from roamnet.scenario import packaged_example
+from roamnet.wan.frr import DAEMONS, JOURNAL
+from roamnet.baselines.evpn import frr_config, FrrInstance, kill_recorded, plan_instances
+from roamnet.wan.frr import daemon_argv, is_instance_process
+from roamnet.lab.plan import build_plan
+from roamnet.intent.model import load_topology
+from roamnet.intent.scenario import packaged_example
 
 TOPO = load_topology(packaged_example("two-dc.yaml"))
 PLAN = build_plan(TOPO)

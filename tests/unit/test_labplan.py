@@ -2,11 +2,11 @@ import ipaddress
 
 from scapy.layers.l2 import ARP, Ether
 
-from roamnet.agent import parse_announcement
-from roamnet.lab import rarp_frame
-from roamnet.labplan import build_plan, check_addresses
-from roamnet.model import load_topology
-from roamnet.scenario import packaged_example
+from roamnet.dataplane.announce import parse_announcement
+from roamnet.dataplane.announce import rarp_frame
+from roamnet.lab.plan import build_plan, check_addresses
+from roamnet.intent.model import load_topology
+from roamnet.intent.scenario import packaged_example
 
 TOPO = load_topology(packaged_example("two-dc.yaml"))
 

@@ -1,4 +1,4 @@
-"""Unit tests for roamnet.loss on synthetic streams (boundaries chosen half a slot off the packets)."""
+"""Unit tests for roamnet.experiments.loss on synthetic streams (boundaries chosen half a slot off the packets)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,7 @@ import random
 
 import pytest
 
-from roamnet.loss import (
-    MoveWindow,
-    analyze_stream,
-    loss_beyond_pause,
-    send_time_estimates,
-    windows_from_migrations,
-)
+from roamnet.experiments.loss import analyze_stream, loss_beyond_pause, MoveWindow, send_time_estimates, windows_from_migrations
 
 T0 = 100.0
 LAT = 0.0001  # one-way latency of the synthetic stream

@@ -6,8 +6,8 @@ from rich.console import Console
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from roamnet.paths import IN, OUT, Watched, classify, summarize_paths, watch_table
-from roamnet.report import render_paths
+from roamnet.experiments.paths import classify, IN, OUT, summarize_paths, watch_table, Watched
+from roamnet.experiments.report import render_paths
 
 VM, CLIENT = "198.19.1.11", "198.18.200.10"
 TABLE = watch_table([Watched("s1", VM, CLIENT, 5001, False), Watched("s2", VM, CLIENT, 5002, True)])

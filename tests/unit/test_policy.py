@@ -3,13 +3,15 @@ table rendered from it and the diff that keeps it (pure parts; the lab runs them
 
 from __future__ import annotations
 
-from roamnet.desired import compute_desired
-from roamnet.filters import (ARP_UNKNOWN_DROPPED, SPOOF_MAC, TOTALS, Table, counters, desired_table, plan_table,
-                             read_table)
-from roamnet.mapping import Binding, LogicalPort, MappingSystem, Nve, Segment
-from roamnet.policy import ALLOW, DENY, PolicySet, Rule, allowed, port_filter
-from roamnet.reconcile import Actual, FilterChange, apply_to, plan_filters
-from roamnet.store import MemoryStore
+from roamnet.nve.desired import compute_desired
+from roamnet.nve.filters import ARP_UNKNOWN_DROPPED, counters, desired_table, plan_table, read_table, SPOOF_MAC, Table, TOTALS
+from roamnet.mapping.records import Binding, LogicalPort, Nve, Segment
+from roamnet.mapping.system import MappingSystem
+from roamnet.mapping.records import ALLOW, DENY, PolicySet, Rule
+from roamnet.mapping.policy import allowed
+from roamnet.nve.portfilter import port_filter
+from roamnet.nve.plan import Actual, apply_to, FilterChange, plan_filters
+from roamnet.mapping.store import MemoryStore
 
 WEB, DB, LAB, OTHER = 10100, 10200, 10300, 20100
 SEGMENTS = {
@@ -176,7 +178,7 @@ def test_multi_homed_vm_may_source_any_of_its_addresses_and_rules_keep_to_theirs
 
 
 def test_brief_read_sees_chains_maps_and_base_without_port_rules():
-    from roamnet.filters import read_table_briefly
+    from roamnet.dataplane.nft import read_table_briefly
 
     want = table_for()
     full = as_listing(want)

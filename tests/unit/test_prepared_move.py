@@ -2,10 +2,11 @@
 
 import pytest
 
-from roamnet.desired import compute_desired
-from roamnet.mapping import ACTIVATED, PREPARED, Binding, LogicalPort, MappingSystem, Migration, MoveRefused, Nve, Snapshot
-from roamnet.reconcile import VXLAN_PORT, Actual, plan
-from roamnet.store import MemoryStore
+from roamnet.nve.desired import compute_desired
+from roamnet.mapping.records import ACTIVATED, Binding, LogicalPort, Migration, Nve, PREPARED, Snapshot
+from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.nve.plan import Actual, plan, VXLAN_PORT
+from roamnet.mapping.store import MemoryStore
 
 NVES = {"hv1": Nve("hv1", "198.18.1.1"), "hv2": Nve("hv2", "198.18.1.3"), "hv3": Nve("hv3", "198.18.2.1"),
         "hv4": Nve("hv4", "198.18.2.3")}

@@ -1,4 +1,4 @@
-"""Unit tests for roamnet.report on synthetic endpoint output."""
+"""Unit tests for roamnet.experiments.report on synthetic endpoint output."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from rich.console import Console
 
-from roamnet.report import Report, StreamResult, plot, render_table, summarize
+from roamnet.experiments.report import plot, render_table, Report, StreamResult, summarize
 
 T0 = 1000.0
 LAT = 0.0002  # one-way latency of the synthetic stream
@@ -134,7 +134,7 @@ def test_render_table() -> None:
 
 
 def test_counter_delta_per_nve_and_total() -> None:
-    from roamnet.runner import counter_delta
+    from roamnet.experiments.runner import counter_delta
 
     before = {"hv1": {"arp-request": 5, "arp-to-vxlan": 1}, "hv2": {"arp-request": 0, "arp-to-vxlan": 0}}
     after = {"hv1": {"arp-request": 9, "arp-to-vxlan": 1}, "hv2": {"arp-request": 3, "arp-to-vxlan": 0},

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from roamnet.model import IntentError
-from roamnet.scenario import Scenario, Stream, load_scenario, packaged_example, parse_scenario
+from roamnet.intent.model import IntentError
+from roamnet.intent.scenario import load_scenario, packaged_example, parse_scenario, Scenario, Stream
 
 EXAMPLES = Path(str(resources.files("roamnet").joinpath("examples")))
 

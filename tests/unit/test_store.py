@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from roamnet.store import CasConflict, Compacted, MemoryStore
+from roamnet.mapping.store import CasConflict, Compacted, MemoryStore
 
 
 def test_put_get_revisions():

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from roamnet.report import summarize
-from roamnet.traffic import recv_argv, send_argv
+from roamnet.experiments.report import summarize
+from roamnet.experiments.traffic import recv_argv, send_argv
 
 LEAD = 0.8  # seconds between spawning and the start time T
 
@@ -82,7 +82,7 @@ def run_stream(proto: str, rate: float, duration: float) -> tuple[dict, dict, fl
 
 def test_argv_helpers() -> None:
     a = recv_argv("udp", "198.19.1.11", 5000, 123.456789012, 2)
-    assert a[1:4] == ["-m", "roamnet.traffic", "recv"]
+    assert a[1:4] == ["-m", "roamnet.experiments.traffic", "recv"]
     assert a[a.index("--start-at") + 1] == "123.456789012"
     b = send_argv("tcp", "198.19.1.12", 5000, 1000, 1.5, 2, size=128)
     assert b[3] == "send" and b[b.index("--size") + 1] == "128"

@@ -1,0 +1,271 @@
+"""The NVE agent: turns the mapping into kernel state in one NVE's namespace, reports moves, and
+publishes its status.
+
+The loop is: something changed (mapping watch, a netlink link event, a RARP/GARP on a VM port, or the
+periodic resync) -> snapshot -> read actual (or the cache) -> claim arrivals -> desired -> plan ->
+apply -> publish status. A VM port that appears here (its alias carries the VM interface id, as
+OVN's iface-id does) while the mapping has it elsewhere is reported as a move, and so is a RARP/GARP
+received from a VM port.
+
+The agent reaches the mapping only through a `MappingClient` and the kernel only through the kernel
+object it is given (`dataplane.kernel.Kernel`, or a model of one in unit tests): it holds no lab,
+store or other agent. Convergence is read from the status it publishes (/status/<nve>).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from roamnet.mapping.client import MappingClient, MoveRefused
+from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
+from roamnet.nve.desired import compute_desired, is_trunk
+from roamnet.nve.plan import (
+    STRUCTURAL,
+    Actual,
+    Change,
+    VrfChange,
+    apply_to,
+    plan,
+    plan_filters,
+    plan_vrfs,
+)
+
+log = logging.getLogger(__name__)
+
+RESYNC_S = 2.0
+PRUNE_HOLD_S = 0.5  # a segment no longer needed is removed after this long: deleting devices holds
+#                     the kernel's RTNL lock for tens of ms, which must not delay other NVEs' updates
+#                     right after a move (and a VM moving straight back keeps its segment)
+KEEP_ERRORS = 20
+
+
+class KernelLike(Protocol):
+    """What the agent needs of a kernel (dataplane.kernel.Kernel, dataplane.switch.SwitchKernel)."""
+
+    ns: str
+
+    def read(self) -> tuple[Actual, list[str]]: ...
+    def apply(self, changes: list) -> list[str]: ...
+    def port_named(self, ifname: str) -> list[str]: ...
+    def forget_filters(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class AgentStats:
+    """The agent's counters; published as `NveStatus` (`Agent.status()`)."""
+
+    reconciles: int = 0
+    resyncs: int = 0
+    kernel_reads: int = 0
+    changes_applied: int = 0
+    moves_reported: int = 0
+    announcements_seen: int = 0
+    converged_revision: int = 0
+    programmed_at: float = 0.0  # monotonic time the last pass with changes finished
+    last_pass_ms: float = 0.0
+    last_changes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def error(self, *msgs: str) -> None:
+        self.errors = (self.errors + list(msgs))[-KEEP_ERRORS:]
+
+
+class Agent:
+    """One NVE's agent. `start()` runs it in threads; `reconcile()` is one synchronous pass."""
+
+    def __init__(self, client: MappingClient, nve: Nve, kernel: KernelLike,
+                 clock: Callable[[], float] = time.monotonic):
+        self.client, self.nve, self.kernel = client, nve, kernel
+        self.ns = kernel.ns
+        self.stats = AgentStats()
+        self._clock = clock
+        self._unneeded_since: dict[int, float] = {}  # VNI -> when its segment stopped being desired
+        self._prune_timer: threading.Timer | None = None
+        # the kernel as last read plus what this agent applied since: a pass woken by the mapping
+        # alone plans against it; a kernel event, a structural change, an error or the resync
+        # makes the next pass read the kernel again
+        self._cache: tuple[Actual, list[str]] | None = None
+        self._kernel_dirty = True
+        self._published: NveStatus | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _changes(self, snap: Snapshot, actual: Actual) -> tuple[list[Change | VrfChange], bool]:
+        """The changes to apply, and whether they make this NVE whole: not while a VM port the
+        mapping binds here is still to be created by the hypervisor (lab up plugs VMs after
+        registering them; converged must mean forwarding)."""
+        want = compute_desired(snap, self.nve.name)
+        waiting = any(not is_trunk(a) and a not in actual.ports for a in want.attachments)
+        # filters first: a VM port is attached to its bridge only in a pass that has given it its filter
+        return (plan_filters(want.filters, want.arp_flood, actual) + self._hold_prunes(plan(want, actual))
+                + plan_vrfs(want.vrfs, actual.vrfs)), not waiting
+
+    # ---- one pass ------------------------------------------------------------------------------
+    def _claim_arrivals(self, snap: Snapshot, ports: list[str]) -> bool:
+        """Learn path: a port up here for a VM the mapping has elsewhere is a move. Not for a prepared
+        move to here: its port may be up before the VM runs (QEMU opens the tap at the start of an
+        incoming migration); that move is activated by the VM's own announcement (or explicitly)."""
+        claimed = False
+        for iface in ports:
+            b = snap.binding_of(iface)
+            mig = snap.migrations.get(iface)
+            if mig is not None and mig.state == PREPARED and mig.dst == self.nve.name:
+                continue
+            if b is not None and b.nve != self.nve.name:
+                claimed |= self._report(iface)
+        return claimed
+
+    def _report(self, iface: str) -> bool:
+        try:
+            _, changed = self.client.report_move(iface, self.nve.name)
+        except MoveRefused as exc:
+            self.stats.error(str(exc))
+            return False
+        if changed:
+            self.stats.moves_reported += 1
+        return changed
+
+    def reconcile(self, resync: bool = False) -> list[Change]:
+        """One pass; `resync` reads the kernel (filters included) whatever the cache holds."""
+        with self._lock:
+            started = self._clock()
+            if resync:
+                self.stats.resyncs += 1
+                self._kernel_dirty = True
+                self.kernel.forget_filters()
+            snap = self.client.snapshot()
+            if self._kernel_dirty or self._cache is None:
+                self._kernel_dirty = False  # before reading: an event during the read dirties it again
+                actual, ports = self.kernel.read()
+                self.stats.kernel_reads += 1
+            else:
+                actual, ports = self._cache
+            if self._claim_arrivals(snap, ports):
+                snap = self.client.snapshot()
+            changes, whole = self._changes(snap, actual)
+            errors = self.kernel.apply(changes) if changes else []
+            if errors or any(c.op in STRUCTURAL for c in changes):
+                self._cache, self._kernel_dirty = None, True
+            else:
+                self._cache = (apply_to(actual, changes), ports)
+            self.stats.reconciles += 1
+            self.stats.changes_applied += len(changes) - len(errors)
+            if changes:
+                self.stats.programmed_at = self._clock()
+                self.stats.last_pass_ms = round((self.stats.programmed_at - started) * 1000, 2)
+                self.stats.last_changes = [str(c) for c in changes]
+                log.debug("%s rev %d: %s", self.nve.name, snap.revision, ", ".join(map(str, changes)))
+            if errors:
+                self.stats.error(*errors)
+                log.warning("%s", "; ".join(errors))
+            elif whole:
+                self.stats.converged_revision = snap.revision
+            self._publish(force=resync)
+            return changes
+
+    def _hold_prunes(self, changes: list[Change]) -> list[Change]:
+        now = self._clock()
+        prunes = {c.vni for c in changes if c.op == "del-segment"}
+        self._unneeded_since = {v: self._unneeded_since.get(v, now) for v in prunes}
+        held = {v for v, since in self._unneeded_since.items() if now - since < PRUNE_HOLD_S}
+        if held and self._threads and not (self._prune_timer and self._prune_timer.is_alive()):
+            self._prune_timer = threading.Timer(PRUNE_HOLD_S, self._wake.set)
+            self._prune_timer.daemon = True
+            self._prune_timer.start()
+        for vni in prunes - held:  # released now: no longer pending
+            del self._unneeded_since[vni]
+        return [c for c in changes if not (c.op == "del-segment" and c.vni in held)]
+
+    @property
+    def pending_prunes(self) -> set[int]:
+        return set(self._unneeded_since)
+
+    # ---- status --------------------------------------------------------------------------------
+    def status(self) -> NveStatus:
+        s = self.stats
+        return NveStatus(self.nve.name, s.converged_revision, s.reconciles, s.resyncs, s.kernel_reads,
+                         s.changes_applied, s.moves_reported, s.announcements_seen,
+                         tuple(sorted(self._unneeded_since)), s.last_pass_ms, tuple(s.last_changes),
+                         tuple(s.errors[-5:]), os.getpid())
+
+    def _publish(self, force: bool = False) -> None:
+        """Publish the status when what a reader waits on changed (converged revision, errors, moves,
+        prunes, changes applied), and at every resync (the counters)."""
+        st = self.status()
+        last = self._published
+        if not force and last is not None and (
+                (st.converged_revision, st.errors, st.moves_reported, st.announcements_seen, st.pending_prunes,
+                 st.changes_applied)
+                == (last.converged_revision, last.errors, last.moves_reported, last.announcements_seen,
+                    last.pending_prunes, last.changes_applied)):
+            return
+        try:
+            self.client.publish_status(st)
+            self._published = st
+        except Exception as exc:  # the store is away: the kernel keeps forwarding, retry next pass
+            log.warning("%s: cannot publish status: %s", self.nve.name, exc)
+
+    # ---- threads -------------------------------------------------------------------------------
+    def start(self) -> None:
+        for target in (self._loop, self._watch_mapping, self._watch_kernel):
+            t = threading.Thread(target=target, name=f"agent:{self.nve.name}:{target.__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._prune_timer:
+            self._prune_timer.cancel()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+        self.kernel.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            resync = not self._wake.wait(timeout=RESYNC_S)  # the periodic resync reads the kernel
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.reconcile(resync=resync)
+            except Exception as exc:  # keep the agent alive; the next pass retries
+                log.exception("%s: reconcile failed", self.nve.name)
+                self.stats.error(repr(exc))
+                time.sleep(0.1)
+
+    def _watch_mapping(self) -> None:
+        for _ in self.client.changes(self._stop):
+            self._wake.set()
+
+    def _watch_kernel(self) -> None:
+        self.kernel.watch(self._stop, self._link_event, self._announcement)
+
+    def _link_event(self) -> None:
+        self._kernel_dirty = True
+        self._wake.set()
+
+    def _announcement(self, ifname: str, mac: str) -> None:
+        # any VM port of the last read: the frame proves it is up even if no pass has seen it up yet
+        ifaces = self.kernel.port_named(ifname)
+        if not ifaces:
+            return
+        self.stats.announcements_seen += 1
+        snap = self.client.snapshot()
+        # QEMU announces a NIC (untagged, with its MAC): every VM interface on that NIC arrived
+        bound = [(i, b) for i, b in ((i, snap.binding_of(i)) for i in ifaces) if b is not None and b.mac == mac]
+        if any(b.nve != self.nve.name for _, b in bound):
+            reported = [self._report(i) for i, b in bound if b.nve != self.nve.name]
+            if any(reported):
+                self._wake.set()

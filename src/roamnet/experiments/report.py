@@ -1,0 +1,286 @@
+"""Scenario report: per-stream loss / gap / survival from traffic endpoint output.
+
+``summarize`` turns the final JSON lines of a sender and a receiver
+(see ``roamnet.experiments.traffic``) into a ``StreamResult``; ``Report`` bundles streams,
+migrations and metadata, and can be dumped as JSON, rendered as rich tables or
+plotted (sequence number over receive time) to a PNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StreamResult", "Report", "summarize", "render_table", "plot"]
+
+MAX_PLOT_POINTS = 20_000  # per stream; drawing only, never counting
+
+# migration keys with a dedicated column (or not shown)
+_MIG_KNOWN = ("vm", "from", "to", "pause_ms", "at", "at_mono")
+_MIG_COLUMNS = ("dark_ms", "mapped_ms", "converged_ms", "programmed_ms")  # shown in this order when present
+
+
+@dataclass
+class StreamResult:
+    """Outcome of one traffic stream."""
+
+    name: str
+    proto: str
+    src: str
+    dst: str
+    rate: float
+    sent: int
+    received: int
+    lost: int
+    max_gap_ms: float | None
+    survived: bool | None
+    records: list[tuple[int, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def loss_pct(self) -> float:
+        return 100.0 * self.lost / self.sent if self.sent else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON view (without ``records``)."""
+        return {
+            "name": self.name, "proto": self.proto, "from": self.src, "to": self.dst,
+            "rate": self.rate, "sent": self.sent, "received": self.received,
+            "lost": self.lost, "max_gap_ms": self.max_gap_ms, "survived": self.survived,
+        }  # fmt: skip
+
+
+def _max_gap_ms(
+    arrivals: list[float], first: float | None, last: float | None, tail_missing: bool
+) -> float | None:
+    """Longest silence (ms) in the sending window ``[first, last]``; see ``summarize``."""
+    if first is None:
+        return None
+    if not arrivals:
+        return round(((last if last is not None else first) - first) * 1e3, 1)
+    gap = max(arrivals[0] - first, 0.0)
+    for a, b in zip(arrivals, arrivals[1:]):
+        if b - a > gap:
+            gap = b - a
+    if tail_missing and last is not None:
+        gap = max(gap, last - arrivals[-1])
+    return round(gap * 1e3, 1)
+
+
+def summarize(
+    name: str,
+    proto: str,
+    src: str,
+    dst: str,
+    rate: float,
+    send_out: dict[str, Any],
+    recv_out: dict[str, Any],
+    migrations: list[dict[str, Any]] | None = None,
+) -> StreamResult:
+    """Summarize one stream from the sender's and receiver's final JSON lines.
+
+    * ``received``: distinct sequence numbers received (duplicates count once);
+      ``lost`` = ``sent - received``, never negative.
+    * ``max_gap_ms``: longest interval between consecutive arrivals (first arrival of
+      each seq, by receive time), also counting sender ``first`` → first arrival and,
+      when the highest seqs are missing, last arrival → sender ``last``; 0.1 ms.
+    * ``survived``: tcp — sender and receiver both report ``survived``; udp — at least
+      one datagram sent after every migration step (``at_mono``) was received, judged
+      by the schedule lower bound ``first + seq / rate`` of its send time (the sender
+      never runs ahead of its schedule); with no migrations, ``received > 0``.
+    """
+    raw = recv_out.get("records") or []
+    first_seen: dict[int, float] = {}
+    for seq, t in raw:
+        s = int(seq)
+        if s not in first_seen or t < first_seen[s]:
+            first_seen[s] = float(t)
+    sent = int(send_out.get("sent") or 0)
+    received = len(first_seen)
+    first, last = send_out.get("first"), send_out.get("last")
+    tail_missing = sent > 0 and (max(first_seen, default=-1) < sent - 1)
+    gap = _max_gap_ms(sorted(first_seen.values()), first, last, tail_missing)
+
+    survived: bool | None
+    if proto == "tcp":
+        survived = bool(send_out.get("survived")) and bool(recv_out.get("survived"))
+    else:
+        steps = [float(m["at_mono"]) for m in (migrations or []) if m.get("at_mono") is not None]
+        if not first_seen:
+            survived = False
+        elif not steps:
+            survived = True
+        elif first is not None and rate > 0:
+            survived = first + max(first_seen) / rate >= max(steps)
+        else:  # no schedule info: fall back to receive time
+            survived = max(first_seen.values()) > max(steps)
+    records = [(int(a), float(b)) for a, b in raw]
+    return StreamResult(
+        name, proto, src, dst, rate, sent, received, max(0, sent - received), gap, survived,
+        records,
+    )  # fmt: skip
+
+
+@dataclass
+class Report:
+    """A scenario's streams, migration steps and metadata."""
+
+    streams: list[StreamResult]
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    paths: list[dict[str, Any]] = field(default_factory=list)  # paths.PathChange.to_json() per stream and move
+    counters: dict[str, Any] = field(default_factory=dict)  # what the NVEs' filters counted during the
+    #   run: {"total": {kind: packets}, "by_nve": {nve: {kind: packets}}} (filters.TOTALS)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "streams": [s.to_json() for s in self.streams],
+            "migrations": [dict(m) for m in self.migrations],
+            "paths": [dict(p) for p in self.paths],
+            "counters": dict(self.counters),
+            "meta": dict(self.meta),
+        }
+
+
+def _mig_at(m: dict[str, Any], t0: float | None) -> float | None:
+    """Seconds since ``t0`` of a migration step: ``at`` if given, else ``at_mono - t0``."""
+    if m.get("at") is not None:
+        return float(m["at"])
+    if m.get("at_mono") is not None and t0 is not None:
+        return float(m["at_mono"]) - t0
+    return None
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) < 1e6 else f"{v:.0f}"
+    return str(v)
+
+
+def render_table(report: Report, console: Any) -> None:
+    """Print a streams table and a migrations table on a ``rich.console.Console``."""
+    from rich.table import Table
+
+    st = Table(title="streams")
+    for col in ("name", "proto", "from → to", "rate", "sent", "received", "lost", "loss %",
+                "max gap ms", "survived"):  # fmt: skip
+        st.add_column(col, justify="left" if col in ("name", "proto", "from → to") else "right")
+    for s in report.streams:
+        surv = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[s.survived]
+        st.add_row(
+            s.name, s.proto, f"{s.src} → {s.dst}", f"{s.rate:g}", str(s.sent), str(s.received),
+            str(s.lost), f"{s.loss_pct:.2f}", _fmt(s.max_gap_ms), surv,
+        )  # fmt: skip
+    console.print(st)
+    if report.counters.get("total"):
+        render_counters(report.counters, console)
+
+    if not report.migrations:
+        return
+    extra: list[str] = []
+    for m in report.migrations:
+        for k, v in m.items():
+            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if k not in _MIG_KNOWN and numeric and k not in extra and not k.endswith("_mono"):
+                extra.append(k)
+    extra = [k for k in _MIG_COLUMNS if k in extra] + [k for k in extra if k not in _MIG_COLUMNS]
+    mt = Table(title="migrations")
+    for col in ("vm", "from", "to", "pause ms", "at s", *extra):
+        mt.add_column(col, justify="left" if col in ("vm", "from", "to") else "right")
+    t0 = report.meta.get("t0")
+    for m in report.migrations:
+        at = _mig_at(m, t0)
+        mt.add_row(
+            str(m.get("vm", "")), str(m.get("from", "")), str(m.get("to", "")),
+            _fmt(m.get("pause_ms")), "-" if at is None else f"{at:.3f}",
+            *(_fmt(m.get(k)) for k in extra),
+        )  # fmt: skip
+    console.print(mt)
+    if report.paths:
+        render_paths(report.paths, console)
+
+
+COUNTER_LABELS = {
+    "arp-request": "ARP requests from VMs", "arp-to-vxlan": "ARP frames to VXLAN",
+    "arp-from-vxlan": "ARP frames from VXLAN", "arp-unknown-dropped": "ARP requests for unknown IPs dropped",
+    "spoof-mac": "spoofed source MAC dropped", "spoof-ip": "spoofed source IP dropped",
+    "spoof-arp": "forged ARP dropped", "not-ipv4": "non-IPv4 dropped", "policy-deny": "denied by policy",
+}
+
+
+def render_counters(counted: dict[str, Any], console: Any) -> None:
+    """ARP and filter counters of the run, in total and per NVE."""
+    from rich.table import Table
+
+    nves = sorted(counted.get("by_nve", {}))
+    ct = Table(title="filters and ARP (packets during the run)")
+    for col in ("counter", "total", *nves):
+        ct.add_column(col, justify="left" if col == "counter" else "right")
+    for kind, total in counted["total"].items():
+        ct.add_row(COUNTER_LABELS.get(kind, kind), str(total), *(str(counted["by_nve"][n].get(kind, 0)) for n in nves))
+    console.print(ct)
+
+
+def render_paths(paths: list[dict[str, Any]], console: Any) -> None:
+    """Which border router each WAN stream entered and left through, before and after each move."""
+    from rich.table import Table
+
+    pt = Table(title="paths through the border routers (WAN streams)")
+    for col in ("stream", "vm", "move", "in before", "out before", "in after", "out after",
+                "inbound switch ms", "outbound switch ms"):  # fmt: skip
+        pt.add_column(col, justify="right" if col.endswith("ms") or col == "move" else "left")
+    for p in paths:
+        def mark(border: Any) -> str:
+            if border is None:
+                return "-"
+            return f"[green]{border}[/]" if border == p.get("expected") else f"[yellow]{border}[/]"
+
+        pt.add_row(str(p["stream"]), str(p["vm"]), str(p["move"]), mark(p["in_before"]), mark(p["out_before"]),
+                   mark(p["in_after"]), mark(p["out_after"]), _fmt(p["inbound_switch_ms"]),
+                   _fmt(p["outbound_switch_ms"]))
+    console.print(pt)
+
+
+def plot(report: Report, path: str | Path, t0: float) -> Path:
+    """Plot received seq over receive time (s since ``t0``) per stream; save as PNG.
+
+    Uses a bare ``matplotlib.figure.Figure`` (Agg canvas; no pyplot, no display).
+    Streams with more than ``MAX_PLOT_POINTS`` records are decimated for drawing.
+    """
+    from matplotlib.figure import Figure
+
+    n = max(1, len(report.streams))
+    fig = Figure(figsize=(10, 2.8 * n), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    if not report.streams:
+        axes[0].text(0.5, 0.5, "no streams", ha="center", va="center")
+    for ax, s in zip(axes, report.streams):
+        recs = s.records
+        step = max(1, len(recs) // MAX_PLOT_POINTS)
+        xs = [t - t0 for _, t in recs[::step]]
+        ys = [q for q, _ in recs[::step]]
+        ax.plot(xs, ys, linestyle="none", marker=".", markersize=1.5, rasterized=True)
+        for m in report.migrations:
+            at = _mig_at(m, t0)
+            if at is None:
+                continue
+            ax.axvline(at, linestyle="--", color="tab:red", linewidth=1)
+            label = f"{m.get('vm', '?')} → {m.get('to', '?')}"
+            ax.annotate(label, (at, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, -3), textcoords="offset points", va="top", fontsize=8,
+                        color="tab:red")  # fmt: skip
+        gap = "-" if s.max_gap_ms is None else f"{s.max_gap_ms:.1f} ms"
+        ax.set_title(
+            f"{s.name} ({s.proto} {s.src} → {s.dst}): lost {s.lost}/{s.sent} "
+            f"({s.loss_pct:.2f}%), max gap {gap}",
+            fontsize=10,
+        )
+        ax.set_xlabel("receive time [s]")
+        ax.set_ylabel("seq")
+    out = Path(path)
+    fig.savefig(out, format="png", dpi=100)
+    return out

@@ -1,0 +1,144 @@
+"""Run a scenario: build its lab, run traffic streams and timed steps, tear down, report."""
+
+from __future__ import annotations
+
+import json
+import platform
+import select
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from roamnet import names
+from roamnet.dataplane import netns
+from roamnet.experiments.paths import PathObserver, Watched, summarize_paths
+from roamnet.experiments.report import Report, summarize
+from roamnet.experiments.traffic import recv_argv, send_argv
+from roamnet.intent.scenario import Scenario
+from roamnet.lab.engine import Lab, LabError
+from roamnet.lab.state import JOURNAL, cleanup, journal_namespaces, make_state_dir
+
+BASE_PORT = 5001
+LINGER_S = 2.0
+START_DELAY_S = 1.0
+
+
+@dataclass
+class Proc:
+    stream: str
+    role: str
+    popen: subprocess.Popen
+
+
+def spawn(ns: str, argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(netns.command(ns, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_ready(p: Proc, timeout: float) -> None:
+    line = ""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([p.popen.stdout], [], [], left)[0]:
+            break
+        line = p.popen.stdout.readline()
+        if not line or '"ready"' in line:
+            break
+    if '"ready"' not in line:
+        err = p.popen.stderr.read() if p.popen.poll() is not None else ""
+        raise LabError(f"stream {p.stream}: receiver did not start: {(line or err).strip()[:300]}")
+
+
+def final(p: Proc, timeout: float) -> dict:
+    try:
+        out, err = p.popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.popen.kill()
+        out, err = p.popen.communicate()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{") and '"role"' in ln]
+    if not lines:
+        return {"error": f"{p.role} of {p.stream} printed no result: {err.strip()[-300:]}"}
+    return json.loads(lines[-1])
+
+
+def counter_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict:
+    """What the NVEs' filters counted during the run: per NVE and in total, by kind."""
+    by_nve = {nve: {k: v - before.get(nve, {}).get(k, 0) for k, v in c.items()} for nve, c in sorted(after.items())}
+    total: dict[str, int] = {}
+    for c in by_nve.values():
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    return {"total": total, "by_nve": by_nve}
+
+
+def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None) -> tuple[Report, float]:
+    """Returns the report and t0 (the monotonic time streams started), for plotting."""
+    topo = scn.topology
+    if any(netns.exists(ns) for ns in journal_namespaces(topo.name)):
+        raise LabError(f"lab {topo.name!r} is already up: `roamnet lab down {topo.name}` first")
+    journal = make_state_dir(topo.name) / JOURNAL
+    lab = Lab(topo, journal=journal, progress=progress)
+    procs: list[Proc] = []
+    observer: PathObserver | None = None
+    try:
+        progress(f"building lab {topo.name}")
+        lab.up()
+        t0 = time.monotonic() + START_DELAY_S + 0.2 * len(scn.streams)
+        plan = []
+        watched: list[Watched] = []
+        stream_vm: dict[str, str] = {}
+        for i, st in enumerate(scn.streams):
+            src, dst, via = st.endpoints(topo)
+            port = st.port or BASE_PORT + i
+            plan.append((st, str(src), str(dst), port))
+            if via == "wan":  # a WAN client and a VM: watch which border the packets cross
+                vm_is_src = st.from_ in topo.vms
+                stream_vm[st.name] = st.from_ if vm_is_src else st.receiver(topo)
+                vm_ip, client_ip = (src, dst) if vm_is_src else (dst, src)
+                watched.append(Watched(st.name, str(vm_ip), str(client_ip), port, vm_is_src))
+            rp = Proc(st.name, "recv", spawn(names.netns(topo.name, st.receiver(topo)),
+                                             recv_argv(st.proto, str(dst), port, t0, scn.duration, LINGER_S)))
+            procs.append(rp)
+            wait_ready(rp, timeout=10)
+        if watched:
+            observer = PathObserver(lab.border_namespaces(), watched, max_seconds=scn.duration + 60)
+            observer.start()
+        for st, src, dst, port in plan:
+            procs.append(Proc(st.name, "send", spawn(names.netns(topo.name, st.from_),
+                                                     send_argv(st.proto, dst, port, st.rate, t0, scn.duration))))
+        progress(f"running {len(scn.streams)} streams for {scn.duration:g} s")
+        counted_before = lab.filter_counters()
+        migrations = []
+        for step in sorted(scn.steps, key=lambda s: s.at):
+            time.sleep(max(0.0, t0 + step.at - time.monotonic()))
+            progress(f"t={step.at:g}s: migrate {step.migrate} -> {step.to} (pause {step.pause_ms} ms)")
+            rec = lab.migrate(step.migrate, step.to, step.pause_ms)
+            rec["at"] = round(rec["at_mono"] - t0, 3)
+            migrations.append(rec)
+        results: dict[tuple[str, str], dict] = {}
+        for p in procs:
+            left = t0 + scn.duration + LINGER_S + 15 - time.monotonic()
+            results[(p.stream, p.role)] = final(p, timeout=max(1.0, left))
+        streams = []
+        for st, src, dst, port in plan:
+            streams.append(summarize(st.name, st.proto, st.from_, st.to, st.rate, results[(st.name, "send")],
+                                     results[(st.name, "recv")], migrations))
+        paths = []
+        if observer is not None:
+            borders = {dc: topo.border_of(dc) for dc in topo.datacenters}
+            paths = [p.to_json() for p in summarize_paths(observer.stop(), stream_vm, migrations, borders)]
+        meta = {"lab": topo.name, "duration": scn.duration, "t0": t0,
+                "machine": f"{platform.node()} {platform.machine()} {platform.release()}"}
+        counted = counter_delta(counted_before, lab.filter_counters())
+        return Report(streams, migrations, meta, paths, counted), t0
+    finally:
+        if observer is not None:
+            observer.stop()
+        for p in procs:  # bounded: every endpoint stops by itself; this only covers an early error
+            if p.popen.poll() is None:
+                p.popen.kill()
+                p.popen.wait(timeout=5)
+        progress(f"tearing down lab {topo.name}")
+        lab.down()
+        cleanup(topo.name)

@@ -1,0 +1,1 @@
+"""The namespace lab: plan (pure), engine, hypervisor, moves, inspect, state directory, daemon."""

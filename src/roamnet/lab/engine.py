@@ -1,0 +1,346 @@
+"""The namespace lab engine: builds a LabPlan in network namespaces, starts one NVE agent per NVE (and
+per hypervisor switch), plugs the VMs in through the lab's hypervisor, and tears it all down.
+
+Its parts: `plan` (pure: nodes, links, addresses), `hypervisor` (VMs, ports, link flips, RARP),
+`moves` (the orchestrator: migration phases, one skeleton for every control plane), `inspect`.
+The engine reaches the agents only through the mapping: it writes the intent's records
+(`intent.compile`), and waits for convergence on the statuses the agents publish (/status/<nve>).
+
+Moves are make-before-break by default (phases prepare -> resume -> activate -> complete, see
+mapping/system.py); `prepare=False` keeps the learn-driven path (the destination NVE claims the port
+when it comes up). The control plane is roamnet's (mapping system + one agent per NVE) unless
+another one is given, e.g. `baselines.evpn.FrrEvpn()` for FRR BGP-EVPN on the same kernel data plane.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
+
+from roamnet import names
+from roamnet.agent.loop import Agent
+from roamnet.agent.switch import SwitchAgent
+from roamnet.dataplane import netns
+from roamnet.dataplane.kernel import Kernel
+from roamnet.dataplane.nft import Nft, filter_counters, read_filter_table
+from roamnet.dataplane.switch import SwitchKernel
+from roamnet.intent.compile import compile_topology
+from roamnet.intent.model import Topology
+from roamnet.lab import inspect as inspection
+from roamnet.lab.errors import LabError
+from roamnet.lab.hypervisor import Hypervisor
+from roamnet.lab.moves import Moves
+from roamnet.lab.plan import UNDERLAY_MTU, LabPlan, Node, build_plan, check_addresses
+from roamnet.lab.state import write_journal
+from roamnet.mapping.client import MappingClient
+from roamnet.mapping.records import Nve
+from roamnet.mapping.store import MemoryStore, Store
+from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.nve.filters import Table
+from roamnet.wan.border import BorderBgp
+
+__all__ = ["ControlPlane", "Lab", "LabError"]
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane(Protocol):
+    """Another control plane for the lab's servers (roamnet's own agents when none is given)."""
+
+    name: str
+
+    def start(self, lab: Lab) -> None: ...
+    def attach_port(self, lab: Lab, vm: str, server: str) -> None: ...
+    def located(self, lab: Lab, vm: str, server: str) -> bool: ...
+    def stop(self, lab: Lab) -> list[str]: ...
+
+
+class Lab:
+    def __init__(self, topo: Topology, store: Store | None = None, journal: Path | None = None,
+                 progress: Callable[[str], None] | None = None, control_plane: ControlPlane | None = None,
+                 wan_bgp: bool = True, border: BorderBgp | None = None):
+        self.topo = topo
+        self.control_plane = control_plane
+        # FRR (BGP) on the borders' tenant namespaces and the WAN router, when there are tenants;
+        # `border` overrides how (e.g. another FRR location), wan_bgp=False leaves the WAN unrouted
+        self.wan_bgp = wan_bgp and bool(topo.tenants)
+        self._border_arg = border
+        self.border: BorderBgp | None = None
+        self.plan: LabPlan = build_plan(topo)
+        check_addresses(self.plan)
+        self.mapping = MappingSystem(store or MemoryStore())
+        self.agents: dict[str, Agent] = {}
+        self.created: list[str] = []
+        self.journal = journal
+        self.progress = progress or (lambda msg: None)
+        self._handles: dict[str, IPRoute] = {}
+        self.hv = Hypervisor(topo, self.plan, self.netlink, self._new_ns,
+                             port_created=self._port_created if control_plane is not None else None)
+        self.moves = Moves(self)
+
+    def netlink(self, ns: str) -> IPRoute:
+        """A netlink handle in namespace `ns`, kept open (opening one costs ~8 ms)."""
+        if ns not in self._handles:
+            self._handles[ns] = IPRoute(netns=ns)
+        return self._handles[ns]
+
+    @property
+    def name(self) -> str:
+        return self.topo.name
+
+    # the orchestrator's view (lab/moves.py) and the hypervisor's (lab/hypervisor.py)
+    @property
+    def location(self) -> dict[str, str]:
+        return self.hv.location
+
+    @property
+    def pending(self) -> dict[str, dict]:
+        return self.moves.pending
+
+    @property
+    def migrations(self) -> list[dict]:
+        return self.moves.migrations
+
+    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
+        return self.moves.migrate(vm, to, pause_ms, wait, prepare)
+
+    def prepare(self, vm: str, to: str, **kw) -> dict:
+        return self.moves.prepare(vm, to, **kw)
+
+    def resume(self, vm: str, pause_ms: int = 0) -> dict:
+        return self.moves.resume(vm, pause_ms)
+
+    def activate(self, vm: str) -> dict:
+        return self.moves.activate(vm)
+
+    def complete(self, vm: str, wait: float = 10.0) -> dict:
+        return self.moves.complete(vm, wait)
+
+    def abort(self, vm: str) -> dict:
+        return self.moves.abort(vm)
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+    def _record(self) -> None:
+        if self.journal:
+            write_journal(self.journal, self.name, self.created)
+
+    def _new_ns(self, ns: str) -> None:
+        if netns.exists(ns):
+            raise LabError(f"namespace {ns} already exists (is lab {self.name} already up?)")
+        self.created.append(ns)
+        self._record()  # journal first: a crash after this still knows what to remove
+        netns.create(ns)
+        netns.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", 1)
+        netns.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", 1)
+        self.netlink(ns).link("set", index=1, state="up")
+
+    def _port_created(self, vm: str, server: str) -> None:
+        self.control_plane.attach_port(self, vm, server)  # the hypervisor's bridge (libvirt's job)
+
+    # ---- up / down -----------------------------------------------------------------------------
+    def up(self, converge_timeout: float = 20.0) -> None:
+        if self.control_plane is not None and self.topo.tors():
+            raise LabError(f"{self.control_plane.name} drives server NVEs only: this lab has ToR NVEs "
+                           f"({', '.join(self.topo.tors())})")
+        try:
+            self._build_underlay()
+            if self.control_plane is not None:
+                self.progress(f"starting {self.control_plane.name}")
+                self.control_plane.start(self)
+                self._start_vms()
+                self._wait_located(converge_timeout)
+                return
+            self._register()
+            for node in self.agent_nodes():
+                self.agents[node.name] = self._new_agent(node.name)
+                self.agents[node.name].start()
+            if self.wan_bgp:
+                self.progress("starting FRR (BGP) on the border routers and the WAN router")
+                self.border = self._border_arg or BorderBgp()
+                self.border.start(self)
+            self._start_vms()
+            if not self.wait_converged(converge_timeout):
+                raise LabError(f"NVE agents did not converge within {converge_timeout:.0f} s: "
+                               + self._convergence_problems())
+        except BaseException:
+            self.down()
+            raise
+
+    def _start_vms(self) -> None:
+        self.progress("starting VMs")
+        for vm in self.topo.vms:
+            self.hv.build_vm(vm)
+            self.hv.plug(vm, self.hv.location[vm])
+
+    def _wait_located(self, timeout: float) -> None:
+        """Another control plane learns MACs from frames: announce every VM, wait until all are known."""
+        for vm in self.topo.vms:
+            self.hv.announce_async(vm)
+        deadline = time.monotonic() + timeout
+        waiting = set(self.topo.vms)
+        while waiting and time.monotonic() < deadline:
+            waiting = {vm for vm in waiting if not self.control_plane.located(self, vm, self.hv.location[vm])}
+            time.sleep(0.05)
+        if waiting:
+            raise LabError(f"{self.control_plane.name} did not learn {', '.join(sorted(waiting))} "
+                           f"within {timeout:.0f} s")
+
+    def down(self) -> list[str]:
+        self.moves.cancel_timers()
+        for agent in self.agents.values():
+            agent.stop()
+        self.agents.clear()
+        for cp in (self.control_plane, self.border):
+            if cp is None:
+                continue
+            try:
+                cp.stop(self)
+            except Exception:  # the namespaces must go whatever happened
+                log.exception("%s: stop failed", cp.name)
+        self.border = None
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        removed = []
+        for ns in reversed(self.created):
+            netns.remove(ns)
+            removed.append(ns)
+        self.created.clear()
+        self._record()
+        return removed
+
+    def _build_underlay(self) -> None:
+        routers = [n for n in self.plan.nodes.values() if n.kind != "vm"]
+        self.progress(f"creating {len(routers)} servers and routers")
+        for node in routers:
+            self._new_ns(node.ns)
+            if node.forwarding:
+                netns.sysctl(node.ns, "net.ipv4.ip_forward", 1)
+            if node.kind == "vrf":  # routes are symmetric only per flow: no reverse-path filtering
+                for conf in ("all", "default"):
+                    netns.sysctl(node.ns, f"net.ipv4.conf.{conf}.rp_filter", 0)
+        self.progress(f"wiring {len(self.plan.links)} underlay links")
+        for link in self.plan.links:
+            a, b = self.plan.nodes[link.a], self.plan.nodes[link.b]
+            ipr = self.netlink(a.ns)
+            ipr.link("add", ifname=link.a_if.name, kind="veth", mtu=UNDERLAY_MTU,
+                     peer={"ifname": link.b_if.name, "mtu": UNDERLAY_MTU})
+            peer = ipr.link_lookup(ifname=link.b_if.name)[0]
+            ipr.link("set", index=peer, net_ns_fd=b.ns)
+            self._address(ipr, link.a_if.name, link.a_if.address)
+            ipr = self.netlink(b.ns)
+            self._address(ipr, link.b_if.name, link.b_if.address)
+        for node in self.plan.nodes.values():
+            if node.routes:
+                ipr = self.netlink(node.ns)
+                for r in node.routes:
+                    via = {"oif": ipr.link_lookup(ifname=r.dev)[0]} if r.dev else {}
+                    if r.gateway:
+                        via["gateway"] = r.gateway
+                        if r.dev:
+                            via["flags"] = RTNH_F_ONLINK
+                    ipr.route("add", dst=r.dst, **via)
+
+    @staticmethod
+    def _address(ipr: IPRoute, ifname: str, cidr: str) -> None:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        if cidr:  # else an L2 trunk
+            addr, plen = cidr.split("/")
+            ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+        ipr.link("set", index=idx, state="up")
+
+    # ---- NVEs and their agents ------------------------------------------------------------------
+    def nves(self) -> list[Node]:
+        """The lab's NVEs: every server of a trivial domain, every ToR; every border too when there
+        are tenants (a DCBR is an NVE of every tenant)."""
+        return [n for n in self.plan.nodes.values() if n.is_nve and (n.kind != "border" or self.topo.tenants)]
+
+    def agent_nodes(self) -> list[Node]:
+        """Nodes with an agent: the NVEs, and the servers behind ToRs (their hypervisor switches)."""
+        return self.nves() + [n for n in self.plan.nodes.values() if n.kind == "server" and n.tor]
+
+    def _register(self) -> None:
+        nves = [Nve(n.name, n.vtep, n.dc, n.kind, n.tor, n.domain) for n in self.agent_nodes()]
+        records = compile_topology(self.topo, nves)
+        try:
+            self.mapping.load(records)
+        except MoveRefused as exc:
+            raise LabError(f"the VMs cannot start where the topology puts them: {exc}") from None
+
+    def _new_agent(self, node: str) -> Agent:
+        nve = self.mapping.snapshot().nves[node]
+        ns = self.plan.nodes[node].ns
+        client = MappingClient(self.mapping)
+        if nve.tor:
+            return SwitchAgent(client, nve, SwitchKernel(ns))
+        vrfs = {t: self.plan.vrf(node, t).ns for t in self.topo.tenants}
+        return Agent(client, nve, Kernel(ns, nve.vtep, vrfs))
+
+    def wait_converged(self, timeout: float, revision: int | None = None) -> bool:
+        """Wait until every agent has published that it programmed the mapping at `revision`
+        (default: the mapping's revision now). Reads the agents' status keys, not the agents."""
+        return self.mapping.wait_converged([n.name for n in self.agent_nodes()], timeout, revision)
+
+    def _convergence_problems(self) -> str:
+        rev = self.mapping.revision
+        lagging = self.mapping.lagging(rev, [n.name for n in self.agent_nodes()])
+        st = self.mapping.statuses()
+        errors = [e for n in lagging if n in st for e in st[n].errors[-3:]]
+        return f"behind revision {rev}: {', '.join(lagging) or 'none'}" + (f"; errors: {'; '.join(errors)}" if errors else "")
+
+    def restart_agent(self, server: str) -> dict:
+        """Stop a server's agent and start a new one on the same kernel state; returns its first pass."""
+        if server not in self.agents:
+            raise LabError(f"no NVE agent on {server!r}")
+        self.agents[server].stop()
+        agent = self._new_agent(server)
+        first = agent.reconcile()
+        self.agents[server] = agent
+        agent.start()
+        return {"server": server, "changes_on_restart": [str(c) for c in first]}
+
+    # ---- the WAN edge --------------------------------------------------------------------------
+    def border_namespaces(self) -> list[tuple[str, str]]:
+        """(border, namespace) of every border's tenant namespace (each has a handoff `wan`)."""
+        return [(n.parent, n.ns) for n in self.plan.nodes.values()
+                if n.kind == "vrf" and self.plan.nodes[n.parent].kind == "border"]
+
+    def handoff_counters(self) -> dict[str, dict[str, int]]:
+        """Per border (summed over tenants): packets received from the WAN ("in", entering the data
+        center) and sent to it ("out") on the handoff interfaces."""
+        out: dict[str, dict[str, int]] = {}
+        for border, ns in self.border_namespaces():
+            ipr = self.netlink(ns)
+            link = ipr.get_links(ipr.link_lookup(ifname=names.HANDOFF)[0])[0]
+            stats = link.get("IFLA_STATS64")
+            c = out.setdefault(border, {"in": 0, "out": 0})
+            c["in"] += stats["rx_packets"]
+            c["out"] += stats["tx_packets"]
+        return out
+
+    # ---- port filters (read from the kernels) ---------------------------------------------------
+    def filter_tables(self) -> dict[str, Table]:
+        """Each NVE's (and hypervisor switch's) nftables table as it is now (counters included)."""
+        out: dict[str, Table] = {}
+        for node in self.agent_nodes():
+            nft = Nft(node.ns)
+            try:
+                out[node.name] = read_filter_table(nft)
+            finally:
+                nft.close()
+        return out
+
+    def filter_counters(self) -> dict[str, dict[str, int]]:
+        """Per NVE: packets its filters counted by kind (ARP requests answered here, ARP frames to and
+        from VXLAN, unknown-IP requests dropped, spoofing drops, policy denies; nve.filters.TOTALS)."""
+        return {node.name: filter_counters(node.ns) for node in self.agent_nodes()}
+
+    def inspect(self) -> dict:
+        return inspection.inspect(self)
+

@@ -1,0 +1,176 @@
+"""The lab's hypervisor: what QEMU and libvirt do for a VM, played with namespaces and link flips.
+
+A VM is two namespaces: the guest (`rn-<lab>-<vm>`, its eth<i> carry the intent's MAC and IP and
+its sockets) and the hypervisor side of its NICs (`rn-<lab>-<vm>.nic`, a bridge `nic<i>` per NIC
+joining the guest's veth peer `tap<i>` and an uplink `u<i>-<server>`). Plugging the VM into a server
+creates the veth `u<i>-<server>` <-> `<vm>-e<i>` with the server end in the server's namespace, its
+alias carrying the VM interface ids (like OVN's iface-id). A live migration creates the destination's
+pair (down) first, flips the source's down (the VM stops), waits the pause, flips the destination's
+up (the VM resumes) and sends QEMU-style RARP announcements; the guest's link never loses carrier, so
+its IP, MAC, ARP cache and sockets are untouched. Lab namespaces are never linked to the host's.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from pyroute2 import IPRoute
+
+from roamnet import names
+from roamnet.dataplane import netns, vlan
+from roamnet.dataplane.announce import rarp_frame
+from roamnet.intent.model import Topology
+from roamnet.lab.plan import LabPlan, nic_ns
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_AT_MS = (0, 50, 200, 450, 800)  # QEMU's self-announce schedule (50 ms, +100 ms steps)
+GUEST_MTU = names.OVERLAY_MTU
+UPLINK_INDEX_BASE = 100000  # ifindexes of VM uplinks in the NIC namespaces (see create_port)
+
+
+class Hypervisor:
+    """Every VM of one lab: where each runs, and the hypervisor's actions on it."""
+
+    def __init__(self, topo: Topology, plan: LabPlan, netlink: Callable[[str], IPRoute],
+                 new_namespace: Callable[[str], None], port_created: Callable[[str, str], None] | None = None):
+        self.topo, self.plan = topo, plan
+        self._nl, self._new_ns = netlink, new_namespace
+        self._port_created = port_created  # another control plane's bridge hook (libvirt's job)
+        self.location: dict[str, str] = {vm: v.server for vm, v in topo.vms.items()}
+        self._uplink_index = UPLINK_INDEX_BASE
+
+    @property
+    def lab(self) -> str:
+        return self.topo.name
+
+    def nics(self, vm: str) -> list[list[int]]:
+        return self.topo.nics(vm)
+
+    # ---- a VM's own namespaces -------------------------------------------------------------------
+    def build_vm(self, vm: str) -> None:
+        guest, nic = names.netns(self.lab, vm), nic_ns(self.lab, vm)
+        self._new_ns(guest)
+        self._new_ns(nic)
+        spec = self.topo.vms[vm]
+        n = self._nl(nic)
+        nics = self.nics(vm)
+        for k, _ in enumerate(nics):
+            n.link("add", ifname=f"nic{k}", kind="bridge", br_stp_state=0)
+            n.link("add", ifname=f"tap{k}", kind="veth", mtu=GUEST_MTU, peer={"ifname": f"eth{k}", "mtu": GUEST_MTU})
+            n.link("set", index=n.link_lookup(ifname=f"eth{k}")[0], net_ns_fd=guest)
+            br = n.link_lookup(ifname=f"nic{k}")[0]
+            n.link("set", index=br, state="up")
+            n.link("set", index=n.link_lookup(ifname=f"tap{k}")[0], master=br, state="up")
+        g = self._nl(guest)
+        devices: dict[int, int] = {}  # interface index -> the guest's device carrying it
+        for k, members in enumerate(nics):
+            eth = g.link_lookup(ifname=f"eth{k}")[0]
+            g.link("set", index=eth, address=spec.interfaces[members[0]].mac, state="up")
+            for i in members:
+                itf = spec.interfaces[i]
+                # a guest-tagged interface is the guest's VLAN sub-interface of its NIC
+                dev = vlan.ensure_port(g, f"eth{k}", itf.vlan, mtu=GUEST_MTU) if itf.vlan else eth
+                if itf.vlan:
+                    g.link("set", index=dev, address=itf.mac)
+                g.addr("add", index=dev, address=str(itf.ip), prefixlen=self.topo.cugs[itf.cug].subnet.prefixlen)
+                devices[i] = dev
+        routed = self.topo.routed_interface(vm)
+        if routed is not None:  # the anycast gateway of its first routed CUG
+            i, itf = routed
+            g.route("add", dst="0.0.0.0/0", gateway=str(self.topo.cugs[itf.cug].gateway), oif=devices[i])
+
+    # ---- ports on servers ------------------------------------------------------------------------
+    # A hypervisor creates the destination tap before it stops the VM, and the source tap goes away
+    # after the VM runs on the destination. The NVE sees a port "appear" when it comes up.
+    @staticmethod
+    def uplink(i: int, server: str) -> str:
+        return f"u{i}-{server}"
+
+    def create_port(self, vm: str, server: str) -> None:
+        """Create the VM's ports on `server`, down, and their uplinks in the NIC namespace, detached."""
+        nic, srv_ns = nic_ns(self.lab, vm), self.plan.nodes[server].ns
+        n = self._nl(nic)
+        spec = self.topo.vms[vm]
+        for i, members in enumerate(self.nics(vm)):
+            port, up = names.port(vm, i), self.uplink(i, server)
+            # The uplink gets an ifindex no port can have (ports keep a small one): a veth whose
+            # ifindex equals its peer's (in another namespace) has its carrier changes treated as
+            # not urgent by the kernel's linkwatch (linkwatch_urgent_event compares ifindex with
+            # iflink), and a bridge then starts forwarding on it up to a second late.
+            self._uplink_index += 1
+            n.link("add", ifname=up, kind="veth", index=self._uplink_index, mtu=GUEST_MTU,
+                   peer={"ifname": port, "mtu": GUEST_MTU})
+            pidx = n.link_lookup(ifname=port)[0]
+            n.link("set", index=pidx, ifalias=names.port_alias(
+                [(names.iface_id(vm, j), spec.interfaces[j].vlan or 0) for j in members]))
+            n.link("set", index=pidx, net_ns_fd=srv_ns)
+            n.link("set", index=n.link_lookup(ifname=up)[0], state="up")
+        if self._port_created is not None:
+            self._port_created(vm, server)
+
+    def switch(self, vm: str, server: str, up: bool) -> None:
+        """Connect (up=True) or disconnect the VM's NICs to/from its ports on `server`: fast link flips."""
+        nic, srv_ns = nic_ns(self.lab, vm), self.plan.nodes[server].ns
+        s, n = self._nl(srv_ns), self._nl(nic)
+        for i in range(len(self.nics(vm))):
+            uidx = n.link_lookup(ifname=self.uplink(i, server))[0]
+            pidx = s.link_lookup(ifname=names.port(vm, i))[0]
+            if up:
+                n.link("set", index=uidx, master=n.link_lookup(ifname=f"nic{i}")[0])
+                s.link("set", index=pidx, state="up")
+            else:
+                s.link("set", index=pidx, state="down")
+                n.link("set", index=uidx, master=0)
+
+    def plug(self, vm: str, server: str) -> None:
+        self.create_port(vm, server)
+        self.switch(vm, server, up=True)
+
+    def remove_port(self, vm: str, server: str) -> None:
+        s = self._nl(self.plan.nodes[server].ns)
+        for i in range(len(self.nics(vm))):
+            for idx in s.link_lookup(ifname=names.port(vm, i)):
+                s.link("del", index=idx)
+
+    # ---- a live migration's switch-over ----------------------------------------------------------
+    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int) -> tuple[float, float]:
+        """The hypervisor's stop-and-copy: the VM stops on `src`, and after the pause runs on `to`
+        and announces itself. Returns (stopped, resumed), monotonic."""
+        at = time.monotonic()
+        self.switch(vm, src, up=False)
+        time.sleep(pause_ms / 1000)
+        self.switch(vm, to, up=True)
+        resumed = time.monotonic()
+        self.location[vm] = to
+        self.announce_async(vm)
+        return at, resumed
+
+    def announce_async(self, vm: str) -> None:
+        threading.Thread(target=self.announce, args=(vm,), daemon=True, name=f"announce:{vm}").start()
+
+    def announce(self, vm: str) -> None:
+        """Send QEMU's RARP self-announcements on every NIC of the VM, on QEMU's schedule."""
+        spec = self.topo.vms[vm]
+        socks, macs = [], []
+        for i, members in enumerate(self.nics(vm)):  # one per NIC, untagged, as QEMU does
+            s = netns.socket_in(nic_ns(self.lab, vm), socket.AF_PACKET, socket.SOCK_RAW)
+            s.bind((self.uplink(i, self.location[vm]), 0))
+            socks.append(s)
+            macs.append(spec.interfaces[members[0]].mac)
+        t0 = time.monotonic()
+        try:
+            for at in ANNOUNCE_AT_MS:
+                time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
+                for s, mac in zip(socks, macs):
+                    try:
+                        s.send(rarp_frame(mac))
+                    except OSError as exc:  # the VM moved again meanwhile
+                        log.info("announce %s: %s", vm, exc)
+        finally:
+            for s in socks:
+                s.close()

@@ -1,0 +1,326 @@
+"""Live migrations in the lab: the orchestrator's side of a move, for every control plane.
+
+A make-before-break move has four phases (`prepare -> resume -> activate -> complete`, or `abort`),
+each callable on its own as an orchestrator's hook would (`roamnet migrate --phase`), or all of them
+by `migrate`. Every way of moving a VM shares one skeleton (`migrate`):
+
+    ready the destination -> stop, pause, resume (the hypervisor) -> activation -> every NVE
+    programmed -> finish (forget the move, remove the source's port) -> the record
+
+and differs only in its strategy: `Prepared` (roamnet, make-before-break), `Learn` (roamnet, the
+destination NVE claims the port when it comes up), `Located` (another control plane, e.g. FRR
+BGP-EVPN: converged when it locates the VM).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from roamnet import names
+from roamnet.lab.errors import LabError
+from roamnet.lab.hypervisor import Hypervisor
+from roamnet.lab.plan import LabPlan
+from roamnet.mapping.records import ACTIVATED, Snapshot
+from roamnet.mapping.system import MappingSystem, MoveRefused
+
+log = logging.getLogger(__name__)
+
+PREPARE_TIMEOUT_S = 30.0  # a prepared move not activated by then is rolled back
+EXPIRE_MARGIN_S = 0.05  # the prepare timer fires this long after the mapping's deadline
+ACTIVATE_WAIT_S = 1.0  # after resuming, the orchestrator activates explicitly if no announcement did
+
+
+class Lab(Protocol):
+    """The parts of the lab engine that moves drive (the engine owns a `Moves`)."""
+
+    name: str
+    topo: Any  # intent.model.Topology
+    plan: LabPlan
+    hv: Hypervisor
+    mapping: MappingSystem
+    control_plane: Any  # engine.ControlPlane | None
+
+    def wait_converged(self, timeout: float, revision: int | None = None) -> bool: ...
+
+
+def poll(cond: Callable[[], bool], timeout: float, step: float = 0.002) -> bool:
+    """True as soon as cond() holds, False if it still does not after `timeout` s (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+class Strategy(Protocol):
+    """What differs between ways of moving a VM (see the module's docstring)."""
+
+    mode: str
+
+    def ready(self, vm: str, src: str, to: str, wait: float) -> dict: ...
+    def resumed(self, vm: str) -> None: ...
+    def activation(self, vm: str, to: str, wait: float) -> tuple[float | None, Snapshot | None, dict]: ...
+    def programmed(self, vm: str, to: str, snap: Snapshot | None, wait: float) -> bool: ...
+    def finish(self, vm: str, src: str, wait: float) -> None: ...
+
+
+class Moves:
+    """The lab's moves in progress and done."""
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.pending: dict[str, dict] = {}  # vm -> its prepared move (from, to, timer, resumed)
+        self.migrations: list[dict] = []
+        self._lock = threading.Lock()
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def ifaces(self, vm: str) -> list[str]:
+        return [names.iface_id(vm, i) for i in range(len(self.lab.topo.vms[vm].interfaces))]
+
+    def bound_at(self, vm: str, server: str) -> Callable[[Snapshot], bool]:
+        """Predicate on a snapshot: every interface of `vm` is bound to `server`."""
+        ifaces = self.ifaces(vm)
+        return lambda s: all((b := s.binding_of(i)) is not None and b.nve == server for i in ifaces)
+
+    def activated(self, snap: Snapshot, vm: str) -> bool:
+        return all((m := snap.migrations.get(i)) is not None and m.state == ACTIVATED for i in self.ifaces(vm))
+
+    def check(self, vm: str, to: str) -> str:
+        """The VM's server now, if moving `vm` to `to` makes sense; LabError otherwise."""
+        lab = self.lab
+        if vm not in lab.topo.vms:
+            raise LabError(f"no VM {vm!r} in lab {lab.name}")
+        node = lab.plan.nodes.get(to)
+        if node is not None and node.kind == "tor":
+            raise LabError(f"{to} is the ToR switch of domain {node.domain}: it hosts no VMs")
+        if node is None or node.kind != "server":
+            raise LabError(f"no server {to!r} in lab {lab.name}")
+        if vm in self.pending:
+            raise LabError(f"{vm}: a move to {self.pending[vm]['to']} is already in progress")
+        if lab.hv.location[vm] == to:
+            raise LabError(f"{vm} is already on {to}")
+        return lab.hv.location[vm]
+
+    def _pending(self, vm: str) -> dict:
+        if vm not in self.pending:
+            raise LabError(f"{vm}: no move in progress (prepare it first)")
+        return self.pending[vm]
+
+    def _record(self, rec: dict, at: float, resumed: float) -> dict:
+        nodes = self.lab.plan.nodes
+        rec.update({"at_mono": at, "resumed_mono": resumed, "dark_ms": round((resumed - at) * 1000, 1),
+                    "dc_from": nodes[rec["from"]].dc, "dc_to": nodes[rec["to"]].dc})
+        self.migrations.append(rec)
+        return rec
+
+    # ---- a whole move: one skeleton -------------------------------------------------------------
+    def strategy(self, prepare: bool) -> Strategy:
+        if self.lab.control_plane is not None:
+            return Located(self)
+        return Prepared(self) if prepare else Learn(self)
+
+    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
+        """Live-migrate `vm` to server `to`; returns the migration record."""
+        with self._lock:
+            how = self.strategy(prepare)
+            src = self.check(vm, to)
+            rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "mode": how.mode}
+            rec.update(how.ready(vm, src, to, wait))
+            at, resumed = self.lab.hv.stop_and_resume(vm, src, to, pause_ms)
+            how.resumed(vm)
+            activated, snap, extra = how.activation(vm, to, wait)
+            converged = how.programmed(vm, to, snap, wait)
+            done = time.monotonic()
+            how.finish(vm, src, wait)
+            rec.update(extra)
+            rec.update({"activated_mono": activated,
+                        "mapped_ms": round((activated - resumed) * 1000, 1) if activated else None,
+                        "converged_ms": round((done - resumed) * 1000, 1) if converged else None,
+                        "programmed_ms": round((done - activated) * 1000, 1) if converged and activated else None})
+            return self._record(rec, at, resumed)
+
+    # ---- make-before-break phases (roamnet's control plane) -------------------------------------
+    def prepare(self, vm: str, to: str, timeout: float = PREPARE_TIMEOUT_S, wait: float = 10.0) -> dict:
+        """Phase 1: the destination gets the VM's port (down) and every NVE gets ready; rolled back by
+        itself if not activated within `timeout` s."""
+        with self._lock:
+            src = self.check(vm, to)
+            return {"vm": vm, "from": src, "to": to, "phase": "prepared", "timeout_s": timeout,
+                    **self._prepare(vm, src, to, timeout, wait)}
+
+    def _prepare(self, vm: str, src: str, to: str, timeout: float, wait: float) -> dict:
+        lab = self.lab
+        if lab.control_plane is not None:
+            raise LabError(f"{lab.control_plane.name} has no prepared moves (use prepare=False)")
+        started = time.monotonic()
+        lab.hv.create_port(vm, to)
+        done = []
+        try:
+            for iface in self.ifaces(vm):
+                done.append(lab.mapping.prepare(iface, to, timeout))
+            if not lab.wait_converged(wait):
+                raise LabError(f"{vm}: NVEs did not program the prepared move within {wait:.0f} s")
+        except (MoveRefused, LabError) as exc:
+            for mig in done:
+                lab.mapping.abort(mig.iface_id)
+            lab.hv.remove_port(vm, to)
+            raise LabError(f"{vm}: prepare failed, rolled back: {exc}") from None
+        timer = threading.Timer(timeout + EXPIRE_MARGIN_S, self._expire, args=(vm,))
+        timer.daemon = True
+        self.pending[vm] = {"from": src, "to": to, "timer": timer, "resumed": False}
+        timer.start()
+        return {"prepared_ms": round((time.monotonic() - started) * 1000, 1)}
+
+    def resume(self, vm: str, pause_ms: int = 0) -> dict:
+        """Phase 2 (the hypervisor's part): stop on the source, pause, run on the destination, announce."""
+        with self._lock:
+            p = self._pending(vm)
+            if p["resumed"]:
+                raise LabError(f"{vm} already runs on {p['to']}")
+            at, resumed = self.lab.hv.stop_and_resume(vm, p["from"], p["to"], pause_ms)
+            p["resumed"] = True
+            return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "resumed", "pause_ms": pause_ms,
+                    "dark_ms": round((resumed - at) * 1000, 1)}
+
+    def activate(self, vm: str) -> dict:
+        """Phase 3, explicitly (normally the VM's first announcement on its new port activates)."""
+        with self._lock:
+            p = self._pending(vm)
+            for iface in self.ifaces(vm):
+                try:
+                    self.lab.mapping.activate(iface)
+                except MoveRefused as exc:
+                    raise LabError(str(exc)) from None
+            return {"vm": vm, "to": p["to"], "phase": "activated"}
+
+    def complete(self, vm: str, wait: float = 10.0) -> dict:
+        """Phase 4: once every NVE programmed the activation, forget the move; the source tap goes."""
+        with self._lock:
+            return self._complete(vm, wait)
+
+    def _complete(self, vm: str, wait: float) -> dict:
+        p = self._pending(vm)
+        snap = self.lab.mapping.snapshot()
+        if not self.activated(snap, vm):
+            raise LabError(f"{vm}: the move to {p['to']} is not activated yet")
+        converged = self.lab.wait_converged(wait, snap.revision)
+        for iface in self.ifaces(vm):
+            self.lab.mapping.complete(iface)
+        p["timer"].cancel()
+        del self.pending[vm]
+        self.lab.hv.remove_port(vm, p["from"])
+        return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "completed", "converged": converged}
+
+    def abort(self, vm: str) -> dict:
+        """Roll back a prepared move that was not activated: the VM stays where it runs."""
+        with self._lock:
+            self._pending(vm)
+            try:
+                for iface in self.ifaces(vm):
+                    self.lab.mapping.abort(iface)
+            except MoveRefused as exc:
+                raise LabError(f"{vm}: cannot roll back: {exc}") from None
+            return self._undo(vm)
+
+    def _undo(self, vm: str) -> dict:
+        """The lab's side of a rollback (the mapping's is done): the hypervisor's port goes."""
+        p = self.pending.pop(vm)
+        p["timer"].cancel()
+        if p["resumed"]:  # the hypervisor moves it back (a migration that failed after the switch)
+            self.lab.hv.stop_and_resume(vm, p["to"], p["from"], 0)
+        self.lab.hv.remove_port(vm, p["to"])
+        log.info("%s: move to %s rolled back", vm, p["to"])
+        return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "rolled-back"}
+
+    def _expire(self, vm: str) -> None:
+        """The prepare timer: the mapping rolls back what is past its deadline; the lab follows."""
+        with self._lock:
+            expired = {m.iface_id for m in self.lab.mapping.expire()}
+            if vm in self.pending and expired & set(self.ifaces(vm)):
+                self._undo(vm)
+                self.migrations.append({"vm": vm, "rolled_back": True, "at_mono": time.monotonic()})
+
+    def cancel_timers(self) -> None:
+        for pending in self.pending.values():
+            pending["timer"].cancel()
+        self.pending.clear()
+
+
+# ---- strategies ----------------------------------------------------------------------------------
+
+class Prepared:
+    """roamnet's make-before-break: prepared before the VM stops, activated by its announcement (or
+    explicitly after ACTIVATE_WAIT_S), completed once every NVE programmed the activation."""
+
+    mode = "prepared"
+
+    def __init__(self, moves: Moves):
+        self.moves, self.lab = moves, moves.lab
+
+    def ready(self, vm: str, src: str, to: str, wait: float) -> dict:
+        return self.moves._prepare(vm, src, to, PREPARE_TIMEOUT_S, wait)
+
+    def resumed(self, vm: str) -> None:
+        self.moves.pending[vm]["resumed"] = True
+
+    def activation(self, vm: str, to: str, wait: float) -> tuple[float | None, Snapshot | None, dict]:
+        snap = self.lab.mapping.wait_for(self.moves.bound_at(vm, to), ACTIVATE_WAIT_S)
+        activated_by = "announcement"
+        if snap is None:  # no announcement heard: the orchestrator knows the VM runs there
+            activated_by = "explicit"
+            for iface in self.moves.ifaces(vm):
+                self.lab.mapping.activate(iface)
+            snap = self.lab.mapping.snapshot()
+        return time.monotonic(), snap, {"activated_by": activated_by}
+
+    def programmed(self, vm: str, to: str, snap: Snapshot | None, wait: float) -> bool:
+        return self.lab.wait_converged(wait, snap.revision)
+
+    def finish(self, vm: str, src: str, wait: float) -> None:
+        self.moves._complete(vm, wait)
+
+
+class Learn:
+    """roamnet's learn-driven path: nothing prepared; the destination NVE claims the port when it comes up."""
+
+    mode = "learn"
+
+    def __init__(self, moves: Moves):
+        self.moves, self.lab = moves, moves.lab
+
+    def ready(self, vm: str, src: str, to: str, wait: float) -> dict:
+        self.lab.hv.create_port(vm, to)  # pre-copy: the destination tap exists, down
+        return {}
+
+    def resumed(self, vm: str) -> None:
+        pass
+
+    def activation(self, vm: str, to: str, wait: float) -> tuple[float | None, Snapshot | None, dict]:
+        snap = self.lab.mapping.wait_for(self.moves.bound_at(vm, to), wait)
+        return (time.monotonic() if snap is not None else None), snap, {}
+
+    def programmed(self, vm: str, to: str, snap: Snapshot | None, wait: float) -> bool:
+        return snap is not None and self.lab.wait_converged(wait, snap.revision)
+
+    def finish(self, vm: str, src: str, wait: float) -> None:
+        self.lab.hv.remove_port(vm, src)  # the source's tap goes away once the VM runs elsewhere
+
+
+class Located(Learn):
+    """Another control plane: the same hypervisor actions; converged when it locates the VM."""
+
+    def __init__(self, moves: Moves):
+        super().__init__(moves)
+        self.mode = moves.lab.control_plane.name
+
+    def activation(self, vm: str, to: str, wait: float) -> tuple[float | None, Snapshot | None, dict]:
+        return None, None, {}
+
+    def programmed(self, vm: str, to: str, snap: Snapshot | None, wait: float) -> bool:
+        cp = self.lab.control_plane
+        return poll(lambda: cp.located(self.lab, vm, to), wait, step=0.001)

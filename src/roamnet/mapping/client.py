@@ -1,0 +1,42 @@
+"""What an NVE agent may do with the mapping, and nothing more: read a snapshot, follow changes from a
+revision, report a move, publish its status.
+
+An agent holds a `MappingClient`, never the store or the mapping system itself: the seam at which
+an agent becomes a process of its own (the client then talks to the shared store, e.g. etcd).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from roamnet.mapping.records import Binding, NveStatus, Snapshot
+from roamnet.mapping.system import MappingSystem, MoveRefused
+
+__all__ = ["MappingClient", "MoveRefused"]
+
+
+class MappingClient:
+    def __init__(self, system: MappingSystem):
+        self._system = system
+
+    @property
+    def revision(self) -> int:
+        """The mapping's revision now."""
+        return self._system.revision
+
+    def snapshot(self) -> Snapshot:
+        return self._system.snapshot()
+
+    def changes(self, stop: threading.Event, from_revision: int | None = None) -> Iterator[int]:
+        """Wake-ups: one per batch of mapping changes from store revision `from_revision` on (default:
+        from now), until `stop` is set."""
+        start = self._system.store.revision + 1 if from_revision is None else from_revision
+        return self._system.changes(start, stop)
+
+    def report_move(self, iface_id: str, nve: str) -> tuple[Binding, bool]:
+        """`iface_id` arrived on `nve` (its port came up, or it announced itself). Raises MoveRefused."""
+        return self._system.report_move(iface_id, nve)
+
+    def publish_status(self, status: NveStatus) -> None:
+        self._system.publish_status(status)

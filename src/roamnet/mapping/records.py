@@ -1,0 +1,303 @@
+"""The mapping's records, their keys in the store and their JSON codec, and the snapshot. Pure.
+
+Keys in the store (values are JSON):
+  /nves/<name>                 -> Nve: an overlay edge and its VTEP address
+  /ports/<iface_id>            -> LogicalPort: a VM interface as the intent defines it (VNI, MAC, IPs)
+  /bindings/<vni>/<mac>        -> Binding: which NVE hosts that MAC now, with its sequence number
+  /migrations/<iface_id>       -> Migration: a make-before-break move in progress (prepared | activated)
+  /tenants/<name>              -> Tenant: a VRF of CUGs, its L3 VNI and the fabric's anycast gateway MAC
+  /cugs/<vni>                  -> Segment: a CUG's subnet, and its gateway and tenant when it is routed
+  /policy                      -> PolicySet: the intent's rules resolved to prefixes, and each tenant's
+                                  default (policy.py); one key: a policy change is one atomic write
+  /domains/<name>              -> Domain: a non-trivial L2 physical domain (servers behind a ToR NVE)
+  /vlans/<domain>              -> {vni: VLAN-ID}: the domain's VLAN allocation (one key: allocating
+                                  is one compare-and-swap, so two CUGs can never get one VLAN)
+  /revision                    -> written in the same transaction as every change of the records
+                                  above: its mod_revision is the mapping's revision
+  /status/<nve>                -> NveStatus: what that NVE's agent published (converged revision,
+                                  counters, errors), like OVN's Chassis_Private.nb_cfg; not part of
+                                  the mapping's revision, so publishing wakes no agent
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+
+NVES, PORTS, BINDINGS, MIGRATIONS = "/nves/", "/ports/", "/bindings/", "/migrations/"
+TENANTS, SEGMENTS, DOMAINS, VLANS = "/tenants/", "/cugs/", "/domains/", "/vlans/"
+POLICY, REVISION, STATUS = "/policy", "/revision", "/status/"
+SERVER, BORDER, TOR = "server", "border", "tor"
+PREPARED, ACTIVATED = "prepared", "activated"
+ALLOW, DENY = "allow", "deny"
+ANY_PROTO = "any"
+
+
+@dataclass(frozen=True)
+class Nve:
+    name: str
+    vtep: str
+    dc: str = ""
+    role: str = SERVER  # server (hosts VMs) | border (a DCBR: an NVE of every tenant, no VMs)
+    #                     | tor (the NVE of a non-trivial domain: its servers' VMs, over 802.1Q trunks)
+    tor: str = ""  # a server behind a ToR: the ToR, the NVE that serves it (its vtep is the ToR's)
+    domain: str = ""  # a server behind a ToR, or a ToR: its non-trivial L2 domain
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A non-trivial L2 physical domain: servers joined by 802.1Q trunks to a ToR that is their NVE."""
+
+    name: str
+    dc: str
+    tor: str
+    servers: tuple[str, ...]
+    vlan_lo: int
+    vlan_hi: int
+
+    @property
+    def range(self) -> str:
+        return f"{self.vlan_lo}-{self.vlan_hi}"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    l3vni: int
+    anycast_mac: str  # the gateway MAC of every routed CUG, on every NVE (fabric-wide)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A CUG as the NVEs need it. Routed when it has a gateway ("198.19.1.1/24") and a tenant."""
+
+    vni: int
+    name: str
+    subnet: str
+    gateway: str = ""
+    tenant: str = ""
+    flood_unknown_arp: bool = True  # ARP requests for IPs the mapping does not know go to other NVEs
+
+
+@dataclass(frozen=True)
+class LogicalPort:
+    iface_id: str  # "<vm>/<index>"
+    vm: str
+    vni: int
+    mac: str
+    ips: tuple[str, ...] = ()
+    vlan: int = 0  # the guest's own 802.1Q tag on this interface (0: untagged); never changes
+
+
+@dataclass(frozen=True)
+class Binding:
+    vni: int
+    mac: str
+    nve: str
+    vtep: str
+    seq: int = 0
+    ips: tuple[str, ...] = ()
+    iface_id: str = ""
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.vni, self.mac)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A planned move of one VM interface from NVE `src` to NVE `dst`."""
+
+    iface_id: str
+    vni: int
+    mac: str
+    src: str
+    dst: str
+    dst_vtep: str
+    state: str = PREPARED  # prepared | activated
+    deadline: float = 0.0  # wall-clock time (time.time()) after which a prepared move is rolled back
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.vni, self.mac)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One intent rule with its endpoints resolved to prefixes (None: any address)."""
+
+    name: str
+    scopes: tuple[str, ...] | None  # tenants / "cug:<name>" it applies in (None: every scope)
+    src: tuple[str, ...] | None
+    dst: tuple[str, ...] | None
+    proto: str = ANY_PROTO  # tcp | udp | icmp | any
+    ports: tuple[int, ...] = ()  # destination ports (tcp, udp); () any
+    action: str = ALLOW
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "scopes": list(self.scopes) if self.scopes is not None else None,
+                "src": list(self.src) if self.src is not None else None,
+                "dst": list(self.dst) if self.dst is not None else None,
+                "proto": self.proto, "ports": list(self.ports), "action": self.action}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Rule:
+        def tup(v):
+            return tuple(v) if v is not None else None
+        return cls(d["name"], tup(d["scopes"]), tup(d["src"]), tup(d["dst"]), d["proto"],
+                   tuple(d["ports"]), d["action"])
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    rules: tuple[Rule, ...] = ()
+    defaults: dict[str, str] = field(default_factory=dict)  # tenant -> allow | deny
+
+    def to_json(self) -> dict:
+        return {"rules": [r.to_json() for r in self.rules], "defaults": dict(sorted(self.defaults.items()))}
+
+    @classmethod
+    def from_json(cls, d: dict) -> PolicySet:
+        return cls(tuple(Rule.from_json(r) for r in d.get("rules", [])), dict(d.get("defaults", {})))
+
+
+@dataclass(frozen=True)
+class NveStatus:
+    """What one NVE's agent publishes under /status/<nve> after its passes: the mapping revision it
+    has fully programmed, and its counters."""
+
+    nve: str
+    converged_revision: int = 0  # every mapping change up to this revision is in its kernel
+    reconciles: int = 0  # passes
+    resyncs: int = 0  # periodic passes that read the kernel again
+    kernel_reads: int = 0
+    changes_applied: int = 0
+    moves_reported: int = 0
+    announcements_seen: int = 0  # RARP / gratuitous ARP frames from VM ports
+    pending_prunes: tuple[int, ...] = ()  # VNIs whose segment is held before it is removed
+    last_pass_ms: float = 0.0  # the last pass that changed something
+    last_changes: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()  # the last few
+    pid: int = 0  # the process the agent runs in
+
+
+# ---- codec ------------------------------------------------------------------------------------
+
+_TUPLES = ("ips", "servers", "pending_prunes", "last_changes", "errors")  # JSON has no tuples; the
+#                                                   records are frozen and hashable
+
+
+def dump(obj) -> str:
+    return json.dumps(asdict(obj), sort_keys=True)
+
+
+def load(cls, value: str):
+    data = json.loads(value)
+    for k in _TUPLES:
+        if k in data:
+            data[k] = tuple(data[k])
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def load_vlans(value: str) -> dict[int, int]:
+    return {int(vni): vlan for vni, vlan in json.loads(value).items()}
+
+
+def dump_vlans(used: dict[int, int]) -> str:
+    return json.dumps({str(vni): vlan for vni, vlan in sorted(used.items())})
+
+
+def dump_policy(policy: PolicySet) -> str:
+    return json.dumps(policy.to_json(), sort_keys=True)
+
+
+def binding_key(vni: int, mac: str) -> str:
+    return f"{BINDINGS}{vni}/{mac}"
+
+
+# ---- snapshot ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of the mapping. `revision` is the mapping's own revision: the store
+    revision of the last change to the mapping's records (status keys do not count), which is what
+    an NVE's converged revision is compared with."""
+
+    revision: int
+    nves: dict[str, Nve] = field(default_factory=dict)
+    ports: dict[str, LogicalPort] = field(default_factory=dict)
+    bindings: dict[tuple[int, str], Binding] = field(default_factory=dict)
+    migrations: dict[str, Migration] = field(default_factory=dict)  # iface_id -> move in progress
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    segments: dict[int, Segment] = field(default_factory=dict)  # vni -> segment
+    domains: dict[str, Domain] = field(default_factory=dict)  # non-trivial L2 domains
+    vlans: dict[str, dict[int, int]] = field(default_factory=dict)  # domain -> {vni: VLAN-ID}
+    policy: PolicySet = field(default_factory=PolicySet)
+
+    def serving(self, node: str) -> str:
+        """The NVE that serves `node`: its ToR for a server behind one, else the node itself."""
+        nve = self.nves.get(node)
+        return nve.tor if nve is not None and nve.tor else node
+
+    def domain_of(self, node: str) -> Domain | None:
+        nve = self.nves.get(node)
+        return self.domains.get(nve.domain) if nve is not None and nve.domain else None
+
+    def present(self, domain: Domain) -> set[int]:
+        """VNIs of the CUGs present in `domain`: bound to one of its servers or moving to one."""
+        servers = set(domain.servers)
+        return ({b.vni for b in self.bindings.values() if b.nve in servers}
+                | {m.vni for m in self.prepared() if m.dst in servers})
+
+    def prepared(self) -> list[Migration]:
+        """Moves prepared and not yet activated: the ones that change what NVEs program."""
+        return [m for m in self.migrations.values() if m.state == PREPARED]
+
+    def binding_of(self, iface_id: str) -> Binding | None:
+        port = self.ports.get(iface_id)
+        return self.bindings.get((port.vni, port.mac)) if port else None
+
+    def to_json(self) -> dict:
+        return {
+            "revision": self.revision,
+            "nves": [asdict(n) for n in self.nves.values()],
+            "bindings": [asdict(b) for b in sorted(self.bindings.values(), key=lambda b: b.key)],
+            "migrations": [asdict(m) for _, m in sorted(self.migrations.items())],
+            "tenants": [asdict(t) for _, t in sorted(self.tenants.items())],
+            "segments": [asdict(g) for _, g in sorted(self.segments.items())],
+            "domains": [asdict(d) for _, d in sorted(self.domains.items())],
+            "vlans": {d: {str(v): vl for v, vl in sorted(a.items())} for d, a in sorted(self.vlans.items())},
+            "policy": self.policy.to_json(),
+        }
+
+
+
+_KINDS = ((NVES, Nve, "nves", lambda o: o.name), (PORTS, LogicalPort, "ports", lambda o: o.iface_id),
+          (BINDINGS, Binding, "bindings", lambda o: o.key),
+          (MIGRATIONS, Migration, "migrations", lambda o: o.iface_id),
+          (TENANTS, Tenant, "tenants", lambda o: o.name), (SEGMENTS, Segment, "segments", lambda o: o.vni),
+          (DOMAINS, Domain, "domains", lambda o: o.name))
+
+
+def decode_snapshot(items: Iterable) -> Snapshot:
+    """The snapshot of the mapping's keys `items` (KeyValues read at one store revision; status keys
+    are skipped). Table-driven: a prefix per record class."""
+    tables: dict[str, dict] = {attr: {} for _, _, attr, _ in _KINDS}
+    vlans: dict[str, dict[int, int]] = {}
+    policy, revision = PolicySet(), 0
+    for kv in items:
+        if kv.key == REVISION:
+            revision = kv.mod_revision
+        elif kv.key == POLICY:
+            policy = PolicySet.from_json(json.loads(kv.value))
+        elif kv.key.startswith(VLANS):
+            vlans[kv.key[len(VLANS):]] = load_vlans(kv.value)
+        elif not kv.key.startswith(STATUS):
+            for prefix, cls, attr, key in _KINDS:
+                if kv.key.startswith(prefix):
+                    obj = load(cls, kv.value)
+                    tables[attr][key(obj)] = obj
+                    break
+    return Snapshot(revision, vlans=vlans, policy=policy, **tables)

@@ -1,0 +1,116 @@
+"""The mapping system's key-value store: revisions, compare-and-swap, transactions, watch-from-revision.
+
+The interface follows etcd's data model (a global revision that every write bumps; each key
+remembers the revision of its last change; a transaction is one revision) so that an etcd backend
+can replace the embedded one (`memory.MemoryStore`).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+CAS_RETRIES = 20  # a compare-and-swap that keeps losing gives up after this many tries
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: str
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change: `value` is None for a delete."""
+
+    revision: int
+    key: str
+    value: str | None
+
+
+class CasConflict(Exception):
+    """A compare-and-swap found the key at another revision than expected."""
+
+    def __init__(self, key: str, expected: int, actual: int):
+        super().__init__(f"{key}: expected revision {expected}, found {actual}")
+        self.key, self.expected, self.actual = key, expected, actual
+
+
+class Conflicted(Exception):
+    """`Store.update` lost its compare-and-swap CAS_RETRIES times in a row."""
+
+    def __init__(self, key: str):
+        super().__init__(f"{key}: too many concurrent updates")
+        self.key = key
+
+
+class Compacted(Exception):
+    """A watch asked for history the store no longer keeps."""
+
+
+KEEP = object()  # what an `update` change function returns to leave the key as it is
+
+
+class Store(ABC):
+    """What the mapping system needs from a store."""
+
+    @abstractmethod
+    def get(self, key: str) -> KeyValue | None: ...
+
+    @abstractmethod
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """All keys under `prefix` and the store revision they were read at (one consistent view)."""
+
+    @abstractmethod
+    def txn(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
+        """Write every key of `writes` (None: delete it) in one revision, only if every key of
+        `expect` is at that mod_revision (0 = absent); else nothing is written and CasConflict is
+        raised. Returns the store revision after it (unchanged if nothing changed)."""
+
+    @abstractmethod
+    def watch(self, prefix: str, from_revision: int, timeout: float) -> tuple[list[Event], int]:
+        """Events under `prefix` with revision >= from_revision, and the revision to watch from next.
+
+        Waits up to `timeout` s while the store has no revision >= from_revision."""
+
+    @property
+    @abstractmethod
+    def revision(self) -> int: ...
+
+    def put(self, key: str, value: str, expect_revision: int | None = None) -> int:
+        """Write `key`; with `expect_revision` only if the key's mod_revision is that (0 = absent)."""
+        return self.txn({key: value}, None if expect_revision is None else {key: expect_revision})
+
+    def delete(self, key: str, expect_revision: int | None = None) -> int:
+        return self.txn({key: None}, None if expect_revision is None else {key: expect_revision})
+
+    def update(self, key: str, change: Callable[[KeyValue | None], object],
+               also: Callable[[], Mapping[str, str | None]] | None = None) -> tuple[KeyValue | None, int | None]:
+        """Compare-and-swap with retry, the one loop every read-modify-write of the mapping uses.
+
+        `change(kv)` (kv: the key as read, None if absent) returns the new value, None to delete the
+        key, or KEEP to leave it; it may raise to refuse. `also()` gives more keys to write in the
+        same transaction. Returns (the key as `change` last saw it, the revision written or None
+        when nothing was). Raises Conflicted when it loses CAS_RETRIES times."""
+        for _ in range(CAS_RETRIES):
+            kv = self.get(key)
+            new = change(kv)
+            if new is KEEP or (new is None and kv is None):
+                return kv, None
+            writes = {key: new, **(also() if also else {})}
+            try:
+                return kv, self.txn(writes, {key: kv.mod_revision if kv else 0})
+            except CasConflict:
+                continue
+        raise Conflicted(key)
+
+    def iter_watch(self, prefix: str, from_revision: int, stop: threading.Event) -> Iterator[list[Event]]:
+        """Yield non-empty batches of events under `prefix` until `stop` is set."""
+        rev = from_revision
+        while not stop.is_set():
+            batch, rev = self.watch(prefix, rev, timeout=0.2)
+            if batch:
+                yield batch

@@ -1,0 +1,395 @@
+"""The mapping system (the NVA of NVO3): where every VM interface is, over a store, with EVPN's rules.
+
+Records and keys are `records`'s; the rules (mobility, VLAN allocation) are `rules`'s pure functions.
+This module only reads and writes them: every read-modify-write is one compare-and-swap with retry
+(`Store.update`), and every change of the records also writes /revision in the same transaction, so
+the mapping's revision moves with the mapping and not with the agents' status keys.
+
+L2 physical domains (draft §3.1): a server in a non-trivial domain is not an NVE; its ToR is. Its
+bindings name the server (where the VM's port is) with the ToR's VTEP, so a move between two servers
+behind one ToR changes nothing any other NVE holds. A binding or a prepared move into a domain claims
+the CUG's VLAN there first; after every change of bindings or migrations the domain's allocation is
+made to match the CUGs present.
+
+Make-before-break (a planned move): `prepare` records the destination while the binding stays on
+the source, so every NVE can get ready (the destination hosts the port, everybody else delivers the
+VM's frames to both places); `activate` (the VM announced itself on its new port, or the orchestrator
+says so) moves the binding with the usual sequence bump, which withdraws the old location; `complete`
+drops the record once every NVE has programmed the move; `abort` rolls back a move never activated.
+
+Convergence (like OVN's nb_cfg / hv_cfg): each NVE's agent publishes /status/<nve> with the mapping
+revision it has fully programmed; `wait_converged` reads those, never an agent's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+from roamnet.mapping.records import (
+    ACTIVATED,
+    BORDER,
+    DOMAINS,
+    MIGRATIONS,
+    NVES,
+    POLICY,
+    PORTS,
+    PREPARED,
+    REVISION,
+    SEGMENTS,
+    SERVER,
+    STATUS,
+    TENANTS,
+    TOR,
+    VLANS,
+    Binding,
+    Domain,
+    LogicalPort,
+    Migration,
+    Nve,
+    NveStatus,
+    PolicySet,
+    Segment,
+    Snapshot,
+    Tenant,
+    binding_key,
+    decode_snapshot,
+    dump,
+    dump_policy,
+    dump_vlans,
+    load,
+    load_vlans,
+)
+from roamnet.mapping.rules import VlanExhausted, allocate, move, release, resolve
+from roamnet.mapping.store.base import KEEP, CasConflict, Conflicted, KeyValue, Store
+
+log = logging.getLogger(__name__)
+
+
+class MoveRefused(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class MappingRecords:
+    """Everything an intent puts in the mapping (`intent.compile`), written by `MappingSystem.load`."""
+
+    tenants: tuple[Tenant, ...] = ()
+    segments: tuple[Segment, ...] = ()
+    policy: PolicySet = field(default_factory=PolicySet)
+    domains: tuple[Domain, ...] = ()
+    nves: tuple[Nve, ...] = ()
+    ports: tuple[LogicalPort, ...] = ()
+    bindings: tuple[Binding, ...] = ()  # where each VM interface starts (sequence 0)
+
+
+class MappingSystem:
+    def __init__(self, store: Store):
+        self.store = store
+        self._snap: Snapshot | None = None  # the last snapshot: shared by every reader at that revision
+        self._snap_lock = threading.Lock()
+
+    # ---- writing -------------------------------------------------------------------------------
+    def _write(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
+        """One transaction of record changes, with the mapping's revision."""
+        return self.store.txn({**writes, REVISION: ""}, expect)
+
+    def _update(self, key: str, change: Callable[[KeyValue | None], object]) -> tuple[KeyValue | None, int | None]:
+        try:
+            return self.store.update(key, change, also=lambda: {REVISION: ""})
+        except Conflicted as exc:
+            raise MoveRefused(str(exc)) from None
+
+    def load(self, records: MappingRecords) -> None:
+        """Write an intent's records: tenants, CUGs and the policy before any VM (ports start
+        filtered), then NVEs, ports and the initial bindings (claiming VLANs; MoveRefused)."""
+        self._write({TENANTS + t.name: dump(t) for t in records.tenants}
+                    | {f"{SEGMENTS}{s.vni}": dump(s) for s in records.segments}
+                    | {POLICY: dump_policy(records.policy)}
+                    | {DOMAINS + d.name: dump(d) for d in records.domains}
+                    | {NVES + n.name: dump(n) for n in records.nves}
+                    | {PORTS + p.iface_id: dump(p) for p in records.ports})
+        for b in records.bindings:
+            self.advertise(b)
+
+    def register_nve(self, nve: Nve) -> None:
+        self._write({NVES + nve.name: dump(nve)})
+
+    def register_port(self, port: LogicalPort) -> None:
+        self._write({PORTS + port.iface_id: dump(port)})
+
+    def register_tenant(self, tenant: Tenant) -> None:
+        self._write({TENANTS + tenant.name: dump(tenant)})
+
+    def register_segment(self, segment: Segment) -> None:
+        self._write({f"{SEGMENTS}{segment.vni}": dump(segment)})
+
+    def register_domain(self, domain: Domain) -> None:
+        self._write({DOMAINS + domain.name: dump(domain)})
+
+    def register_policy(self, policy: PolicySet) -> None:
+        self._write({POLICY: dump_policy(policy)})
+
+    # ---- reading -------------------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        """The mapping's revision: the store revision of its last change (0: empty)."""
+        kv = self.store.get(REVISION)
+        return kv.mod_revision if kv else 0
+
+    def snapshot(self) -> Snapshot:
+        """The mapping now. Snapshots are immutable by convention: one decoded snapshot per mapping
+        revision is shared by all readers in the process (32 agents decoding the same store after
+        every move cost more than programming the move)."""
+        cached = self._snap
+        if cached is not None and cached.revision == self.revision:
+            return cached
+        items, _ = self.store.range("/")
+        snap = decode_snapshot(items)
+        with self._snap_lock:
+            if self._snap is None or snap.revision > self._snap.revision:
+                self._snap = snap
+        return snap
+
+    def changes(self, from_revision: int, stop: threading.Event) -> Iterator[int]:
+        """Yield the store revision reached each time the mapping changed (status keys do not count),
+        from `from_revision` on, until `stop` is set."""
+        for batch in self.store.iter_watch("/", from_revision, stop):
+            if any(not e.key.startswith(STATUS) for e in batch):
+                yield batch[-1].revision
+
+    def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float) -> Snapshot | None:
+        """Wait until predicate(snapshot) holds; returns that snapshot or None on timeout."""
+        deadline = time.monotonic() + timeout
+        rev = 0
+        while True:
+            snap = self.snapshot()
+            if predicate(snap):
+                return snap
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            _, rev = self.store.watch("/", max(rev, snap.revision + 1), timeout=min(left, 0.5))
+
+    # ---- NVE status (published by the agents) --------------------------------------------------
+    def publish_status(self, status: NveStatus) -> None:
+        self.store.put(STATUS + status.nve, dump(status))
+
+    def statuses(self) -> dict[str, NveStatus]:
+        items, _ = self.store.range(STATUS)
+        return {kv.key[len(STATUS):]: load(NveStatus, kv.value) for kv in items}
+
+    def lagging(self, revision: int, nves: Iterable[str]) -> list[str]:
+        """The NVEs of `nves` whose published converged revision is below `revision`."""
+        st = self.statuses()
+        return sorted(n for n in nves if n not in st or st[n].converged_revision < revision)
+
+    def wait_converged(self, nves: Iterable[str], timeout: float, revision: int | None = None) -> bool:
+        """Wait until every NVE of `nves` has published a converged revision >= `revision` (default:
+        the mapping's revision now). Woken by the status keys' watch, not by polling."""
+        target = self.revision if revision is None else revision
+        nves = list(nves)
+        deadline = time.monotonic() + timeout
+        rev = self.store.revision + 1
+        while self.lagging(target, nves):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            _, rev = self.store.watch(STATUS, rev, timeout=min(left, 0.5))
+        return True
+
+    # ---- moves ---------------------------------------------------------------------------------
+    def advertise(self, proposed: Binding) -> Binding:
+        """Apply an advertisement with the mobility rules; returns the binding that holds after it."""
+        seen: dict[str, Binding | None] = {}
+
+        def change(kv: KeyValue | None):
+            current = load(Binding, kv.value) if kv else None
+            winner = resolve(current, proposed)
+            seen["current"], seen["winner"] = current, winner
+            if current is not None and winner == current:
+                return KEEP
+            self._claim_vlan(winner.nve, winner.vni)
+            return dump(winner)
+
+        _, rev = self._update(binding_key(proposed.vni, proposed.mac), change)
+        current, winner = seen["current"], seen["winner"]
+        if rev is None:
+            log.info("stale advertisement ignored: %s (holds: %s)", proposed, current)
+            return current
+        self._sync_vlans(current.nve if current else "", winner.nve)
+        return winner
+
+    def report_move(self, iface_id: str, nve_name: str) -> tuple[Binding, bool]:
+        """An NVE saw `iface_id` arrive (port appeared, RARP/GARP). Returns (binding, changed)."""
+        port, nve = self._port_and_nve(iface_id, nve_name)
+        seen: dict[str, Binding | None] = {}
+
+        def change(kv: KeyValue | None):
+            current = load(Binding, kv.value) if kv else None
+            seen["current"] = current
+            if current is not None and current.nve == nve.name:
+                return KEEP
+            seen["new"] = new = move(current, port, nve)
+            self._claim_vlan(nve.name, port.vni)  # refuses the move if the domain has no VLAN left
+            return dump(new)
+
+        _, rev = self._update(binding_key(port.vni, port.mac), change)
+        current = seen["current"]
+        if rev is None:
+            self._mark_activated(iface_id, nve.name)
+            return current, False
+        new = seen["new"]
+        self._sync_vlans(current.nve if current else "", nve.name)
+        log.info("move %s: %s -> %s seq %d", iface_id, current.nve if current else "-", nve.name, new.seq)
+        self._mark_activated(iface_id, nve.name)
+        return new, True
+
+    def _port_and_nve(self, iface_id: str, nve_name: str) -> tuple[LogicalPort, Nve]:
+        kv_port, kv_nve = self.store.get(PORTS + iface_id), self.store.get(NVES + nve_name)
+        if kv_port is None:
+            raise MoveRefused(f"unknown VM interface {iface_id!r}")
+        if kv_nve is None:
+            raise MoveRefused(f"unknown NVE {nve_name!r}")
+        nve = load(Nve, kv_nve.value)
+        if nve.role != SERVER:
+            what = {BORDER: "border router", TOR: "ToR switch"}.get(nve.role, nve.role)
+            raise MoveRefused(f"{nve_name!r} is a {what}: it hosts no VMs")
+        return load(LogicalPort, kv_port.value), nve
+
+    # ---- VLANs of non-trivial domains ------------------------------------------------------------
+    def _domain(self, node: str) -> Domain | None:
+        kv = self.store.get(NVES + node) if node else None
+        name = load(Nve, kv.value).domain if kv else ""
+        kv = self.store.get(DOMAINS + name) if name else None
+        return load(Domain, kv.value) if kv else None
+
+    def _claim_vlan(self, node: str, vni: int) -> None:
+        """Give CUG `vni` a VLAN in `node`'s domain (if non-trivial and it has none yet), or refuse."""
+        domain = self._domain(node)
+        if domain is None:
+            return
+
+        def change(kv: KeyValue | None):
+            used = load_vlans(kv.value) if kv else {}
+            try:
+                new = allocate(domain, used, vni)
+            except VlanExhausted as exc:
+                raise MoveRefused(str(exc)) from None
+            return KEEP if new is used else dump_vlans(new)
+
+        if self._update(VLANS + domain.name, change)[1] is not None:
+            log.info("domain %s: VNI %d gets a VLAN", domain.name, vni)
+
+    def _sync_vlans(self, *nodes: str) -> None:
+        """Make the allocation of each node's domain match the CUGs present there: release the VLANs
+        of CUGs that left, allocate for present ones that have none (a release that raced with an
+        allocation). Called after every change of bindings or prepared moves."""
+        for domain in {d.name: d for n in nodes if (d := self._domain(n)) is not None}.values():
+            def change(kv: KeyValue | None, domain: Domain = domain):
+                used = load_vlans(kv.value) if kv else {}
+                present = self.snapshot().present(domain)
+                new = release(used, present)
+                for vni in sorted(present - set(new)):
+                    try:
+                        new = allocate(domain, new, vni)
+                    except VlanExhausted as exc:
+                        log.warning("%s", exc)
+                if new == used:
+                    return KEEP
+                return dump_vlans(new) if new else None
+
+            try:
+                if self._update(VLANS + domain.name, change)[1] is not None:
+                    log.info("domain %s: VLANs %s", domain.name, self.snapshot().vlans.get(domain.name, {}))
+            except MoveRefused as exc:  # the next change of the domain's members syncs again
+                log.warning("domain %s: %s", domain.name, exc)
+
+    # ---- make-before-break ---------------------------------------------------------------------
+    def migration(self, iface_id: str) -> Migration | None:
+        kv = self.store.get(MIGRATIONS + iface_id)
+        return load(Migration, kv.value) if kv else None
+
+    def _change_migration(self, iface_id: str, change: Callable[[Migration], Migration | None]) -> Migration | None:
+        """Compare-and-swap on a migration record: `change(mig)` returns the new record, None to
+        delete it, `mig` itself to leave it, or raises MoveRefused. Returns the record it saw."""
+        seen: dict[str, Migration] = {}
+
+        def step(kv: KeyValue | None):
+            seen.clear()
+            if kv is None:
+                return KEEP
+            seen["mig"] = mig = load(Migration, kv.value)
+            new = change(mig)
+            return None if new is None else KEEP if new == mig else dump(new)
+
+        self._update(MIGRATIONS + iface_id, step)
+        return seen.get("mig")
+
+    def prepare(self, iface_id: str, dst: str, timeout: float) -> Migration:
+        """Record a planned move of `iface_id` to NVE `dst`; the binding stays where it is."""
+        port, nve = self._port_and_nve(iface_id, dst)
+        kv = self.store.get(binding_key(port.vni, port.mac))
+        if kv is None:
+            raise MoveRefused(f"{iface_id} is bound nowhere: nothing to move")
+        current = load(Binding, kv.value)
+        if current.nve == dst:
+            raise MoveRefused(f"{iface_id} is already on {dst}")
+        mig = Migration(iface_id, port.vni, port.mac, current.nve, dst, nve.vtep, PREPARED, time.time() + timeout)
+        self._claim_vlan(dst, port.vni)  # the destination's ToR and switch need it before activation
+        try:
+            self._write({MIGRATIONS + iface_id: dump(mig)}, expect={MIGRATIONS + iface_id: 0})
+        except CasConflict:
+            self._sync_vlans(dst)
+            held = self.migration(iface_id)
+            raise MoveRefused(f"{iface_id}: a move to {held.dst if held else '?'} is already in progress") from None
+        return mig
+
+    def _mark_activated(self, iface_id: str, nve: str) -> None:
+        self._change_migration(iface_id, lambda m: replace(m, state=ACTIVATED)
+                               if m.state == PREPARED and m.dst == nve else m)
+
+    def activate(self, iface_id: str) -> tuple[Binding, bool]:
+        """Explicit activation (the orchestrator knows the VM runs on the destination)."""
+        mig = self.migration(iface_id)
+        if mig is None:
+            raise MoveRefused(f"{iface_id}: no move in progress")
+        return self.report_move(iface_id, mig.dst)
+
+    def complete(self, iface_id: str) -> Migration:
+        """Forget an activated move (every NVE has programmed it)."""
+        def drop(mig: Migration) -> None:
+            if mig.state != ACTIVATED:
+                raise MoveRefused(f"{iface_id}: the move to {mig.dst} was not activated (abort it instead)")
+
+        mig = self._change_migration(iface_id, drop)
+        if mig is None:
+            raise MoveRefused(f"{iface_id}: no move in progress")
+        return mig
+
+    def abort(self, iface_id: str) -> Migration | None:
+        """Roll back a prepared move that was never activated; the binding never changed."""
+        def drop(mig: Migration) -> None:
+            if mig.state != PREPARED:
+                raise MoveRefused(f"{iface_id}: the move to {mig.dst} is already activated")
+
+        mig = self._change_migration(iface_id, drop)
+        if mig is not None:
+            self._sync_vlans(mig.dst)  # the destination's VLAN, if this move was its only reason
+        return mig
+
+    def expire(self, now: float | None = None) -> list[Migration]:
+        """Abort every prepared move past its deadline; returns them."""
+        now = time.time() if now is None else now
+        out = []
+        for mig in self.snapshot().prepared():
+            if mig.deadline and mig.deadline < now:
+                try:
+                    if self.abort(mig.iface_id):
+                        out.append(mig)
+                except MoveRefused:
+                    pass  # activated meanwhile
+        return out

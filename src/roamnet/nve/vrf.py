@@ -1,0 +1,84 @@
+"""Desired state of a tenant's VRF on one NVE: distributed anycast gateway and symmetric IRB
+(RFC 9135). Pure.
+
+A tenant is a VRF: on every NVE that hosts one of its routed CUGs, and on every border (DCBR), a
+namespace holds the tenant's routing table. Each hosted routed CUG has a gateway interface there
+with the CUG's gateway IP and the fabric-wide anycast MAC (so a VM's ARP entry for its gateway is
+right on every server). Between NVEs, routed traffic rides the tenant's L3 VNI: the ingress NVE
+routes it to a /32 host route whose next hop is the egress NVE's VTEP, with that NVE's router MAC
+as destination MAC; the egress NVE routes it again into the VM's CUG. Each server's default route
+points at its own data center's border; a border announces (over BGP, to the WAN) the tenant's
+subnets and the /32s of the VMs in its data center, and forwards to the others without announcing
+them (the "transit" table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from roamnet import names
+from roamnet.mapping.records import BORDER, Snapshot
+
+MAIN, TRANSIT = "main", "transit"  # a border's announced routes, and the ones it only forwards
+BLACKHOLE = ""  # a route with no next hop: a border's covering route for a subnet
+
+
+@dataclass(frozen=True)
+class VrfDesired:
+    tenant: str
+    l3vni: int
+    rmac: str  # this NVE's router MAC (the L3 VNI device's address)
+    anycast_mac: str
+    border: bool = False  # a border: the transit table is looked up first
+    gateways: dict[int, str] = field(default_factory=dict)  # hosted routed VNI -> gateway "ip/plen"
+    neighbors: dict[str, tuple[int, str]] = field(default_factory=dict)  # local VM IP -> (VNI, MAC)
+    routes: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, prefix) -> VTEP | BLACKHOLE
+    rmacs: dict[str, str] = field(default_factory=dict)  # next-hop VTEP -> its router MAC
+    guard: frozenset[str] = frozenset()  # a border: the tenant's subnets, which no packet coming in
+    #   from the WAN may have as source (they are the tenant's own; ingress filtering, BCP 38): with
+    #   two tenants sharing addresses, one tenant's VMs would otherwise reach the other's through
+    #   the WAN as if they were its own VMs, which its VMs' filters trust
+
+    def to_json(self) -> dict:
+        return {
+            "tenant": self.tenant, "l3vni": self.l3vni, "rmac": self.rmac, "border": self.border,
+            "gateways": {str(v): g for v, g in sorted(self.gateways.items())},
+            "neighbors": {ip: {"vni": v, "mac": m} for ip, (v, m) in sorted(self.neighbors.items())},
+            "routes": [{"table": t, "prefix": p, "via": via or "blackhole"}
+                       for (t, p), via in sorted(self.routes.items())],
+            "wan_source_guard": sorted(self.guard),
+        }
+
+
+def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str, VrfDesired]:
+    """The tenant VRFs NVE `nve` has, given the L2 segments it hosts. Pure."""
+    me = snap.nves[nve]
+    is_border = me.role == BORDER
+    routed = {vni: s for vni, s in snap.segments.items() if s.tenant and s.gateway and s.tenant in snap.tenants}
+    present = set(snap.tenants) if is_border else {routed[v].tenant for v in segments if v in routed}
+    border_vtep = next((n.vtep for n in snap.nves.values() if n.role == BORDER and n.dc == me.dc), None)
+    out: dict[str, VrfDesired] = {}
+    for name in sorted(present):
+        t = snap.tenants[name]
+        mine = {vni: s for vni, s in routed.items() if s.tenant == name}
+        gateways = {} if is_border else {v: s.gateway for v, s in mine.items() if v in segments}
+        neighbors: dict[str, tuple[int, str]] = {}
+        routes: dict[tuple[str, str], str] = {}
+        for b in snap.bindings.values():
+            if b.vni not in mine:
+                continue
+            if snap.serving(b.nve) == nve:
+                neighbors.update({ip: (b.vni, b.mac) for ip in b.ips})
+                continue
+            there = snap.nves.get(b.nve)
+            table = TRANSIT if is_border and there is not None and there.dc != me.dc else MAIN
+            routes.update({(table, f"{ip}/32"): b.vtep for ip in b.ips})
+        if is_border:
+            routes.update({(MAIN, s.subnet): BLACKHOLE for s in mine.values()})
+        elif border_vtep is not None:
+            routes[(MAIN, "0.0.0.0/0")] = border_vtep
+        rmacs = {v: names.router_mac(v) for v in routes.values() if v != BLACKHOLE}
+        guard = frozenset(s.subnet for s in mine.values()) if is_border else frozenset()
+        out[name] = VrfDesired(name, t.l3vni, names.router_mac(me.vtep), t.anycast_mac, is_border,
+                               gateways, neighbors, routes, rmacs, guard)
+    return out
