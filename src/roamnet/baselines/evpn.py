@@ -37,11 +37,11 @@ from pyroute2.netlink import (
     nlmsgerr,
 )
 from pyroute2.netlink.rtnl import RTM_GETNEIGH
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT, ndmsg
 
 from roamnet import names
 from roamnet.dataplane import netns
-from roamnet.dataplane.kernel import ensure_segment
+from roamnet.dataplane.kernel import ZERO_MAC, ensure_segment
 from roamnet.names import WAN_NODE
 from roamnet.wan import frr
 from roamnet.wan.frr import (
@@ -66,10 +66,6 @@ log = logging.getLogger(__name__)
 
 EVPN_ASN = 65000
 READY_TIMEOUT_S = 30.0
-AF_BRIDGE = 7
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
-ZERO_MAC = "00:00:00:00:00:00"
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 NLMSG_HDRLEN = 16
 NDA_LLADDR_HDR = struct.pack("=HH", 10, 2)  # the nlattr header of NDA_LLADDR holding a 6-byte MAC
@@ -215,7 +211,7 @@ class FdbReader:
         with self.lock:
             self.seq += 1
             req = ndmsg()
-            req["family"] = AF_BRIDGE
+            req["family"] = socket.AF_BRIDGE
             if master is not None:
                 req["attrs"] = [("NDA_MASTER", master)]
             req["header"]["type"] = RTM_GETNEIGH

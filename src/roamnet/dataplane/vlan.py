@@ -28,13 +28,13 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.protocols import ETH_P_ALL
 
 from roamnet import names
 
 ALIAS = names.OWNER + ":vlan="
 INGRESS = 0xFFFFFFF2  # clsact's ingress hook (parent ffff:fff2)
 ETH_P_8021Q = 0x8100
-ETH_P_ALL = 0x0003
 BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_F_INGRESS = 1
