@@ -85,3 +85,49 @@ def test_iter_watch_stops():
     s.put("/b", "2")
     t.join(timeout=3)
     assert not t.is_alive() and [e.key for e in got][:2] == ["/a", "/b"]
+
+
+def test_a_transaction_is_one_revision_and_all_or_nothing():
+    s = MemoryStore()
+    s.put("/a", "1")
+    rev = s.txn({"/a": "2", "/b": "x", "/gone": None}, expect={"/a": 1})
+    assert rev == 2 and s.get("/a").mod_revision == s.get("/b").mod_revision == 2
+    events, _ = s.watch("/", 2, timeout=0)
+    assert [(e.revision, e.key) for e in events] == [(2, "/a"), (2, "/b")]  # deleting nothing is no event
+    with pytest.raises(CasConflict):
+        s.txn({"/a": "3", "/c": "y"}, expect={"/a": 2, "/b": 0})  # /b exists: nothing is written
+    assert s.get("/a").value == "2" and s.get("/c") is None and s.revision == 2
+    assert s.txn({"/nothing": None}) == 2, "a transaction that changes nothing keeps the revision"
+
+
+def test_update_is_compare_and_swap_with_retry():
+    from roamnet.mapping.store.base import CAS_RETRIES, KEEP, Conflicted
+
+    s = MemoryStore()
+    s.put("/n", "0")
+    seen = []
+
+    def bump(kv):
+        seen.append(kv.value)
+        if len(seen) == 1:
+            s.put("/n", "5")  # somebody else writes between our read and our write
+        return str(int(kv.value) + 1)
+
+    kv, rev = s.update("/n", bump, also=lambda: {"/marker": ""})
+    assert seen == ["0", "5"] and s.get("/n").value == "6" and kv.value == "5"
+    assert s.get("/marker").mod_revision == rev == s.get("/n").mod_revision
+    assert s.update("/n", lambda kv: KEEP) == (s.get("/n"), None)
+    assert s.update("/absent", lambda kv: None) == (None, None)
+    s.update("/n", lambda kv: None)
+    assert s.get("/n") is None
+    calls = []
+
+    def always_loses(kv):
+        calls.append(1)
+        s.put("/x", str(len(calls)))
+        return "mine"
+
+    s.put("/x", "0")
+    with pytest.raises(Conflicted):
+        s.update("/x", always_loses)
+    assert len(calls) == CAS_RETRIES and s.get("/x").value == str(CAS_RETRIES)
