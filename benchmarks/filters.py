@@ -29,12 +29,10 @@ import time
 from pyroute2 import IPRoute
 
 from roamnet.dataplane import netns
-from roamnet.nve.filters import desired_table, FAMILY, plan_table, read_table, TABLE
-from roamnet.dataplane.nft import read_table_briefly
-from roamnet.dataplane.nft import Nft
-from roamnet.mapping.records import ALLOW, DENY, PolicySet, Rule
+from roamnet.dataplane.nft import Nft, read_table_briefly
+from roamnet.mapping.records import ALLOW, DENY, PolicySet, Rule, Segment
+from roamnet.nve.filters import FAMILY, TABLE, desired_table, plan_table, read_table
 from roamnet.nve.portfilter import port_filter
-from roamnet.mapping.records import Segment
 
 POLICY = PolicySet((
     Rule("web-to-db", ("t1",), ("198.19.1.0/24",), ("198.19.2.0/24",), "tcp", (5432,), ALLOW),

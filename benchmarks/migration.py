@@ -34,15 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from roamnet import names
-from roamnet.dataplane import netns
 from roamnet.baselines.evpn import FrrEvpn, kill_recorded
-from roamnet.lab.state import JOURNAL, cleanup, journal_namespaces, make_state_dir
+from roamnet.dataplane import netns
+from roamnet.experiments.loss import MoveWindow, analyze_stream, send_time_estimates
+from roamnet.experiments.runner import Proc, final, spawn, wait_ready
+from roamnet.experiments.traffic import recv_argv, send_argv
+from roamnet.intent.model import parse_topology
 from roamnet.lab.engine import Lab, LabError
 from roamnet.lab.plan import build_plan
-from roamnet.experiments.loss import analyze_stream, MoveWindow, send_time_estimates
-from roamnet.intent.model import parse_topology
-from roamnet.experiments.runner import final, Proc, spawn, wait_ready
-from roamnet.experiments.traffic import recv_argv, send_argv
+from roamnet.lab.state import JOURNAL, cleanup, journal_namespaces, make_state_dir
 
 # ---------------------------------------------------------------- configuration
 

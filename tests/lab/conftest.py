@@ -189,8 +189,8 @@ def claim_lab_name(base: str) -> str:
 
 def planned_namespaces(topo: dict[str, Any]) -> list[str]:
     """Every namespace the lab of `topo` will create; refuses if any exists already (not ours)."""
-    from roamnet.lab.plan import build_plan
     from roamnet.intent.model import parse_topology
+    from roamnet.lab.plan import build_plan
 
     name = topo["name"]
     assert name in _USED_NAMES, f"lab {name!r}: get its name from the lab_name fixture"
@@ -255,8 +255,8 @@ def lab_namespaces() -> Callable[[dict[str, Any]], list[str]]:
 @contextlib.contextmanager
 def running_lab(topo: dict[str, Any], converge_timeout: float = 30.0, **lab_args: Any) -> Iterator[Any]:
     """Build a Lab from topology data; always `lab.down()`; then none of its namespaces may remain."""
-    from roamnet.lab.engine import Lab
     from roamnet.intent.model import parse_topology
+    from roamnet.lab.engine import Lab
 
     name = topo["name"]
     planned = planned_namespaces(topo)

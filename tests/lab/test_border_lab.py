@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from roamnet.wan import frr
 from roamnet import names
 from roamnet.dataplane import netns
+from roamnet.intent.model import parse_topology
+from roamnet.lab.plan import build_plan
+from roamnet.names import WAN_NODE
+from roamnet.wan import frr
 from roamnet.wan.border import BorderBgp, BorderError
 from roamnet.wan.frr import DAEMONS
-from roamnet.names import WAN_NODE
-from roamnet.lab.plan import build_plan
-from roamnet.intent.model import parse_topology
 
 FRR_BIN = Path("/usr/lib/frr")  # as conftest.FRR_BIN
 PROTO = 77  # the NVE agent's route protocol

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import Sniffer, wait_resynced
 
 WEB, DB = 10100, 10200

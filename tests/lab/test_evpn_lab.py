@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from roamnet.baselines import evpn as evpn_mod
-from roamnet.wan.frr import DAEMONS
 from roamnet.baselines.evpn import EvpnError, FrrEvpn, kill_recorded
+from roamnet.wan.frr import DAEMONS
 
 FRR_BIN = Path("/usr/lib/frr")  # as conftest.FRR_BIN
 VNI = 10100  # the `web` CUG of the conftest topologies
@@ -58,8 +58,8 @@ def _ping(host: Any, name: str, src: str, dst_ip: str, count: int = 3) -> None:
 def evpn_lab(topo: dict[str, Any], lab_namespaces: Any, host: Any, cp: FrrEvpn | None = None
              ) -> Iterator[tuple[Any, FrrEvpn]]:
     """A lab whose control plane is FRR EVPN; always brought down; then none of its namespaces remain."""
-    from roamnet.lab.engine import Lab
     from roamnet.intent.model import parse_topology
+    from roamnet.lab.engine import Lab
 
     planned = lab_namespaces(topo)
     cp = cp or FrrEvpn()
@@ -157,8 +157,8 @@ def test_evpn_migration_between_dcs(host: Any, lab_name: Any, make_topology: Any
 
 
 def test_evpn_missing_daemon_binary(host: Any, lab_name: Any, make_topology: Any, lab_namespaces: Any) -> None:
-    from roamnet.lab.engine import Lab
     from roamnet.intent.model import parse_topology
+    from roamnet.lab.engine import Lab
 
     name = lab_name("t-evpn-nobin")
     topo = make_topology(name, vms={"vm1": ("hv1", "web")})
@@ -177,8 +177,8 @@ def test_evpn_missing_daemon_binary(host: Any, lab_name: Any, make_topology: Any
 
 def test_evpn_missing_bgpd_stops_the_zebras(host: Any, lab_name: Any, make_topology: Any,
                                             lab_namespaces: Any) -> None:
-    from roamnet.lab.engine import Lab
     from roamnet.intent.model import parse_topology
+    from roamnet.lab.engine import Lab
 
     name = lab_name("t-evpn-nobgp")
     topo = make_topology(name, vms={"vm1": ("hv1", "web")})
@@ -206,8 +206,8 @@ def test_evpn_missing_bgpd_stops_the_zebras(host: Any, lab_name: Any, make_topol
 
 def test_evpn_session_that_never_comes_up(host: Any, lab_name: Any, make_topology: Any, lab_namespaces: Any,
                                           monkeypatch: Any) -> None:
-    from roamnet.lab.engine import Lab
     from roamnet.intent.model import parse_topology
+    from roamnet.lab.engine import Lab
 
     name = lab_name("t-evpn-nobgp2")
     topo = make_topology(name, vms={"vm1": ("hv1", "web")})
@@ -250,8 +250,8 @@ def test_kill_recorded_after_a_crash(host: Any, lab_name: Any, make_topology: An
 
 def test_evpn_rejected_configuration(host: Any, lab_name: Any, make_topology: Any, lab_namespaces: Any,
                                      monkeypatch: Any) -> None:
-    from roamnet.lab.engine import Lab
     from roamnet.intent.model import parse_topology
+    from roamnet.lab.engine import Lab
 
     name = lab_name("t-evpn-badconf")
     topo = make_topology(name, vms={"vm1": ("hv1", "web")})

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import Sniffer
 from scapy.layers.inet import IP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN  # noqa: F401 - binds UDP 4789 so inner frames are parsed
 
-from conftest import Sniffer
 ANYCAST = "02:52:4e:00:00:01"
 WEB_GW, DB_GW = "198.19.1.1", "198.19.2.1"
 

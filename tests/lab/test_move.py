@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from roamnet.lab.state import cleanup, state_dir
 from roamnet.experiments.runner import run_scenario
 from roamnet.intent.scenario import parse_scenario
+from roamnet.lab.state import cleanup, state_dir
 
 DURATION = 5.0
 STEP_AT = 2.0

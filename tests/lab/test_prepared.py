@@ -8,8 +8,6 @@ import time
 from typing import Any
 
 import pytest
-
-
 from conftest import Sniffer
 from test_pruning import flood_dsts, remote_mac_dst, vxlan_devs, wait_for
 

@@ -7,8 +7,8 @@ import re
 import time
 from typing import Any
 
-from roamnet.lab.plan import build_plan
 from roamnet.intent.model import parse_topology
+from roamnet.lab.plan import build_plan
 
 WEB, DB = 10100, 10200
 ZERO = "00:00:00:00:00:00"

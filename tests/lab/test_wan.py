@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from roamnet.experiments.paths import PathObserver, summarize_paths, Watched
-
 from test_irb import routed_topology
+
+from roamnet.experiments.paths import PathObserver, Watched, summarize_paths
 
 pytestmark = pytest.mark.usefixtures("frr_required")
 VM1, CLIENT = "198.19.1.11", "198.18.200.10"
@@ -95,9 +94,9 @@ def test_wan_traffic_enters_and_leaves_through_the_vms_data_center(lab_name, lab
 
 
 def test_a_missing_frr_names_the_instance_and_leaves_nothing(lab_name, lab_namespaces, tmp_path, host):
-    from roamnet.wan.border import BorderBgp
-    from roamnet.lab.engine import Lab
     from roamnet.intent.model import parse_topology
+    from roamnet.lab.engine import Lab
+    from roamnet.wan.border import BorderBgp
 
     topo = routed_topology(lab_name("t-wan-nofrr"), clients=True)
     planned = lab_namespaces(topo)

@@ -3,11 +3,11 @@ segment, follows moves and IP changes, and drops entries of segments and VMs tha
 
 from __future__ import annotations
 
-from roamnet.nve.desired import compute_desired
 from roamnet.mapping.records import Binding, LogicalPort, Nve
-from roamnet.mapping.system import MappingSystem
-from roamnet.nve.plan import Actual, apply_to, Change, plan
 from roamnet.mapping.store import MemoryStore
+from roamnet.mapping.system import MappingSystem
+from roamnet.nve.desired import compute_desired
+from roamnet.nve.plan import Actual, Change, apply_to, plan
 
 WEB, DB = 10100, 10200
 

@@ -17,11 +17,20 @@ from typing import Any
 import pytest
 
 from roamnet.baselines import evpn
-from roamnet.wan import frr
-from roamnet.wan.border import best_paths, border_config, BorderBgp, BorderError, BorderInstance, Peer, plan_border_instances, WAN_ASN
-from roamnet.wan.frr import DAEMONS, FrrError, JOURNAL, Proc
-from roamnet.lab.plan import build_plan
 from roamnet.intent.model import parse_topology
+from roamnet.lab.plan import build_plan
+from roamnet.wan import frr
+from roamnet.wan.border import (
+    WAN_ASN,
+    BorderBgp,
+    BorderError,
+    BorderInstance,
+    Peer,
+    best_paths,
+    border_config,
+    plan_border_instances,
+)
+from roamnet.wan.frr import DAEMONS, JOURNAL, FrrError, Proc
 
 LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")

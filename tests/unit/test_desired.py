@@ -1,6 +1,6 @@
-from roamnet.nve.desired import compute_desired
 from roamnet.mapping.records import Binding, Nve, Snapshot
-from roamnet.nve.plan import Actual, apply_to, Change, plan
+from roamnet.nve.desired import compute_desired
+from roamnet.nve.plan import Actual, Change, apply_to, plan
 
 apply_in_memory = apply_to
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from roamnet.nve.desired import compute_desired
 from roamnet.mapping.records import Binding, Domain, LogicalPort, Nve
-from roamnet.mapping.system import MappingSystem, MoveRefused
-from roamnet.mapping.rules import allocate, release, VlanExhausted
-from roamnet.nve.plan import Actual, Change, plan
+from roamnet.mapping.rules import VlanExhausted, allocate, release
 from roamnet.mapping.store import MemoryStore
-from roamnet.nve.switch import compute_switch, plan_switch, SwitchActual
+from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.nve.desired import compute_desired
+from roamnet.nve.plan import Actual, Change, plan
+from roamnet.nve.switch import SwitchActual, compute_switch, plan_switch
 
 WEB, DB, APP = 10100, 10200, 10300
 POD1 = Domain("pod1", "dc1", "tor1", ("hv1", "hv2"), 100, 101)

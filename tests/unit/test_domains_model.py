@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from roamnet.intent.model import DomainInfo, IntentError, load_topology, parse_topology, Topology, topology_json_schema
+from roamnet.intent.model import DomainInfo, IntentError, Topology, load_topology, parse_topology, topology_json_schema
 from roamnet.intent.scenario import parse_scenario
 
 PODS = """\

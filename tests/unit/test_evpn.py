@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from roamnet.wan.frr import DAEMONS, JOURNAL
-from roamnet.baselines.evpn import frr_config, FrrInstance, kill_recorded, plan_instances
-from roamnet.wan.frr import daemon_argv, is_instance_process
-from roamnet.lab.plan import build_plan
+from roamnet.baselines.evpn import FrrInstance, frr_config, kill_recorded, plan_instances
 from roamnet.intent.model import load_topology
 from roamnet.intent.scenario import packaged_example
+from roamnet.lab.plan import build_plan
+from roamnet.wan.frr import DAEMONS, JOURNAL, daemon_argv, is_instance_process
 
 TOPO = load_topology(packaged_example("two-dc.yaml"))
 PLAN = build_plan(TOPO)

@@ -2,11 +2,10 @@ import ipaddress
 
 from scapy.layers.l2 import ARP, Ether
 
-from roamnet.dataplane.announce import parse_announcement
-from roamnet.dataplane.announce import rarp_frame
-from roamnet.lab.plan import build_plan, check_addresses
+from roamnet.dataplane.announce import parse_announcement, rarp_frame
 from roamnet.intent.model import load_topology
 from roamnet.intent.scenario import packaged_example
+from roamnet.lab.plan import build_plan, check_addresses
 
 TOPO = load_topology(packaged_example("two-dc.yaml"))
 

@@ -6,7 +6,13 @@ import random
 
 import pytest
 
-from roamnet.experiments.loss import analyze_stream, loss_beyond_pause, MoveWindow, send_time_estimates, windows_from_migrations
+from roamnet.experiments.loss import (
+    MoveWindow,
+    analyze_stream,
+    loss_beyond_pause,
+    send_time_estimates,
+    windows_from_migrations,
+)
 
 T0 = 100.0
 LAT = 0.0001  # one-way latency of the synthetic stream

@@ -1,9 +1,9 @@
 import pytest
 
 from roamnet.mapping.records import Binding, LogicalPort, Nve
-from roamnet.mapping.system import MappingSystem, MoveRefused
 from roamnet.mapping.rules import move, resolve, wins
 from roamnet.mapping.store import MemoryStore
+from roamnet.mapping.system import MappingSystem, MoveRefused
 
 MAC = "02:00:00:01:00:01"
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from roamnet.intent.model import IntentError, load_topology, parse_topology, Topology, topology_json_schema, VmInterface
+from roamnet.intent.model import IntentError, Topology, VmInterface, load_topology, parse_topology, topology_json_schema
 
 EXAMPLE = Path(str(resources.files("roamnet").joinpath("examples", "two-dc.yaml")))
 

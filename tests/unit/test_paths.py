@@ -6,7 +6,7 @@ from rich.console import Console
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from roamnet.experiments.paths import classify, IN, OUT, summarize_paths, watch_table, Watched
+from roamnet.experiments.paths import IN, OUT, Watched, classify, summarize_paths, watch_table
 from roamnet.experiments.report import render_paths
 
 VM, CLIENT = "198.19.1.11", "198.18.200.10"

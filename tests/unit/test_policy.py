@@ -3,15 +3,23 @@ table rendered from it and the diff that keeps it (pure parts; the lab runs them
 
 from __future__ import annotations
 
-from roamnet.nve.desired import compute_desired
-from roamnet.nve.filters import ARP_UNKNOWN_DROPPED, counters, desired_table, plan_table, read_table, SPOOF_MAC, Table, TOTALS
-from roamnet.mapping.records import Binding, LogicalPort, Nve, Segment
-from roamnet.mapping.system import MappingSystem
-from roamnet.mapping.records import ALLOW, DENY, PolicySet, Rule
 from roamnet.mapping.policy import allowed
-from roamnet.nve.portfilter import port_filter
-from roamnet.nve.plan import Actual, apply_to, FilterChange, plan_filters
+from roamnet.mapping.records import ALLOW, DENY, Binding, LogicalPort, Nve, PolicySet, Rule, Segment
 from roamnet.mapping.store import MemoryStore
+from roamnet.mapping.system import MappingSystem
+from roamnet.nve.desired import compute_desired
+from roamnet.nve.filters import (
+    ARP_UNKNOWN_DROPPED,
+    SPOOF_MAC,
+    TOTALS,
+    Table,
+    counters,
+    desired_table,
+    plan_table,
+    read_table,
+)
+from roamnet.nve.plan import Actual, FilterChange, apply_to, plan_filters
+from roamnet.nve.portfilter import port_filter
 
 WEB, DB, LAB, OTHER = 10100, 10200, 10300, 20100
 SEGMENTS = {

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from roamnet.intent.model import Endpoint, IntentError, parse_topology, Policy, topology_json_schema
+from roamnet.intent.model import Endpoint, IntentError, Policy, parse_topology, topology_json_schema
 from roamnet.intent.scenario import parse_scenario
 
 TWO_TENANTS = """\

@@ -2,11 +2,11 @@
 
 import pytest
 
-from roamnet.nve.desired import compute_desired
-from roamnet.mapping.records import ACTIVATED, Binding, LogicalPort, Migration, Nve, PREPARED, Snapshot
-from roamnet.mapping.system import MappingSystem, MoveRefused
-from roamnet.nve.plan import Actual, plan, VXLAN_PORT
+from roamnet.mapping.records import ACTIVATED, PREPARED, Binding, LogicalPort, Migration, Nve, Snapshot
 from roamnet.mapping.store import MemoryStore
+from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.nve.desired import compute_desired
+from roamnet.nve.plan import VXLAN_PORT, Actual, plan
 
 NVES = {"hv1": Nve("hv1", "198.18.1.1"), "hv2": Nve("hv2", "198.18.1.3"), "hv3": Nve("hv3", "198.18.2.1"),
         "hv4": Nve("hv4", "198.18.2.3")}

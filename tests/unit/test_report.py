@@ -8,7 +8,7 @@ import time
 import pytest
 from rich.console import Console
 
-from roamnet.experiments.report import plot, render_table, Report, StreamResult, summarize
+from roamnet.experiments.report import Report, StreamResult, plot, render_table, summarize
 
 T0 = 1000.0
 LAT = 0.0002  # one-way latency of the synthetic stream

@@ -1,11 +1,11 @@
 """Distributed anycast gateway and symmetric IRB: the VRFs an NVE has, computed from the mapping, and
 the plan that programs them."""
 
-from roamnet.nve.vrf import BLACKHOLE, MAIN, TRANSIT
-from roamnet.nve.desired import compute_desired
+from roamnet.mapping.records import BORDER, PREPARED, Binding, Migration, Nve, Segment, Snapshot, Tenant
 from roamnet.names import router_mac
-from roamnet.mapping.records import Binding, BORDER, Migration, Nve, PREPARED, Segment, Snapshot, Tenant
-from roamnet.nve.plan import Actual, apply_to, plan_vrfs, VrfActual
+from roamnet.nve.desired import compute_desired
+from roamnet.nve.plan import Actual, VrfActual, apply_to, plan_vrfs
+from roamnet.nve.vrf import BLACKHOLE, MAIN, TRANSIT
 
 NVES = {"hv1": Nve("hv1", "198.18.1.1", "dc1"), "hv2": Nve("hv2", "198.18.1.3", "dc1"),
         "hv3": Nve("hv3", "198.18.2.1", "dc2"),

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from roamnet.intent.model import IntentError
-from roamnet.intent.scenario import load_scenario, packaged_example, parse_scenario, Scenario, Stream
+from roamnet.intent.scenario import Scenario, Stream, load_scenario, packaged_example, parse_scenario
 
 EXAMPLES = Path(str(resources.files("roamnet").joinpath("examples")))
 

@@ -12,9 +12,16 @@ from typing import Any
 import pytest
 import yaml
 
+from roamnet.intent.model import (
+    WAN_CLIENT_RANGE,
+    IntentError,
+    WanClient,
+    load_topology,
+    parse_topology,
+    topology_json_schema,
+)
+from roamnet.intent.scenario import Stream, parse_scenario
 from roamnet.names import DEFAULT_ANYCAST_MAC, RESERVED_MAC_PREFIX
-from roamnet.intent.model import IntentError, load_topology, parse_topology, topology_json_schema, WAN_CLIENT_RANGE, WanClient
-from roamnet.intent.scenario import parse_scenario, Stream
 
 EXAMPLES = Path(str(resources.files("roamnet").joinpath("examples")))
 
@@ -177,8 +184,7 @@ def test_custom_anycast_mac_is_normalised() -> None:
 
 @pytest.mark.parametrize("mac", ["02:52:4e:01:01:03", "02:52:4e:02:27:74"])
 def test_anycast_mac_is_no_router_or_bridge_mac(mac: str) -> None:
-    from roamnet.names import router_mac
-    from roamnet.names import bridge_mac
+    from roamnet.names import bridge_mac, router_mac
 
     assert router_mac("198.18.1.3") == "02:52:4e:01:01:03" and bridge_mac(10100) == "02:52:4e:02:27:74"
     data = routed()

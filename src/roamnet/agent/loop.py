@@ -25,16 +25,7 @@ from typing import Protocol
 from roamnet.mapping.client import MappingClient, MoveRefused
 from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
 from roamnet.nve.desired import compute_desired, is_trunk
-from roamnet.nve.plan import (
-    STRUCTURAL,
-    Actual,
-    Change,
-    VrfChange,
-    apply_to,
-    plan,
-    plan_filters,
-    plan_vrfs,
-)
+from roamnet.nve.plan import STRUCTURAL, Actual, Change, VrfChange, apply_to, plan, plan_filters, plan_vrfs
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from pyroute2.netlink import (
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    nlmsgerr,
-)
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, nlmsgerr
 from pyroute2.netlink.rtnl import RTM_GETNEIGH
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT, ndmsg
 
@@ -44,13 +38,7 @@ from roamnet.dataplane import netns
 from roamnet.dataplane.kernel import ZERO_MAC, ensure_segment
 from roamnet.names import WAN_NODE
 from roamnet.wan import frr
-from roamnet.wan.frr import (
-    DAEMONS,
-    FRR_BIN_DIR,
-    FrrError,
-    FrrProcesses,
-    check_lab_address,
-)
+from roamnet.wan.frr import DAEMONS, FRR_BIN_DIR, FrrError, FrrProcesses, check_lab_address
 
 
 class Lab(Protocol):

@@ -14,16 +14,7 @@ import json
 import threading
 
 from roamnet.dataplane import netns
-from roamnet.nve.filters import (
-    BASE,
-    EGRESS,
-    FAMILY,
-    INGRESS,
-    TABLE,
-    Table,
-    counters,
-    read_table,
-)
+from roamnet.nve.filters import BASE, EGRESS, FAMILY, INGRESS, TABLE, Table, counters, read_table
 
 OUTPUT_HANDLE, OUTPUT_JSON = 1 << 3, 1 << 4
 

@@ -7,14 +7,7 @@ from pyroute2 import IPRoute
 
 from roamnet import names
 from roamnet.dataplane import vlan
-from roamnet.dataplane.kernel import (
-    NTF_MASTER,
-    NUD_NOARP,
-    KernelBase,
-    VmPorts,
-    attach,
-    read_vm_ports,
-)
+from roamnet.dataplane.kernel import NTF_MASTER, NUD_NOARP, KernelBase, VmPorts, attach, read_vm_ports
 from roamnet.dataplane.nft import Nft
 from roamnet.nve.plan import Change
 from roamnet.nve.switch import SwitchActual

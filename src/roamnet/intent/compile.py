@@ -11,16 +11,7 @@ from collections.abc import Iterable
 
 from roamnet import names
 from roamnet.intent.model import Endpoint, Topology
-from roamnet.mapping.records import (
-    Binding,
-    Domain,
-    LogicalPort,
-    Nve,
-    PolicySet,
-    Rule,
-    Segment,
-    Tenant,
-)
+from roamnet.mapping.records import Binding, Domain, LogicalPort, Nve, PolicySet, Rule, Segment, Tenant
 from roamnet.mapping.system import MappingRecords
 
 

@@ -27,25 +27,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    StringConstraints,
-    ValidationError,
-    WithJsonSchema,
-    model_validator,
-)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints,
+                      ValidationError, WithJsonSchema, model_validator)
 
-from roamnet.names import (
-    BRIDGE_MAC_PREFIX,
-    DEFAULT_ANYCAST_MAC,
-    RESERVED_MAC_PREFIX,
-    ROUTER_MAC_PREFIX,
-)
+from roamnet.names import BRIDGE_MAC_PREFIX, DEFAULT_ANYCAST_MAC, RESERVED_MAC_PREFIX, ROUTER_MAC_PREFIX
 
 LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
 NODE_NAME_RE = r"^[a-z][a-z0-9_]{0,10}$"  # node names become parts of Linux interface names

@@ -7,25 +7,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    ConfigDict,
-    Field,
-    Strict,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, Strict, StringConstraints, ValidationError, model_validator
 
-from roamnet.intent.model import (
-    CrossCheckError,
-    IntentError,
-    Model,
-    Problem,
-    Topology,
-    load_topology,
-    problems_from,
-    read_yaml_file,
-)
+from roamnet.intent.model import (CrossCheckError, IntentError, Model, Problem, Topology, load_topology,
+                                  problems_from, read_yaml_file)
 
 DEFAULT_RATE = {"udp": 1000, "tcp": 200}  # udp: datagrams/s; tcp: writes/s
 MAX_DURATION = 600.0

@@ -23,15 +23,7 @@ from pathlib import Path
 from roamnet.dataplane import netns
 from roamnet.intent.model import parse_topology
 from roamnet.lab.engine import Lab, LabError
-from roamnet.lab.state import (
-    JOURNAL,
-    cleanup,
-    daemon_pid,
-    journal_namespaces,
-    labs,
-    make_state_dir,
-    state_dir,
-)
+from roamnet.lab.state import JOURNAL, cleanup, daemon_pid, journal_namespaces, labs, make_state_dir, state_dir
 from roamnet.nve.desired import compute_desired
 
 log = logging.getLogger(__name__)

@@ -29,40 +29,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from roamnet.mapping.records import (
-    ACTIVATED,
-    BORDER,
-    DOMAINS,
-    MIGRATIONS,
-    NVES,
-    POLICY,
-    PORTS,
-    PREPARED,
-    REVISION,
-    SEGMENTS,
-    SERVER,
-    STATUS,
-    TENANTS,
-    TOR,
-    VLANS,
-    Binding,
-    Domain,
-    LogicalPort,
-    Migration,
-    Nve,
-    NveStatus,
-    PolicySet,
-    Segment,
-    Snapshot,
-    Tenant,
-    binding_key,
-    decode_snapshot,
-    dump,
-    dump_policy,
-    dump_vlans,
-    load,
-    load_vlans,
-)
+from roamnet.mapping.records import (ACTIVATED, BORDER, DOMAINS, MIGRATIONS, NVES, POLICY, PORTS, PREPARED, REVISION,
+                                     ROOT, SEGMENTS, SERVER, STATUS, TENANTS, TOR, VLANS, Binding, Domain,
+                                     LogicalPort, Migration, Nve, NveStatus, PolicySet, Segment, Snapshot, Tenant,
+                                     binding_key, decode_snapshot, dump, dump_policy, dump_vlans, load, load_vlans)
 from roamnet.mapping.rules import VlanExhausted, allocate, move, release, resolve
 from roamnet.mapping.store.base import KEEP, CasConflict, Conflicted, KeyValue, Store
 
@@ -147,7 +117,7 @@ class MappingSystem:
         cached = self._snap
         if cached is not None and cached.revision == self.revision:
             return cached
-        items, _ = self.store.range("/")
+        items, _ = self.store.range(ROOT)
         snap = decode_snapshot(items)
         with self._snap_lock:
             if self._snap is None or snap.revision > self._snap.revision:
@@ -157,9 +127,8 @@ class MappingSystem:
     def changes(self, from_revision: int, stop: threading.Event) -> Iterator[int]:
         """Yield the store revision reached each time the mapping changed (status keys do not count),
         from `from_revision` on, until `stop` is set."""
-        for batch in self.store.iter_watch("/", from_revision, stop):
-            if any(not e.key.startswith(STATUS) for e in batch):
-                yield batch[-1].revision
+        for batch in self.store.iter_watch(ROOT, from_revision, stop):
+            yield batch[-1].revision
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float) -> Snapshot | None:
         """Wait until predicate(snapshot) holds; returns that snapshot or None on timeout."""
@@ -172,7 +141,7 @@ class MappingSystem:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            _, rev = self.store.watch("/", max(rev, snap.revision + 1), timeout=min(left, 0.5))
+            _, rev = self.store.watch(ROOT, max(rev, snap.revision + 1), timeout=min(left, 0.5))
 
     # ---- NVE status (published by the agents) --------------------------------------------------
     def publish_status(self, status: NveStatus) -> None:

@@ -34,13 +34,7 @@ from typing import Any
 from roamnet.intent.model import TENANT_RANGE
 from roamnet.names import WAN_NODE
 from roamnet.wan import frr
-from roamnet.wan.frr import (
-    DAEMONS,
-    FRR_BIN_DIR,
-    FrrError,
-    FrrProcesses,
-    check_lab_address,
-)
+from roamnet.wan.frr import DAEMONS, FRR_BIN_DIR, FrrError, FrrProcesses, check_lab_address
 
 log = logging.getLogger(__name__)
 

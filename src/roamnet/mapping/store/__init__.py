@@ -1,13 +1,6 @@
 """Mapping stores: the interface (etcd's data model) and its backends."""
 
-from roamnet.mapping.store.base import (
-    CasConflict,
-    Compacted,
-    Conflicted,
-    Event,
-    KeyValue,
-    Store,
-)
+from roamnet.mapping.store.base import CasConflict, Compacted, Conflicted, Event, KeyValue, Store
 from roamnet.mapping.store.memory import MemoryStore
 
 __all__ = ["CasConflict", "Compacted", "Conflicted", "Event", "KeyValue", "MemoryStore", "Store"]
