@@ -266,7 +266,8 @@ def migrate(lab_name: str, vm: str, to: str | None, pause_ms: int, no_prepare: b
 
 
 def _run(path: Path, fmt: str, plot_path: Path | None) -> None:
-    from roamnet.experiments.report import plot, render_table
+    from roamnet.experiments.plot import plot
+    from roamnet.experiments.report import render_table
     from roamnet.experiments.runner import run_scenario
 
     _need_root()
@@ -287,7 +288,9 @@ def _run(path: Path, fmt: str, plot_path: Path | None) -> None:
         render_table(report, out)
         if plot_path:
             out.print(f"plot: {plot_path}")
-    if any(s.survived is False for s in report.streams):
+    unmet = report.unmet()
+    if unmet:
+        err.print("expectation not met: " + ", ".join(f"{s.name} (expected {s.expect})" for s in unmet))
         sys.exit(3)
 
 
@@ -295,9 +298,16 @@ def _run(path: Path, fmt: str, plot_path: Path | None) -> None:
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 @FORMAT
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write received sequence numbers over time, migrations marked, to this PNG.")
+              help="Write a PNG: every migration zoomed in per stream (arrivals, lost packets, the dark "
+                   "window, the phases), under an overview of the run.")
 def run(scenario: Path, fmt: str, plot_path: Path | None) -> None:
-    """Build the scenario's lab, run its streams and steps, tear down, report. Exit 3 if a stream broke."""
+    """Build the scenario's lab, run its streams and steps, tear down, report.
+
+    Exit 3 if a stream did not do what the scenario expects of it (`expect:`): a `delivered` stream
+    (the default) that did not survive (TCP: the connection broke; UDP: nothing sent after the last
+    migration arrived), or a `denied` stream that received anything. Exit 1 on a bad scenario or a
+    lab error.
+    """
     _run(scenario, fmt, plot_path)
 
 
@@ -305,7 +315,9 @@ def run(scenario: Path, fmt: str, plot_path: Path | None) -> None:
 @FORMAT
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="PNG plot path.")
 def demo(fmt: str, plot_path: Path | None) -> None:
-    """Two data centers; vm1 moves inside dc1, then to dc2, under UDP and TCP streams."""
+    """Two data centers; vm1 moves inside dc1, then to dc2, under UDP and TCP streams.
+
+    Exit 3 if a stream did not survive (as `run`)."""
     _run(packaged_example("demo.yaml"), fmt, plot_path)
 
 

@@ -83,6 +83,15 @@ def test_stream_by_field_name_and_alias_dump() -> None:
     assert st.model_dump(by_alias=True)["from"] == "vm2"
 
 
+def test_stream_expectation_default_and_denied() -> None:
+    s = parse_scenario(scenario(streams=[
+        {"name": "ok", "from": "vm2", "to": "vm1", "proto": "udp"},
+        {"name": "no", "from": "vm2", "to": "vm1", "proto": "tcp", "expect": "denied"},
+        {"name": "yes", "from": "vm2", "to": "vm1", "proto": "udp", "expect": "delivered"},
+    ]))
+    assert [st.expect for st in s.streams] == ["delivered", "denied", "delivered"]
+
+
 def test_relative_topology_path(tmp_path: Path) -> None:
     (tmp_path / "labs").mkdir()
     (tmp_path / "labs" / "mine.yaml").write_text((EXAMPLES / "two-dc.yaml").read_text().replace("two-dc", "mine"))
@@ -151,6 +160,11 @@ def test_stream_without_shared_cug() -> None:
 
 def test_bad_proto() -> None:
     assert_problem(refused(stream(0, proto="icmp")), "streams[0].proto", "'udp' or 'tcp'")
+
+
+@pytest.mark.parametrize("value", ["blocked", "DENIED", True, None])
+def test_bad_stream_expectation(value: Any) -> None:
+    assert_problem(refused(stream(1, expect=value)), "streams[1].expect", "'delivered' or 'denied'")
 
 
 @pytest.mark.parametrize("rate", [0, 100001])

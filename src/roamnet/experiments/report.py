@@ -1,20 +1,22 @@
-"""Scenario report: per-stream loss / gap / survival from traffic endpoint output.
+"""Scenario report: per-stream loss / gap / survival / expectation from traffic endpoint output.
 
 ``summarize`` turns the final JSON lines of a sender and a receiver
 (see ``roamnet.experiments.traffic``) into a ``StreamResult``; ``Report`` bundles streams,
-migrations and metadata, and can be dumped as JSON, rendered as rich tables or
-plotted (sequence number over receive time) to a PNG.
+migrations and metadata, says which streams did not do what they were expected to
+(``Report.unmet``), and can be dumped as JSON or rendered as rich tables
+(``roamnet.experiments.plot`` draws it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-__all__ = ["StreamResult", "Report", "summarize", "render_table", "plot"]
+from roamnet.intent.scenario import Expectation
 
-MAX_PLOT_POINTS = 20_000  # per stream; drawing only, never counting
+__all__ = ["StreamResult", "Report", "summarize", "render_table"]
+
+EXPECTATIONS: tuple[str, ...] = get_args(Expectation)
 
 # migration keys with a dedicated column (or not shown)
 _MIG_KNOWN = ("vm", "from", "to", "pause_ms", "at", "at_mono")
@@ -36,10 +38,26 @@ class StreamResult:
     max_gap_ms: float | None
     survived: bool | None
     records: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    expect: Expectation = "delivered"  # the scenario's `expect:`
+    first: float | None = field(default=None, repr=False)  # the sender's first and last send times
+    last: float | None = field(default=None, repr=False)  # (monotonic s), for send-time estimates
+
+    def __post_init__(self) -> None:
+        if self.expect not in EXPECTATIONS:
+            raise ValueError(f"stream {self.name}: unknown expectation {self.expect!r} "
+                             f"(one of {', '.join(EXPECTATIONS)})")
 
     @property
     def loss_pct(self) -> float:
         return 100.0 * self.lost / self.sent if self.sent else 0.0
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the stream did what it was expected to: ``delivered`` — it survived (see
+        ``summarize``); ``denied`` — nothing arrived. None when survival is unknown."""
+        if self.expect == "denied":
+            return self.received == 0
+        return self.survived
 
     def to_json(self) -> dict[str, Any]:
         """JSON view (without ``records``)."""
@@ -47,6 +65,7 @@ class StreamResult:
             "name": self.name, "proto": self.proto, "from": self.src, "to": self.dst,
             "rate": self.rate, "sent": self.sent, "received": self.received,
             "lost": self.lost, "max_gap_ms": self.max_gap_ms, "survived": self.survived,
+            "expect": self.expect, "met": self.met,
         }  # fmt: skip
 
 
@@ -76,6 +95,7 @@ def summarize(
     send_out: dict[str, Any],
     recv_out: dict[str, Any],
     migrations: list[dict[str, Any]] | None = None,
+    expect: Expectation = "delivered",
 ) -> StreamResult:
     """Summarize one stream from the sender's and receiver's final JSON lines.
 
@@ -88,6 +108,7 @@ def summarize(
       one datagram sent after every migration step (``at_mono``) was received, judged
       by the schedule lower bound ``first + seq / rate`` of its send time (the sender
       never runs ahead of its schedule); with no migrations, ``received > 0``.
+    * ``expect``: what the scenario expects of the stream (``StreamResult.met``).
     """
     raw = recv_out.get("records") or []
     first_seen: dict[int, float] = {}
@@ -117,7 +138,7 @@ def summarize(
     records = [(int(a), float(b)) for a, b in raw]
     return StreamResult(
         name, proto, src, dst, rate, sent, received, max(0, sent - received), gap, survived,
-        records,
+        records, expect, first, last,
     )  # fmt: skip
 
 
@@ -131,6 +152,12 @@ class Report:
     paths: list[dict[str, Any]] = field(default_factory=list)  # paths.PathChange.to_json() per stream and move
     counters: dict[str, Any] = field(default_factory=dict)  # what the NVEs' filters counted during the
     #   run: {"total": {kind: packets}, "by_nve": {nve: {kind: packets}}} (filters.TOTALS)
+
+    def unmet(self) -> list[StreamResult]:
+        """The streams that did not do what they were expected to (``met`` is False): a
+        ``delivered`` stream that did not survive, a ``denied`` stream that received something.
+        ``roamnet run`` exits 3 when there is one."""
+        return [s for s in self.streams if s.met is False]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -167,13 +194,14 @@ def render_table(report: Report, console: Any) -> None:
 
     st = Table(title="streams")
     for col in ("name", "proto", "from → to", "rate", "sent", "received", "lost", "loss %",
-                "max gap ms", "survived"):  # fmt: skip
-        st.add_column(col, justify="left" if col in ("name", "proto", "from → to") else "right")
+                "max gap ms", "survived", "expect", "met"):  # fmt: skip
+        st.add_column(col, justify="left" if col in ("name", "proto", "from → to", "expect") else "right")
+    colour = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
     for s in report.streams:
-        surv = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[s.survived]
+        surv = colour[s.survived] if s.expect == "delivered" else _fmt(s.survived)  # not the point then
         st.add_row(
             s.name, s.proto, f"{s.src} → {s.dst}", f"{s.rate:g}", str(s.sent), str(s.received),
-            str(s.lost), f"{s.loss_pct:.2f}", _fmt(s.max_gap_ms), surv,
+            str(s.lost), f"{s.loss_pct:.2f}", _fmt(s.max_gap_ms), surv, s.expect, colour[s.met],
         )  # fmt: skip
     console.print(st)
     if report.counters.get("total"):
@@ -243,44 +271,3 @@ def render_paths(paths: list[dict[str, Any]], console: Any) -> None:
                    mark(p["in_after"]), mark(p["out_after"]), _fmt(p["inbound_switch_ms"]),
                    _fmt(p["outbound_switch_ms"]))
     console.print(pt)
-
-
-def plot(report: Report, path: str | Path, t0: float) -> Path:
-    """Plot received seq over receive time (s since ``t0``) per stream; save as PNG.
-
-    Uses a bare ``matplotlib.figure.Figure`` (Agg canvas; no pyplot, no display).
-    Streams with more than ``MAX_PLOT_POINTS`` records are decimated for drawing.
-    """
-    from matplotlib.figure import Figure
-
-    n = max(1, len(report.streams))
-    fig = Figure(figsize=(10, 2.8 * n), layout="constrained")
-    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
-    if not report.streams:
-        axes[0].text(0.5, 0.5, "no streams", ha="center", va="center")
-    for ax, s in zip(axes, report.streams):
-        recs = s.records
-        step = max(1, len(recs) // MAX_PLOT_POINTS)
-        xs = [t - t0 for _, t in recs[::step]]
-        ys = [q for q, _ in recs[::step]]
-        ax.plot(xs, ys, linestyle="none", marker=".", markersize=1.5, rasterized=True)
-        for m in report.migrations:
-            at = _mig_at(m, t0)
-            if at is None:
-                continue
-            ax.axvline(at, linestyle="--", color="tab:red", linewidth=1)
-            label = f"{m.get('vm', '?')} → {m.get('to', '?')}"
-            ax.annotate(label, (at, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(3, -3), textcoords="offset points", va="top", fontsize=8,
-                        color="tab:red")  # fmt: skip
-        gap = "-" if s.max_gap_ms is None else f"{s.max_gap_ms:.1f} ms"
-        ax.set_title(
-            f"{s.name} ({s.proto} {s.src} → {s.dst}): lost {s.lost}/{s.sent} "
-            f"({s.loss_pct:.2f}%), max gap {gap}",
-            fontsize=10,
-        )
-        ax.set_xlabel("receive time [s]")
-        ax.set_ylabel("seq")
-    out = Path(path)
-    fig.savefig(out, format="png", dpi=100)
-    return out

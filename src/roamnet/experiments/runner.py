@@ -123,7 +123,7 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
         streams = []
         for st, src, dst, port in plan:
             streams.append(summarize(st.name, st.proto, st.from_, st.to, st.rate, results[(st.name, "send")],
-                                     results[(st.name, "recv")], migrations))
+                                     results[(st.name, "recv")], migrations, st.expect))
         paths = []
         if observer is not None:
             borders = {dc: topo.border_of(dc) for dc in topo.datacenters}

@@ -9,10 +9,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, Strict, StringConstraints, ValidationError, model_validator
 
-from roamnet.intent.model import (CrossCheckError, IntentError, Model, Problem, Topology, load_topology,
-                                  problems_from, read_yaml_file)
+from roamnet.intent.model import (
+    CrossCheckError,
+    IntentError,
+    Model,
+    Problem,
+    Topology,
+    load_topology,
+    problems_from,
+    read_yaml_file,
+)
 
 DEFAULT_RATE = {"udp": 1000, "tcp": 200}  # udp: datagrams/s; tcp: writes/s
+Expectation = Literal["delivered", "denied"]  # what a stream is expected to do (Stream.expect)
 MAX_DURATION = 600.0
 STREAM_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
 
@@ -33,6 +42,9 @@ class Stream(Model):
     proto: Literal["udp", "tcp"]
     rate: StrictInt = Field(default=DEFAULT_RATE["udp"], ge=1, le=100_000)  # default depends on proto
     port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    expect: Expectation = Field(default="delivered", description=(
+        "delivered: the stream must get through (TCP: the connection survives; UDP: something sent after "
+        "the last migration arrives); denied: the policy must stop it (nothing arrives)"))
 
     @model_validator(mode="before")
     @classmethod

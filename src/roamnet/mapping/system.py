@@ -29,10 +29,41 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from roamnet.mapping.records import (ACTIVATED, BORDER, DOMAINS, MIGRATIONS, NVES, POLICY, PORTS, PREPARED, REVISION,
-                                     ROOT, SEGMENTS, SERVER, STATUS, TENANTS, TOR, VLANS, Binding, Domain,
-                                     LogicalPort, Migration, Nve, NveStatus, PolicySet, Segment, Snapshot, Tenant,
-                                     binding_key, decode_snapshot, dump, dump_policy, dump_vlans, load, load_vlans)
+from roamnet.mapping.records import (
+    ACTIVATED,
+    BORDER,
+    DOMAINS,
+    MIGRATIONS,
+    NVES,
+    POLICY,
+    PORTS,
+    PREPARED,
+    REVISION,
+    ROOT,
+    SEGMENTS,
+    SERVER,
+    STATUS,
+    TENANTS,
+    TOR,
+    VLANS,
+    Binding,
+    Domain,
+    LogicalPort,
+    Migration,
+    Nve,
+    NveStatus,
+    PolicySet,
+    Segment,
+    Snapshot,
+    Tenant,
+    binding_key,
+    decode_snapshot,
+    dump,
+    dump_policy,
+    dump_vlans,
+    load,
+    load_vlans,
+)
 from roamnet.mapping.rules import VlanExhausted, allocate, move, release, resolve
 from roamnet.mapping.store.base import KEEP, CasConflict, Conflicted, KeyValue, Store
 
