@@ -2,7 +2,9 @@
 source IP, a spoofed source MAC, a gratuitous ARP and an ARP reply claiming vm1's IP, a RARP with
 vm1's MAC — gets every frame dropped at its own port and counted there; the victim's peers see none
 of it and keep the right ARP entry, the mapping keeps vm1 where it is, and vm1's own move (its RARP
-on its new port) is still followed."""
+on its new port) is still followed. And the other way round: a clean run (lab up, traffic, a move)
+counts no spoofing at all, from the moment the VMs are plugged in (issue 13: the lab's NIC bridges
+sent IGMP reports of their own into the VMs' ports)."""
 
 from __future__ import annotations
 
@@ -97,3 +99,54 @@ def test_spoofing_and_arp_poisoning_dropped_counted_and_real_move_followed(host,
         out = host.run(["ip", "netns", "exec", ns["vm2"], "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", ip1],
                        timeout=10, check=False)
         assert out.returncode == 0, out.stdout
+
+
+GUARDS = ("spoof-mac", "spoof-ip", "spoof-arp", "not-ipv4")  # what a well-behaved guest never trips
+
+
+def test_clean_run_counts_no_spoofing(host, lab_name, make_topology, lab_namespaces, lab_up, traffic, addr):
+    """Nothing but the guests (and QEMU's announcements for them) sends into a VM port: over a lab's
+    whole life — VMs plugged, ARP, a stream, a move to another data center — every NVE's spoofing and
+    non-IPv4 totals stay at zero. The totals are the table's named counters, which exist before the
+    first VM is plugged in, so frames sent right after lab up (issue 13) count too. Then one real
+    forgery is counted exactly, at the forger's NVE only."""
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
+    t = make_topology(lab_name("t-clean"), datacenters={"dc1": ["hv1", "hv2"], "dc2": ["hv3"]},
+                      vms={"vm1": ("hv1", "web"), "vm2": ("hv2", "web"), "vm3": ("hv3", "web")})
+    lab_namespaces(t)
+    name = t["name"]
+    mac = {vm: addr.mac(t, vm) for vm in ("vm1", "vm2", "vm3")}
+
+    with lab_up(t) as lab:
+        # independent of nftables: what enters the ports of the VMs that stay put, on their servers
+        sniffers = {vm: Sniffer(f"rn-{name}-{hv}", f"{vm}-e0", lambda e, o, m=mac[vm]: not o and e.src != m,
+                                seconds=60) for vm, hv in (("vm2", "hv2"), ("vm3", "hv3"))}
+        for a, b in (("vm2", "vm1"), ("vm3", "vm1"), ("vm2", "vm3")):
+            out = host.run(["ip", "netns", "exec", f"rn-{name}-{a}", "ping", "-n", "-q", "-c", "1", "-W", "1",
+                            addr.ip(t, b)], timeout=10, check=False)
+            assert out.returncode == 0, out.stdout
+        start_at = time.monotonic() + 1.0
+        flow = traffic(lab, "udp", "udp", "vm2", "vm1", 5301, start_at, 3.0, rate=200)
+        time.sleep(max(0.0, start_at + 1.0 - time.monotonic()))
+        rec = lab.migrate("vm1", "hv3")
+        assert rec["converged_ms"] is not None, rec
+        result = flow.finish([rec])
+        assert result.survived is True, result.to_json()
+        time.sleep(1.0)  # past QEMU's last announcement (800 ms)
+
+        totals = lab.filter_counters()
+        assert set(totals) == {"hv1", "hv2", "hv3"}
+        assert {nve: {k: c[k] for k in GUARDS if c[k]} for nve, c in totals.items()} == \
+            {nve: {} for nve in totals}, totals
+        strangers = {vm: [f.summary() for f in s.stop()] for vm, s in sniffers.items()}
+        assert strangers == {"vm2": [], "vm3": []}, strangers
+
+        # control: the counters do count real spoofing — exactly the forged frames, where they entered
+        send_frames(f"rn-{name}-vm2", [bytes(Ether(src=mac["vm1"], dst=mac["vm3"]) / IP(src=addr.ip(t, "vm2"),
+                                                                                     dst=addr.ip(t, "vm3")))])
+        after = lab.filter_counters()
+        counted = {nve: {k: after[nve][k] - totals[nve][k] for k in GUARDS if after[nve][k] != totals[nve][k]}
+                   for nve in after}
+        assert counted == {"hv1": {}, "hv2": {"spoof-mac": COUNT}, "hv3": {}}, counted

@@ -7,7 +7,9 @@ creates the veth `u<i>-<server>` <-> `<vm>-e<i>` with the server end in the serv
 alias carrying the VM interface ids (like OVN's iface-id). A live migration creates the destination's
 pair (down) first, flips the source's down (the VM stops), waits the pause, flips the destination's
 up (the VM resumes) and sends QEMU-style RARP announcements; the guest's link never loses carrier, so
-its IP, MAC, ARP cache and sockets are untouched. Lab namespaces are never linked to the host's.
+its IP, MAC, ARP cache and sockets are untouched. The NIC bridges are silent (see build_vm): every
+frame a server's VM port receives is the guest's or QEMU's announcement. Lab namespaces are never
+linked to the host's.
 """
 
 from __future__ import annotations
@@ -60,7 +62,13 @@ class Hypervisor:
         n = self._nl(nic)
         nics = self.nics(vm)
         for k, _ in enumerate(nics):
-            n.link("add", ifname=f"nic{k}", kind="bridge", br_stp_state=0)
+            # nic<k> is the lab's stand-in for the wire between a QEMU tap and the server's port, so
+            # it must send nothing of its own (a real tap carries only the guest's frames): no STP,
+            # and no multicast snooping, whose snooper join (224.0.0.106, RFC 4286) has the bridge's
+            # own IPv4 stack send IGMPv3 reports from the bridge's MAC out of the uplink, which the
+            # server's port filter then rightly drops as spoofed (issue 13). IPv6 (MLD, ND) is off
+            # in every lab namespace, and the bridge has no address (no ARP).
+            n.link("add", ifname=f"nic{k}", kind="bridge", br_stp_state=0, br_mcast_snooping=0)
             n.link("add", ifname=f"tap{k}", kind="veth", mtu=GUEST_MTU, peer={"ifname": f"eth{k}", "mtu": GUEST_MTU})
             n.link("set", index=n.link_lookup(ifname=f"eth{k}")[0], net_ns_fd=guest)
             br = n.link_lookup(ifname=f"nic{k}")[0]
