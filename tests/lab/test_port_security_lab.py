@@ -136,6 +136,14 @@ def test_clean_run_counts_no_spoofing(host, lab_name, make_topology, lab_namespa
         assert result.survived is True, result.to_json()
         time.sleep(1.0)  # past QEMU's last announcement (800 ms)
 
+        # the bridges roamnet and the lab make send nothing of their own into a segment: no multicast
+        # snooping (a snooping bridge joins 224.0.0.106 and sends IGMP reports from its own MAC)
+        bridges = {ns: {b["ifname"]: b["linkinfo"]["info_data"]["mcast_snooping"]
+                        for b in host.ip_json(ns, "-d", "link", "show", "type", "bridge")}
+                   for ns in [f"rn-{name}-{hv}" for hv in ("hv1", "hv2", "hv3")] + [f"rn-{name}-{vm}.nic" for vm in mac]}
+        assert all(b for ns, b in bridges.items() if not ns.endswith("-hv1")), bridges  # hv1: vm1 left, pruned
+        assert bridges == {ns: dict.fromkeys(b, 0) for ns, b in bridges.items()}, bridges
+
         totals = lab.filter_counters()
         assert set(totals) == {"hv1", "hv2", "hv3"}
         assert {nve: {k: c[k] for k in GUARDS if c[k]} for nve, c in totals.items()} == \

@@ -44,8 +44,10 @@ def ensure_segment(ipr: IPRoute, vni: int, vtep: str) -> tuple[int, int]:
     br, vx, alias = names.bridge(vni), names.vxlan(vni), names.SEGMENT_ALIAS + str(vni)
     if not ipr.link_lookup(ifname=br):
         # a MAC of its own: a bridge that takes its ports' lowest MAC changes it when ports come and
-        # go, and the kernel then flushes the bridge's neighbour entries (the gateway's, see vrfs.py)
-        ipr.link("add", ifname=br, kind="bridge", br_stp_state=0, address=names.bridge_mac(vni))
+        # go, and the kernel then flushes the bridge's neighbour entries (the gateway's, see vrf.py).
+        # No multicast snooping: a snooping bridge joins 224.0.0.106 itself and sends IGMP reports of
+        # its own into the tenant's segment (over VXLAN to every NVE of the CUG, and to its VMs)
+        ipr.link("add", ifname=br, kind="bridge", br_stp_state=0, br_mcast_snooping=0, address=names.bridge_mac(vni))
     br_idx = ipr.link_lookup(ifname=br)[0]
     ipr.link("set", index=br_idx, ifalias=alias, state="up")
     if not ipr.link_lookup(ifname=vx):

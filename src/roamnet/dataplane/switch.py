@@ -66,7 +66,7 @@ class SwitchKernel(KernelBase):
             return self._bridges[v]
         name = names.switch_bridge(v)
         if not self.ipr.link_lookup(ifname=name):
-            self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0)
+            self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_mcast_snooping=0)  # see kernel.py
         idx = self.ipr.link_lookup(ifname=name)[0]
         self.ipr.link("set", index=idx, ifalias=f"{names.SWITCH_ALIAS}{v}", state="up")
         self._bridges[v] = idx
