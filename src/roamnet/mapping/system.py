@@ -92,6 +92,7 @@ class MappingSystem:
         self.store = store
         self._snap: Snapshot | None = None  # the last snapshot: shared by every reader at that revision
         self._snap_lock = threading.Lock()
+        self._statuses: dict[str, tuple[int, NveStatus]] = {}  # key -> (mod_revision, decoded)
 
     # ---- writing -------------------------------------------------------------------------------
     def _write(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
@@ -179,8 +180,16 @@ class MappingSystem:
         self.store.put(STATUS + status.nve, dump(status))
 
     def statuses(self) -> dict[str, NveStatus]:
+        """Every NVE's published status (decoded once per change: waits read them after each write)."""
         items, _ = self.store.range(STATUS)
-        return {kv.key[len(STATUS):]: load(NveStatus, kv.value) for kv in items}
+        cache = self._statuses
+        out = {}
+        for kv in items:
+            hit = cache.get(kv.key)
+            if hit is None or hit[0] != kv.mod_revision:
+                hit = cache[kv.key] = (kv.mod_revision, load(NveStatus, kv.value))
+            out[kv.key[len(STATUS):]] = hit[1]
+        return out
 
     def lagging(self, revision: int, nves: Iterable[str]) -> list[str]:
         """The NVEs of `nves` whose published converged revision is below `revision`."""
