@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from roamnet import names
@@ -58,7 +59,7 @@ def validate(topology: Path) -> None:
         topo = load_topology(topology)
     except IntentError as exc:
         _fail(exc)
-    out.print(f"{topology}: ok — lab {topo.name}: {len(topo.datacenters)} data centers, "
+    out.print(f"{escape(str(topology))}: ok — lab {topo.name}: {len(topo.datacenters)} data centers, "
               f"{len(topo.server_dc())} servers, {len(topo.cugs)} CUGs, {len(topo.vms)} VMs")
 
 
@@ -95,7 +96,7 @@ def _inspect_table(data: dict) -> None:
         t.add_column(col)
     for n in data["nodes"]:
         a = n.get("agent", {})
-        errors = f"  errors: {a['errors'][-1]}" if a.get("errors") else ""
+        errors = f"  errors: {escape(a['errors'][-1])}" if a.get("errors") else ""
         if "switch" in n:  # a server behind a ToR: its hypervisor switch
             sw = n["switch"]
             details = f"behind {n['tor']} ({n['domain']})  VLANs {','.join(map(str, sw['vlans'])) or '-'}  " + \
@@ -142,7 +143,7 @@ def _inspect_table(data: dict) -> None:
             w.add_row(prefix, border)
         out.print(w)
         if bgp.get("error"):
-            out.print(f"[red]FRR: {bgp['error']}[/]")
+            out.print(f"[red]FRR: {escape(bgp['error'])}[/]")
 
 
 @lab.command("inspect")

@@ -1,0 +1,42 @@
+"""The command line's text output prints what it is given: paths and error messages that look like rich
+markup ("[/x]", "[web]") are shown as they are, never interpreted (a closing tag crashed with a
+traceback, an opening one vanished)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from roamnet import cli
+from roamnet.intent.scenario import packaged_example
+
+
+def test_validate_prints_a_path_with_brackets_as_it_is(tmp_path: Path) -> None:
+    d = tmp_path / "[web]" / "[" / "draft]"  # ".../[web]/[/draft]/two-dc.yaml"
+    d.mkdir(parents=True)
+    path = d / "two-dc.yaml"
+    path.write_text(packaged_example("two-dc.yaml").read_text())
+    res = CliRunner().invoke(cli.main, ["validate", str(path)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert res.exception is None
+    assert f"{path}: ok — lab two-dc: " in res.output, res.output
+
+
+def test_inspect_table_prints_errors_with_brackets_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buf, width=300))
+    data = {
+        "lab": "x",
+        "nodes": [{"name": "hv1", "kind": "server", "dc": "dc1", "namespace": "rn-x-hv1", "vtep": "198.18.1.1",
+                   "segments": [10100], "agent": {"reconciles": 1, "errors": ["write [/dev/x] failed [web]"]}}],
+        "mapping": {"revision": 3, "bindings": [], "vlans": {}},
+        "wan_bgp": {"wan_routes": {"198.19.1.0/24": "dc1br"}, "error": "vtysh: [/run/frr] [bold]gone"},
+    }
+    cli._inspect_table(data)
+    text = buf.getvalue()
+    assert "errors: write [/dev/x] failed [web]" in text, text
+    assert "FRR: vtysh: [/run/frr] [bold]gone" in text, text
