@@ -386,3 +386,26 @@ def test_inspect_unknown_lab(fmt: str) -> None:
     assert p.returncode != 0 and p.stdout == "", p.stdout
     assert "Traceback" not in p.stderr
     assert "lab 't-co-nolab' is not running" in p.stderr, p.stderr
+
+
+def test_run_policy_demo_expectations(tmp_path: Path, host: Any, lab_name: Any, lab_namespaces: Any) -> None:
+    """The packaged policy scenario: the streams t1's policy denies receive nothing across two moves
+    (`expect: denied`), the allowed ones survive, and so the run exits 0; its table shows both."""
+    name = lab_name("t-co-pdemo")
+    scn_path = Path(shutil.copy(EXAMPLES_DIR / "policy-demo.yaml", tmp_path / "policy-demo.yaml"))
+    scn = yaml.safe_load(scn_path.read_text())
+    topo_path = renamed_copy(EXAMPLES_DIR / scn["topology"], tmp_path / scn["topology"], name)
+    lab_namespaces(yaml.safe_load(topo_path.read_text()))
+    with lab_removed_after(host, name):
+        p = roamnet("run", str(scn_path), "-f", "json", timeout=240)
+        assert "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
+        assert p.returncode == 0, f"run -> {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        streams = {s["name"]: s for s in json.loads(p.stdout)["streams"]}
+        denied = {s["name"] for s in scn["streams"] if s.get("expect") == "denied"}
+        assert denied == {"web-db-udp", "ssh"}
+        for st in streams.values():
+            assert st["met"] is True, st
+            if st["name"] in denied:
+                assert st["expect"] == "denied" and st["received"] == 0 and st["sent"] > 0, st
+            else:
+                assert st["expect"] == "delivered" and st["survived"] is True and st["received"] > 0, st
