@@ -90,6 +90,14 @@ def lab_up(topology: Path, fmt: str) -> None:
                   f"Next: roamnet lab inspect {res['lab']}")
 
 
+def _agent_text(a: dict) -> str:
+    """An NVE agent's published status, in a few words."""
+    if not a or not a.get("published", True):
+        return "agent: no status published"
+    return (f"converged at rev {a.get('converged_revision', 0)}  passes {a.get('reconciles', 0)}  "
+            f"resyncs {a.get('resyncs', 0)}")
+
+
 def _inspect_table(data: dict) -> None:
     t = Table(title=f"lab {data['lab']}")
     for col in ("node", "kind", "dc", "namespace", "details"):
@@ -103,7 +111,7 @@ def _inspect_table(data: dict) -> None:
                 "  ".join(f"{i}: guest {p['guest_vlan'] or 'untagged'} -> {p['vlan']}" for i, p in sw["ports"].items()) + errors
         elif n["kind"] in ("server", "tor", "border") and "vtep" in n:
             details = f"VTEP {n['vtep']}  VNIs {','.join(map(str, n.get('segments', []))) or '-'}  " \
-                      f"reconciles {a.get('reconciles', 0)}" + errors
+                      f"{_agent_text(a)}" + errors
             if n.get("trunk_vlans"):
                 details += f"\ntrunk VLAN ports {', '.join(n['trunk_vlans'])}"
             for tenant, v in n.get("vrfs", {}).items():
@@ -111,6 +119,8 @@ def _inspect_table(data: dict) -> None:
                            f"host routes {v['host_routes']}  default via {v['default_via'] or '-'}"
         elif n["kind"] == "vrf":
             details = f"tenant {n['tenant']} on {n['parent']}"
+        elif n["kind"] == "client":
+            details = f"WAN client {n['ip']}"
         elif n["kind"] == "vm":
             details = f"on {n['server']}  " + "  ".join(
                 f"{i['cug']} {i['ip']} {i['mac']}" + (f" vlan {i['guest_vlan']}" if i.get("guest_vlan") else "")
@@ -128,6 +138,13 @@ def _inspect_table(data: dict) -> None:
             for vni, vlan in alloc.items():
                 v.add_row(dom, vni, str(vlan))
         out.print(v)
+    if data.get("pending"):
+        p = Table(title="moves in progress (prepared; `roamnet migrate --phase ...` goes on)")
+        for col in ("VM", "from", "to", "VM resumed on the destination"):
+            p.add_column(col)
+        for vm, mv in sorted(data["pending"].items()):
+            p.add_row(vm, mv["from"], mv["to"], "yes" if mv.get("resumed") else "no")
+        out.print(p)
     m = Table(title=f"mapping (revision {data['mapping']['revision']})")
     for col in ("VNI", "MAC", "IPs", "NVE", "VTEP", "seq"):
         m.add_column(col)
