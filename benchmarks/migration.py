@@ -548,8 +548,6 @@ def render(doc: dict[str, Any]) -> None:
                 notes.append(f"{pl['label']} {key}: {s['error']}")
             elif s.get("lost_outside"):
                 notes.append(f"{pl['label']} {key}: {s['lost_outside']} lost away from any move")
-    for p in doc.get("skipped_planes", []):
-        notes.append(f"{p['key']}: not run: {p['reason']}")
     for pl in doc["planes"]:
         unc = sum(x["uncertain"] for m in pl["moves"] for x in m["loss"].values())
         lost = sum(x["lost"] for m in pl["moves"] for x in m["loss"].values())
@@ -633,7 +631,6 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     chosen = [p for p in PLANES if p.key in a.planes]
-    skipped: list[dict[str, str]] = []
 
     results: list[PlaneResult] = []
     pid = os.getpid()
@@ -657,7 +654,6 @@ def main(argv: list[str] | None = None) -> int:
                                 "peer": s.peer, "peer_server": s.peer_server, "rate": s.rate} for s in STREAMS],
                    "mover": MOVER, "home": HOME, "intra": INTRA, "inter": INTER},
         "planes": [r.to_json() for r in results],
-        "skipped_planes": skipped,
         "summary": summarize(results),
         "sizes": sizes_out,
     }
