@@ -131,3 +131,24 @@ def test_update_is_compare_and_swap_with_retry():
     with pytest.raises(Conflicted):
         s.update("/x", always_loses)
     assert len(calls) == CAS_RETRIES and s.get("/x").value == str(CAS_RETRIES)
+
+
+def test_a_watch_waits_for_its_own_prefix_only():
+    s = MemoryStore()
+    s.put("/status/hv1", "x")
+    got = {}
+
+    def watcher():
+        got["result"] = s.watch("/mapping/", s.revision + 1, timeout=5)
+
+    t = threading.Thread(target=watcher)
+    t.start()
+    for i in range(5):  # writes elsewhere (statuses) do not end the wait
+        time.sleep(0.02)
+        s.put("/status/hv1", str(i))
+    assert t.is_alive()
+    rev = s.put("/mapping/bindings/x", "1")
+    t.join(timeout=5)
+    events, nxt = got["result"]
+    assert [(e.key, e.revision) for e in events] == [("/mapping/bindings/x", rev)] and nxt == rev + 1
+    assert s.watch("/mapping/", nxt, timeout=0.05) == ([], nxt), "a timeout gives no events"

@@ -74,7 +74,7 @@ class Store(ABC):
     def watch(self, prefix: str, from_revision: int, timeout: float) -> tuple[list[Event], int]:
         """Events under `prefix` with revision >= from_revision, and the revision to watch from next.
 
-        Waits up to `timeout` s while the store has no revision >= from_revision."""
+        Waits up to `timeout` s while there is none (writes elsewhere do not end the wait)."""
 
     @property
     @abstractmethod

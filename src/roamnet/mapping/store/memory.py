@@ -21,7 +21,8 @@ class MemoryStore(Store):
         self._events: list[Event] = []
         self._history = history
         self._rev = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # guards everything (a Condition: a lock that other methods name)
+        self._watchers: dict[threading.Event, str] = {}  # a waiting watch -> its prefix
 
     @property
     def revision(self) -> int:
@@ -59,14 +60,28 @@ class MemoryStore(Store):
                     self._data[key] = KeyValue(key, value, self._rev)
             if len(self._events) > self._history:
                 del self._events[: len(self._events) - self._history]
-            self._cond.notify_all()
+            for woken, prefix in self._watchers.items():  # only the watches these keys concern: status
+                if any(key.startswith(prefix) for key, _ in changes):  # writes must not wake every agent
+                    woken.set()
             return self._rev
 
     def watch(self, prefix: str, from_revision: int, timeout: float) -> tuple[list[Event], int]:
         with self._cond:
-            self._cond.wait_for(lambda: self._rev >= from_revision, timeout=timeout)
-            if self._events and from_revision < self._events[0].revision:
-                raise Compacted(f"revision {from_revision} is compacted")
-            start = bisect.bisect_left(self._events, from_revision, key=lambda e: e.revision)
-            events = [e for e in self._events[start:] if e.key.startswith(prefix)]
-            return events, max(from_revision, self._rev + 1)
+            events, nxt = self._since(prefix, from_revision)
+            if events or timeout <= 0:
+                return events, nxt
+            woken = threading.Event()
+            self._watchers[woken] = prefix
+        try:
+            woken.wait(timeout)
+        finally:
+            with self._cond:
+                del self._watchers[woken]
+        with self._cond:
+            return self._since(prefix, from_revision)
+
+    def _since(self, prefix: str, from_revision: int) -> tuple[list[Event], int]:
+        if self._events and from_revision < self._events[0].revision:
+            raise Compacted(f"revision {from_revision} is compacted")
+        start = bisect.bisect_left(self._events, from_revision, key=lambda e: e.revision)
+        return [e for e in self._events[start:] if e.key.startswith(prefix)], max(from_revision, self._rev + 1)
