@@ -517,10 +517,10 @@ def wait_resynced(lab: Any, nodes: list[str] | None = None, timeout: float = 10.
     """Wait until every agent of `nodes` (default: all) has published a periodic resync that started
     after this call (its kernel read again, not its cache): observable, not a sleep."""
     nodes = list(lab.agents) if nodes is None else nodes
-    before = {n: s.resyncs for n, s in lab.mapping.statuses().items()}
+    before = {n: s.resyncs for n, s in lab.mapping.statuses.all().items()}
     deadline = time.monotonic() + timeout
     while True:
-        now = lab.mapping.statuses()
+        now = lab.mapping.statuses.all()
         behind = [n for n in nodes if n not in now or now[n].resyncs < before.get(n, 0) + 2]
         if not behind:
             return

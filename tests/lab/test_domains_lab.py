@@ -126,10 +126,10 @@ def test_trunk_nic_moves_and_a_move_inside_a_tor_touches_no_other_nve(lab_name, 
         time.sleep(2.5)
         seen_hv2 = tags_of(trunk_hv2.stop(), mac)
         others = ("hv4", "hv5", "tor2")
-        before = {n: lab.mapping.statuses()[n].changes_applied for n in others}
+        before = {n: lab.mapping.statuses.all()[n].changes_applied for n in others}
         inside = lab.migrate("vm4", "hv1")  # inside pod1: only tor1 and the two switches change
         wait_resynced(lab, list(others))  # every one of them read its kernel again since
-        assert {n: lab.mapping.statuses()[n].changes_applied for n in others} == before
+        assert {n: lab.mapping.statuses.all()[n].changes_applied for n in others} == before
         for flow in flows:
             assert_survived(flow.finish([into_pod, inside]), duration, [into_pod, inside])
         seen_guest = tags_of(guest.stop(), mac)

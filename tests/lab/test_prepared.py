@@ -68,7 +68,7 @@ def test_prepared_move_delivers_to_both_servers(host, lab_up, topo, addr):
         lab.resume("vm1", pause_ms=0)
         snap = lab.mapping.wait_for(lambda s: s.binding_of("vm1/0").nve == "hv2", timeout=5)
         assert snap is not None, "the VM's announcement on its new port did not activate the move"
-        assert wait_for(lambda: lab.mapping.statuses()["hv2"].announcements_seen > 0, timeout=5), \
+        assert wait_for(lambda: lab.mapping.statuses.all()["hv2"].announcements_seen > 0, timeout=5), \
             "hv2's agent published no announcement seen"
         assert snap.binding_of("vm1/0").seq == 1
         lab.complete("vm1")

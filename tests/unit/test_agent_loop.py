@@ -57,22 +57,22 @@ def test_a_pass_programs_the_kernel_and_publishes_convergence(mapping):
             "set-arp"} <= set(ops(changes))
     assert k1.actual.ports["vm1/0"] == WEB and k1.actual.flood[WEB] == {NVES["hv2"].vtep}
     assert k1.actual.remote_macs[(WEB, VM2)] == {NVES["hv2"].vtep}
-    st = mapping.statuses()["hv1"]
+    st = mapping.statuses.all()["hv1"]
     assert st.converged_revision == mapping.revision and st.reconciles == 1 and st.changes_applied == len(changes)
-    assert mapping.wait_converged(["hv1"], timeout=0.1)
-    assert not mapping.wait_converged(["hv1", "hv2"], timeout=0.1), "hv2 has published nothing yet"
+    assert mapping.statuses.wait_converged(["hv1"], timeout=0.1)
+    assert not mapping.statuses.wait_converged(["hv1", "hv2"], timeout=0.1), "hv2 has published nothing yet"
 
 
 def test_an_nve_waiting_for_a_vm_port_is_not_converged(mapping):
     k1 = ModelKernel("hv1")  # the hypervisor has not plugged vm1 yet
     a1 = agent(mapping, "hv1", k1)
     a1.reconcile()
-    assert mapping.statuses()["hv1"].converged_revision == 0
-    assert mapping.lagging(mapping.revision, ["hv1"]) == ["hv1"]
+    assert mapping.statuses.all()["hv1"].converged_revision == 0
+    assert mapping.statuses.lagging(mapping.revision, ["hv1"]) == ["hv1"]
     k1.add_port("vm1/0")
     a1._link_event()
     a1.reconcile()
-    assert mapping.lagging(mapping.revision, ["hv1"]) == []
+    assert mapping.statuses.lagging(mapping.revision, ["hv1"]) == []
 
 
 def test_status_writes_do_not_move_the_mapping_revision(mapping):
@@ -99,7 +99,7 @@ def test_mapping_only_wakeups_plan_against_the_cache(mapping):
     assert k1.reads == reads, "a wake-up by the mapping alone read the kernel"
     assert a1.reconcile() == []
     a1.reconcile(resync=True)
-    assert k1.reads == reads + 1 and mapping.statuses()["hv1"].resyncs == 1
+    assert k1.reads == reads + 1 and mapping.statuses.all()["hv1"].resyncs == 1
     a1._link_event()  # a kernel event: the next pass reads
     a1.reconcile()
     assert k1.reads == reads + 2
@@ -110,13 +110,13 @@ def test_a_failed_change_is_reported_and_retried_from_a_fresh_read(mapping):
     k1.add_port("vm1/0")
     a1 = agent(mapping, "hv1", k1)
     a1.reconcile()
-    st = mapping.statuses()["hv1"]
+    st = mapping.statuses.all()["hv1"]
     assert st.converged_revision == 0 and any("set-remote" in e for e in st.errors)
     reads = k1.reads
     k1.fail.clear()
     assert ops(a1.reconcile()) == ["set-remote"]
     assert k1.reads == reads + 1
-    assert mapping.statuses()["hv1"].converged_revision == mapping.revision
+    assert mapping.statuses.all()["hv1"].converged_revision == mapping.revision
 
 
 def test_a_segment_no_longer_needed_is_held_before_it_goes(mapping):
@@ -129,12 +129,12 @@ def test_a_segment_no_longer_needed_is_held_before_it_goes(mapping):
     k1.remove_port("vm1/0")
     a1._link_event()
     assert "del-segment" not in ops(a1.reconcile())
-    assert WEB in k1.actual.segments and mapping.statuses()["hv1"].pending_prunes == (WEB,)
+    assert WEB in k1.actual.segments and mapping.statuses.all()["hv1"].pending_prunes == (WEB,)
     clock.now += PRUNE_HOLD_S / 2
     assert "del-segment" not in ops(a1.reconcile())
     clock.now += PRUNE_HOLD_S
     assert ops(a1.reconcile()) == ["del-segment"]
-    assert WEB not in k1.actual.segments and mapping.statuses()["hv1"].pending_prunes == ()
+    assert WEB not in k1.actual.segments and mapping.statuses.all()["hv1"].pending_prunes == ()
 
 
 def test_a_segment_needed_again_within_the_hold_is_kept(mapping):
@@ -159,7 +159,7 @@ def test_a_port_up_elsewhere_is_claimed_as_a_move(mapping):
     a2.reconcile()
     b = mapping.snapshot().binding_of("vm1/0")
     assert (b.nve, b.seq) == ("hv2", 1)
-    assert mapping.statuses()["hv2"].moves_reported == 1
+    assert mapping.statuses.all()["hv2"].moves_reported == 1
     assert k2.actual.bridge_fdb[(WEB, VM1)] == "vm1/0", "the claiming pass programs the VM's port"
 
 
@@ -178,7 +178,7 @@ def test_a_prepared_move_waits_for_the_announcement(mapping):
     snap = mapping.snapshot()
     assert snap.binding_of("vm1/0").nve == "hv2" and snap.migrations["vm1/0"].state == ACTIVATED
     a2.reconcile()
-    st = mapping.statuses()["hv2"]
+    st = mapping.statuses.all()["hv2"]
     assert st.announcements_seen == 2 and st.moves_reported == 1
 
 
@@ -193,13 +193,13 @@ def test_a_restarted_agent_changes_nothing(mapping):
     kernels["hv3"].add_port("vm1/0", up=False)
     for n, k in kernels.items():
         agent(mapping, n, k).reconcile()
-    assert mapping.wait_converged(list(NVES), timeout=0.1)
+    assert mapping.statuses.wait_converged(list(NVES), timeout=0.1)
     for n, k in kernels.items():
         applied = len(k.applied)
         again = agent(mapping, n, k)  # a new process on the same kernel state
         assert again.reconcile() == [], n
         assert len(k.applied) == applied
-        assert mapping.statuses()[n].converged_revision == mapping.revision
+        assert mapping.statuses.all()[n].converged_revision == mapping.revision
 
 
 def test_the_agent_holds_only_a_client(mapping):

@@ -285,12 +285,12 @@ class Lab:
     def wait_converged(self, timeout: float, revision: int | None = None) -> bool:
         """Wait until every agent has published that it programmed the mapping at `revision`
         (default: the mapping's revision now). Reads the agents' status keys, not the agents."""
-        return self.mapping.wait_converged([n.name for n in self.agent_nodes()], timeout, revision)
+        return self.mapping.statuses.wait_converged([n.name for n in self.agent_nodes()], timeout, revision)
 
     def _convergence_problems(self) -> str:
         rev = self.mapping.revision
-        lagging = self.mapping.lagging(rev, [n.name for n in self.agent_nodes()])
-        st = self.mapping.statuses()
+        lagging = self.mapping.statuses.lagging(rev, [n.name for n in self.agent_nodes()])
+        st = self.mapping.statuses.all()
         errors = [e for n in lagging if n in st for e in st[n].errors[-3:]]
         return f"behind revision {rev}: {', '.join(lagging) or 'none'}" + (f"; errors: {'; '.join(errors)}" if errors else "")
 

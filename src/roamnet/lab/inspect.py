@@ -25,7 +25,7 @@ def status_row(st: NveStatus | None) -> dict:
 def inspect(lab: Any) -> dict:
     """`lab`: a running `engine.Lab`."""
     snap = lab.mapping.snapshot()
-    statuses = lab.mapping.statuses()
+    statuses = lab.mapping.statuses.all()
     counted = lab.filter_counters()
     agents = {n.name for n in lab.agent_nodes()} if lab.control_plane is None else set()
     nodes = []

@@ -39,4 +39,4 @@ class MappingClient:
         return self._system.report_move(iface_id, nve)
 
     def publish_status(self, status: NveStatus) -> None:
-        self._system.publish_status(status)
+        self._system.statuses.publish(status)

@@ -18,7 +18,7 @@ says so) moves the binding with the usual sequence bump, which withdraws the old
 drops the record once every NVE has programmed the move; `abort` rolls back a move never activated.
 
 Convergence (like OVN's nb_cfg / hv_cfg): each NVE's agent publishes /status/<nve> with the mapping
-revision it has fully programmed; `wait_converged` reads those, never an agent's memory.
+revision it has fully programmed; `statuses` (status.py) reads those, never an agent's memory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from roamnet.mapping.records import (
@@ -42,7 +42,6 @@ from roamnet.mapping.records import (
     ROOT,
     SEGMENTS,
     SERVER,
-    STATUS,
     TENANTS,
     TOR,
     VLANS,
@@ -51,7 +50,6 @@ from roamnet.mapping.records import (
     LogicalPort,
     Migration,
     Nve,
-    NveStatus,
     PolicySet,
     Segment,
     Snapshot,
@@ -65,6 +63,7 @@ from roamnet.mapping.records import (
     load_vlans,
 )
 from roamnet.mapping.rules import VlanExhausted, allocate, move, release, resolve
+from roamnet.mapping.status import Statuses
 from roamnet.mapping.store.base import KEEP, CasConflict, Conflicted, KeyValue, Store
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ class MappingSystem:
         self.store = store
         self._snap: Snapshot | None = None  # the last snapshot: shared by every reader at that revision
         self._snap_lock = threading.Lock()
-        self._statuses: dict[str, tuple[int, NveStatus]] = {}  # key -> (mod_revision, decoded)
+        self.statuses = Statuses(store, lambda: self.revision)  # what the agents published
 
     # ---- writing -------------------------------------------------------------------------------
     def _write(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
@@ -174,41 +173,6 @@ class MappingSystem:
             if left <= 0:
                 return None
             _, rev = self.store.watch(ROOT, max(rev, snap.revision + 1), timeout=min(left, 0.5))
-
-    # ---- NVE status (published by the agents) --------------------------------------------------
-    def publish_status(self, status: NveStatus) -> None:
-        self.store.put(STATUS + status.nve, dump(status))
-
-    def statuses(self) -> dict[str, NveStatus]:
-        """Every NVE's published status (decoded once per change: waits read them after each write)."""
-        items, _ = self.store.range(STATUS)
-        cache = self._statuses
-        out = {}
-        for kv in items:
-            hit = cache.get(kv.key)
-            if hit is None or hit[0] != kv.mod_revision:
-                hit = cache[kv.key] = (kv.mod_revision, load(NveStatus, kv.value))
-            out[kv.key[len(STATUS):]] = hit[1]
-        return out
-
-    def lagging(self, revision: int, nves: Iterable[str]) -> list[str]:
-        """The NVEs of `nves` whose published converged revision is below `revision`."""
-        st = self.statuses()
-        return sorted(n for n in nves if n not in st or st[n].converged_revision < revision)
-
-    def wait_converged(self, nves: Iterable[str], timeout: float, revision: int | None = None) -> bool:
-        """Wait until every NVE of `nves` has published a converged revision >= `revision` (default:
-        the mapping's revision now). Woken by the status keys' watch, not by polling."""
-        target = self.revision if revision is None else revision
-        nves = list(nves)
-        deadline = time.monotonic() + timeout
-        rev = self.store.revision + 1
-        while self.lagging(target, nves):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            _, rev = self.store.watch(STATUS, rev, timeout=min(left, 0.5))
-        return True
 
     # ---- moves ---------------------------------------------------------------------------------
     def advertise(self, proposed: Binding) -> Binding:
