@@ -207,3 +207,14 @@ def test_the_agent_holds_only_a_client(mapping):
     assert not any(isinstance(v, (MappingSystem, MemoryStore)) for v in vars(a).values())
     a.stop()
     assert a.kernel.closed
+
+
+def test_a_vtep_that_joins_is_accepted_in_the_next_pass(mapping):
+    k3 = ModelKernel("hv3")
+    a3 = agent(mapping, "hv3", k3)
+    a3.reconcile()
+    assert k3.actual.underlay.vteps == {n.vtep for n in NVES.values()}
+    reads = k3.reads
+    mapping.register_nve(Nve("hv4", "198.18.2.3", "dc2"))
+    assert [str(c) for c in a3.reconcile()] == ["set-vteps 198.18.1.1,198.18.1.3,198.18.2.1,198.18.2.3"]
+    assert k3.reads == reads, "a mapping change alone: planned against the cache"

@@ -25,7 +25,7 @@ from typing import Protocol
 from roamnet.mapping.client import MappingClient, MoveRefused
 from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
 from roamnet.nve.desired import compute_desired, is_trunk
-from roamnet.nve.plan import STRUCTURAL, Actual, Change, VrfChange, apply_to, plan, plan_filters, plan_vrfs
+from roamnet.nve.plan import STRUCTURAL, Actual, Change, VrfChange, apply_to, plan, plan_filters, plan_vrfs, plan_vteps
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,10 @@ class Agent:
         registering them; converged must mean forwarding)."""
         want = compute_desired(snap, self.nve.name)
         waiting = any(not is_trunk(a) and a not in actual.ports for a in want.attachments)
-        # filters first: a VM port is attached to its bridge only in a pass that has given it its filter
-        return (plan_filters(want.filters, want.arp_flood, actual) + self._hold_prunes(plan(want, actual))
-                + plan_vrfs(want.vrfs, actual.vrfs)), not waiting
+        # the VXLAN guard and port filters first: a VM port is attached to its bridge only in a pass that
+        # has given it its filter
+        return (plan_vteps(want.vteps, actual) + plan_filters(want.filters, want.arp_flood, actual)
+                + self._hold_prunes(plan(want, actual)) + plan_vrfs(want.vrfs, actual.vrfs)), not waiting
 
     # ---- one pass ------------------------------------------------------------------------------
     def _claim_arrivals(self, snap: Snapshot, ports: list[str]) -> bool:

@@ -24,11 +24,12 @@ from pyroute2.protocols import ETH_P_ALL
 
 from roamnet import names
 from roamnet.dataplane import announce, netns, vlan
-from roamnet.dataplane.nft import Nft, read_table_briefly
+from roamnet.dataplane.nft import Nft, read_table_briefly, read_underlay_table
 from roamnet.dataplane.vrf import VrfKernel
 from roamnet.nve.desired import is_trunk, trunk_attachment
 from roamnet.nve.filters import Table
-from roamnet.nve.plan import VXLAN_PORT, Actual, Change, FilterChange, VrfChange
+from roamnet.nve.plan import VXLAN_PORT, Actual, Change, FilterChange, UnderlayChange, VrfChange
+from roamnet.nve.underlay import Underlay
 
 ZERO_MAC = "00:00:00:00:00:00"  # a VXLAN flood entry's MAC (head-end replication)
 
@@ -137,6 +138,7 @@ class KernelBase:
     _table: Table | None = None  # our nftables table as last read or written; None: read it next time.
     #   Only this agent writes it, so its own writes say what it holds: it is read again at the
     #   periodic resync (`forget_filters`) and after a failed write, not on every link event
+    _underlay: Underlay | None = None  # our `ip roamnet` table (the VXLAN guard), the same way
 
     def port_named(self, ifname: str) -> list[str]:
         """The VM interfaces whose port is device `ifname`, as last read (up or down)."""
@@ -153,6 +155,7 @@ class KernelBase:
 
     def forget_filters(self) -> None:
         self._table = None
+        self._underlay = None
 
     def _read_filters(self, act: Actual, links: list, vm: VmPorts) -> None:
         """The VM ports' devices and our nftables table, into `act`."""
@@ -161,6 +164,16 @@ class KernelBase:
         if self._table is None:
             self._table = read_table_briefly(self.nft)
         act.table = self._table
+
+    def _read_underlay(self, act: Actual) -> None:
+        if self._underlay is None:
+            self._underlay = read_underlay_table(self.nft)[0]
+        act.underlay = self._underlay
+
+    def _set_vteps(self, ch: UnderlayChange) -> None:
+        self._underlay = None  # unknown until the transaction went through
+        self.nft.run(list(ch.commands))
+        self._underlay = Underlay(ch.want)
 
     def apply(self, changes: list) -> list[str]:
         """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
@@ -250,6 +263,7 @@ class Kernel(KernelBase):
                 act.ports[att] = bridges.get(vp.master) if vp.complete else None
         act.orphans = set(vm.orphans)
         self._read_filters(act, links, vm)
+        self._read_underlay(act)
         port_names = {idx: att for att, idx in port_index.items()}
         act.segments = set(bridges.values()) & set(vxlans.values())
         bridge_dev: dict[tuple[int, str], int] = {}

@@ -14,7 +14,9 @@ import json
 import threading
 
 from roamnet.dataplane import netns
+from roamnet.nve import underlay
 from roamnet.nve.filters import BASE, EGRESS, FAMILY, INGRESS, TABLE, Table, counters, read_table
+from roamnet.nve.underlay import Underlay, read_underlay
 
 OUTPUT_HANDLE, OUTPUT_JSON = 1 << 3, 1 << 4
 
@@ -125,12 +127,17 @@ def read_filter_table(nft: Nft) -> Table:
     return read_table(nft.list_table(FAMILY, TABLE))
 
 
+def read_underlay_table(nft: Nft) -> tuple[Underlay, int]:
+    """Our `ip roamnet` table (the VXLAN guard) and the packets it dropped."""
+    return read_underlay(nft.list_table(underlay.FAMILY, underlay.TABLE))
+
+
 def filter_counters(ns: str) -> dict[str, int]:
-    """The NVE's filter totals by kind (nve.filters.TOTALS), read in namespace `ns` by a context of its
-    own (no agent's): what the lab's reports and inspect show."""
+    """The NVE's filter totals by kind (nve.filters.TOTALS, and the VXLAN guard's drops), read in
+    namespace `ns` by a context of its own (no agent's): what the lab's reports and inspect show."""
     nft = Nft(ns)
     try:
-        return counters(read_filter_table(nft))
+        return {**counters(read_filter_table(nft)), underlay.VXLAN_FOREIGN: read_underlay_table(nft)[1]}
     finally:
         nft.close()
 

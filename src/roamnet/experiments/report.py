@@ -237,6 +237,7 @@ COUNTER_LABELS = {
     "arp-from-vxlan": "ARP frames from VXLAN", "arp-unknown-dropped": "ARP requests for unknown IPs dropped",
     "spoof-mac": "spoofed source MAC dropped", "spoof-ip": "spoofed source IP dropped",
     "spoof-arp": "forged ARP dropped", "not-ipv4": "non-IPv4 dropped", "policy-deny": "denied by policy",
+    "vxlan-foreign": "VXLAN from non-VTEPs dropped",
 }
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from roamnet.mapping.records import TOR, Snapshot
 from roamnet.nve.portfilter import PortFilter, port_filter
+from roamnet.nve.underlay import allowed_vteps
 from roamnet.nve.vrf import VrfDesired, compute_vrfs
 
 
@@ -80,6 +81,7 @@ class NveDesired:
     #   (port security and policy, portfilter.py), for every VM port on this NVE: a prepared move's
     #   destination port has it before the VM can be activated there
     arp_flood: dict[int, bool] = field(default_factory=dict)  # hosted VNI -> ARP for unknown IPs floods
+    vteps: frozenset[str] = frozenset()  # the only sources VXLAN is accepted from (underlay.py)
 
     def to_json(self) -> dict:
         return {
@@ -98,6 +100,7 @@ class NveDesired:
             "filters": {k: {"mac": f.mac, "ips": list(f.ips), "out": len(f.out), "in": len(f.inbound)}
                         for k, f in sorted(self.filters.items())},
             "arp_flood": {str(v): f for v, f in sorted(self.arp_flood.items())},
+            "vxlan_from": sorted(self.vteps),
         }
 
 
@@ -148,7 +151,7 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
     #         (a VM port here, not one behind a trunk: that one's server filters it)
     arp_flood = {vni: snap.segments[vni].flood_unknown_arp if vni in snap.segments else True for vni in segments}
     return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),
-                      compute_vrfs(snap, nve, segments), attachments, arp, filters, arp_flood)
+                      compute_vrfs(snap, nve, segments), attachments, arp, filters, arp_flood, allowed_vteps(snap))
 
 
 def port_filters(snap: Snapshot, ifaces: list[str]) -> dict[str, PortFilter]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from roamnet.nve.desired import NveDesired, is_trunk
 from roamnet.nve.filters import Table, desired_table, plan_table
 from roamnet.nve.portfilter import PortFilter
+from roamnet.nve.underlay import MISSING, Underlay, plan_underlay
 from roamnet.nve.vrf import VrfDesired
 
 VXLAN_PORT = "vx"  # a bridge entry that points at the segment's VXLAN device
@@ -31,6 +32,7 @@ class Actual:
     devices: dict[str, str] = field(default_factory=dict)  # iface_id -> device of its bridge port (VM
     #   ports that exist here)
     table: Table = field(default_factory=lambda: Table(base_ok=False))  # our nftables table
+    underlay: Underlay = MISSING  # our `ip roamnet` table: the VTEPs VXLAN is accepted from
 
 
 @dataclass
@@ -147,6 +149,23 @@ def plan_filters(filters: dict[str, PortFilter], arp_flood: dict[int, bool], hav
 
 
 @dataclass(frozen=True)
+class UnderlayChange:
+    """One nftables transaction that makes the NVE accept VXLAN from exactly `want` (underlay.py)."""
+
+    commands: tuple
+    want: frozenset[str]
+    op: str = "set-vteps"
+
+    def __str__(self) -> str:
+        return f"{self.op} {','.join(sorted(self.want)) or '-'}"
+
+
+def plan_vteps(want: frozenset[str], have: Actual) -> list[UnderlayChange]:
+    cmds = plan_underlay(want, have.underlay)
+    return [UnderlayChange(tuple(cmds), want)] if cmds else []
+
+
+@dataclass(frozen=True)
 class VrfChange:
     op: str  # add-l3vni | add-irb | set-guard | set-rmac | set-route | set-neighbor
     #          del-route | del-neighbor | del-rmac | del-irb | del-l3vni | del-guard
@@ -202,7 +221,7 @@ STRUCTURAL = frozenset({"add-segment", "del-segment", "attach-port",  # change d
                         "add-l3vni", "del-l3vni", "add-irb", "del-irb"})
 
 
-def apply_to(have: Actual, changes: list[Change | VrfChange | FilterChange]) -> Actual:
+def apply_to(have: Actual, changes: list[Change | VrfChange | FilterChange | UnderlayChange]) -> Actual:
     """What the kernel holds after `changes` succeeded: the agent's cache between kernel reads, and
     a model of the kernel for tests. (A removed bridge also detaches its ports: after a structural
     change the agent reads the kernel again rather than trusting this.)"""
@@ -212,6 +231,9 @@ def apply_to(have: Actual, changes: list[Change | VrfChange | FilterChange]) -> 
             continue
         if isinstance(c, FilterChange):
             have.table = c.result()
+            continue
+        if isinstance(c, UnderlayChange):
+            have.underlay = Underlay(c.want)
             continue
         key = (c.vni, c.mac)
         if c.op == "add-segment":
