@@ -358,10 +358,11 @@ def test_demo_table(host: Any) -> None:
         assert not planned & set(host.netns_list()) and not state_dir(name).exists()
 
 
-def test_run_routed_demo_json(tmp_path: Path, host: Any, lab_name: Any, lab_namespaces: Any) -> None:
-    # the packaged scenario unchanged, next to a copy of its topology named for this test
-    name = lab_name("t-co-rdemo")
-    scn_path = Path(shutil.copy(EXAMPLES_DIR / "routed-demo.yaml", tmp_path / "routed-demo.yaml"))
+@contextlib.contextmanager
+def packaged_run(tmp_path: Path, host: Any, name: str, lab_namespaces: Any, scenario: str) -> Iterator[tuple]:
+    """`roamnet run SCENARIO -f json` on the packaged scenario unchanged, next to a copy of its topology
+    named `name`: yields (the scenario as YAML data, the report), the lab gone afterwards."""
+    scn_path = Path(shutil.copy(EXAMPLES_DIR / scenario, tmp_path / scenario))
     scn = yaml.safe_load(scn_path.read_text())
     topo_path = renamed_copy(EXAMPLES_DIR / scn["topology"], tmp_path / scn["topology"], name)
     lab_namespaces(yaml.safe_load(topo_path.read_text()))
@@ -369,7 +370,12 @@ def test_run_routed_demo_json(tmp_path: Path, host: Any, lab_name: Any, lab_name
         p = roamnet("run", str(scn_path), "-f", "json", timeout=240)
         assert "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
         assert p.returncode in RUN_OK, f"run -> {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-        report = json.loads(p.stdout)
+        yield scn, json.loads(p.stdout)
+
+
+def test_run_routed_demo_json(tmp_path: Path, host: Any, lab_name: Any, lab_namespaces: Any) -> None:
+    name = lab_name("t-co-rdemo")
+    with packaged_run(tmp_path, host, name, lab_namespaces, "routed-demo.yaml") as (scn, report):
         assert {"streams", "migrations", "paths", "counters", "meta"} <= set(report), list(report)
         assert report["meta"]["lab"] == name
         assert [s["name"] for s in report["streams"]] == [s["name"] for s in scn["streams"]]
@@ -390,17 +396,9 @@ def test_inspect_unknown_lab(fmt: str) -> None:
 
 def test_run_policy_demo_expectations(tmp_path: Path, host: Any, lab_name: Any, lab_namespaces: Any) -> None:
     """The packaged policy scenario: the streams t1's policy denies receive nothing across two moves
-    (`expect: denied`), the allowed ones survive, and so the run exits 0; its table shows both."""
-    name = lab_name("t-co-pdemo")
-    scn_path = Path(shutil.copy(EXAMPLES_DIR / "policy-demo.yaml", tmp_path / "policy-demo.yaml"))
-    scn = yaml.safe_load(scn_path.read_text())
-    topo_path = renamed_copy(EXAMPLES_DIR / scn["topology"], tmp_path / scn["topology"], name)
-    lab_namespaces(yaml.safe_load(topo_path.read_text()))
-    with lab_removed_after(host, name):
-        p = roamnet("run", str(scn_path), "-f", "json", timeout=240)
-        assert "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
-        assert p.returncode == 0, f"run -> {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-        streams = {s["name"]: s for s in json.loads(p.stdout)["streams"]}
+    (`expect: denied`), the allowed ones survive, and so the run exits 0."""
+    with packaged_run(tmp_path, host, lab_name("t-co-pdemo"), lab_namespaces, "policy-demo.yaml") as (scn, report):
+        streams = {s["name"]: s for s in report["streams"]}
         denied = {s["name"] for s in scn["streams"] if s.get("expect") == "denied"}
         assert denied == {"web-db-udp", "ssh"}
         for st in streams.values():
