@@ -40,7 +40,8 @@ from roamnet.experiments.loss import MoveWindow, analyze_stream, send_time_estim
 from roamnet.experiments.runner import Proc, final, spawn, wait_ready
 from roamnet.experiments.traffic import recv_argv, send_argv
 from roamnet.intent.model import parse_topology
-from roamnet.lab.engine import Lab, LabError
+from roamnet.lab.engine import Lab
+from roamnet.lab.errors import LabError
 from roamnet.lab.plan import build_plan
 from roamnet.lab.state import JOURNAL, cleanup, journal_namespaces, make_state_dir
 

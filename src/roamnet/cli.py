@@ -17,7 +17,7 @@ from roamnet.dataplane import netns
 from roamnet.intent.model import IntentError, load_topology, topology_json_schema
 from roamnet.intent.scenario import load_scenario, packaged_example
 from roamnet.lab.daemon import DaemonError, call, start, stop
-from roamnet.lab.engine import LabError
+from roamnet.lab.errors import LabError
 from roamnet.lab.state import labs, state_dir
 
 out = Console()

@@ -138,7 +138,7 @@ def test_trunk_nic_moves_and_a_move_inside_a_tor_touches_no_other_nve(lab_name, 
 
 
 def test_exhausted_vlan_range_refuses_the_move_and_changes_nothing(host, lab_name, lab_up, lab_namespaces):
-    from roamnet.lab.engine import LabError
+    from roamnet.lab.errors import LabError
 
     t = pods(lab_name("t-dom-full"), dc1={"pod2": {"vlans": "200-200"}})  # db (vm5) has the only VLAN
     lab_namespaces(t)

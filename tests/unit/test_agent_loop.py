@@ -44,6 +44,15 @@ def agent(mapping: MappingSystem, nve: str, kernel: ModelKernel, clock: Clock | 
     return Agent(MappingClient(mapping), NVES[nve], kernel, clock=clock or Clock())
 
 
+def hv1_with_vm1(mapping: MappingSystem, clock: Clock | None = None) -> tuple[ModelKernel, Agent]:
+    """hv1's kernel with vm1's port up, and its agent after one pass."""
+    k1 = ModelKernel("hv1")
+    k1.add_port("vm1/0")
+    a1 = agent(mapping, "hv1", k1, clock)
+    a1.reconcile()
+    return k1, a1
+
+
 def ops(changes) -> list[str]:
     return [c.op for c in changes]
 
@@ -85,10 +94,7 @@ def test_status_writes_do_not_move_the_mapping_revision(mapping):
 
 
 def test_mapping_only_wakeups_plan_against_the_cache(mapping):
-    k1 = ModelKernel("hv1")
-    k1.add_port("vm1/0")
-    a1 = agent(mapping, "hv1", k1)
-    a1.reconcile()  # structural: the next pass reads again
+    k1, a1 = hv1_with_vm1(mapping)  # structural: the next pass reads again
     a1.reconcile()
     reads = k1.reads
     # a VM of the segment arrives on hv3: hv1 needs a unicast entry and a flood entry, no device
@@ -121,10 +127,7 @@ def test_a_failed_change_is_reported_and_retried_from_a_fresh_read(mapping):
 
 def test_a_segment_no_longer_needed_is_held_before_it_goes(mapping):
     clock = Clock()
-    k1 = ModelKernel("hv1")
-    k1.add_port("vm1/0")
-    a1 = agent(mapping, "hv1", k1, clock)
-    a1.reconcile()
+    k1, a1 = hv1_with_vm1(mapping, clock)
     mapping.report_move("vm1/0", "hv2")  # vm1 left: hv1 hosts nothing of the segment any more
     k1.remove_port("vm1/0")
     a1._link_event()
@@ -139,10 +142,7 @@ def test_a_segment_no_longer_needed_is_held_before_it_goes(mapping):
 
 def test_a_segment_needed_again_within_the_hold_is_kept(mapping):
     clock = Clock()
-    k1 = ModelKernel("hv1")
-    k1.add_port("vm1/0")
-    a1 = agent(mapping, "hv1", k1, clock)
-    a1.reconcile()
+    k1, a1 = hv1_with_vm1(mapping, clock)
     mapping.report_move("vm1/0", "hv2")
     a1.reconcile()
     mapping.report_move("vm1/0", "hv1")  # straight back

@@ -4,8 +4,17 @@ transaction; the table read back."""
 from roamnet.dataplane.model import ModelKernel
 from roamnet.mapping.records import Nve, Snapshot
 from roamnet.nve.plan import Actual, apply_to, plan_vteps
-from roamnet.nve.underlay import (CHAIN, MISSING, VTEPS, VXLAN_FOREIGN, Underlay, allowed_vteps, guard_rule,
-                                  plan_underlay, read_underlay)
+from roamnet.nve.underlay import (
+    CHAIN,
+    MISSING,
+    VTEPS,
+    VXLAN_FOREIGN,
+    Underlay,
+    allowed_vteps,
+    guard_rule,
+    plan_underlay,
+    read_underlay,
+)
 
 NVES = {"hv1": Nve("hv1", "198.18.1.1", "dc1"), "hv2": Nve("hv2", "198.18.1.3", "dc1"),
         "dc1br": Nve("dc1br", "198.18.250.1", "dc1", "border"), "tor1": Nve("tor1", "198.18.1.5", "dc1", "tor"),

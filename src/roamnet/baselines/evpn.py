@@ -10,8 +10,8 @@ VTEP. `located()` reads those kernel FDBs. The VMs' ports keep bridge learning o
 have it off (zebra installs remote MACs as extern_learn entries).
 
 The FRR processes themselves (per-instance directories `<workdir>/<node>/`, explicit paths, the pid
-journal `<workdir>/frr-pids.json`, `kill_recorded`, stop by our own pids) are `roamnet.frr`'s, shared
-with the border routers' BGP (`roamnet.border`). Daemons are only ever started inside lab namespaces.
+journal `<workdir>/frr-pids.json`, `kill_recorded`, stop by our own pids) are `roamnet.wan.frr`'s, shared
+with the border routers' BGP (`roamnet.wan.border`). Daemons are only ever started inside lab namespaces.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from roamnet.dataplane import netns
 from roamnet.dataplane.kernel import ZERO_MAC, ensure_segment
 from roamnet.names import WAN_NODE
 from roamnet.wan import frr
-from roamnet.wan.frr import DAEMONS, FRR_BIN_DIR, FrrError, FrrProcesses, check_lab_address
+from roamnet.wan.frr import FRR_BIN_DIR, FrrError, FrrProcesses, check_lab_address
 
 
 class Lab(Protocol):
@@ -117,16 +117,12 @@ def frr_config(daemon: str, inst: FrrInstance, *, log_file: str | None = None, a
     interval (MRAI) 0. Duplicate address detection is off: the benchmark moves the same VM more than
     5 times in 180 s (FRR's default thresholds), which would flag it as a duplicate.
     """
-    if daemon not in DAEMONS:
-        raise ValueError(f"no configuration for daemon {daemon!r}")
-    if inst.role not in ("vtep", "rr"):
-        raise ValueError(f"unknown role {inst.role!r}")
-    if not inst.peers:
-        raise ValueError(f"{inst.node}: no BGP peers")
+    frr.check_instance(daemon, inst, ("vtep", "rr"))
     check_lab_address(inst.address, f"{inst.node}: address")
     for p in inst.peers:
         check_lab_address(p, f"{inst.node}: peer")
-    lines = frr.config_header(daemon, inst.node, inst.ns, inst.role, "roamnet.evpn", log_file=log_file, debug=debug)
+    lines = frr.config_header(daemon, inst.node, inst.ns, inst.role, "roamnet.baselines.evpn", log_file=log_file,
+                              debug=debug)
     if daemon == "zebra":
         if debug:
             lines += ["debug zebra vxlan", "debug zebra kernel", "!"]
@@ -165,7 +161,7 @@ def read_journal(workdir: Path) -> list[dict]:
 
 def kill_recorded(workdir: Path) -> list[str]:
     """Crash clean-up: end the FRR processes the pid journal in `workdir` records (see
-    `roamnet.frr.kill_recorded`: by pid, each only after /proc/<pid>/cmdline shows it is that daemon of
+    `roamnet.wan.frr.kill_recorded`: by pid, each only after /proc/<pid>/cmdline shows it is that daemon of
     that instance). Returns what it ended, e.g. "bgpd@rn-x-hv1 (pid 42)"."""
     return frr.kill_recorded(workdir, EvpnError)
 

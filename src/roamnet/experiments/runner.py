@@ -16,7 +16,8 @@ from roamnet.experiments.paths import PathObserver, Watched, summarize_paths
 from roamnet.experiments.report import Report, summarize
 from roamnet.experiments.traffic import recv_argv, send_argv
 from roamnet.intent.scenario import Scenario
-from roamnet.lab.engine import Lab, LabError
+from roamnet.lab.engine import Lab
+from roamnet.lab.errors import LabError
 from roamnet.lab.state import JOURNAL, cleanup, journal_namespaces, make_state_dir
 
 BASE_PORT = 5001

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from roamnet.dataplane import netns
 from roamnet.intent.model import parse_topology
-from roamnet.lab.engine import Lab, LabError
+from roamnet.lab.engine import Lab
+from roamnet.lab.errors import LabError
 from roamnet.lab.state import JOURNAL, cleanup, daemon_pid, journal_namespaces, labs, make_state_dir, state_dir
 from roamnet.nve.desired import compute_desired
 

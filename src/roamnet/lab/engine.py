@@ -45,7 +45,7 @@ from roamnet.mapping.system import MappingSystem, MoveRefused
 from roamnet.nve.filters import Table
 from roamnet.wan.border import BorderBgp
 
-__all__ = ["ControlPlane", "Lab", "LabError"]
+__all__ = ["ControlPlane", "Lab"]
 
 log = logging.getLogger(__name__)
 

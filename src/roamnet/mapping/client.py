@@ -20,11 +20,6 @@ class MappingClient:
     def __init__(self, system: MappingSystem):
         self._system = system
 
-    @property
-    def revision(self) -> int:
-        """The mapping's revision now."""
-        return self._system.revision
-
     def snapshot(self) -> Snapshot:
         return self._system.snapshot()
 

@@ -15,8 +15,8 @@ specific routes out). The agent's /32s for the tenant's VMs in other data center
 are never announced (checked by tests/lab/test_border_lab.py). A border accepts only the default
 route from the WAN.
 
-The processes are `roamnet.frr`'s: per-instance directories under the workdir (default
-/run/roamnet/<lab>/border), a pid journal (`roamnet.frr.kill_recorded(workdir)` after a crash),
+The processes are `roamnet.wan.frr`'s: per-instance directories under the workdir (default
+/run/roamnet/<lab>/border), a pid journal (`roamnet.wan.frr.kill_recorded(workdir)` after a crash),
 daemons only inside lab namespaces, stopped by their own pids.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 from roamnet.intent.model import TENANT_RANGE
 from roamnet.names import WAN_NODE
 from roamnet.wan import frr
-from roamnet.wan.frr import DAEMONS, FRR_BIN_DIR, FrrError, FrrProcesses, check_lab_address
+from roamnet.wan.frr import FRR_BIN_DIR, FrrError, FrrProcesses, check_lab_address
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +150,7 @@ def border_config(daemon: str, inst: BorderInstance, *, log_file: str | None = N
     route-map outbound, and only the default route accepted from the WAN. The WAN router: every
     handoff a neighbor with `default-originate`, accepting only tenant address space (198.19/16).
     zebra: no routing configuration (it reads the main table only; no `ip import-table`)."""
-    if daemon not in DAEMONS:
-        raise ValueError(f"no configuration for daemon {daemon!r}")
-    if inst.role not in ("border", "wan"):
-        raise ValueError(f"unknown role {inst.role!r}")
-    if not inst.peers:
-        raise ValueError(f"{inst.node}: no BGP peers")
+    frr.check_instance(daemon, inst, ("border", "wan"))
     if inst.role == "border" and len(inst.peers) != 1:
         raise ValueError(f"{inst.node}: a border's tenant namespace has exactly one BGP peer, the WAN router")
     check_lab_address(inst.router_id, f"{inst.node}: router-id")
@@ -167,7 +162,7 @@ def border_config(daemon: str, inst: BorderInstance, *, log_file: str | None = N
         if not net.subnet_of(frr.LAB_RANGE):  # type: ignore[arg-type]
             raise ValueError(f"{inst.node}: announced prefix {prefix} is outside the lab range {frr.LAB_RANGE}")
     first = ("frr defaults datacenter",) if daemon == "bgpd" else ()
-    lines = frr.config_header(daemon, inst.node, inst.ns, inst.role, "roamnet.border", log_file=log_file,
+    lines = frr.config_header(daemon, inst.node, inst.ns, inst.role, "roamnet.wan.border", log_file=log_file,
                               debug=debug, first=first)
     if daemon == "zebra":
         if debug:

@@ -68,6 +68,16 @@ class Instance(Protocol):
 # ---------------------------------------------------------------- pure helpers
 
 
+def check_instance(daemon: str, inst: Any, roles: Sequence[str]) -> None:
+    """What every FRR configuration needs of its instance: a daemon we configure, a known role, peers."""
+    if daemon not in DAEMONS:
+        raise ValueError(f"no configuration for daemon {daemon!r}")
+    if inst.role not in roles:
+        raise ValueError(f"unknown role {inst.role!r}")
+    if not inst.peers:
+        raise ValueError(f"{inst.node}: no BGP peers")
+
+
 def check_lab_address(addr: str, what: str) -> str:
     """`addr` if it lies in the lab range 198.18.0.0/15; ValueError naming `what` otherwise."""
     if ipaddress.ip_address(addr) not in LAB_RANGE:
@@ -305,7 +315,7 @@ class FrrProcesses:
                      if is_instance_process(int(e["pid"]), e["daemon"], e["instdir"])]
         if leftovers:
             raise self.error(f"FRR processes of an earlier run are still alive ({', '.join(leftovers)}); "
-                             f"end them with roamnet.frr.kill_recorded({str(self.workdir)!r})")
+                             f"end them with roamnet.wan.frr.kill_recorded({str(self.workdir)!r})")
         write_json(self.workdir / JOURNAL, {"processes": []})
         self._journal_ours = True
         return self.workdir
