@@ -121,6 +121,10 @@ def _inspect_table(data: dict) -> None:
             details = f"tenant {n['tenant']} on {n['parent']}"
         elif n["kind"] == "client":
             details = f"WAN client {n['ip']}"
+        elif n["kind"] == "dci":
+            details = "data-center interconnect: the borders' underlay, no tenant or client"
+        elif n["kind"] == "wan":
+            details = "the outside world: tenant handoffs and clients, no route into the underlay"
         elif n["kind"] == "vm":
             details = f"on {n['server']}  " + "  ".join(
                 f"{i['cug']} {i['ip']} {i['mac']}" + (f" vlan {i['guest_vlan']}" if i.get("guest_vlan") else "")
@@ -161,6 +165,14 @@ def _inspect_table(data: dict) -> None:
         out.print(w)
         if bgp.get("error"):
             out.print(f"[red]FRR: {escape(bgp['error'])}[/]")
+    guards = data.get("guards")
+    if guards:
+        g = Table(title="WAN edge guards: packets dropped (BGP outside its sessions, towards the underlay)")
+        for col in ("namespace", "bgp-foreign", "to-underlay"):
+            g.add_column(col)
+        for where, c in guards.items():
+            g.add_row(where, str(c.get("bgp-foreign", 0)), str(c.get("to-underlay", 0)))
+        out.print(g)
 
 
 @lab.command("inspect")

@@ -15,7 +15,8 @@ GATEWAY_ALIAS = OWNER + ":gateway="  # a CUG's gateway port in its bridge (peer 
 IRB_ALIAS = OWNER + ":irb="  # the gateway interface in the tenant's namespace
 L3VNI_ALIAS = OWNER + ":l3vni="  # the tenant's L3 VNI device
 SWITCH_ALIAS = OWNER + ":hs="  # a hypervisor switch's bridge for one domain VLAN (server behind a ToR)
-WAN_NODE = "wan"  # the lab's WAN router (a reserved node name)
+WAN_NODE = "wan"  # the lab's WAN router: the outside world, tenants' handoffs and clients (a reserved node name)
+DCI_NODE = "dci"  # the lab's data-center interconnect router: the underlay between borders (a reserved node name)
 HANDOFF = "wan"  # a border's interface to the WAN, in each tenant namespace (VRF-lite)
 TRUNK = "trunk"  # a server's 802.1Q trunk to its ToR (on the ToR, the trunk is named after the server)
 PROTO = 77  # route and neighbour protocol of roamnet's entries (unassigned in iproute2's rt_protos)

@@ -52,8 +52,8 @@ def test_down_leaves_nothing_and_spares_other_lab(tmp_path: Path, host: Any, lab
         with cli_lab(host, files[first], first) as up_a:
             assert up_a["lab"] == first and up_b["lab"] == second
             ns_a, ns_b = present_namespaces(host, first), present_namespaces(host, second)
-            # wan, 2 borders, 2 servers, 2 VMs (guest + NIC holder each)
-            assert len(ns_a) == len(ns_b) == 9, (ns_a, ns_b)
+            # wan, dci, 2 borders, 2 servers, 2 VMs (guest + NIC holder each)
+            assert len(ns_a) == len(ns_b) == 10, (ns_a, ns_b)
             assert host.daemon_pids(first) and host.daemon_pids(second)
 
             p = host.roamnet("lab", "down", first)
@@ -126,7 +126,7 @@ def test_cli_errors(tmp_path: Path, host: Any, lab_name: Any, make_topology: Any
         assert p.returncode == 0, p.stderr
         data = json.loads(p.stdout)
         nodes = {n["name"]: n for n in data["nodes"]}
-        assert {"vm1", "vm2", "hv1", "hv2", "wan"} <= set(nodes)
+        assert {"vm1", "vm2", "hv1", "hv2", "dci", "wan"} <= set(nodes)
         assert nodes["vm1"]["server"] == "hv1"
         assert "mapping" in data and isinstance(data["mapping"]["bindings"], list)
         binding = {b["mac"]: b for b in data["mapping"]["bindings"]}[addr.mac(topo, "vm1")]

@@ -84,7 +84,7 @@ def test_evpn_learns_forwards_and_leaves_nothing(host: Any, lab_name: Any, make_
     try:
         with evpn_lab(topo, lab_namespaces, host) as (lab, cp):
             recorded = recorded_frr(cp.workdir)
-            nodes = ("hv1", "hv2", "hv3", "wan")
+            nodes = ("hv1", "hv2", "hv3", "dci")
             assert sorted(r["label"] for r in recorded) == sorted(f"{d}@rn-{name}-{n}" for n in nodes for d in DAEMONS)
             for r in recorded:  # each daemon runs in its lab namespace, none in the host's
                 assert frr_still_runs(r), r
@@ -195,7 +195,7 @@ def test_evpn_missing_bgpd_stops_the_zebras(host: Any, lab_name: Any, make_topol
         finally:
             lab.down()
         recorded = recorded_frr(workdir)
-        nodes = ("hv1", "hv2", "hv3", "wan")
+        nodes = ("hv1", "hv2", "hv3", "dci")
         assert sorted(r["label"] for r in recorded) == sorted(f"zebra@rn-{name}-{n}" for n in nodes)
         assert not [r["label"] for r in recorded if frr_still_runs(r) or r["running"]]
         assert not set(planned) & set(host.netns_list())

@@ -34,12 +34,12 @@ def _lines(text: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines()]
 
 
-def test_instances_one_vtep_per_server_and_a_route_reflector_on_wan():
+def test_instances_one_vtep_per_server_and_a_route_reflector_on_dci():
     inst = _instances()
-    assert set(inst) == {"hv1", "hv2", "hv3", "hv4", "wan"}
-    rr = inst["wan"]
-    assert rr.role == "rr" and rr.ns == "rn-two-dc-wan"
-    assert rr.address == "198.18.250.0"  # the WAN router's end of its link to dc1's border
+    assert set(inst) == {"hv1", "hv2", "hv3", "hv4", "dci"}
+    rr = inst["dci"]
+    assert rr.role == "rr" and rr.ns == "rn-two-dc-dci"
+    assert rr.address == "198.18.250.0"  # the DCI router's end of its link to dc1's border
     assert set(rr.peers) == {"198.18.1.1", "198.18.1.3", "198.18.2.1", "198.18.2.3"}
     for name in ("hv1", "hv2", "hv3", "hv4"):
         v = inst[name]
@@ -67,7 +67,7 @@ def test_vtep_bgpd_config():
 
 
 def test_rr_bgpd_config():
-    rr = _instances()["wan"]
+    rr = _instances()["dci"]
     conf = frr_config("bgpd", rr)
     lines = _lines(conf)
     for must in ("router bgp 65000", "bgp router-id 198.18.250.0", "bgp cluster-id 198.18.250.0",

@@ -3,7 +3,7 @@
 Same kernel data plane as roamnet (a bridge `br<vni>` and a VXLAN device `vx<vni>` per segment on
 every server), but MACs are learned by the bridges from the VMs' frames and distributed by FRR:
 zebra + bgpd in each server's namespace (`advertise-all-vni`, iBGP AS 65000) and a route reflector
-(zebra + bgpd) in the WAN router's namespace. A VM that moves is learned by the destination's bridge
+(zebra + bgpd) in the DCI router's namespace. A VM that moves is learned by the destination's bridge
 from its frames (QEMU's RARP announcements); zebra/bgpd advertise it (MAC mobility: sequence + 1 if
 the old route is still known) and the other servers' zebra re-point their FDB entries at the new
 VTEP. `located()` reads those kernel FDBs. The VMs' ports keep bridge learning on; the VXLAN ports
@@ -36,7 +36,7 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT, ndmsg
 from roamnet import names
 from roamnet.dataplane import netns
 from roamnet.dataplane.kernel import ZERO_MAC, ensure_segment
-from roamnet.names import WAN_NODE
+from roamnet.names import DCI_NODE
 from roamnet.wan import frr
 from roamnet.wan.frr import FRR_BIN_DIR, FrrError, FrrProcesses, check_lab_address
 
@@ -77,12 +77,12 @@ class EvpnError(FrrError):
 
 @dataclass(frozen=True)
 class FrrInstance:
-    """One FRR instance (zebra + bgpd): a VTEP on a server, or the route reflector on the WAN router."""
+    """One FRR instance (zebra + bgpd): a VTEP on a server, or the route reflector on the DCI router."""
 
     node: str
     ns: str
     role: str  # "vtep" | "rr"
-    address: str  # router-id and BGP update-source: the VTEP address, or the RR's WAN address
+    address: str  # router-id and BGP update-source: the VTEP address, or the RR's DCI address
     peers: tuple[str, ...]  # BGP neighbors: the RR for a VTEP, every VTEP for the RR
 
     def label(self, daemon: str) -> str:
@@ -90,20 +90,21 @@ class FrrInstance:
 
 
 def rr_address(plan: Any) -> str:
-    """The route reflector's address: the WAN router's side of its link to the first data center."""
-    wan_ends = [link.a_if.address for link in plan.links if link.a == WAN_NODE]
-    wan_ends += [link.b_if.address for link in plan.links if link.b == WAN_NODE]
-    if not wan_ends:
-        raise EvpnError("the lab has no WAN router link to put the route reflector on")
-    return str(ipaddress.ip_interface(wan_ends[0]).ip)
+    """The route reflector's address: the DCI router's side of its link to the first data center (the
+    route reflector is part of the underlay's control plane, out of the tenants' and the WAN's reach)."""
+    ends = [link.a_if.address for link in plan.links if link.a == DCI_NODE]
+    ends += [link.b_if.address for link in plan.links if link.b == DCI_NODE]
+    if not ends:
+        raise EvpnError("the lab has no DCI router link to put the route reflector on")
+    return str(ipaddress.ip_interface(ends[0]).ip)
 
 
 def plan_instances(plan: Any) -> list[FrrInstance]:
-    """The FRR instances of a lab plan: every server (VTEP), then the route reflector on `wan`. Pure."""
+    """The FRR instances of a lab plan: every server (VTEP), then the route reflector on `dci`. Pure."""
     servers = [n for n in plan.nodes.values() if n.kind == "server"]
     rr = rr_address(plan)
     out = [FrrInstance(n.name, n.ns, "vtep", n.vtep, (rr,)) for n in servers]
-    out.append(FrrInstance(WAN_NODE, plan.nodes[WAN_NODE].ns, "rr", rr, tuple(n.vtep for n in servers)))
+    out.append(FrrInstance(DCI_NODE, plan.nodes[DCI_NODE].ns, "rr", rr, tuple(n.vtep for n in servers)))
     return out
 
 

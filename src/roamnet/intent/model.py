@@ -45,7 +45,7 @@ from roamnet.names import BRIDGE_MAC_PREFIX, DEFAULT_ANYCAST_MAC, RESERVED_MAC_P
 LAB_NAME_RE = r"^[a-z][a-z0-9-]{0,19}$"
 NODE_NAME_RE = r"^[a-z][a-z0-9_]{0,10}$"  # node names become parts of Linux interface names
 RULE_NAME_RE = r"^[a-z][a-z0-9_.-]{0,62}$"  # rule names appear in nftables rule comments (deny:<name>)
-RESERVED_NAMES = frozenset({"wan"})
+RESERVED_NAMES = frozenset({"wan", "dci"})  # the lab's WAN and DCI routers
 TENANT_RANGE = IPv4Network("198.19.0.0/16")  # RFC 2544; the underlay uses 198.18.0.0/16
 WAN_CLIENT_RANGE = IPv4Network("198.18.192.0/19")  # the only part of the underlay /16 left to WAN clients
 VNI_MAX = 2**24 - 1

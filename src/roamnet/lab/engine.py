@@ -36,13 +36,23 @@ from roamnet.lab import inspect as inspection
 from roamnet.lab.errors import LabError
 from roamnet.lab.hypervisor import Hypervisor
 from roamnet.lab.moves import Moves
-from roamnet.lab.plan import UNDERLAY_MTU, LabPlan, Node, build_plan, check_addresses
+from roamnet.lab.plan import (
+    UNDERLAY_MTU,
+    LabPlan,
+    Node,
+    build_plan,
+    check_addresses,
+    check_isolation,
+    underlay_prefixes,
+)
 from roamnet.lab.state import write_journal
 from roamnet.mapping.client import MappingClient
 from roamnet.mapping.records import Nve
 from roamnet.mapping.store import MemoryStore, Store
 from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.names import WAN_NODE
 from roamnet.nve.filters import Table
+from roamnet.wan import guard
 from roamnet.wan.border import BorderBgp
 
 __all__ = ["ControlPlane", "Lab"]
@@ -74,6 +84,7 @@ class Lab:
         self.border: BorderBgp | None = None
         self.plan: LabPlan = build_plan(topo)
         check_addresses(self.plan)
+        check_isolation(self.plan)
         self.mapping = MappingSystem(store or MemoryStore())
         self.agents: dict[str, Agent] = {}
         self.created: list[str] = []
@@ -236,6 +247,7 @@ class Lab:
             self._address(ipr, link.a_if.name, link.a_if.address)
             ipr = self.netlink(b.ns)
             self._address(ipr, link.b_if.name, link.b_if.address)
+        guard.apply(self.plan.nodes[WAN_NODE].ns, guard.underlay_guard(underlay_prefixes(self.plan)))
         for node in self.plan.nodes.values():
             if node.routes:
                 ipr = self.netlink(node.ns)
@@ -323,6 +335,14 @@ class Lab:
             c["in"] += stats["rx_packets"]
             c["out"] += stats["tx_packets"]
         return out
+
+    def guard_counters(self) -> dict[str, dict[str, int]]:
+        """The WAN edge's guards (wan.guard): per WAN router and border tenant namespace (plan key), the
+        packets dropped towards the underlay and to or from BGP's port outside the configured sessions."""
+        spaces = [(WAN_NODE, self.plan.nodes[WAN_NODE].ns)]
+        spaces += [(n.name, n.ns) for n in self.plan.nodes.values()
+                   if n.kind == "vrf" and self.plan.nodes[n.parent].kind == "border"]
+        return {name: guard.counters(ns) for name, ns in spaces}
 
     # ---- port filters (read from the kernels) ---------------------------------------------------
     def filter_tables(self) -> dict[str, Table]:

@@ -1,6 +1,6 @@
 """What `roamnet lab inspect` shows of a running lab: its nodes, each NVE's desired state as the mapping
 says, each agent's published status (/status/<nve>), each NVE's filter counters (read from its
-kernel), the mapping, the moves and the WAN's BGP routes. Agents are never asked: only the mapping
+kernel), the mapping, the moves, the WAN's BGP routes and the WAN edge's guard counters. Agents are never asked: only the mapping
 and the kernels are read."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def inspect(lab: Any) -> dict:
             "pending": {vm: {k: v for k, v in p.items() if k in ("from", "to", "resumed")}
                         for vm, p in lab.pending.items()},
             "control_plane": lab.control_plane.name if lab.control_plane else "roamnet",
-            "wan_bgp": wan_bgp_state(lab.border)}
+            "wan_bgp": wan_bgp_state(lab.border), "guards": lab.guard_counters()}
 
 
 def wan_bgp_state(border: Any) -> dict | None:

@@ -3,19 +3,25 @@
 Underlay (198.18.0.0/16, routed, no L2 between data centers):
   data center d (1-based) owns 198.18.d.0/24; server k of it is joined to the DC's border router by
   a /31: border 198.18.d.(2k), server 198.18.d.(2k+1) — that server address is its VTEP address.
-  Border of DC d <-> the WAN core router: /31 198.18.250.(2d-2) (WAN side) / .(2d-1) (border side);
-  that border address is the DCBR's VTEP address (a DCBR is an NVE of every tenant).
+  Border of DC d <-> the DCI router (`dci`, the data-center interconnect): /31 198.18.250.(2d-2) (DCI
+  side) / .(2d-1) (border side); that border address is the DCBR's VTEP address (a DCBR is an NVE of
+  every tenant). The DCI router routes the data centers' underlay /24s to each other and nothing else.
 Tenants (VRFs): every server and every border has a namespace per tenant, `rn-<lab>-<node>.t-<tenant>`
   (this kernel has no VRF devices; a namespace is the stronger isolation anyway). The NVE agent fills
   it: the L3 VNI's VXLAN device (its UDP socket stays in the node's namespace), the gateway
-  interfaces, host routes. Each border's tenant namespace is handed off to the WAN router by a /31 from
-  198.18.251.0/24 (VRF-lite, as a DCBR hands a VRF to a provider), over which FRR speaks eBGP.
+  interfaces, host routes. Each border's tenant namespace is handed off to the WAN router (`wan`, the
+  outside world) by a /31 from 198.18.251.0/24 (VRF-lite, as a DCBR hands a VRF to a provider), over
+  which FRR speaks eBGP.
+Transport and outside world are two routers, two namespaces (as a real DCI keeps transport apart from
+  tenant traffic): the WAN router has the handoffs and the clients and no route to, or link into, the
+  underlay; the DCI router has the borders' underlay links and no tenant or client; no namespace is
+  on both sides. So no packet from a tenant VRF or from the WAN can reach an underlay address.
 L2 physical domains (draft §3.1): a non-trivial domain's ToR takes the routed /31 (and VTEP) a
   server would have; its servers have no underlay address: an 802.1Q trunk each to the ToR (`trunk`
   on the server, the server's name on the ToR), over which the ToR is their NVE.
 WAN clients (the outside world): a namespace each, joined to the WAN router; the client has its own
   address as a /32 and a default route to 198.18.252.1 (the WAN router's address on every client link).
-The engine that builds this is `lab.py` (topology description apart from the engine, as in Mininet).
+The engine that builds this is `lab/engine.py` (topology description apart from the engine, as in Mininet).
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ from dataclasses import dataclass, field
 
 from roamnet import names
 from roamnet.intent.model import Topology
-from roamnet.names import WAN_NODE
+from roamnet.names import DCI_NODE, WAN_NODE
 
 UNDERLAY_MTU = 1600  # room for VXLAN's 50 bytes over a 1500-byte overlay
-WAN_NET = "198.18.250"
+DCI_NET = "198.18.250"  # border underlay <-> DCI router, /31 each
 HANDOFF_NET = ipaddress.ip_network("198.18.251.0/24")  # border tenant namespace <-> WAN router, /31 each
 CLIENT_GATEWAY = "198.18.252.1"  # the WAN router's address on every client link
 MAX_DCS, MAX_SERVERS_PER_DC = 120, 127
@@ -59,7 +65,7 @@ class Route:
 @dataclass
 class Node:
     name: str
-    kind: str  # server | tor | border | wan | vm | client | vrf (a tenant's namespace on an NVE)
+    kind: str  # server | tor | border | dci | wan | vm | client | vrf (a tenant's namespace on an NVE)
     ns: str
     dc: str = ""
     vtep: str = ""
@@ -120,19 +126,20 @@ def build_plan(topo: Topology) -> LabPlan:
     nodes: dict[str, Node] = {}
     links: list[Link] = []
     wan = Node(WAN_NODE, "wan", names.netns(lab, WAN_NODE), forwarding=True)
-    nodes[WAN_NODE] = wan
+    dci = Node(DCI_NODE, "dci", names.netns(lab, DCI_NODE), forwarding=True)
+    nodes[DCI_NODE], nodes[WAN_NODE] = dci, wan
     for d, (dc_name, dc) in enumerate(topo.datacenters.items(), start=1):
         domains = [dom for dom in topo.domains().values() if dom.dc == dc_name]
         slots = sum(1 if dom.tor else len(dom.servers) for dom in domains)
         if slots > MAX_SERVERS_PER_DC:
             raise ValueError(f"datacenters.{dc_name}: at most {MAX_SERVERS_PER_DC} servers and ToRs")
         border_name = topo.border_of(dc_name)
-        wan_side, border_side = _p2p(WAN_NET, 2 * d - 2)
+        dci_side, border_side = _p2p(DCI_NET, 2 * d - 2)
         nodes[border_name] = Node(border_name, "border", names.netns(lab, border_name), dc=dc_name,
                                   vtep=border_side.split("/")[0], forwarding=True,
-                                  routes=[Route("198.18.0.0/16", wan_side.split("/")[0])])
-        links.append(Link(WAN_NODE, Iface(dc_name, wan_side), border_name, Iface(WAN_NODE, border_side)))
-        wan.routes.append(Route(f"198.18.{d}.0/24", border_side.split("/")[0]))
+                                  routes=[Route("198.18.0.0/16", dci_side.split("/")[0])])
+        links.append(Link(DCI_NODE, Iface(dc_name, dci_side), border_name, Iface(DCI_NODE, border_side)))
+        dci.routes.append(Route(f"198.18.{d}.0/24", border_side.split("/")[0]))
         routed = [(s, None) for dom in domains if not dom.tor for s in dom.servers]
         routed += [(dom.tor, dom) for dom in domains if dom.tor]
         for k, (name, dom) in enumerate(routed):
@@ -186,3 +193,38 @@ def check_addresses(plan: LabPlan) -> None:
         for r in node.routes:
             if r.gateway and ipaddress.ip_address(r.gateway) not in lab_range:
                 raise ValueError(f"{node.name}: gateway {r.gateway} outside 198.18.0.0/15")
+
+
+UNDERLAY_KINDS = ("server", "tor", "border", "dci")  # nodes whose addresses are underlay (transport)
+
+
+def underlay_prefixes(plan: LabPlan) -> list[str]:
+    """The underlay's address space: the /24 of every link of a server, ToR, border or the DCI router
+    (data center d owns 198.18.d.0/24, the DCI links 198.18.250.0/24)."""
+    nets = [ipaddress.ip_interface(iface.address).network.supernet(new_prefix=24)
+            for link in plan.links for node, iface in ((link.a, link.a_if), (link.b, link.b_if))
+            if iface.address and plan.nodes[node].kind in UNDERLAY_KINDS]
+    return [str(n) for n in ipaddress.collapse_addresses(nets)]
+
+
+def check_isolation(plan: LabPlan) -> None:
+    """The outside world (the WAN router, its clients, the border tenant namespaces handed off to it) and
+    the underlay share no link and no address: what the WAN router reaches over links is no underlay
+    node, and no outside address lies in the underlay's space. Raises ValueError naming the culprit."""
+    reached, todo = {WAN_NODE}, [WAN_NODE]
+    while todo:
+        here = todo.pop()
+        for link in plan.links:
+            for a, b in ((link.a, link.b), (link.b, link.a)):
+                if a == here and b not in reached:
+                    if plan.nodes[b].kind in UNDERLAY_KINDS:
+                        raise ValueError(f"{b} ({plan.nodes[b].kind}) is linked to the outside world through {here}")
+                    reached.add(b)
+                    todo.append(b)
+    underlay = [ipaddress.ip_network(p) for p in underlay_prefixes(plan)]
+    for link in plan.links:
+        for node, iface in ((link.a, link.a_if), (link.b, link.b_if)):
+            if node in reached and iface.address:
+                ip = ipaddress.ip_interface(iface.address).ip
+                if any(ip in net for net in underlay):
+                    raise ValueError(f"{node}: outside address {iface.address} lies in the underlay's space")

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from roamnet.dataplane import netns
 from roamnet.intent.model import TENANT_RANGE
 from roamnet.names import WAN_NODE
-from roamnet.wan import frr
+from roamnet.wan import frr, guard
 from roamnet.wan.frr import FRR_BIN_DIR, FrrError, FrrProcesses, check_lab_address
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,16 @@ def plan_border_instances(plan: Any, topo: Any) -> list[BorderInstance]:
     out.append(BorderInstance(WAN_NODE, plan.nodes[WAN_NODE].ns, "wan", WAN_ASN, wan_peers[0].local,
                               tuple(wan_peers)))
     return out
+
+
+def guard_sessions(plan: Any, inst: BorderInstance) -> tuple[guard.Session, ...]:
+    """The BGP sessions of `inst` as its namespace's guard sees them: interface, neighbour, local address."""
+    ifaces = {_ip(iface.address): iface.name for link in plan.links
+              for node, iface in ((link.a, link.a_if), (link.b, link.b_if)) if node == inst.node and iface.address}
+    missing = [p.local for p in inst.peers if p.local not in ifaces]
+    if missing:
+        raise ValueError(f"{inst.node}: no interface has the session address {', '.join(missing)}")
+    return tuple(guard.Session(ifaces[p.local], p.address, p.local) for p in inst.peers)
 
 
 def _prefix_list(name: str, prefixes: tuple[str, ...] | list[str], longer: bool) -> list[str]:
@@ -249,6 +260,7 @@ class BorderBgp(FrrProcesses):
         self.ready_timeout = ready_timeout
         self.debug = debug
         self.instances: list[BorderInstance] = []
+        self._guards: dict[str, list[dict]] = {}  # instance node -> its namespace's BGP guard (nftables JSON)
 
     # ---- start ----------------------------------------------------------------------------------
     def start(self, lab: Any) -> None:
@@ -272,11 +284,22 @@ class BorderBgp(FrrProcesses):
             self.check_paths()
             self.write_configs(lambda daemon, inst, log_file:
                                border_config(daemon, inst, log_file=log_file, debug=self.debug))
+            self._guards = {inst.node: guard.bgp_guard(guard_sessions(lab.plan, inst)) for inst in instances}
             self.launch(progress)
             self._wait_established(progress)
         except BaseException:
             self.stop(lab)
             raise
+
+    def spawn(self, inst: Any, daemon: str, group: str | None = None) -> frr.Proc:
+        """As FrrProcesses.spawn; before a bgpd starts listening, its namespace's guard lets port 179
+        through only for that instance's configured sessions (wan.guard)."""
+        if daemon == "bgpd" and inst.node in self._guards and netns.exists(inst.ns):
+            try:
+                guard.apply(inst.ns, self._guards[inst.node])
+            except OSError as exc:
+                raise BorderError(f"bgpd in {inst.ns}: guarding BGP's port failed: {exc}") from None
+        return super().spawn(inst, daemon, group)
 
     def _wan(self) -> BorderInstance:
         wan = next((i for i in self.instances if i.role == "wan"), None)
