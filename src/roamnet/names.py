@@ -19,6 +19,7 @@ WAN_NODE = "wan"  # the lab's WAN router: the outside world, tenants' handoffs a
 DCI_NODE = "dci"  # the lab's data-center interconnect router: the underlay between borders (a reserved node name)
 HANDOFF = "wan"  # a border's interface to the WAN, in each tenant namespace (VRF-lite)
 TRUNK = "trunk"  # a server's 802.1Q trunk to its ToR (on the ToR, the trunk is named after the server)
+ANNOUNCE_LOG_GROUP = 77  # nflog group of each NVE namespace: the VM announcements its port filters pass
 PROTO = 77  # route and neighbour protocol of roamnet's entries (unassigned in iproute2's rt_protos)
 VXLAN_UDP_PORT = 4789  # IANA's VXLAN port, on every VXLAN device roamnet makes
 OVERLAY_MTU = 1500  # the MTU VMs get (the underlay leaves room for VXLAN's 50 bytes)

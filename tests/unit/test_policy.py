@@ -122,7 +122,7 @@ def test_a_changed_filter_is_a_new_chain_swapped_in_one_transaction():
 def test_counters_and_unknown_arp_guard():
     want = table_for(segments={WEB: False})
     vxout = next(n for n in want.chains if n.startswith("vxout:"))
-    assert [r.get("comment") for r in want.chains[vxout]] == [ARP_UNKNOWN_DROPPED, "arp-to-vxlan"]
+    assert [r.get("comment") for r in want.chains[vxout]] == ["rarp-local", ARP_UNKNOWN_DROPPED, "arp-to-vxlan"]
     have = read_table(as_listing(want))
     out = next(n for n in have.counters if n.startswith("out:"))
     assert (SPOOF_MAC, 3) in have.counters[out]
@@ -207,3 +207,51 @@ def test_brief_read_sees_chains_maps_and_base_without_port_rules():
     brief = read_table_briefly(FakeNft())
     assert brief.base_ok and brief.summary() == read_table(full).summary() and brief.counters == {}
     assert plan_table(want, brief) == []
+
+
+def _rules_with(rules: list[dict], comment: str) -> list[dict]:
+    return [r for r in rules if r.get("comment") == comment]
+
+
+def test_each_port_has_its_budgets_and_logs_only_what_passes():
+    """Over-budget announcements, ARP requests and broadcast/multicast are dropped and counted at the
+    port, after port security; what passes of the announcements is logged to the NVE's group (all the
+    agent reads), and RARPs never go to VXLAN."""
+    from roamnet.nve.filters import ANNOUNCE_LIMITED, ARP_LIMITED, BUM_LIMITED, RARP_LOCAL, render_out, render_vxlan
+    from roamnet.nve.portfilter import PortFilter
+
+    f = PortFilter("vm1/0", "02:00:00:01:00:11", ("198.19.1.11",), (), (), announce_pps=7, arp_pps=90, bum_pps=300)
+    rules = render_out(f)
+    comments = [r.get("comment", "") for r in rules]
+    # port security first: a forged frame is counted as spoofing, never against the budget
+    assert comments.index(ANNOUNCE_LIMITED) > comments.index("spoof-arp") > comments.index("spoof-mac")
+    assert comments.index(BUM_LIMITED) > comments.index("spoof-ip")
+    limits = {c: [e["limit"] for r in _rules_with(rules, c) for e in r["expr"] if "limit" in e]
+              for c in (ANNOUNCE_LIMITED, ARP_LIMITED, BUM_LIMITED)}
+    assert limits == {ANNOUNCE_LIMITED: [{"rate": 7, "per": "second", "burst": 14, "inv": True}] * 2,  # GARP, RARP
+                      ARP_LIMITED: [{"rate": 90, "per": "second", "burst": 180, "inv": True}],
+                      BUM_LIMITED: [{"rate": 300, "per": "second", "burst": 600, "inv": True}]}
+    for c in limits:
+        assert all(r["expr"][-1] == {"drop": None} and {"counter": c} in r["expr"] for r in _rules_with(rules, c))
+    logged = [i for i, r in enumerate(rules) if any("log" in e for e in r["expr"])]
+    assert len(logged) == 2 and all(any("limit" in e for e in rules[i - 1]["expr"]) for i in logged)  # each after its limit
+    garp = rules[logged[0]]["expr"]
+    assert garp[1]["match"] == {"op": "==", "left": {"payload": {"protocol": "arp", "field": "daddr ip"}},
+                                "right": "198.19.1.11"}  # ARP for the VM's own address: gratuitous, or a probe
+    assert {"log": {"group": 77}} in garp
+    _, vx_out = render_vxlan(True)
+    assert vx_out[0]["comment"] == RARP_LOCAL and vx_out[0]["expr"][-1] == {"drop": None}
+    assert vx_out[0]["expr"][0]["match"]["right"] == 0x8035
+
+
+def test_budgets_come_from_the_cug_else_the_fabric_else_the_defaults():
+    from roamnet.intent.compile import compile_topology
+    from roamnet.intent.model import parse_topology
+    from roamnet.mapping.records import ANNOUNCE_PPS, BUM_PPS
+
+    topo = parse_topology({"name": "x", "datacenters": {"dc1": {"servers": ["hv1"]}}, "limits": {"arp": 100},
+                           "cugs": {"a": {"vni": 10, "subnet": "198.19.1.0/24", "limits": {"bum": 5, "arp": 50}},
+                                    "b": {"vni": 11, "subnet": "198.19.2.0/24"}}})
+    segs = {s.name: s for s in compile_topology(topo, [Nve("hv1", "198.18.1.1", "dc1", "server")]).segments}
+    assert (segs["a"].announce_pps, segs["a"].arp_pps, segs["a"].bum_pps) == (ANNOUNCE_PPS, 50, 5)
+    assert (segs["b"].announce_pps, segs["b"].arp_pps, segs["b"].bum_pps) == (ANNOUNCE_PPS, 100, BUM_PPS)

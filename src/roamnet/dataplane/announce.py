@@ -1,9 +1,10 @@
 """VM announcements: QEMU's RARP self-announce after a migration, and gratuitous ARP.
 
-An agent sees them with one `ETH_P_ALL` packet socket per namespace and a classic BPF filter that
-passes only ARP and RARP: a socket bound to the RARP ethertype alone never sees frames that arrive
-on a bridge port (the bridge takes them first). `rarp_frame` is what QEMU sends (the lab's
-hypervisor sends it too).
+An agent sees only those that a VM port's filter passed and logged to the NVE's nflog group
+(`nflog.py`, rules in `nve/filters.py`): frames that came in on a VM port, passed its port security and
+fit its budget. `parse_announcement` reads one (link-layer header + body); `rarp_frame` is what QEMU
+sends (the lab's hypervisor sends it too). `attach_filter` puts a classic BPF program on a packet
+socket (the experiments' path watcher uses it).
 """
 
 from __future__ import annotations
@@ -15,15 +16,6 @@ import struct
 from pyroute2.protocols import ETH_P_ARP, ETH_P_RARP
 
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; not in Python's socket module
-
-# classic BPF: accept a frame (up to 256 KiB) iff its ethertype is RARP or ARP
-ANNOUNCEMENT_FILTER = (
-    (0x28, 0, 0, 12),  # ldh [12]
-    (0x15, 2, 0, ETH_P_RARP),  # jeq #RARP -> accept
-    (0x15, 1, 0, ETH_P_ARP),  # jeq #ARP -> accept
-    (0x06, 0, 0, 0),  # ret #0
-    (0x06, 0, 0, 0x40000),  # ret #262144
-)
 
 
 def attach_filter(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:

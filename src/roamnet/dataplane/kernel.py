@@ -20,10 +20,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PERMANENT
-from pyroute2.protocols import ETH_P_ALL
 
 from roamnet import names
 from roamnet.dataplane import announce, netns, vlan
+from roamnet.dataplane.nflog import NflogSocket
 from roamnet.dataplane.nft import Nft, read_table_briefly, read_underlay_table
 from roamnet.dataplane.vrf import VrfKernel
 from roamnet.nve.desired import is_trunk, trunk_attachment
@@ -188,14 +188,16 @@ class KernelBase:
     def watch(self, stop: threading.Event, on_link: Callable[[], None],
               on_announcement: Callable[[str, str], None]) -> None:
         """Until `stop`: call on_link() for every netlink link event in the namespace, and
-        on_announcement(ifname, mac) for every RARP / gratuitous ARP received (not sent) on a device.
-        Every frame is filtered in the kernel to ARP and RARP: a socket bound to one ethertype would
-        not see frames that a bridge port hands to its bridge (they reach the bridge device instead,
-        without telling which port they came in on)."""
+        on_announcement(ifname, mac) for every RARP / gratuitous ARP a VM port's filter passed and
+        logged (nflog group names.ANNOUNCE_LOG_GROUP, see nve/filters.py): only frames that came in on
+        a VM port, passed its port security and fit its budget ever reach this process."""
         nl = netns.socket_in(self.ns, socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
         nl.bind((0, RTMGRP_LINK))
-        ann = netns.socket_in(self.ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        announce.attach_filter(ann, announce.ANNOUNCEMENT_FILTER)
+        try:
+            ann = NflogSocket(self.ns, names.ANNOUNCE_LOG_GROUP)
+        except BaseException:
+            nl.close()
+            raise
         socks = [nl, ann]
         try:
             while not stop.is_set():
@@ -205,13 +207,18 @@ class KernelBase:
                         s.recv(65536)
                         on_link()
                         continue
-                    frame, addr = s.recvfrom(2048)  # addr: (ifname, proto, pkttype, hatype, addr)
-                    mac = announce.parse_announcement(frame)
-                    if addr[2] != socket.PACKET_OUTGOING and mac is not None:
-                        on_announcement(addr[0], mac)
+                    for logged in ann.recv():
+                        mac = announce.parse_announcement(logged.frame)
+                        ifname = self.device_named(logged.ifindex)
+                        if mac is not None and ifname:
+                            on_announcement(ifname, mac)
         finally:
             for s in socks:
                 s.close()
+
+    def device_named(self, ifindex: int) -> str:
+        """The name of device `ifindex` as last read ("" if unknown)."""
+        return next((name for name, idx in self._index.items() if idx == ifindex), "")
 
 
 class Kernel(KernelBase):

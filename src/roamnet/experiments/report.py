@@ -238,6 +238,10 @@ COUNTER_LABELS = {
     "spoof-mac": "spoofed source MAC dropped", "spoof-ip": "spoofed source IP dropped",
     "spoof-arp": "forged ARP dropped", "not-ipv4": "non-IPv4 dropped", "policy-deny": "denied by policy",
     "vxlan-foreign": "VXLAN from non-VTEPs dropped",
+    "announce-limited": "announcements over a port's budget dropped",
+    "arp-limited": "ARP requests over a port's budget dropped",
+    "bum-limited": "broadcast/multicast over a port's budget dropped",
+    "rarp-local": "RARPs kept off VXLAN",
 }
 
 

@@ -10,9 +10,31 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from roamnet import names
-from roamnet.intent.model import Endpoint, Topology
-from roamnet.mapping.records import Binding, Domain, LogicalPort, Nve, PolicySet, Rule, Segment, Tenant
+from roamnet.intent.model import Endpoint, Limits, Topology
+from roamnet.mapping.records import (
+    ANNOUNCE_PPS,
+    ARP_PPS,
+    BUM_PPS,
+    Binding,
+    Domain,
+    LogicalPort,
+    Nve,
+    PolicySet,
+    Rule,
+    Segment,
+    Tenant,
+)
 from roamnet.mapping.system import MappingRecords
+
+
+def _limits(topo: Topology, cug: Limits | None) -> dict[str, int]:
+    """A CUG's per-port budgets: its own, else the fabric's, else roamnet's defaults (records)."""
+    out = {}
+    for kind, default in (("announce", ANNOUNCE_PPS), ("arp", ARP_PPS), ("bum", BUM_PPS)):
+        own = getattr(cug, kind) if cug is not None else None
+        fabric = getattr(topo.limits, kind)
+        out[f"{kind}_pps"] = own if own is not None else fabric if fabric is not None else default
+    return out
 
 
 def compile_topology(topo: Topology, nves: Iterable[Nve]) -> MappingRecords:
@@ -24,7 +46,7 @@ def compile_topology(topo: Topology, nves: Iterable[Nve]) -> MappingRecords:
     segments = tuple(
         Segment(spec.vni, cug, str(spec.subnet),
                 f"{spec.gateway}/{spec.subnet.prefixlen}" if spec.gateway is not None else "",
-                spec.tenant or "", spec.flood_unknown_arp)
+                spec.tenant or "", spec.flood_unknown_arp, **_limits(topo, spec.limits))
         for cug, spec in topo.cugs.items())
     domains = tuple(Domain(d.name, d.dc, d.tor, tuple(d.servers), *d.vlans) for d in topo.tors().values())
     ports, bindings = [], []

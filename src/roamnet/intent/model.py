@@ -269,6 +269,21 @@ class Tenant(Model):
         "allowed unless a rule says otherwise"))
 
 
+PerSecond = Annotated[int, Strict(), Field(ge=1, le=1_000_000)]
+
+
+class Limits(Model):
+    """Budgets of each VM port, in packets per second (burst: twice the rate); omitted ones inherit
+    (a CUG's from the fabric's `limits:`, the fabric's from roamnet's defaults). Over budget: dropped
+    at the port and counted by kind."""
+
+    announce: PerSecond | None = Field(default=None, description=(
+        "RARPs and gratuitous ARPs a VM port may send (what moves a VM; the agent reads only these)"))
+    arp: PerSecond | None = Field(default=None, description="ARP requests a VM port may send")
+    bum: PerSecond | None = Field(default=None, description=(
+        "broadcast and multicast frames from a VM port that head for VXLAN (one copy per NVE of the CUG)"))
+
+
 class Cug(Model):
     """An L2 segment; with a `gateway` and a `tenant` it is also routed (distributed anycast gateway).
     A routed CUG's addresses are unique in its tenant; an L2-only CUG is an address scope of its own."""
@@ -280,6 +295,7 @@ class Cug(Model):
     flood_unknown_arp: bool = Field(default=True, description=(
         "whether ARP requests for IPs the mapping does not know are flooded to the other NVEs of the "
         "segment; requests for known IPs are always answered locally"))
+    limits: Limits | None = Field(default=None, description="this CUG's per-port budgets (default: the fabric's)")
 
 
 class VmInterface(Model):
@@ -370,6 +386,7 @@ class Topology(Model):
     datacenters: dict[NodeName, Datacenter] = Field(min_length=1)
     tenants: dict[NodeName, Tenant] = Field(default_factory=dict)
     anycast_gateway_mac: Mac = DEFAULT_ANYCAST_MAC
+    limits: Limits = Field(default_factory=Limits, description="every VM port's budgets, unless its CUG says")
     cugs: dict[NodeName, Cug] = Field(default_factory=dict)
     vms: dict[NodeName, Vm] = Field(default_factory=dict)
     wan: Wan | None = None

@@ -73,6 +73,13 @@ class Tenant:
     anycast_mac: str  # the gateway MAC of every routed CUG, on every NVE (fabric-wide)
 
 
+# Per-port budgets (packets per second, each VM port of the CUG on its own; burst: twice the rate).
+# Generous: no legitimate guest comes near them (see the README's robustness section).
+ANNOUNCE_PPS = 20  # RARPs and gratuitous ARPs (QEMU sends 5 per migration, a guest a few per link-up)
+ARP_PPS = 500  # ARP requests (ARP suppression answers most of them on the NVE itself)
+BUM_PPS = 1000  # broadcast and multicast frames heading for VXLAN (head-end replication: one copy per NVE)
+
+
 @dataclass(frozen=True)
 class Segment:
     """A CUG as the NVEs need it. Routed when it has a gateway ("198.19.1.1/24") and a tenant."""
@@ -83,6 +90,9 @@ class Segment:
     gateway: str = ""
     tenant: str = ""
     flood_unknown_arp: bool = True  # ARP requests for IPs the mapping does not know go to other NVEs
+    announce_pps: int = ANNOUNCE_PPS  # each VM port's budgets (the CUG's, else the fabric's, else these)
+    arp_pps: int = ARP_PPS
+    bum_pps: int = BUM_PPS
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,11 @@ SPOOF_MAC, SPOOF_IP, SPOOF_ARP, NOT_IPV4 = "spoof-mac", "spoof-ip", "spoof-arp",
 ARP_REQUEST, ARP_TO_VXLAN, ARP_FROM_VXLAN, ARP_UNKNOWN_DROPPED = (
     "arp-request", "arp-to-vxlan", "arp-from-vxlan", "arp-unknown-dropped")
 POLICY_DENY = "policy-deny"
+# over a port's budget (issue 21), and RARPs kept off the overlay
+ANNOUNCE_LIMITED, ARP_LIMITED, BUM_LIMITED, RARP_LOCAL = "announce-limited", "arp-limited", "bum-limited", "rarp-local"
 TOTALS = (SPOOF_MAC, SPOOF_IP, SPOOF_ARP, NOT_IPV4, ARP_REQUEST, ARP_TO_VXLAN, ARP_FROM_VXLAN,
-          ARP_UNKNOWN_DROPPED, POLICY_DENY)  # the table's named counters: per NVE, they outlive chains
+          ARP_UNKNOWN_DROPPED, POLICY_DENY, ANNOUNCE_LIMITED, ARP_LIMITED, BUM_LIMITED,
+          RARP_LOCAL)  # the table's named counters: per NVE, they outlive chains
 DENY_PREFIX = "deny:"
 
 
@@ -95,23 +98,40 @@ def _clause(c: Clause, outbound: bool) -> dict:
     return _rule(expr + _count(POLICY_DENY) + [{"drop": None}], DENY_PREFIX + (c.rule or "default"))
 
 
+def _over(pps: int) -> dict:
+    """`limit rate over <pps>/second burst <2 pps> packets`: true for what exceeds the budget (the
+    rule's own token bucket: in a port's chain, a per-port budget)."""
+    return {"limit": {"rate": pps, "per": "second", "burst": 2 * pps, "inv": True}}
+
+
 def render_out(f: PortFilter) -> list[dict]:
-    """Frames from the VM: port security (MAC, ARP sender, IPv4 source bound in the mapping), then
-    policy."""
+    """Frames from the VM: port security (MAC, ARP sender, IPv4 source bound in the mapping), the
+    port's budgets, then policy. Announcements (RARP, and ARP whose target is the VM's own address:
+    gratuitous ARP and probes) that pass are logged to the NVE's group, which is all the agent reads."""
     arp = _match(_field("ether", "type"), "arp")
+    rarp = _match(_field("ether", "type"), ETH_P_RARP)
+    own = _match(_field("arp", "daddr ip"), _one_or_set(sorted(f.ips)))
     ips = sorted(f.ips)
     drop = [{"drop": None}]
+    log = {"log": {"group": names.ANNOUNCE_LOG_GROUP}}
     rules = [
         _rule([_match(_field("ether", "saddr"), f.mac, "!=")] + _count(SPOOF_MAC) + drop, SPOOF_MAC),
         _rule([arp, _match(_field("arp", "saddr ether"), f.mac, "!=")] + _count(SPOOF_ARP) + drop, SPOOF_ARP),
         _rule([arp, _match(_field("arp", "saddr ip"), _one_or_set(ips + [PROBE_SENDER]), "!=")]
               + _count(SPOOF_ARP) + drop, SPOOF_ARP),
+        _rule([arp, own, _over(f.announce_pps)] + _count(ANNOUNCE_LIMITED) + drop, ANNOUNCE_LIMITED),
+        _rule([arp, own, log]),
+        _rule([arp, _match(_field("arp", "operation"), "request"), _over(f.arp_pps)] + _count(ARP_LIMITED) + drop,
+              ARP_LIMITED),
         _rule([arp, _match(_field("arp", "operation"), "request")] + _count(ARP_REQUEST) + [{"accept": None}],
               ARP_REQUEST),
         _rule([arp, {"accept": None}]),
-        _rule([_match(_field("ether", "type"), ETH_P_RARP), {"accept": None}]),  # QEMU's announce
+        _rule([rarp, _over(f.announce_pps)] + _count(ANNOUNCE_LIMITED) + drop, ANNOUNCE_LIMITED),
+        _rule([rarp, log, {"accept": None}]),  # QEMU's announce
         _rule([_match(_field("ether", "type"), "ip", "!=")] + _count(NOT_IPV4) + drop, NOT_IPV4),
         _rule([_match(_field("ip", "saddr"), _one_or_set(ips), "!=")] + _count(SPOOF_IP) + drop, SPOOF_IP),
+        _rule([_match(_meta("pkttype"), {"set": ["broadcast", "multicast"]}), _over(f.bum_pps)]
+              + _count(BUM_LIMITED) + drop, BUM_LIMITED),
         _rule([_match(_meta("l4proto"), "icmp"), _match(_field("icmp", "type"), {"set": list(ICMP_ALWAYS)}),
                {"accept": None}]),
     ]
@@ -130,10 +150,12 @@ def render_in(f: PortFilter) -> list[dict]:
 
 
 def render_vxlan(flood_unknown: bool) -> tuple[list[dict], list[dict]]:
-    """(from VXLAN, to VXLAN) rules of a segment's VXLAN device."""
+    """(from VXLAN, to VXLAN) rules of a segment's VXLAN device. RARPs never go to VXLAN: a move is
+    activated by the announcement on the VM's new port, on its own NVE; remote copies serve nobody."""
     arp = _match(_field("ether", "type"), "arp")
     vx_in = [_rule([arp] + _count(ARP_FROM_VXLAN), ARP_FROM_VXLAN)]
-    vx_out = [] if flood_unknown else [
+    vx_out = [_rule([_match(_field("ether", "type"), ETH_P_RARP)] + _count(RARP_LOCAL) + [{"drop": None}], RARP_LOCAL)]
+    vx_out += [] if flood_unknown else [
         _rule([arp, _match(_field("arp", "operation"), "request")] + _count(ARP_UNKNOWN_DROPPED)
               + [{"drop": None}], ARP_UNKNOWN_DROPPED)]
     vx_out.append(_rule([arp] + _count(ARP_TO_VXLAN), ARP_TO_VXLAN))

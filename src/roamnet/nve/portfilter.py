@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from roamnet.mapping.policy import held, holds, scope_of
-from roamnet.mapping.records import ALLOW, ANY_PROTO, PolicySet, Rule, Segment
+from roamnet.mapping.records import ALLOW, ANNOUNCE_PPS, ANY_PROTO, ARP_PPS, BUM_PPS, PolicySet, Rule, Segment
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class PortFilter:
     #                       with the address that was asked for)
     out: tuple[Clause, ...]  # from the VM, after port security
     inbound: tuple[Clause, ...]  # to the VM
+    announce_pps: int = ANNOUNCE_PPS  # the port's budgets (its CUG's): RARP + gratuitous ARP, ARP requests,
+    arp_pps: int = ARP_PPS  #          broadcast and multicast
+    bum_pps: int = BUM_PPS
 
 
 def _local(prefixes: tuple[str, ...] | None, ips: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -90,4 +93,5 @@ def port_filter(policy: PolicySet, segments: dict[int, Segment], iface_id: str, 
     inbound += [Clause(r.action, r.src, r.proto, r.ports, rule=r.name, local=_local(r.dst, ips))
                 for r in rules if holds(r.dst, ips)]
     inbound.append(Clause(default, rule="default"))
-    return PortFilter(iface_id, mac, tuple(ips), tuple(out), tuple(inbound))
+    budgets = (seg.announce_pps, seg.arp_pps, seg.bum_pps) if seg is not None else (ANNOUNCE_PPS, ARP_PPS, BUM_PPS)
+    return PortFilter(iface_id, mac, tuple(ips), tuple(out), tuple(inbound), *budgets)
