@@ -150,10 +150,12 @@ def _inspect_table(data: dict) -> None:
             p.add_row(vm, mv["from"], mv["to"], "yes" if mv.get("resumed") else "no")
         out.print(p)
     m = Table(title=f"mapping (revision {data['mapping']['revision']})")
-    for col in ("VNI", "MAC", "IPs", "NVE", "VTEP", "seq"):
+    for col in ("VNI", "MAC", "IPs", "NVE", "VTEP", "seq", "state"):
         m.add_column(col)
     for b in data["mapping"]["bindings"]:
-        m.add_row(str(b["vni"]), b["mac"], ",".join(b["ips"]), b["nve"], b["vtep"], str(b["seq"]))
+        state = [w for w, on in (("[red]FROZEN[/] (duplicate)", b.get("frozen")), ("detached", b.get("detached")),
+                                 ("sticky", b.get("sticky"))) if on]
+        m.add_row(str(b["vni"]), b["mac"], ",".join(b["ips"]), b["nve"], b["vtep"], str(b["seq"]), " ".join(state))
     out.print(m)
     bgp = data.get("wan_bgp")
     if bgp:
@@ -247,6 +249,21 @@ def lab_restart_agent(name: str, server: str, fmt: str) -> None:
         _fail(exc)
     click.echo(json.dumps(res) if fmt == "json" else
                f"agent on {server} restarted; changes on restart: {res['changes_on_restart'] or 'none'}")
+
+
+@lab.command("unfreeze")
+@click.argument("name")
+@click.argument("vm")
+@FORMAT
+def lab_unfreeze(name: str, vm: str, fmt: str) -> None:
+    """Thaw VM's MACs that duplicate detection froze: they stay where they are, and may move again."""
+    _need_root()
+    try:
+        res = call(name, "unfreeze", vm=vm)
+    except DaemonError as exc:
+        _fail(exc)
+    click.echo(json.dumps(res) if fmt == "json" else
+               f"{vm}: unfroze {', '.join(res['unfrozen'])}" if res["unfrozen"] else f"{vm}: nothing was frozen")
 
 
 # ---- migrate / run / demo ------------------------------------------------------------------------

@@ -151,16 +151,47 @@ def test_a_segment_needed_again_within_the_hold_is_kept(mapping):
     assert WEB in k1.actual.segments and a1.pending_prunes == set()
 
 
-def test_a_port_up_elsewhere_is_claimed_as_a_move(mapping):
+def test_a_port_up_elsewhere_claims_only_a_detached_binding(mapping):
     k2 = ModelKernel("hv2")
     k2.add_port("vm2/0")
-    k2.add_port("vm1/0")  # vm1 resumed on hv2 (learn-driven: nothing prepared)
+    k2.add_port("vm1/0")  # vm1's port on hv2 too (learn-driven: nothing prepared)
     a2 = agent(mapping, "hv2", k2)
     a2.reconcile()
+    assert mapping.snapshot().binding_of("vm1/0").nve == "hv1", "hv1 has not said its port is gone"
+    k1 = ModelKernel("hv1")  # hv1: vm1's port is gone (the VM stopped there)
+    a1 = agent(mapping, "hv1", k1)
+    a1.reconcile()
+    assert mapping.snapshot().binding_of("vm1/0").detached
+    a2.reconcile()
     b = mapping.snapshot().binding_of("vm1/0")
-    assert (b.nve, b.seq) == ("hv2", 1)
+    assert (b.nve, b.seq, b.detached) == ("hv2", 1, False)
     assert mapping.statuses.all()["hv2"].moves_reported == 1
     assert k2.actual.bridge_fdb[(WEB, VM1)] == "vm1/0", "the claiming pass programs the VM's port"
+
+
+def test_two_ports_up_never_move_the_binding(mapping):
+    """vm1's port up on hv1, where it is bound, and on hv2 (libvirt's pre-copy, or a clone): passes on
+    both sides, however many, change nothing; the VM's own announcement on hv2 then moves it once."""
+    k1, a1 = hv1_with_vm1(mapping)
+    k2 = ModelKernel("hv2")
+    k2.add_port("vm2/0")
+    k2.add_port("vm1/0")
+    a2 = agent(mapping, "hv2", k2)
+    rev = mapping.revision
+    for _ in range(20):
+        a1.reconcile(resync=True)
+        a2.reconcile(resync=True)
+    b = mapping.snapshot().binding_of("vm1/0")
+    assert (b.nve, b.seq) == ("hv1", 0) and mapping.snapshot().revision == rev
+    a2._announcement(ModelKernel.device("vm1/0"), VM1)  # it resumed on hv2
+    k1.remove_port("vm1/0")
+    a1.reconcile()
+    a2.reconcile()
+    b = mapping.snapshot().binding_of("vm1/0")
+    assert (b.nve, b.seq, b.detached) == ("hv2", 1, False)
+    for _ in range(5):
+        a1.reconcile(resync=True)
+    assert mapping.snapshot().binding_of("vm1/0").seq == 1
 
 
 def test_a_prepared_move_waits_for_the_announcement(mapping):

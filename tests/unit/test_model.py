@@ -381,7 +381,7 @@ def test_json_schema() -> None:
     schema = topology_json_schema()
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["title"] == "roamnet topology"
-    assert set(schema["properties"]) == {"name", "datacenters", "tenants", "anycast_gateway_mac", "cugs", "vms", "wan", "limits",
+    assert set(schema["properties"]) == {"name", "datacenters", "tenants", "anycast_gateway_mac", "cugs", "vms", "wan", "limits", "mobility",
                                         "policies"}
     assert set(schema["required"]) == {"name", "datacenters"}
     assert schema["additionalProperties"] is False

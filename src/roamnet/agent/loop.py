@@ -22,10 +22,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from roamnet.mapping.client import MappingClient, MoveRefused
+from roamnet.mapping.client import PORT_UP, MappingClient, MoveRefused, Refused
 from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
 from roamnet.nve.desired import compute_desired, is_trunk
-from roamnet.nve.plan import STRUCTURAL, Actual, Change, VrfChange, apply_to, plan, plan_filters, plan_vrfs, plan_vteps
+from roamnet.nve.plan import (
+    STRUCTURAL,
+    Actual,
+    Change,
+    VrfChange,
+    apply_to,
+    plan,
+    plan_claimant_ports,
+    plan_filters,
+    plan_vrfs,
+    plan_vteps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,7 @@ class AgentStats:
     changes_applied: int = 0
     moves_reported: int = 0
     announcements_seen: int = 0
+    claims_refused: int = 0  # reports the mobility rules refused (frozen or sticky MACs)
     converged_revision: int = 0
     programmed_at: float = 0.0  # monotonic time the last pass with changes finished
     last_pass_ms: float = 0.0
@@ -100,27 +112,47 @@ class Agent:
         waiting = any(not is_trunk(a) and a not in actual.ports for a in want.attachments)
         # the VXLAN guard and port filters first: a VM port is attached to its bridge only in a pass that
         # has given it its filter
-        return (plan_vteps(want.vteps, actual) + plan_filters(want.filters, want.arp_flood, actual)
+        local = {i for i, p in want.local_ports.items() if p.attachment == i}  # VM ports that belong in a bridge here
+        return (plan_claimant_ports(snap, local, actual)
+                + plan_vteps(want.vteps, actual) + plan_filters(want.filters, want.arp_flood, actual)
                 + self._hold_prunes(plan(want, actual)) + plan_vrfs(want.vrfs, actual.vrfs)), not waiting
 
     # ---- one pass ------------------------------------------------------------------------------
     def _claim_arrivals(self, snap: Snapshot, ports: list[str]) -> bool:
-        """Learn path: a port up here for a VM the mapping has elsewhere is a move. Not for a prepared
-        move to here: its port may be up before the VM runs (QEMU opens the tap at the start of an
-        incoming migration); that move is activated by the VM's own announcement (or explicitly)."""
-        claimed = False
+        """Tell the mapping which of the interfaces bound here have no port up here (detached), and
+        claim the ones whose port is up here while their binding is detached elsewhere: a port being
+        up is no proof the VM runs here while its port is also up where it is bound (libvirt brings
+        the destination's tap up for the whole pre-copy; a clone does the same), so only a detached
+        binding moves this way; otherwise the VM's own announcement (or the orchestrator) moves it.
+        Not for a prepared move to here: that move is activated by the announcement (or explicitly)."""
+        changed = False
+        up = set(ports)
+        for b in snap.bindings.values():
+            if b.nve == self.nve.name and b.iface_id in snap.ports and b.detached == (b.iface_id in up):
+                changed |= self._set_detached(b.iface_id, b.iface_id not in up)
+        now = time.time()
         for iface in ports:
             b = snap.binding_of(iface)
             mig = snap.migrations.get(iface)
             if mig is not None and mig.state == PREPARED and mig.dst == self.nve.name:
                 continue
-            if b is not None and b.nve != self.nve.name:
-                claimed |= self._report(iface)
-        return claimed
+            if b is not None and b.nve != self.nve.name and b.detached and not b.frozen_at(now):
+                changed |= self._report(iface, PORT_UP)
+        return changed
 
-    def _report(self, iface: str) -> bool:
+    def _set_detached(self, iface: str, detached: bool) -> bool:
         try:
-            _, changed = self.client.report_move(iface, self.nve.name)
+            return self.client.set_detached(iface, self.nve.name, detached)
+        except MoveRefused as exc:
+            self.stats.error(str(exc))
+            return False
+
+    def _report(self, iface: str, by: str | None = None) -> bool:
+        try:
+            _, changed = self.client.report_move(iface, self.nve.name, *((by,) if by else ()))
+        except Refused:
+            self.stats.claims_refused += 1
+            return False
         except MoveRefused as exc:
             self.stats.error(str(exc))
             return False
@@ -189,7 +221,7 @@ class Agent:
         return NveStatus(self.nve.name, s.converged_revision, s.reconciles, s.resyncs, s.kernel_reads,
                          s.changes_applied, s.moves_reported, s.announcements_seen,
                          tuple(sorted(self._unneeded_since)), s.last_pass_ms, tuple(s.last_changes),
-                         tuple(s.errors[-5:]), os.getpid())
+                         tuple(s.errors[-5:]), os.getpid(), s.claims_refused)
 
     def _publish(self, force: bool = False) -> None:
         """Publish the status when what a reader waits on changed (converged revision, errors, moves,
@@ -198,9 +230,9 @@ class Agent:
         last = self._published
         if not force and last is not None and (
                 (st.converged_revision, st.errors, st.moves_reported, st.announcements_seen, st.pending_prunes,
-                 st.changes_applied)
+                 st.changes_applied, st.claims_refused)
                 == (last.converged_revision, last.errors, last.moves_reported, last.announcements_seen,
-                    last.pending_prunes, last.changes_applied)):
+                    last.pending_prunes, last.changes_applied, last.claims_refused)):
             return
         try:
             self.client.publish_status(st)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from roamnet.agent.loop import Agent
 from roamnet.mapping.records import Snapshot
-from roamnet.nve.plan import Actual, Change, plan_filters
+from roamnet.nve.plan import Actual, Change, plan_claimant_ports, plan_filters
 from roamnet.nve.switch import compute_switch, plan_switch
 
 
@@ -15,4 +15,5 @@ class SwitchAgent(Agent):
     def _changes(self, snap: Snapshot, actual: Actual) -> tuple[list[Change], bool]:
         want = compute_switch(snap, self.nve.name)
         # filters first: a VM port is attached only in a pass that has given it its filter
-        return plan_filters(want.filters, {}, actual) + plan_switch(want, actual), all(i in actual.ports for i in want.ports)
+        return (plan_claimant_ports(snap, set(want.ports), actual) + plan_filters(want.filters, {}, actual)
+                + plan_switch(want, actual)), all(i in actual.ports for i in want.ports)

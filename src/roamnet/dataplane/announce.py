@@ -42,6 +42,11 @@ def parse_announcement(frame: bytes) -> str | None:
     return ":".join(f"{b:02x}" for b in sha)
 
 
+def source_mac(frame: bytes) -> str | None:
+    """The Ethernet source of a frame (None: too short to have a header)."""
+    return ":".join(f"{b:02x}" for b in frame[6:12]) if len(frame) >= 14 else None
+
+
 def rarp_frame(mac: str) -> bytes:
     """A RARP request as QEMU sends it after a migration (sha = tha = the NIC's MAC, IPs zero)."""
     m = bytes.fromhex(mac.replace(":", ""))

@@ -24,11 +24,12 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NTF_SELF, NUD_NOARP, NUD_PER
 from roamnet import names
 from roamnet.dataplane import announce, netns, vlan
 from roamnet.dataplane.nflog import NflogSocket
-from roamnet.dataplane.nft import Nft, read_table_briefly, read_underlay_table
+from roamnet.dataplane.nft import Nft, read_claimants_table, read_table_briefly, read_underlay_table
 from roamnet.dataplane.vrf import VrfKernel
+from roamnet.nve.claimants import CLAIM_PREFIX
 from roamnet.nve.desired import is_trunk, trunk_attachment
 from roamnet.nve.filters import Table
-from roamnet.nve.plan import VXLAN_PORT, Actual, Change, FilterChange, UnderlayChange, VrfChange
+from roamnet.nve.plan import VXLAN_PORT, Actual, Change, ClaimantChange, FilterChange, UnderlayChange, VrfChange
 from roamnet.nve.underlay import Underlay
 
 ZERO_MAC = "00:00:00:00:00:00"  # a VXLAN flood entry's MAC (head-end replication)
@@ -175,6 +176,13 @@ class KernelBase:
         self.nft.run(list(ch.commands))
         self._underlay = Underlay(ch.want)
 
+    def _read_claimants(self, act: Actual) -> None:
+        """Read at every kernel read (not cached): the kernel may drop a claimant chain with its device."""
+        act.claimants = read_claimants_table(self.nft)[0]
+
+    def _set_claimants(self, ch: ClaimantChange) -> None:
+        self.nft.run(list(ch.commands))
+
     def apply(self, changes: list) -> list[str]:
         """Apply changes in order; returns the errors (the next reconcile retries what failed)."""
         errors = []
@@ -189,8 +197,9 @@ class KernelBase:
               on_announcement: Callable[[str, str], None]) -> None:
         """Until `stop`: call on_link() for every netlink link event in the namespace, and
         on_announcement(ifname, mac) for every RARP / gratuitous ARP a VM port's filter passed and
-        logged (nflog group names.ANNOUNCE_LOG_GROUP, see nve/filters.py): only frames that came in on
-        a VM port, passed its port security and fit its budget ever reach this process."""
+        logged (nflog group names.ANNOUNCE_LOG_GROUP, see nve/filters.py), and for every frame a
+        claimant port logged (nve/claimants.py: evidence that the VM runs there): only frames that
+        came in on a VM port, passed its filter and fit its budget ever reach this process."""
         nl = netns.socket_in(self.ns, socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
         nl.bind((0, RTMGRP_LINK))
         try:
@@ -208,7 +217,8 @@ class KernelBase:
                         on_link()
                         continue
                     for logged in ann.recv():
-                        mac = announce.parse_announcement(logged.frame)
+                        mac = (announce.source_mac(logged.frame) if logged.prefix == CLAIM_PREFIX
+                               else announce.parse_announcement(logged.frame))
                         ifname = self.device_named(logged.ifindex)
                         if mac is not None and ifname:
                             on_announcement(ifname, mac)
@@ -271,6 +281,7 @@ class Kernel(KernelBase):
         act.orphans = set(vm.orphans)
         self._read_filters(act, links, vm)
         self._read_underlay(act)
+        self._read_claimants(act)
         port_names = {idx: att for att, idx in port_index.items()}
         act.segments = set(bridges.values()) & set(vxlans.values())
         bridge_dev: dict[tuple[int, str], int] = {}

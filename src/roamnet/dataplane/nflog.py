@@ -64,6 +64,7 @@ class Logged:
     ifindex: int  # the device it came in on (a bridge port, not the bridge)
     ethertype: int
     frame: bytes  # link-layer header (when the kernel gave one) + the network-layer bytes
+    prefix: str = ""  # the log rule's prefix
 
 
 def decode(data: bytes) -> list[Logged]:
@@ -82,7 +83,7 @@ def decode(data: bytes) -> list[Logged]:
             if payload is not None and hdr is not None:
                 ifindex = msg.get_attr("NFULA_IFINDEX_PHYSINDEV") or msg.get_attr("NFULA_IFINDEX_INDEV") or 0
                 frame = (msg.get_attr("NFULA_HWHEADER") or b"") + payload
-                out.append(Logged(ifindex, hdr["hw_protocol"], frame))
+                out.append(Logged(ifindex, hdr["hw_protocol"], frame, msg.get_attr("NFULA_PREFIX") or ""))
         off += (length + 3) & ~3
     return out
 

@@ -14,7 +14,7 @@ import json
 import threading
 
 from roamnet.dataplane import netns
-from roamnet.nve import underlay
+from roamnet.nve import claimants, underlay
 from roamnet.nve.filters import BASE, EGRESS, FAMILY, INGRESS, TABLE, Table, counters, read_table
 from roamnet.nve.underlay import Underlay, read_underlay
 
@@ -132,12 +132,18 @@ def read_underlay_table(nft: Nft) -> tuple[Underlay, int]:
     return read_underlay(nft.list_table(underlay.FAMILY, underlay.TABLE))
 
 
+def read_claimants_table(nft: Nft) -> tuple[claimants.Claimants, int]:
+    """Our `netdev roamnet` table (claimant ports) and the packets it blocked."""
+    return claimants.read_claimants(nft.list_table(claimants.FAMILY, claimants.TABLE))
+
+
 def filter_counters(ns: str) -> dict[str, int]:
     """The NVE's filter totals by kind (nve.filters.TOTALS, and the VXLAN guard's drops), read in
     namespace `ns` by a context of its own (no agent's): what the lab's reports and inspect show."""
     nft = Nft(ns)
     try:
-        return {**counters(read_filter_table(nft)), underlay.VXLAN_FOREIGN: read_underlay_table(nft)[1]}
+        return {**counters(read_filter_table(nft)), underlay.VXLAN_FOREIGN: read_underlay_table(nft)[1],
+                claimants.CLAIM_BLOCKED: read_claimants_table(nft)[1]}
     finally:
         nft.close()
 

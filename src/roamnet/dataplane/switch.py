@@ -58,6 +58,7 @@ class SwitchKernel(KernelBase):
         self._vm = vm
         self._trunk_ports = {v: vp.index for (t, v), vp in vports.items() if t == names.TRUNK}
         self._read_filters(act, links, vm)
+        self._read_claimants(act)
         return act, list(vm.up)
 
     def _bridge(self, v: int) -> int:

@@ -8,6 +8,7 @@ resolved to their addresses, L2 domains, one logical port per VM interface and i
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from roamnet import names
 from roamnet.intent.model import Endpoint, Limits, Topology
@@ -15,6 +16,8 @@ from roamnet.mapping.records import (
     ANNOUNCE_PPS,
     ARP_PPS,
     BUM_PPS,
+    MAX_MOVES,
+    WINDOW_S,
     Binding,
     Domain,
     LogicalPort,
@@ -27,14 +30,20 @@ from roamnet.mapping.records import (
 from roamnet.mapping.system import MappingRecords
 
 
+def _inherit(own: Any, fabric: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Each of `defaults`' settings: the CUG's own, else the fabric's, else the default."""
+    out = {}
+    for key, default in defaults.items():
+        mine = getattr(own, key) if own is not None else None
+        theirs = getattr(fabric, key)
+        out[key] = mine if mine is not None else theirs if theirs is not None else default
+    return out
+
+
 def _limits(topo: Topology, cug: Limits | None) -> dict[str, int]:
     """A CUG's per-port budgets: its own, else the fabric's, else roamnet's defaults (records)."""
-    out = {}
-    for kind, default in (("announce", ANNOUNCE_PPS), ("arp", ARP_PPS), ("bum", BUM_PPS)):
-        own = getattr(cug, kind) if cug is not None else None
-        fabric = getattr(topo.limits, kind)
-        out[f"{kind}_pps"] = own if own is not None else fabric if fabric is not None else default
-    return out
+    got = _inherit(cug, topo.limits, {"announce": ANNOUNCE_PPS, "arp": ARP_PPS, "bum": BUM_PPS})
+    return {f"{kind}_pps": v for kind, v in got.items()}
 
 
 def compile_topology(topo: Topology, nves: Iterable[Nve]) -> MappingRecords:
@@ -46,7 +55,8 @@ def compile_topology(topo: Topology, nves: Iterable[Nve]) -> MappingRecords:
     segments = tuple(
         Segment(spec.vni, cug, str(spec.subnet),
                 f"{spec.gateway}/{spec.subnet.prefixlen}" if spec.gateway is not None else "",
-                spec.tenant or "", spec.flood_unknown_arp, **_limits(topo, spec.limits))
+                spec.tenant or "", spec.flood_unknown_arp, **_limits(topo, spec.limits),
+                **_inherit(spec.mobility, topo.mobility, {"max_moves": MAX_MOVES, "window_s": WINDOW_S, "hold_down_s": 0.0}))
         for cug, spec in topo.cugs.items())
     domains = tuple(Domain(d.name, d.dc, d.tor, tuple(d.servers), *d.vlans) for d in topo.tors().values())
     ports, bindings = [], []
@@ -54,9 +64,10 @@ def compile_topology(topo: Topology, nves: Iterable[Nve]) -> MappingRecords:
         nve = by_name[spec.server]
         for i, itf in enumerate(spec.interfaces):
             vni = topo.cugs[itf.cug].vni
-            port = LogicalPort(names.iface_id(vm, i), vm, vni, itf.mac, (str(itf.ip),), itf.vlan or 0)
+            port = LogicalPort(names.iface_id(vm, i), vm, vni, itf.mac, (str(itf.ip),), itf.vlan or 0, itf.sticky)
             ports.append(port)
-            bindings.append(Binding(vni, itf.mac, nve.name, nve.vtep, 0, port.ips, port.iface_id))
+            # detached: no port exists yet; the server's agent says so once the hypervisor plugs it
+            bindings.append(Binding(vni, itf.mac, nve.name, nve.vtep, 0, port.ips, port.iface_id, detached=True))
     return MappingRecords(tenants, segments, compile_policy(topo), domains, nves, tuple(ports), tuple(bindings))
 
 

@@ -284,6 +284,18 @@ class Limits(Model):
         "broadcast and multicast frames from a VM port that head for VXLAN (one copy per NVE of the CUG)"))
 
 
+class Mobility(Model):
+    """Duplicate detection (RFC 7432 §15.1): `max_moves` moves of one MAC within `window_s` seconds mean
+    two hosts claim it (a clone, a loop): the binding freezes where it is. Omitted ones inherit (a
+    CUG's from the fabric's `mobility:`, the fabric's from the defaults 5 and 180, as EVPN's)."""
+
+    max_moves: Annotated[int, Strict(), Field(ge=2, le=1000)] | None = Field(default=None, description=(
+        "moves within the window that freeze a MAC (the last of them does not happen)"))
+    window_s: Annotated[float, Field(gt=0, le=86400)] | None = Field(default=None, description="the window, in seconds")
+    hold_down_s: Annotated[float, Field(ge=0, le=86400)] | None = Field(default=None, description=(
+        "a frozen MAC thaws after this many seconds (0, the default: only `roamnet lab unfreeze` thaws it)"))
+
+
 class Cug(Model):
     """An L2 segment; with a `gateway` and a `tenant` it is also routed (distributed anycast gateway).
     A routed CUG's addresses are unique in its tenant; an L2-only CUG is an address scope of its own."""
@@ -296,6 +308,7 @@ class Cug(Model):
         "whether ARP requests for IPs the mapping does not know are flooded to the other NVEs of the "
         "segment; requests for known IPs are always answered locally"))
     limits: Limits | None = Field(default=None, description="this CUG's per-port budgets (default: the fabric's)")
+    mobility: Mobility | None = Field(default=None, description="this CUG's duplicate detection (default: the fabric's)")
 
 
 class VmInterface(Model):
@@ -307,6 +320,9 @@ class VmInterface(Model):
     ip: IPv4Address
     vlan: VlanId | None = Field(default=None, description=(
         "802.1Q tag the guest itself puts on this interface's frames (part of the VM, kept across moves)"))
+    sticky: bool = Field(default=False, description=(
+        "never moved by what an NVE sees (a port up, an announcement), only by a planned move: for "
+        "gateways, appliances and the like; a claim of its MAC elsewhere is refused and counted"))
 
 
 class Vm(Model):
@@ -387,6 +403,7 @@ class Topology(Model):
     tenants: dict[NodeName, Tenant] = Field(default_factory=dict)
     anycast_gateway_mac: Mac = DEFAULT_ANYCAST_MAC
     limits: Limits = Field(default_factory=Limits, description="every VM port's budgets, unless its CUG says")
+    mobility: Mobility = Field(default_factory=Mobility, description="duplicate detection, unless a CUG says")
     cugs: dict[NodeName, Cug] = Field(default_factory=dict)
     vms: dict[NodeName, Vm] = Field(default_factory=dict)
     wan: Wan | None = None

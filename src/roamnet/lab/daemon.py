@@ -154,6 +154,8 @@ def serve(lab_name: str) -> int:
             if phase in ("activate", "complete", "abort"):
                 return getattr(lab, phase)(vm)
             raise LabError(f"unknown migration phase {phase!r}")
+        if op == "unfreeze":
+            return lab.unfreeze(args["vm"])
         if op == "restart-agent":
             return lab.restart_agent(args["server"])
         if op == "desired":

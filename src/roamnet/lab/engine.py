@@ -136,6 +136,17 @@ class Lab:
     def abort(self, vm: str) -> dict:
         return self.moves.abort(vm)
 
+    def unfreeze(self, vm: str) -> dict:
+        """Thaw `vm`'s interfaces that duplicate detection froze (they stay where they are)."""
+        if vm not in self.topo.vms:
+            raise LabError(f"no VM {vm!r} in lab {self.name}")
+        snap = self.mapping.snapshot()
+        ifaces = [names.iface_id(vm, i) for i in range(len(self.topo.vms[vm].interfaces))]
+        frozen = [i for i in ifaces if (b := snap.binding_of(i)) is not None and b.frozen]
+        for iface in frozen:
+            self.mapping.unfreeze(iface)
+        return {"vm": vm, "unfrozen": frozen}
+
     # ---- bookkeeping ---------------------------------------------------------------------------
     def _record(self) -> None:
         if self.journal:

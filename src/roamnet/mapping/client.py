@@ -11,9 +11,9 @@ import threading
 from collections.abc import Iterator
 
 from roamnet.mapping.records import Binding, NveStatus, Snapshot
-from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.mapping.system import ANNOUNCED, PORT_UP, MappingSystem, MoveRefused, Refused
 
-__all__ = ["MappingClient", "MoveRefused"]
+__all__ = ["ANNOUNCED", "PORT_UP", "MappingClient", "MoveRefused", "Refused"]
 
 
 class MappingClient:
@@ -29,9 +29,14 @@ class MappingClient:
         start = self._system.store.revision + 1 if from_revision is None else from_revision
         return self._system.changes(start, stop)
 
-    def report_move(self, iface_id: str, nve: str) -> tuple[Binding, bool]:
-        """`iface_id` arrived on `nve` (its port came up, or it announced itself). Raises MoveRefused."""
-        return self._system.report_move(iface_id, nve)
+    def report_move(self, iface_id: str, nve: str, by: str = ANNOUNCED) -> tuple[Binding, bool]:
+        """`iface_id` arrived on `nve` (`by`: its port came up, or it announced itself). Raises
+        MoveRefused (Refused: the mobility rules said no)."""
+        return self._system.report_move(iface_id, nve, by)
+
+    def set_detached(self, iface_id: str, nve: str, detached: bool) -> bool:
+        """`nve`, where `iface_id` is bound, has (no) port up for it."""
+        return self._system.set_detached(iface_id, nve, detached)
 
     def publish_status(self, status: NveStatus) -> None:
         self._system.statuses.publish(status)

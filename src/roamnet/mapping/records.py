@@ -78,6 +78,7 @@ class Tenant:
 ANNOUNCE_PPS = 20  # RARPs and gratuitous ARPs (QEMU sends 5 per migration, a guest a few per link-up)
 ARP_PPS = 500  # ARP requests (ARP suppression answers most of them on the NVE itself)
 BUM_PPS = 1000  # broadcast and multicast frames heading for VXLAN (head-end replication: one copy per NVE)
+MAX_MOVES, WINDOW_S = 5, 180.0  # duplicate detection, as EVPN's default (RFC 7432 §15.1; FRR: 5 in 180 s)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class Segment:
     announce_pps: int = ANNOUNCE_PPS  # each VM port's budgets (the CUG's, else the fabric's, else these)
     arp_pps: int = ARP_PPS
     bum_pps: int = BUM_PPS
+    max_moves: int = MAX_MOVES  # duplicate detection: this many moves of one MAC within window_s freeze it
+    window_s: float = WINDOW_S
+    hold_down_s: float = 0.0  # a frozen MAC thaws after this long (0: only by command)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class LogicalPort:
     mac: str
     ips: tuple[str, ...] = ()
     vlan: int = 0  # the guest's own 802.1Q tag on this interface (0: untagged); never changes
+    sticky: bool = False  # never moves by a report (gateways, appliances): any claim elsewhere is refused
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,18 @@ class Binding:
     seq: int = 0
     ips: tuple[str, ...] = ()
     iface_id: str = ""
+    detached: bool = False  # its NVE has no port up for it (a port up elsewhere may then claim it)
+    moves: tuple[float, ...] = ()  # wall-clock times of its recent moves (duplicate detection's window)
+    stable: str = ""  # the NVE it was on before its recent moves began (where duplicate detection freezes it)
+    frozen: bool = False  # duplicate detection froze it here: reports of it elsewhere are refused
+    frozen_until: float = 0.0  # wall-clock time a frozen binding thaws by itself (0: only by command)
 
     @property
     def key(self) -> tuple[int, str]:
         return (self.vni, self.mac)
+
+    def frozen_at(self, now: float) -> bool:
+        return self.frozen and (not self.frozen_until or now < self.frozen_until)
 
 
 @dataclass(frozen=True)
@@ -195,11 +208,12 @@ class NveStatus:
     last_changes: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()  # the last few
     pid: int = 0  # the process the agent runs in
+    claims_refused: int = 0  # its reports the mobility rules refused (a frozen or sticky MAC)
 
 
 # ---- codec ------------------------------------------------------------------------------------
 
-_TUPLES = ("ips", "servers", "pending_prunes", "last_changes", "errors")  # JSON has no tuples; the
+_TUPLES = ("ips", "servers", "pending_prunes", "last_changes", "errors", "moves")  # JSON has no tuples; the
 #                                                   records are frozen and hashable
 
 
@@ -278,7 +292,8 @@ class Snapshot:
         return {
             "revision": self.revision,
             "nves": [asdict(n) for n in self.nves.values()],
-            "bindings": [asdict(b) for b in sorted(self.bindings.values(), key=lambda b: b.key)],
+            "bindings": [{**asdict(b), "sticky": b.iface_id in self.ports and self.ports[b.iface_id].sticky}
+                         for b in sorted(self.bindings.values(), key=lambda b: b.key)],
             "migrations": [asdict(m) for _, m in sorted(self.migrations.items())],
             "tenants": [asdict(t) for _, t in sorted(self.tenants.items())],
             "segments": [asdict(g) for _, g in sorted(self.segments.items())],

@@ -61,3 +61,18 @@ def release(used: dict[int, int], present: set[int]) -> dict[int, int]:
     """The allocation once only the CUGs `present` are left in the domain."""
     return {vni: vlan for vni, vlan in used.items() if vni in present}
 
+
+
+# ---- duplicate detection (RFC 7432 §15.1) -------------------------------------------------------
+
+def recent_moves(moves: tuple[float, ...], now: float, window_s: float) -> tuple[float, ...]:
+    """The moves of `moves` (wall-clock times) inside the window that ends now."""
+    return tuple(t for t in moves if now - t < window_s)
+
+
+def detect_duplicate(moves: tuple[float, ...], now: float, max_moves: int, window_s: float) -> tuple[tuple[float, ...], bool]:
+    """One more move of a MAC at `now`: (its recent moves including this one, whether that many moves
+    inside the window mean a duplicate — two hosts claiming one MAC, or a loop — so the binding must
+    freeze where it is instead of moving)."""
+    seen = recent_moves(moves, now, window_s) + (now,)
+    return seen, len(seen) >= max_moves

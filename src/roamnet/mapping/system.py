@@ -62,7 +62,7 @@ from roamnet.mapping.records import (
     load,
     load_vlans,
 )
-from roamnet.mapping.rules import VlanExhausted, allocate, move, release, resolve
+from roamnet.mapping.rules import VlanExhausted, allocate, detect_duplicate, move, recent_moves, release, resolve
 from roamnet.mapping.status import Statuses
 from roamnet.mapping.store.base import KEEP, CasConflict, Conflicted, KeyValue, Store
 
@@ -71,6 +71,21 @@ log = logging.getLogger(__name__)
 
 class MoveRefused(Exception):
     pass
+
+
+class Refused(MoveRefused):
+    """A report the mobility rules refuse (`reason`: frozen | sticky); the agent counts these."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# who says a VM interface arrived on an NVE
+PORT_UP = "port"  # its port is up there: a claim only while the binding's own NVE has no port up for it
+ANNOUNCED = "announcement"  # the VM's own RARP / gratuitous ARP on that port
+ORCHESTRATOR = "orchestrator"  # an explicit activation
+FROZEN, STICKY = "frozen", "sticky"
 
 
 @dataclass(frozen=True)
@@ -87,8 +102,9 @@ class MappingRecords:
 
 
 class MappingSystem:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time):
         self.store = store
+        self.clock = clock  # wall clock: move times (duplicate detection) and deadlines are shared records
         self._snap: Snapshot | None = None  # the last snapshot: shared by every reader at that revision
         self._snap_lock = threading.Lock()
         self.statuses = Statuses(store, lambda: self.revision)  # what the agents published
@@ -196,30 +212,116 @@ class MappingSystem:
         self._sync_vlans(current.nve if current else "", winner.nve)
         return winner
 
-    def report_move(self, iface_id: str, nve_name: str) -> tuple[Binding, bool]:
-        """An NVE saw `iface_id` arrive (port appeared, RARP/GARP). Returns (binding, changed)."""
+    def report_move(self, iface_id: str, nve_name: str, by: str = ANNOUNCED) -> tuple[Binding, bool]:
+        """An NVE saw `iface_id` arrive (`by`: PORT_UP, ANNOUNCED, ORCHESTRATOR). Returns (binding,
+        changed). The mobility rules (docs/architecture.md, "Mobility safety"):
+          * a port being up claims the interface only while its binding is detached (its own NVE has no
+            port up for it): two ports up at once never move it;
+          * a sticky interface never moves by a report (Refused, reason sticky), only by a planned move;
+          * a frozen binding does not move (Refused, reason frozen) until it thaws or is unfrozen;
+          * the `max_moves`-th move within `window_s` (the CUG's) is a duplicate: the binding freezes
+            where it is instead of moving (Refused, reason frozen)."""
         port, nve = self._port_and_nve(iface_id, nve_name)
-        seen: dict[str, Binding | None] = {}
+        seg = self._segment(port.vni)
+        mig = self.migration(iface_id)
+        planned = mig is not None and mig.dst == nve.name  # the orchestrator moves it: sticky or not
+        now = self.clock()
+        seen: dict[str, object] = {}
 
         def change(kv: KeyValue | None):
             current = load(Binding, kv.value) if kv else None
-            seen["current"] = current
+            seen["current"], seen["refused"] = current, None
             if current is not None and current.nve == nve.name:
                 return KEEP
-            seen["new"] = new = move(current, port, nve)
+            if current is not None and port.sticky and not planned:
+                seen["refused"] = Refused(f"{iface_id} is sticky on {current.nve}: {nve.name} may not claim it", STICKY)
+                return KEEP
+            if current is not None and current.frozen_at(now):
+                seen["refused"] = Refused(f"{iface_id} is frozen on {current.nve} (duplicate MAC {port.mac}): "
+                                          f"{nve.name}'s claim ignored", FROZEN)
+                return KEEP
+            if by == PORT_UP and current is not None and not current.detached:
+                return KEEP  # the VM's port is up where it is bound: another port up proves nothing
+            history = current.moves if current is not None and not current.frozen else ()  # a thawed one starts afresh
+            recent = recent_moves(history, now, seg.window_s)
+            stable = current.stable if current is not None and recent and current.stable else (
+                current.nve if current is not None else nve.name)
+            moves, duplicate = detect_duplicate(history, now, seg.max_moves, seg.window_s)
+            if current is not None and duplicate:  # freeze where it was before the moves began
+                until = now + seg.hold_down_s if seg.hold_down_s else 0.0
+                home = self._nve(stable) or self._nve(current.nve)
+                frozen = replace(current, frozen=True, frozen_until=until, moves=moves, stable=stable)
+                if home is not None and home.name != current.nve:
+                    frozen = replace(move(current, port, home), frozen=True, frozen_until=until, moves=moves,
+                                     stable=stable)
+                    self._claim_vlan(home.name, port.vni)
+                seen["frozen"] = frozen
+                seen["refused"] = Refused(f"{iface_id}: MAC {port.mac} moved {len(moves) - 1} times in "
+                                          f"{seg.window_s:g} s and now to {nve.name}: a duplicate; frozen on "
+                                          f"{frozen.nve}, where it was before", FROZEN)
+                return dump(frozen)
+            seen["new"] = new = replace(move(current, port, nve), moves=moves, stable=stable)  # not frozen, attached
             self._claim_vlan(nve.name, port.vni)  # refuses the move if the domain has no VLAN left
             return dump(new)
 
         _, rev = self._update(binding_key(port.vni, port.mac), change)
         current = seen["current"]
-        if rev is None:
-            self._mark_activated(iface_id, nve.name)
-            return current, False
+        if seen["refused"] is not None:
+            if rev is not None:
+                log.warning("%s", seen["refused"])
+                if current is not None and seen.get("frozen") is not None:
+                    self._sync_vlans(current.nve, seen["frozen"].nve)  # type: ignore[union-attr]
+            raise seen["refused"]  # type: ignore[misc]
+        if rev is None or "new" not in seen:
+            if current is not None and current.nve == nve.name:
+                self._mark_activated(iface_id, nve.name)
+            return current, False  # type: ignore[return-value]
         new = seen["new"]
         self._sync_vlans(current.nve if current else "", nve.name)
-        log.info("move %s: %s -> %s seq %d", iface_id, current.nve if current else "-", nve.name, new.seq)
+        log.info("move %s: %s -> %s seq %d (%s)", iface_id, current.nve if current else "-", nve.name, new.seq, by)
         self._mark_activated(iface_id, nve.name)
-        return new, True
+        return new, True  # type: ignore[return-value]
+
+    def set_detached(self, iface_id: str, nve_name: str, detached: bool) -> bool:
+        """The binding's own NVE says whether it has a port up for `iface_id` (anyone else: no-op).
+        Returns whether the record changed."""
+        kv_port = self.store.get(PORTS + iface_id)
+        if kv_port is None:
+            return False
+        port = load(LogicalPort, kv_port.value)
+
+        def change(kv: KeyValue | None):
+            b = load(Binding, kv.value) if kv else None
+            if b is None or b.nve != nve_name or b.detached == detached:
+                return KEEP
+            return dump(replace(b, detached=detached))
+
+        return self._update(binding_key(port.vni, port.mac), change)[1] is not None
+
+    def unfreeze(self, iface_id: str) -> Binding:
+        """Thaw a frozen binding (it stays where it is; its move history starts afresh)."""
+        kv_port = self.store.get(PORTS + iface_id)
+        if kv_port is None:
+            raise MoveRefused(f"unknown VM interface {iface_id!r}")
+        port = load(LogicalPort, kv_port.value)
+        seen: dict[str, Binding] = {}
+
+        def change(kv: KeyValue | None):
+            if kv is None:
+                raise MoveRefused(f"{iface_id} is bound nowhere")
+            b = seen["b"] = replace(load(Binding, kv.value), frozen=False, frozen_until=0.0, moves=())
+            return dump(b)
+
+        self._update(binding_key(port.vni, port.mac), change)
+        return seen["b"]
+
+    def _nve(self, name: str) -> Nve | None:
+        kv = self.store.get(NVES + name) if name else None
+        return load(Nve, kv.value) if kv else None
+
+    def _segment(self, vni: int) -> Segment:
+        kv = self.store.get(f"{SEGMENTS}{vni}")
+        return load(Segment, kv.value) if kv else Segment(vni, str(vni), "")
 
     def _port_and_nve(self, iface_id: str, nve_name: str) -> tuple[LogicalPort, Nve]:
         kv_port, kv_nve = self.store.get(PORTS + iface_id), self.store.get(NVES + nve_name)
@@ -330,7 +432,7 @@ class MappingSystem:
         mig = self.migration(iface_id)
         if mig is None:
             raise MoveRefused(f"{iface_id}: no move in progress")
-        return self.report_move(iface_id, mig.dst)
+        return self.report_move(iface_id, mig.dst, ORCHESTRATOR)
 
     def complete(self, iface_id: str) -> Migration:
         """Forget an activated move (every NVE has programmed it)."""

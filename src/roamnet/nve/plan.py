@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from roamnet.mapping.records import Snapshot
+from roamnet.nve.claimants import MISSING as NO_CLAIMANTS
+from roamnet.nve.claimants import Claimant, Claimants, claimant_ports, plan_claimants
+from roamnet.nve.claimants import result as claimants_result
 from roamnet.nve.desired import NveDesired, is_trunk
 from roamnet.nve.filters import Table, desired_table, plan_table
 from roamnet.nve.portfilter import PortFilter
@@ -33,6 +37,7 @@ class Actual:
     #   ports that exist here)
     table: Table = field(default_factory=lambda: Table(base_ok=False))  # our nftables table
     underlay: Underlay = MISSING  # our `ip roamnet` table: the VTEPs VXLAN is accepted from
+    claimants: Claimants = NO_CLAIMANTS  # our `netdev roamnet` table: the claimant ports' chains
 
 
 @dataclass
@@ -166,6 +171,27 @@ def plan_vteps(want: frozenset[str], have: Actual) -> list[UnderlayChange]:
 
 
 @dataclass(frozen=True)
+class ClaimantChange:
+    """One nftables transaction that gives exactly the ports of `want` a claimant chain (claimants.py)."""
+
+    commands: tuple
+    want: tuple[Claimant, ...]
+    op: str = "set-claimants"
+
+    def __str__(self) -> str:
+        return f"{self.op} {','.join(c.device for c in self.want) or '-'}"
+
+
+def plan_claimant_ports(snap: Snapshot, local: set[str], have: Actual) -> list[ClaimantChange]:
+    """Block the VM ports that exist here for interfaces bound elsewhere (`local`: the interfaces whose
+    port belongs in a bridge here); first in a pass, so a port stops being blocked in the pass that
+    attaches it."""
+    want = claimant_ports(snap, local, have.devices)
+    cmds = plan_claimants(want, have.claimants)
+    return [ClaimantChange(tuple(cmds), tuple(want))] if cmds else []
+
+
+@dataclass(frozen=True)
 class VrfChange:
     op: str  # add-l3vni | add-irb | set-guard | set-rmac | set-route | set-neighbor
     #          del-route | del-neighbor | del-rmac | del-irb | del-l3vni | del-guard
@@ -221,7 +247,7 @@ STRUCTURAL = frozenset({"add-segment", "del-segment", "attach-port",  # change d
                         "add-l3vni", "del-l3vni", "add-irb", "del-irb"})
 
 
-def apply_to(have: Actual, changes: list[Change | VrfChange | FilterChange | UnderlayChange]) -> Actual:
+def apply_to(have: Actual, changes: list[Change | VrfChange | FilterChange | UnderlayChange | ClaimantChange]) -> Actual:
     """What the kernel holds after `changes` succeeded: the agent's cache between kernel reads, and
     a model of the kernel for tests. (A removed bridge also detaches its ports: after a structural
     change the agent reads the kernel again rather than trusting this.)"""
@@ -234,6 +260,9 @@ def apply_to(have: Actual, changes: list[Change | VrfChange | FilterChange | Und
             continue
         if isinstance(c, UnderlayChange):
             have.underlay = Underlay(c.want)
+            continue
+        if isinstance(c, ClaimantChange):
+            have.claimants = claimants_result(list(c.want))
             continue
         key = (c.vni, c.mac)
         if c.op == "add-segment":
