@@ -126,7 +126,7 @@ def _inspect_table(data: dict) -> None:
         elif n["kind"] == "wan":
             details = "the outside world: tenant handoffs and clients, no route into the underlay"
         elif n["kind"] == "vm":
-            details = f"on {n['server']}  " + "  ".join(
+            details = f"{'stopped, last ' if n.get('stopped') else ''}on {n['server']}  " + "  ".join(
                 f"{i['cug']} {i['ip']} {i['mac']}" + (f" vlan {i['guest_vlan']}" if i.get("guest_vlan") else "")
                 for i in n["interfaces"])
         else:
@@ -153,7 +153,8 @@ def _inspect_table(data: dict) -> None:
     for col in ("VNI", "MAC", "IPs", "NVE", "VTEP", "seq", "state"):
         m.add_column(col)
     for b in data["mapping"]["bindings"]:
-        state = [w for w, on in (("[red]FROZEN[/] (duplicate)", b.get("frozen")), ("detached", b.get("detached")),
+        state = [w for w, on in (("[red]FROZEN[/] (duplicate)", b.get("frozen")), ("stopped", b.get("stopped")),
+                                 ("detached", b.get("detached") and not b.get("stopped")),
                                  ("sticky", b.get("sticky"))) if on]
         m.add_row(str(b["vni"]), b["mac"], ",".join(b["ips"]), b["nve"], b["vtep"], str(b["seq"]), " ".join(state))
     out.print(m)
@@ -310,6 +311,40 @@ def migrate(lab_name: str, vm: str, to: str | None, pause_ms: int, no_prepare: b
         out.print(f"{vm}: {rec['from']} ({rec['dc_from']}) → {rec['to']} ({rec['dc_to']}), {rec['mode']}, "
                   f"pause {pause_ms} ms (dark {rec['dark_ms']} ms); mapping moved {rec['mapped_ms']} ms and "
                   f"every NVE programmed {rec['converged_ms']} ms after the VM resumed")
+
+
+@main.command("stop")
+@click.argument("lab_name", metavar="LAB")
+@click.argument("vm")
+@FORMAT
+def vm_stop(lab_name: str, vm: str, fmt: str) -> None:
+    """Stop VM (a cold move's first half): its ports go away; its MAC and addresses stay reserved in
+    the mapping, and nothing forwards to it until `roamnet start`."""
+    _need_root()
+    try:
+        rec = call(lab_name, "stop", vm=vm)
+    except DaemonError as exc:
+        _fail(exc)
+    click.echo(json.dumps(rec) if fmt == "json" else f"{vm}: stopped on {rec['on']}")
+
+
+@main.command("start")
+@click.argument("lab_name", metavar="LAB")
+@click.argument("vm")
+@click.option("--on", "on", required=True, help="The server the VM starts on.")
+@FORMAT
+def vm_start(lab_name: str, vm: str, on: str, fmt: str) -> None:
+    """Start a stopped VM on a server (a cold move's second half), with its MAC and addresses."""
+    _need_root()
+    try:
+        rec = call(lab_name, "start", vm=vm, to=on)
+    except DaemonError as exc:
+        _fail(exc)
+    if fmt == "json":
+        click.echo(json.dumps(rec))
+    else:
+        out.print(f"{vm}: started on {rec['to']} ({rec['dc_to']}), stopped on {rec['from']} ({rec['dc_from']}) for "
+                  f"{rec['dark_ms']} ms; every NVE programmed {rec['converged_ms']} ms after the start")
 
 
 def _run(path: Path, fmt: str, plot_path: Path | None) -> None:

@@ -145,3 +145,31 @@ def test_a_freeze_returns_the_binding_where_it_was_before_the_moves_began():
     m.unfreeze("vm1/0")
     clock.now += 1
     assert m.report_move("vm1/0", "hv3")[0].stable == "hv1"
+
+
+def test_a_cold_move_keeps_the_vm_reserved_while_stopped_and_starts_it_elsewhere():
+    from roamnet.mapping.system import STOPPED, MoveRefused
+    from roamnet.nve.desired import compute_desired
+
+    m, clock = system()
+    port2 = LogicalPort("vm2/0", "vm2", WEB, "02:00:00:01:00:02", ("198.19.1.12",))
+    m.register_port(port2)
+    m.advertise(Binding(WEB, port2.mac, "hv3", NVES["hv3"].vtep, 0, port2.ips, "vm2/0"))
+    before = compute_desired(m.snapshot(), "hv3")
+    assert before.remote_macs[(WEB, MAC)] == "198.18.1.1" and (WEB, "198.19.1.11") in before.arp
+    assert "198.18.1.1" in before.flood[WEB]
+    stopped = m.stop("vm1/0")
+    assert (stopped.nve, stopped.seq, stopped.stopped, stopped.detached) == ("hv1", 0, True, True)
+    on3 = compute_desired(m.snapshot(), "hv3")  # nobody forwards to it, answers ARP for it, or floods to hv1
+    assert (WEB, MAC) not in on3.remote_macs and (WEB, "198.19.1.11") not in on3.arp
+    assert "198.18.1.1" not in on3.flood[WEB] and WEB not in compute_desired(m.snapshot(), "hv1").segments
+    for by in ("announcement", PORT_UP):  # reserved: nothing else may claim it
+        with pytest.raises(Refused) as err:
+            m.report_move("vm1/0", "hv2", by)
+        assert err.value.reason == STOPPED
+    assert not m.set_detached("vm1/0", "hv1", False)
+    started = m.start("vm1/0", "hv3")
+    assert (started.nve, started.seq, started.stopped, started.detached) == ("hv3", 1, False, True)
+    assert compute_desired(m.snapshot(), "hv3").local_ports["vm1/0"].vni == WEB
+    with pytest.raises(MoveRefused, match="not stopped"):
+        m.start("vm1/0", "hv2")

@@ -103,7 +103,7 @@ def make_report() -> Report:
 def test_json_shape() -> None:
     d = make_report().to_json()
     json.dumps(d)  # serializable
-    assert set(d) == {"streams", "migrations", "paths", "counters", "meta"}
+    assert set(d) == {"streams", "migrations", "paths", "counters", "resumed", "meta"}
     assert set(d["streams"][0]) == {"name", "proto", "from", "to", "rate", "sent", "received",
                                     "lost", "max_gap_ms", "survived", "expect", "met"}  # fmt: skip
     assert (d["streams"][0]["expect"], d["streams"][0]["met"]) == ("delivered", True)
@@ -176,3 +176,24 @@ def test_counter_delta_per_nve_and_total() -> None:
     d = counter_delta(before, after)
     assert d["by_nve"]["hv1"] == {"arp-request": 4, "arp-to-vxlan": 0}
     assert d["total"] == {"arp-request": 9, "arp-to-vxlan": 0}
+
+
+def test_a_cold_move_says_when_each_of_its_vms_streams_came_back() -> None:
+    from roamnet.experiments.report import resumed_after
+
+    to_vm = summarize("in", "udp", "vm2", "vm1", 1000, {"sent": 6, "first": 10.0, "last": 10.005},
+                      {"records": [[0, 10.0], [1, 10.001], [4, 12.25], [5, 12.26]]})
+    other = summarize("other", "udp", "vm2", "vm3", 1000, {"sent": 1, "first": 10.0, "last": 10.0},
+                      {"records": [[0, 10.0]]})
+    silent = summarize("out", "udp", "vm1", "vm2", 1000, {"sent": 2, "first": 10.0, "last": 10.001},
+                       {"records": [[0, 10.0]]})
+    cold = {"vm": "vm1", "from": "hv1", "to": "hv3", "mode": "cold", "at_mono": 10.002, "resumed_mono": 12.0}
+    live = {"vm": "vm1", "from": "hv3", "to": "hv1", "mode": "prepared", "at_mono": 13.0, "resumed_mono": 13.01}
+    got = resumed_after([to_vm, other, silent], [cold, live])
+    assert got == [{"vm": "vm1", "to": "hv3", "stream": "in", "resumed_ms": 250.0},
+                   {"vm": "vm1", "to": "hv3", "stream": "out", "resumed_ms": None}]
+    report = Report([to_vm, other, silent], [cold], {"t0": 9.0}, resumed=got)
+    buf = io.StringIO()
+    render_table(report, Console(file=buf, width=200))
+    assert "when each stream came back" in buf.getvalue() and "never" in buf.getvalue()
+    assert json.loads(json.dumps(report.to_json()))["resumed"] == got

@@ -258,3 +258,24 @@ def test_scenario_yaml_syntax_error(tmp_path: Path) -> None:
     with pytest.raises(IntentError) as info:
         load_scenario(path)
     assert str(info.value).startswith(f"{path}: YAML error at line ")
+
+
+def test_cold_move_steps_stop_then_start() -> None:
+    data = scenario()
+    data["steps"] += [{"at": 3.0, "stop": "vm1"}, {"at": 4.0, "start": "vm1", "on": "hv1"}]
+    ok = parse_scenario(data, "s.yaml")
+    assert [s.action for s in ok.steps[-2:]] == ["stop", "start"] and ok.steps[-1].server == "hv1"
+
+
+@pytest.mark.parametrize(("steps", "path", "fragment"), [
+    ([{"at": 3.0, "start": "vm1", "on": "hv1"}], "steps[1].start", "vm1 runs on hv3 at 3s: stop it first"),
+    ([{"at": 3.0, "stop": "vm1"}, {"at": 4.0, "stop": "vm1"}], "steps[2].stop", "vm1 is already stopped at 4s"),
+    ([{"at": 3.0, "stop": "vm1"}, {"at": 4.0, "migrate": "vm1", "to": "hv1"}], "steps[2].migrate",
+     "vm1 is stopped at 4s: start it"),
+    ([{"at": 3.0, "stop": "vm1"}, {"at": 4.0, "start": "vm1", "on": "hv9"}], "steps[2].on", "unknown server 'hv9'"),
+    ([{"at": 3.0, "stop": "vm1", "on": "hv1"}], "steps[1]", "`on:` goes with `start:`"),
+    ([{"at": 3.0, "start": "vm1"}], "steps[1]", "`start:` needs `on:`"),
+    ([{"at": 3.0, "stop": "vm1", "migrate": "vm1", "to": "hv1"}], "steps[1]", "exactly one of"),
+])
+def test_bad_cold_move_steps(steps: list, path: str, fragment: str) -> None:
+    assert_problem(refused(lambda d: d["steps"].extend(steps)), path, fragment)

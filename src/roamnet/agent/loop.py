@@ -136,7 +136,7 @@ class Agent:
             mig = snap.migrations.get(iface)
             if mig is not None and mig.state == PREPARED and mig.dst == self.nve.name:
                 continue
-            if b is not None and b.nve != self.nve.name and b.detached and not b.frozen_at(now):
+            if b is not None and b.nve != self.nve.name and b.detached and not b.stopped and not b.frozen_at(now):
                 changed |= self._report(iface, PORT_UP)
         return changed
 

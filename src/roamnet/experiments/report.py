@@ -152,6 +152,8 @@ class Report:
     paths: list[dict[str, Any]] = field(default_factory=list)  # paths.PathChange.to_json() per stream and move
     counters: dict[str, Any] = field(default_factory=dict)  # what the NVEs' filters counted during the
     #   run: {"total": {kind: packets}, "by_nve": {nve: {kind: packets}}} (filters.TOTALS)
+    resumed: list[dict[str, Any]] = field(default_factory=list)  # per cold start and stream of its VM:
+    #   how long after the start the stream's first packet arrived (`resumed_after`)
 
     def unmet(self) -> list[StreamResult]:
         """The streams that did not do what they were expected to (``met`` is False): a
@@ -165,8 +167,27 @@ class Report:
             "migrations": [dict(m) for m in self.migrations],
             "paths": [dict(p) for p in self.paths],
             "counters": dict(self.counters),
+            "resumed": [dict(r) for r in self.resumed],
             "meta": dict(self.meta),
         }
+
+
+def resumed_after(streams: list[StreamResult], migrations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every cold move (a VM stopped, then started elsewhere) and every stream to or from its VM:
+    when the stream's first packet after the start arrived, in ms after the start (None: none did).
+    Pure: receive times and the start are the same monotonic clock."""
+    out = []
+    for m in migrations:
+        if m.get("mode") != "cold" or m.get("resumed_mono") is None:
+            continue
+        start = float(m["resumed_mono"])
+        for s in streams:
+            if m["vm"] not in (s.src, s.dst):
+                continue
+            after = [t for _, t in s.records if t >= start]
+            out.append({"vm": m["vm"], "to": m["to"], "stream": s.name,
+                        "resumed_ms": round((min(after) - start) * 1000, 1) if after else None})
+    return out
 
 
 def _mig_at(m: dict[str, Any], t0: float | None) -> float | None:
@@ -228,6 +249,14 @@ def render_table(report: Report, console: Any) -> None:
             *(_fmt(m.get(k)) for k in extra),
         )  # fmt: skip
     console.print(mt)
+    if report.resumed:
+        rt = Table(title="cold moves: when each stream came back (ms after the VM started)")
+        for col in ("vm", "started on", "stream", "first packet ms"):
+            rt.add_column(col, justify="left" if col != "first packet ms" else "right")
+        for r in report.resumed:
+            rt.add_row(r["vm"], r["to"], r["stream"], _fmt(r["resumed_ms"]) if r["resumed_ms"] is not None
+                       else "[red]never[/]")
+        console.print(rt)
     if report.paths:
         render_paths(report.paths, console)
 

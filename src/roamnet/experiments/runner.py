@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from roamnet import names
 from roamnet.dataplane import netns
 from roamnet.experiments.paths import PathObserver, Watched, summarize_paths
-from roamnet.experiments.report import Report, summarize
+from roamnet.experiments.report import Report, resumed_after, summarize
 from roamnet.experiments.traffic import recv_argv, send_argv
 from roamnet.intent.scenario import Scenario
 from roamnet.lab.engine import Lab
@@ -113,8 +113,16 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
         migrations = []
         for step in sorted(scn.steps, key=lambda s: s.at):
             time.sleep(max(0.0, t0 + step.at - time.monotonic()))
-            progress(f"t={step.at:g}s: migrate {step.migrate} -> {step.to} (pause {step.pause_ms} ms)")
-            rec = lab.migrate(step.migrate, step.to, step.pause_ms)
+            if step.stop is not None:
+                progress(f"t={step.at:g}s: stop {step.stop}")
+                lab.stop_vm(step.stop)  # its record comes with its start (a cold move's dark time)
+                continue
+            if step.start is not None:
+                progress(f"t={step.at:g}s: start {step.start} on {step.on}")
+                rec = lab.start_vm(step.start, step.on)
+            else:
+                progress(f"t={step.at:g}s: migrate {step.migrate} -> {step.to} (pause {step.pause_ms} ms)")
+                rec = lab.migrate(step.migrate, step.to, step.pause_ms)
             rec["at"] = round(rec["at_mono"] - t0, 3)
             migrations.append(rec)
         results: dict[tuple[str, str], dict] = {}
@@ -132,7 +140,7 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
         meta = {"lab": topo.name, "duration": scn.duration, "t0": t0,
                 "machine": f"{platform.node()} {platform.machine()} {platform.release()}"}
         counted = counter_delta(counted_before, lab.filter_counters())
-        return Report(streams, migrations, meta, paths, counted), t0
+        return Report(streams, migrations, meta, paths, counted, resumed_after(streams, migrations)), t0
     finally:
         if observer is not None:
             observer.stop()

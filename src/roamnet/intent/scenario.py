@@ -178,12 +178,45 @@ def _endpoints_to_interface(topology: Topology, src: str, dst: str, index: int) 
 
 
 class Step(Model):
-    """At time `at` (seconds from the start), migrate a VM to another server."""
+    """At time `at` (seconds from the start): live-migrate a VM to another server (`migrate`, `to`,
+    `pause_ms`), or stop one (`stop`), or start a stopped one on a server (`start`, `on`): a cold move."""
 
     at: float = Field(ge=0)
-    migrate: str
-    to: str
+    migrate: str | None = None
+    to: str | None = None
     pause_ms: StrictInt = Field(default=0, ge=0, le=60_000)
+    stop: str | None = Field(default=None, description="a VM to stop (its MAC and addresses stay reserved)")
+    start: str | None = Field(default=None, description="a stopped VM to start, on server `on`")
+    on: str | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Step:
+        given = [k for k in ("migrate", "stop", "start") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a step does exactly one of `migrate: VM` (with `to:`), `stop: VM`, `start: VM` "
+                             f"(with `on:`), got {', '.join(given) or 'none'}")
+        if self.migrate is not None and self.to is None:
+            raise ValueError("`migrate:` needs `to:` (the destination server)")
+        if self.start is not None and self.on is None:
+            raise ValueError("`start:` needs `on:` (the server the VM starts on)")
+        if self.to is not None and self.migrate is None:
+            raise ValueError("`to:` goes with `migrate:` (a stopped VM starts `on:` a server)")
+        if self.on is not None and self.start is None:
+            raise ValueError("`on:` goes with `start:`")
+        return self
+
+    @property
+    def vm(self) -> str:
+        return self.migrate or self.stop or self.start or ""
+
+    @property
+    def action(self) -> str:
+        return "migrate" if self.migrate is not None else "stop" if self.stop is not None else "start"
+
+    @property
+    def server(self) -> str | None:
+        """Where the step puts the VM (None: nowhere, it stops)."""
+        return self.to if self.migrate is not None else self.on
 
 
 class Scenario(Model):
@@ -233,25 +266,41 @@ def _check_scenario(s: Scenario) -> list[Problem]:
         except ValueError as e:
             problems.append((f"{path}.to", str(e)))
 
-    placement = {name: vm.server for name, vm in vms.items()}
+    placement: dict[str, str | None] = {name: vm.server for name, vm in vms.items()}  # None: stopped
     for i, step in sorted(enumerate(s.steps), key=lambda x: x[1].at):
         path = f"steps[{i}]"
         if step.at >= s.duration:
             reason = f"{step.at:g} is not before the end of the scenario (duration {s.duration:g})"
             problems.append((f"{path}.at", reason))
-        if step.migrate not in vms:
-            problems.append((f"{path}.migrate", f"unknown VM {step.migrate!r}"))
-        if step.to not in servers:
-            tor = s.topology.tors().get(step.to)
+        vm, key = step.vm, step.action
+        if vm not in vms:
+            problems.append((f"{path}.{key}", f"unknown VM {vm!r}"))
+            continue
+        where = "to" if key == "migrate" else "on"
+        if key == "stop":
+            if placement[vm] is None:
+                problems.append((f"{path}.stop", f"{vm} is already stopped at {step.at:g}s"))
+            placement[vm] = None
+            continue
+        if key == "migrate" and placement[vm] is None:
+            problems.append((f"{path}.migrate", f"{vm} is stopped at {step.at:g}s: start it (`start: {vm}`, `on:`)"))
+            continue
+        if key == "start" and placement[vm] is not None:
+            problems.append((f"{path}.start", f"{vm} runs on {placement[vm]} at {step.at:g}s: stop it first, "
+                             "or migrate it"))
+            continue
+        if step.server not in servers:
+            tor = s.topology.tors().get(step.server or "")
             if tor is None:
-                problems.append((f"{path}.to", f"unknown server {step.to!r}"))
+                problems.append((f"{path}.{where}", f"unknown server {step.server!r}"))
             else:
-                problems.append((f"{path}.to", f"{step.to} is the ToR switch of domain {tor.name}, and a ToR "
-                                 f"hosts no VMs (migrate to one of its servers: {', '.join(tor.servers)})"))
-        elif placement.get(step.migrate) == step.to:
-            problems.append((f"{path}.to", f"{step.migrate} is already on {step.to} at {step.at:g}s"))
-        if step.migrate in placement and step.to in servers:
-            placement[step.migrate] = step.to
+                verb = "migrate to" if key == "migrate" else "start it on"
+                problems.append((f"{path}.{where}", f"{step.server} is the ToR switch of domain {tor.name}, and a "
+                                 f"ToR hosts no VMs ({verb} one of its servers: {', '.join(tor.servers)})"))
+            continue
+        if key == "migrate" and placement[vm] == step.server:
+            problems.append((f"{path}.to", f"{vm} is already on {step.server} at {step.at:g}s"))
+        placement[vm] = step.server
     problems.sort(key=lambda p: _order(p[0]))
     return problems
 

@@ -154,6 +154,10 @@ def serve(lab_name: str) -> int:
             if phase in ("activate", "complete", "abort"):
                 return getattr(lab, phase)(vm)
             raise LabError(f"unknown migration phase {phase!r}")
+        if op == "stop":
+            return lab.stop_vm(args["vm"])
+        if op == "start":
+            return lab.start_vm(args["vm"], args["to"])
         if op == "unfreeze":
             return lab.unfreeze(args["vm"])
         if op == "restart-agent":

@@ -136,6 +136,14 @@ class Lab:
     def abort(self, vm: str) -> dict:
         return self.moves.abort(vm)
 
+    def stop_vm(self, vm: str) -> dict:
+        """Cold move, first half: stop `vm` (moves.Moves.stop)."""
+        return self.moves.stop(vm)
+
+    def start_vm(self, vm: str, to: str) -> dict:
+        """Cold move, second half: start the stopped `vm` on server `to` (moves.Moves.start)."""
+        return self.moves.start(vm, to)
+
     def unfreeze(self, vm: str) -> dict:
         """Thaw `vm`'s interfaces that duplicate detection froze (they stay where they are)."""
         if vm not in self.topo.vms:
@@ -187,7 +195,15 @@ class Lab:
                 self.border = self._border_arg or BorderBgp()
                 self.border.start(self)
             self._start_vms()
-            if not self.wait_converged(converge_timeout):
+            started = time.monotonic()
+            # every VM's server has told the mapping it sees the VM's port up (no binding detached), then
+            # every NVE has programmed that mapping
+            if self.mapping.wait_for(lambda s: not any(b.detached for b in s.bindings.values()),
+                                     converge_timeout) is None:
+                detached = sorted(b.iface_id for b in self.mapping.snapshot().bindings.values() if b.detached)
+                raise LabError(f"the VMs' servers did not see their ports up within {converge_timeout:.0f} s: "
+                               f"{', '.join(detached)}")
+            if not self.wait_converged(max(1.0, converge_timeout - (time.monotonic() - started))):
                 raise LabError(f"NVE agents did not converge within {converge_timeout:.0f} s: "
                                + self._convergence_problems())
         except BaseException:

@@ -139,6 +139,12 @@ class Hypervisor:
         self.create_port(vm, server)
         self.switch(vm, server, up=True)
 
+    def cold_boot(self, vm: str) -> None:
+        """What a cold boot leaves of the guest's network state: no neighbour (ARP) entries."""
+        g = self._nl(names.netns(self.lab, vm))
+        for n in g.get_neighbours(family=socket.AF_INET):
+            g.neigh("del", dst=n.get_attr("NDA_DST"), ifindex=n["ifindex"])
+
     def remove_port(self, vm: str, server: str) -> None:
         s = self._nl(self.plan.nodes[server].ns)
         for i in range(len(self.nics(vm))):

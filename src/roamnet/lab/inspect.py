@@ -61,6 +61,7 @@ def inspect(lab: Any) -> dict:
                 row["filters"] = {"ports": sorted(want.filters), "counters": counted.get(name, {})}
         if node.kind == "vm":
             row["server"] = lab.hv.location[name]
+            row["stopped"] = name in lab.moves.stopped
             row["dc"] = lab.plan.nodes[lab.hv.location[name]].dc
             row["interfaces"] = [{"cug": i.cug, "mac": i.mac, "ip": str(i.ip), "guest_vlan": i.vlan}
                                  for i in lab.topo.vms[name].interfaces]

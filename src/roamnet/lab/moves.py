@@ -75,6 +75,7 @@ class Moves:
     def __init__(self, lab: Lab):
         self.lab = lab
         self.pending: dict[str, dict] = {}  # vm -> its prepared move (from, to, timer, resumed)
+        self.stopped: dict[str, tuple[str, float]] = {}  # vm -> (server it stopped on, when): cold moves
         self.migrations: list[dict] = []
         self._lock = threading.Lock()
 
@@ -102,6 +103,8 @@ class Moves:
             raise LabError(f"no server {to!r} in lab {lab.name}")
         if vm in self.pending:
             raise LabError(f"{vm}: a move to {self.pending[vm]['to']} is already in progress")
+        if vm in self.stopped:
+            raise LabError(f"{vm} is stopped (on {self.stopped[vm][0]}): start it (roamnet start {lab.name} {vm} --on ...)")
         if lab.hv.location[vm] == to:
             raise LabError(f"{vm} is already on {to}")
         return lab.hv.location[vm]
@@ -142,6 +145,63 @@ class Moves:
                         "mapped_ms": round((activated - resumed) * 1000, 1) if activated else None,
                         "converged_ms": round((done - resumed) * 1000, 1) if converged else None,
                         "programmed_ms": round((done - activated) * 1000, 1) if converged and activated else None})
+            return self._record(rec, at, resumed)
+
+    # ---- cold moves (draft §3.2) ------------------------------------------------------------------
+    def stop(self, vm: str) -> dict:
+        """The VM stops: its ports go away; its bindings stay, stopped (MAC and addresses reserved)."""
+        with self._lock:
+            lab = self.lab
+            if lab.control_plane is not None:
+                raise LabError(f"{lab.control_plane.name} has no stopped VMs (cold moves are roamnet's)")
+            if vm not in lab.topo.vms:
+                raise LabError(f"no VM {vm!r} in lab {lab.name}")
+            if vm in self.stopped:
+                raise LabError(f"{vm} is already stopped (on {self.stopped[vm][0]})")
+            if vm in self.pending:
+                raise LabError(f"{vm}: a move to {self.pending[vm]['to']} is in progress")
+            server, at = lab.hv.location[vm], time.monotonic()
+            lab.hv.switch(vm, server, up=False)  # the VM stops
+            for iface in self.ifaces(vm):  # the orchestrator tells the mapping, then the tap goes
+                lab.mapping.stop(iface)
+            lab.hv.remove_port(vm, server)
+            self.stopped[vm] = (server, at)
+            converged = lab.wait_converged(10.0)
+            return {"vm": vm, "phase": "stopped", "on": server, "at_mono": at,
+                    "converged_ms": round((time.monotonic() - at) * 1000, 1) if converged else None}
+
+    def start(self, vm: str, to: str, wait: float = 10.0) -> dict:
+        """The stopped VM starts on server `to`, with an empty ARP cache (a cold boot): its bindings
+        move there (next sequence number), then its port comes up. The move record's dark time is the
+        whole time it was stopped."""
+        with self._lock:
+            lab = self.lab
+            if vm not in self.stopped:
+                raise LabError(f"{vm} is not stopped" if vm in lab.topo.vms else f"no VM {vm!r} in lab {lab.name}")
+            node = lab.plan.nodes.get(to)
+            if node is None or node.kind != "server":
+                raise LabError(f"no server {to!r} in lab {lab.name}" if node is None or node.kind != "tor"
+                               else f"{to} is the ToR switch of domain {node.domain}: it hosts no VMs")
+            src, at = self.stopped[vm]
+            lab.hv.create_port(vm, to)
+            try:
+                for iface in self.ifaces(vm):
+                    lab.mapping.start(iface, to)
+            except MoveRefused as exc:
+                lab.hv.remove_port(vm, to)
+                raise LabError(f"{vm}: start on {to} refused: {exc}") from None
+            del self.stopped[vm]
+            lab.hv.location[vm] = to
+            lab.hv.cold_boot(vm)
+            lab.hv.switch(vm, to, up=True)
+            resumed = time.monotonic()
+            ifaces = self.ifaces(vm)
+            attached = lab.mapping.wait_for(lambda s: all(not s.binding_of(i).detached for i in ifaces), wait)
+            converged = attached is not None and lab.wait_converged(max(0.1, wait - (time.monotonic() - resumed)))
+            done = time.monotonic()
+            rec = {"vm": vm, "from": src, "to": to, "mode": "cold", "pause_ms": round((resumed - at) * 1000),
+                   "activated_mono": resumed, "mapped_ms": 0.0,
+                   "converged_ms": round((done - resumed) * 1000, 1) if converged else None}
             return self._record(rec, at, resumed)
 
     # ---- make-before-break phases (roamnet's control plane) -------------------------------------

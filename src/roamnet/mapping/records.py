@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 ROOT = "/mapping/"  # every record; what agents watch and snapshots read
 NVES, PORTS, BINDINGS, MIGRATIONS = ROOT + "nves/", ROOT + "ports/", ROOT + "bindings/", ROOT + "migrations/"
@@ -124,6 +124,8 @@ class Binding:
     stable: str = ""  # the NVE it was on before its recent moves began (where duplicate detection freezes it)
     frozen: bool = False  # duplicate detection froze it here: reports of it elsewhere are refused
     frozen_until: float = 0.0  # wall-clock time a frozen binding thaws by itself (0: only by command)
+    stopped: bool = False  # a cold move's first half: the VM is stopped, its MAC and addresses reserved;
+    #                        nothing forwards to it and only a start moves it (draft §3.2)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -283,6 +285,13 @@ class Snapshot:
     def prepared(self) -> list[Migration]:
         """Moves prepared and not yet activated: the ones that change what NVEs program."""
         return [m for m in self.migrations.values() if m.state == PREPARED]
+
+    def running(self) -> Snapshot:
+        """This view without the stopped bindings (cold moves): what the NVEs forward to. Itself when
+        nothing is stopped."""
+        if not any(b.stopped for b in self.bindings.values()):
+            return self
+        return replace(self, bindings={k: b for k, b in self.bindings.items() if not b.stopped})
 
     def binding_of(self, iface_id: str) -> Binding | None:
         port = self.ports.get(iface_id)

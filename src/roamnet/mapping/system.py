@@ -85,7 +85,7 @@ class Refused(MoveRefused):
 PORT_UP = "port"  # its port is up there: a claim only while the binding's own NVE has no port up for it
 ANNOUNCED = "announcement"  # the VM's own RARP / gratuitous ARP on that port
 ORCHESTRATOR = "orchestrator"  # an explicit activation
-FROZEN, STICKY = "frozen", "sticky"
+FROZEN, STICKY, STOPPED = "frozen", "sticky", "stopped"
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,7 @@ class MappingSystem:
         changed). The mobility rules (docs/architecture.md, "Mobility safety"):
           * a port being up claims the interface only while its binding is detached (its own NVE has no
             port up for it): two ports up at once never move it;
+          * a stopped binding (a cold move) is reserved: only `start` moves it (Refused, reason stopped);
           * a sticky interface never moves by a report (Refused, reason sticky), only by a planned move;
           * a frozen binding does not move (Refused, reason frozen) until it thaws or is unfrozen;
           * the `max_moves`-th move within `window_s` (the CUG's) is a duplicate: the binding freezes
@@ -232,6 +233,10 @@ class MappingSystem:
             current = load(Binding, kv.value) if kv else None
             seen["current"], seen["refused"] = current, None
             if current is not None and current.nve == nve.name:
+                return KEEP
+            if current is not None and current.stopped:
+                seen["refused"] = Refused(f"{iface_id} is stopped (last on {current.nve}): only a start moves it; "
+                                          f"{nve.name}'s claim refused", STOPPED)
                 return KEEP
             if current is not None and port.sticky and not planned:
                 seen["refused"] = Refused(f"{iface_id} is sticky on {current.nve}: {nve.name} may not claim it", STICKY)
@@ -282,6 +287,52 @@ class MappingSystem:
         self._mark_activated(iface_id, nve.name)
         return new, True  # type: ignore[return-value]
 
+    def stop(self, iface_id: str) -> Binding:
+        """A cold move's first half: the VM is stopped and its port gone. The binding stays, stopped:
+        its MAC and addresses are reserved, no NVE forwards to it or answers ARP for it, flood lists
+        no longer count its NVE. Only `start` moves it on."""
+        return self._change_binding(iface_id, lambda b: replace(b, stopped=True, detached=True))
+
+    def start(self, iface_id: str, nve_name: str) -> Binding:
+        """A cold move's second half: the stopped VM starts on `nve_name` (the binding moves there with
+        the next sequence number, detached until that NVE sees its port up). Counts as a move."""
+        port, nve = self._port_and_nve(iface_id, nve_name)
+        seg = self._segment(port.vni)
+        now = self.clock()
+
+        def change(b: Binding) -> Binding:
+            if not b.stopped:
+                raise MoveRefused(f"{iface_id} is not stopped (it runs on {b.nve}): migrate it, or stop it first")
+            moves, _ = detect_duplicate(b.moves if not b.frozen else (), now, seg.max_moves, seg.window_s)
+            started = replace(move(b, port, nve), moves=moves, stable=nve.name, detached=True)
+            self._claim_vlan(nve.name, port.vni)
+            return started
+
+        before = self.snapshot().binding_of(iface_id)
+        started = self._change_binding(iface_id, change)
+        self._sync_vlans(before.nve if before else "", nve.name)
+        log.info("start %s on %s seq %d (cold move from %s)", iface_id, nve.name, started.seq,
+                 before.nve if before else "-")
+        return started
+
+    def _change_binding(self, iface_id: str, change: Callable[[Binding], Binding]) -> Binding:
+        """Read-modify-write of `iface_id`'s binding (`change` may raise MoveRefused); the result."""
+        kv_port = self.store.get(PORTS + iface_id)
+        if kv_port is None:
+            raise MoveRefused(f"unknown VM interface {iface_id!r}")
+        port = load(LogicalPort, kv_port.value)
+        seen: dict[str, Binding] = {}
+
+        def step(kv: KeyValue | None):
+            if kv is None:
+                raise MoveRefused(f"{iface_id} is bound nowhere")
+            b = load(Binding, kv.value)
+            seen["b"] = new = change(b)
+            return KEEP if new == b else dump(new)
+
+        self._update(binding_key(port.vni, port.mac), step)
+        return seen["b"]
+
     def set_detached(self, iface_id: str, nve_name: str, detached: bool) -> bool:
         """The binding's own NVE says whether it has a port up for `iface_id` (anyone else: no-op).
         Returns whether the record changed."""
@@ -292,7 +343,7 @@ class MappingSystem:
 
         def change(kv: KeyValue | None):
             b = load(Binding, kv.value) if kv else None
-            if b is None or b.nve != nve_name or b.detached == detached:
+            if b is None or b.nve != nve_name or b.detached == detached or b.stopped:
                 return KEEP
             return dump(replace(b, detached=detached))
 
@@ -300,20 +351,7 @@ class MappingSystem:
 
     def unfreeze(self, iface_id: str) -> Binding:
         """Thaw a frozen binding (it stays where it is; its move history starts afresh)."""
-        kv_port = self.store.get(PORTS + iface_id)
-        if kv_port is None:
-            raise MoveRefused(f"unknown VM interface {iface_id!r}")
-        port = load(LogicalPort, kv_port.value)
-        seen: dict[str, Binding] = {}
-
-        def change(kv: KeyValue | None):
-            if kv is None:
-                raise MoveRefused(f"{iface_id} is bound nowhere")
-            b = seen["b"] = replace(load(Binding, kv.value), frozen=False, frozen_until=0.0, moves=())
-            return dump(b)
-
-        self._update(binding_key(port.vni, port.mac), change)
-        return seen["b"]
+        return self._change_binding(iface_id, lambda b: replace(b, frozen=False, frozen_until=0.0, moves=()))
 
     def _nve(self, name: str) -> Nve | None:
         kv = self.store.get(NVES + name) if name else None

@@ -105,6 +105,7 @@ class NveDesired:
 
 
 def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
+    snap = snap.running()  # a stopped VM (cold move): no port, no entries, no ARP answer, no flood-list place
     me = snap.nves[nve]
     prepared = snap.prepared()
     alloc = snap.vlans.get(me.domain, {}) if me.role == TOR else {}

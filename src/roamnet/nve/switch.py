@@ -44,6 +44,7 @@ class SwitchDesired:
 def compute_switch(snap: Snapshot, server: str) -> SwitchDesired:
     """What `server`'s hypervisor switch holds: pure. An interface whose CUG has no VLAN in the domain
     yet (the allocation is written before the binding, so only for a moment) is left out."""
+    snap = snap.running()
     domain = snap.domain_of(server)
     alloc = snap.vlans.get(domain.name, {}) if domain is not None else {}
     here = {b.iface_id: b.vni for b in snap.bindings.values() if b.nve == server}
