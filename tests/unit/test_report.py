@@ -103,7 +103,7 @@ def make_report() -> Report:
 def test_json_shape() -> None:
     d = make_report().to_json()
     json.dumps(d)  # serializable
-    assert set(d) == {"streams", "migrations", "paths", "counters", "resumed", "meta"}
+    assert set(d) == {"streams", "migrations", "paths", "counters", "resumed", "frozen", "meta"}
     assert set(d["streams"][0]) == {"name", "proto", "from", "to", "rate", "sent", "received",
                                     "lost", "max_gap_ms", "survived", "expect", "met"}  # fmt: skip
     assert (d["streams"][0]["expect"], d["streams"][0]["met"]) == ("delivered", True)
@@ -192,8 +192,10 @@ def test_a_cold_move_says_when_each_of_its_vms_streams_came_back() -> None:
     got = resumed_after([to_vm, other, silent], [cold, live])
     assert got == [{"vm": "vm1", "to": "hv3", "stream": "in", "resumed_ms": 250.0},
                    {"vm": "vm1", "to": "hv3", "stream": "out", "resumed_ms": None}]
-    report = Report([to_vm, other, silent], [cold], {"t0": 9.0}, resumed=got)
+    frozen = [{"iface": "vm1/0", "mac": "02:00:00:01:00:11", "vni": 10100, "nve": "hv1", "moves": 5, "until": None}]
+    report = Report([to_vm, other, silent], [cold], {"t0": 9.0}, resumed=got, frozen=frozen)
     buf = io.StringIO()
     render_table(report, Console(file=buf, width=200))
     assert "when each stream came back" in buf.getvalue() and "never" in buf.getvalue()
+    assert "duplicate MAC 02:00:00:01:00:11 (vm1/0, VNI 10100): frozen on hv1 after 5 moves" in buf.getvalue()
     assert json.loads(json.dumps(report.to_json()))["resumed"] == got

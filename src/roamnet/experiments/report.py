@@ -154,6 +154,7 @@ class Report:
     #   run: {"total": {kind: packets}, "by_nve": {nve: {kind: packets}}} (filters.TOTALS)
     resumed: list[dict[str, Any]] = field(default_factory=list)  # per cold start and stream of its VM:
     #   how long after the start the stream's first packet arrived (`resumed_after`)
+    frozen: list[dict[str, Any]] = field(default_factory=list)  # bindings duplicate detection froze (at the end)
 
     def unmet(self) -> list[StreamResult]:
         """The streams that did not do what they were expected to (``met`` is False): a
@@ -168,6 +169,7 @@ class Report:
             "paths": [dict(p) for p in self.paths],
             "counters": dict(self.counters),
             "resumed": [dict(r) for r in self.resumed],
+            "frozen": [dict(f) for f in self.frozen],
             "meta": dict(self.meta),
         }
 
@@ -227,6 +229,9 @@ def render_table(report: Report, console: Any) -> None:
     console.print(st)
     if report.counters.get("total"):
         render_counters(report.counters, console)
+    for f in report.frozen:
+        console.print(f"[red]duplicate MAC[/] {f['mac']} ({f['iface']}, VNI {f['vni']}): frozen on {f['nve']} "
+                      f"after {f['moves']} moves; `roamnet lab unfreeze` thaws it")
 
     if not report.migrations:
         return

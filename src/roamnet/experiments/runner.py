@@ -140,7 +140,10 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
         meta = {"lab": topo.name, "duration": scn.duration, "t0": t0,
                 "machine": f"{platform.node()} {platform.machine()} {platform.release()}"}
         counted = counter_delta(counted_before, lab.filter_counters())
-        return Report(streams, migrations, meta, paths, counted, resumed_after(streams, migrations)), t0
+        frozen = [{"iface": b.iface_id, "mac": b.mac, "vni": b.vni, "nve": b.nve, "moves": len(b.moves),
+                   "until": b.frozen_until or None}
+                  for b in lab.mapping.snapshot().bindings.values() if b.frozen]
+        return Report(streams, migrations, meta, paths, counted, resumed_after(streams, migrations), frozen), t0
     finally:
         if observer is not None:
             observer.stop()
