@@ -158,7 +158,10 @@ def vm_addr(i: int) -> tuple[str, str]:
 def topology(name: str, dcs: dict[str, list[str]], vms: dict[str, str]) -> dict[str, Any]:
     """A lab with data centers `dcs` (dc -> servers) and `vms` (vm -> server), all in one CUG."""
     out: dict[str, Any] = {"name": name, "datacenters": {dc: {"servers": s} for dc, s in dcs.items()},
-                           "cugs": {CUG: {"vni": VNI, "subnet": SUBNET}}, "vms": {}}
+                           "cugs": {CUG: {"vni": VNI, "subnet": SUBNET}}, "vms": {},
+                           # one VM moves every ~1.2 s on purpose: duplicate detection (5 moves in 180 s
+                           # by default) would rightly freeze it, so the benchmark allows what it does
+                           "mobility": {"max_moves": 1000, "window_s": 60}}
     for i, (vm, server) in enumerate(vms.items()):
         mac, ip = vm_addr(i)
         out["vms"][vm] = {"server": server, "interfaces": [{"cug": CUG, "mac": mac, "ip": ip}]}
