@@ -28,7 +28,7 @@ OUT    := out
 # BGP-EVPN baseline control plane (src/roamnet/evpn.py), only ever started inside lab namespaces;
 # nftables: libnftables1 (pulled in by it) is what the agents program port filters with (src/roamnet/nft.py),
 # `nft` is for looking at them.
-DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump frr:vtysh nftables:nft
+DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump frr:vtysh nftables:nft etcd-server:etcd
 
 # Under CI the lab tests must run: the lab conftest fails instead of skipping when it cannot.
 ifneq ($(filter true 1 yes on,$(shell printf '%s' '$(CI)' | tr A-Z a-z)),)
@@ -68,6 +68,13 @@ install:
 	  say "installing Debian packages: $${missing[*]}"
 	  apt-get update
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$${missing[@]}"
+	  # Debian's etcd-server enables and starts a system-wide etcd on localhost:2379 with no
+	  # authentication; roamnet starts its own members on root-only unix sockets and needs none of it
+	  if [[ " $${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1 \
+	     && systemctl is-enabled etcd.service >/dev/null 2>&1; then
+	    say "disabling the system etcd.service that etcd-server just enabled (roamnet runs its own)"
+	    systemctl disable --now etcd.service || true
+	  fi
 	fi
 	# --- the virtualenv --------------------------------------------------------------------
 	if ! venv_ok; then

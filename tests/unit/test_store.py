@@ -1,3 +1,10 @@
+"""The store's contract (etcd's data model), against the embedded MemoryStore and a real etcd member
+(Debian's etcd-server, started privately on a unix socket in a 0700 directory). Revisions are relative:
+etcd starts at 1, MemoryStore at 0. Without etcd installed the etcd cases are skipped, unless CI=true
+or ROAMNET_REQUIRE_LAB=1, where they must run."""
+
+import os
+import shutil
 import threading
 import time
 
@@ -5,105 +12,186 @@ import pytest
 
 from roamnet.mapping.store import CasConflict, Compacted, MemoryStore
 
-
-def test_put_get_revisions():
-    s = MemoryStore()
-    r1 = s.put("/a", "1")
-    r2 = s.put("/b", "2")
-    assert (r1, r2) == (1, 2)
-    assert s.get("/a").value == "1" and s.get("/a").mod_revision == 1
-    items, rev = s.range("/")
-    assert [kv.key for kv in items] == ["/a", "/b"] and rev == 2
+REQUIRED = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("CI", "ROAMNET_REQUIRE_LAB"))
 
 
-def test_cas_create_update_conflict():
-    s = MemoryStore()
-    s.put("/k", "v1", expect_revision=0)  # create only if absent
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory):
+    from roamnet.lab.etcd import EtcdServer
+
+    if shutil.which("etcd") is None:
+        if REQUIRED:
+            pytest.fail("etcd is required here (CI=true or ROAMNET_REQUIRE_LAB=1) but not installed: make install")
+        pytest.skip("etcd not installed (make install)")
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"), name="rn-test-store")
+    server.start().close()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "etcd"])
+def store(request):
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    from roamnet.mapping.store.etcd import EtcdStore
+
+    server = request.getfixturevalue("etcd_server")
+    s = EtcdStore(server.url, max_txn_ops=4096)
+    ns = f"/t{time.monotonic_ns()}"  # each test its own keys on the shared member
+    yield Prefixed(s, ns)
+    s.close()
+
+
+class Prefixed:
+    """A store whose keys live under `ns` (one etcd member serves every test of the module)."""
+
+    def __init__(self, inner, ns: str):
+        self.inner, self.ns = inner, ns
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _k(self, key: str) -> str:
+        return self.ns + key
+
+    def _kv(self, kv):
+        from roamnet.mapping.store.base import KeyValue
+        return None if kv is None else KeyValue(kv.key[len(self.ns):], kv.value, kv.mod_revision)
+
+    def get(self, key):
+        return self._kv(self.inner.get(self._k(key)))
+
+    def range(self, prefix):
+        kvs, rev = self.inner.range(self._k(prefix))
+        return [self._kv(kv) for kv in kvs], rev
+
+    def txn(self, writes, expect=None):
+        return self.inner.txn({self._k(k): v for k, v in writes.items()},
+                              None if expect is None else {self._k(k): r for k, r in expect.items()})
+
+    def put(self, key, value, expect_revision=None):
+        return self.txn({key: value}, None if expect_revision is None else {key: expect_revision})
+
+    def delete(self, key, expect_revision=None):
+        return self.txn({key: None}, None if expect_revision is None else {key: expect_revision})
+
+    def watch(self, prefix, from_revision, timeout):
+        from roamnet.mapping.store.base import Event
+        events, nxt = self.inner.watch(self._k(prefix), from_revision, timeout)
+        return [Event(e.revision, e.key[len(self.ns):], e.value) for e in events], nxt
+
+    def update(self, key, change, also=None):
+        from roamnet.mapping.store.base import Store
+        return Store.update(self, key, change, also)
+
+    def iter_watch(self, prefix, from_revision, stop):
+        from roamnet.mapping.store.base import Store
+        return Store.iter_watch(self, prefix, from_revision, stop)
+
+    @property
+    def revision(self):
+        return self.inner.revision
+
+
+def test_put_get_revisions(store):
+    base = store.revision
+    r1 = store.put("/a", "1")
+    r2 = store.put("/b", "2")
+    assert (r1, r2) == (base + 1, base + 2)
+    assert store.get("/a").value == "1" and store.get("/a").mod_revision == r1
+    items, rev = store.range("/")
+    assert [kv.key for kv in items] == ["/a", "/b"] and rev == r2
+
+
+def test_cas_create_update_conflict(store):
+    store.put("/k", "v1", expect_revision=0)  # create only if absent
     with pytest.raises(CasConflict):
-        s.put("/k", "again", expect_revision=0)
-    rev = s.get("/k").mod_revision
-    s.put("/k", "v2", expect_revision=rev)
+        store.put("/k", "again", expect_revision=0)
+    rev = store.get("/k").mod_revision
+    store.put("/k", "v2", expect_revision=rev)
     with pytest.raises(CasConflict) as e:
-        s.put("/k", "v3", expect_revision=rev)  # stale revision
-    assert e.value.actual == s.get("/k").mod_revision
-    assert s.get("/k").value == "v2"
+        store.put("/k", "v3", expect_revision=rev)  # stale revision
+    assert e.value.actual == store.get("/k").mod_revision
+    assert store.get("/k").value == "v2"
 
 
-def test_delete_with_cas_and_event():
-    s = MemoryStore()
-    r = s.put("/k", "v")
+def test_delete_with_cas_and_event(store):
+    r = store.put("/k", "v")
     with pytest.raises(CasConflict):
-        s.delete("/k", expect_revision=r + 5)
-    s.delete("/k", expect_revision=r)
-    assert s.get("/k") is None
-    events, nxt = s.watch("/", 1, timeout=0)
+        store.delete("/k", expect_revision=r + 5)
+    store.delete("/k", expect_revision=r)
+    assert store.get("/k") is None
+    events, nxt = store.watch("/", r, timeout=0)
+    assert [(e.key, e.value) for e in events[:1]] == [("/k", "v")]
+    if len(events) == 1:  # etcd sends one revision per response: the delete comes next
+        more, nxt = store.watch("/", nxt, timeout=0)
+        events += more
     assert [(e.key, e.value) for e in events] == [("/k", "v"), ("/k", None)]
-    assert nxt == s.revision + 1
+    assert nxt == store.revision + 1
 
 
-def test_watch_from_revision_filters_prefix():
-    s = MemoryStore()
-    s.put("/x/1", "a")
-    s.put("/y/1", "b")
-    s.put("/x/2", "c")
-    events, nxt = s.watch("/x/", 2, timeout=0)
+def test_watch_from_revision_filters_prefix(store):
+    store.put("/x/1", "a")
+    r = store.put("/y/1", "b")
+    r3 = store.put("/x/2", "c")
+    events, nxt = store.watch("/x/", r, timeout=0)
     assert [e.key for e in events] == ["/x/2"]
-    assert nxt == 4
+    assert nxt == r3 + 1
 
 
-def test_watch_blocks_until_a_write():
-    s = MemoryStore()
-    threading.Timer(0.05, lambda: s.put("/late", "v")).start()
+def test_watch_blocks_until_a_write(store):
+    threading.Timer(0.05, lambda: store.put("/late", "v")).start()
     t = time.monotonic()
-    events, _ = s.watch("/", 1, timeout=2)
+    events, _ = store.watch("/", store.revision + 1, timeout=2)
     assert events and events[0].key == "/late"
     assert time.monotonic() - t < 1.5
 
 
-def test_watch_compacted_history():
-    s = MemoryStore(history=2)
-    for i in range(5):
-        s.put(f"/k{i}", "v")
+def test_watch_compacted_history(store):
+    first = store.put("/k0", "v")
+    for i in range(1, 5):
+        last = store.put(f"/k{i}", "v")
+    store.compact(last)
     with pytest.raises(Compacted):
-        s.watch("/", 1, timeout=0)
+        store.watch("/", first, timeout=0)
 
 
-def test_iter_watch_stops():
-    s = MemoryStore()
+def test_iter_watch_stops(store):
     stop = threading.Event()
     got = []
+    start = store.revision + 1
 
     def consume():
-        for batch in s.iter_watch("/", 1, stop):
+        for batch in store.iter_watch("/", start, stop):
             got.extend(batch)
             if len(got) >= 2:
                 stop.set()
 
     t = threading.Thread(target=consume)
     t.start()
-    s.put("/a", "1")
-    s.put("/b", "2")
-    t.join(timeout=3)
+    store.put("/a", "1")
+    store.put("/b", "2")
+    t.join(timeout=5)
     assert not t.is_alive() and [e.key for e in got][:2] == ["/a", "/b"]
 
 
-def test_a_transaction_is_one_revision_and_all_or_nothing():
-    s = MemoryStore()
-    s.put("/a", "1")
-    rev = s.txn({"/a": "2", "/b": "x", "/gone": None}, expect={"/a": 1})
-    assert rev == 2 and s.get("/a").mod_revision == s.get("/b").mod_revision == 2
-    events, _ = s.watch("/", 2, timeout=0)
-    assert [(e.revision, e.key) for e in events] == [(2, "/a"), (2, "/b")]  # deleting nothing is no event
+def test_a_transaction_is_one_revision_and_all_or_nothing(store):
+    r1 = store.put("/a", "1")
+    rev = store.txn({"/a": "2", "/b": "x", "/gone": None}, expect={"/a": r1})
+    assert rev == r1 + 1 and store.get("/a").mod_revision == store.get("/b").mod_revision == rev
+    events, _ = store.watch("/", rev, timeout=0)
+    assert [(e.revision, e.key) for e in events] == [(rev, "/a"), (rev, "/b")]  # deleting nothing is no event
     with pytest.raises(CasConflict):
-        s.txn({"/a": "3", "/c": "y"}, expect={"/a": 2, "/b": 0})  # /b exists: nothing is written
-    assert s.get("/a").value == "2" and s.get("/c") is None and s.revision == 2
-    assert s.txn({"/nothing": None}) == 2, "a transaction that changes nothing keeps the revision"
+        store.txn({"/a": "3", "/c": "y"}, expect={"/a": rev, "/b": 0})  # /b exists: nothing is written
+    assert store.get("/a").value == "2" and store.get("/c") is None and store.revision == rev
+    assert store.txn({"/nothing": None}) == rev, "a transaction that changes nothing keeps the revision"
 
 
-def test_update_is_compare_and_swap_with_retry():
+def test_update_is_compare_and_swap_with_retry(store):
     from roamnet.mapping.store.base import CAS_RETRIES, KEEP, Conflicted
 
-    s = MemoryStore()
+    s = store
     s.put("/n", "0")
     seen = []
 
@@ -133,8 +221,8 @@ def test_update_is_compare_and_swap_with_retry():
     assert len(calls) == CAS_RETRIES and s.get("/x").value == str(CAS_RETRIES)
 
 
-def test_a_watch_waits_for_its_own_prefix_only():
-    s = MemoryStore()
+def test_a_watch_waits_for_its_own_prefix_only(store):
+    s = store
     s.put("/status/hv1", "x")
     got = {}
 

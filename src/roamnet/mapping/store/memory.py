@@ -65,6 +65,12 @@ class MemoryStore(Store):
                     woken.set()
             return self._rev
 
+    def compact(self, revision: int) -> None:
+        """Forget the history before `revision` (as etcd's compaction): a watch from before it raises
+        Compacted."""
+        with self._cond:
+            self._events = [e for e in self._events if e.revision >= revision]
+
     def watch(self, prefix: str, from_revision: int, timeout: float) -> tuple[list[Event], int]:
         with self._cond:
             events, nxt = self._since(prefix, from_revision)
