@@ -141,9 +141,12 @@ def test_watch_from_revision_filters_prefix(store):
 
 
 def test_watch_blocks_until_a_write(store):
-    threading.Timer(0.05, lambda: store.put("/late", "v")).start()
+    start = store.revision + 1
+    writer = threading.Timer(0.05, lambda: store.put("/late", "v"))
+    writer.start()
     t = time.monotonic()
-    events, _ = store.watch("/", store.revision + 1, timeout=2)
+    events, _ = store.watch("/", start, timeout=2)
+    writer.join(timeout=5)  # its request is over before the store closes
     assert events and events[0].key == "/late"
     assert time.monotonic() - t < 1.5
 

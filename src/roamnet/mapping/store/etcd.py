@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import threading
 import time
 from collections.abc import Mapping
 from urllib.parse import urlparse
@@ -29,6 +31,8 @@ from urllib.parse import urlparse
 import httpx
 
 from roamnet.mapping.store.base import CasConflict, Compacted, Event, KeyValue, Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 MIN_WATCH_S = 0.3  # a watch that must not wait still reads what the history has (etcd syncs a watcher
@@ -58,6 +62,74 @@ def range_end(prefix: str) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
+class _Watcher:
+    """One long-lived watch stream on a prefix, from `start` on, in a thread of its own: it keeps the
+    events it saw (bounded) for `since`; a broken stream reconnects from the last revision seen + 1; a
+    compacted start is remembered and raised to the next caller (who re-reads everything)."""
+
+    KEEP = 100_000  # events kept for callers that lag
+
+    def __init__(self, store: EtcdStore, prefix: str, start: int):
+        self.store, self.prefix, self.start = store, prefix, max(1, start)
+        self.events: list[Event] = []
+        self.next = self.start  # the revision the stream is at: every event before it is in `events`
+        self.broken = False
+        self.error: Exception | None = None
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name=f"etcd-watch:{prefix}", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.store.closed:
+            try:
+                with self.store._open(self.prefix, self.next, None) as stream:
+                    if stream.status_code != 200:
+                        raise StoreError(f"etcd at {self.store.url}: watch refused ({stream.status_code})")
+                    for line in stream.iter_lines():
+                        res = json.loads(line).get("result") or {}
+                        events = EtcdStore._events(res, self.prefix, self.next)
+                        with self._cond:
+                            if events:
+                                self.events.extend(events)
+                                del self.events[:-self.KEEP]
+                                self.next = events[-1].revision + 1
+                            self._cond.notify_all()
+                        if self.store.closed:
+                            return
+            except Compacted as exc:
+                with self._cond:
+                    self.error, self.broken = exc, True
+                    self._cond.notify_all()
+                return
+            except Exception as exc:  # a broken stream (or the store closing): reconnect from self.next
+                if self.store.closed:
+                    return
+                log.info("etcd watch on %s broke (%s); reconnecting from revision %d", self.prefix, exc, self.next)
+                time.sleep(0.2)
+
+    def since(self, from_revision: int, timeout: float) -> tuple[list[Event], int]:
+        """Events with revision >= from_revision, waiting up to `timeout` for one. A short wait still
+        lets the stream catch up with what the store already holds (it lags by the stream's latency,
+        and a stream that starts in the past by etcd's 100 ms sync)."""
+        behind = timeout < MIN_WATCH_S and self.next <= self.store.revision
+        deadline = time.monotonic() + (MIN_WATCH_S if behind else timeout)
+        with self._cond:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.events and from_revision < self.events[0].revision and from_revision < self.start:
+                    raise Compacted(f"{self.prefix}: revision {from_revision} is before this watch's history")
+                got = [e for e in self.events if e.revision >= from_revision] if self.events and \
+                    self.events[-1].revision >= from_revision else []
+                if got:
+                    return got, got[-1].revision + 1
+                if behind and self.next > self.store.revision:  # caught up: nothing more is coming now
+                    return [], from_revision
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return [], from_revision
+                self._cond.wait(left)
+
+
 class EtcdStore(Store):
     """`url`: unix:///socket, http(s)://host:port. `cacert`, `cert`, `key`: TLS (https only)."""
 
@@ -65,6 +137,9 @@ class EtcdStore(Store):
                  max_txn_ops: int = DEFAULT_MAX_TXN_OPS, timeout: float = 5.0):
         u = urlparse(url)
         self.url, self.max_txn_ops, self.timeout = url, max_txn_ops, timeout
+        self.closed = False
+        self._lock = threading.Lock()
+        self._watchers: dict[str, _Watcher] = {}  # prefix -> its long-lived stream
         if u.scheme == "unix":
             transport = httpx.HTTPTransport(uds=u.path)
             self._http = httpx.Client(transport=transport, base_url="http://etcd", timeout=timeout)
@@ -77,6 +152,7 @@ class EtcdStore(Store):
             raise ValueError(f"{url}: a store URL is unix:///path/to/socket or https://host:port")
 
     def close(self) -> None:
+        self.closed = True
         self._http.close()
 
     # ---- requests ------------------------------------------------------------------------------
@@ -126,22 +202,40 @@ class EtcdStore(Store):
         return int(data["header"]["revision"])
 
     def watch(self, prefix: str, from_revision: int, timeout: float) -> tuple[list[Event], int]:
+        """Served by one long-lived stream per prefix (`_Watcher`): a watch that etcd must create in the
+        past only catches up at its next 100 ms sync, so re-creating streams per call would add up to
+        100 ms to every change. A request from before what the stream has seen opens a one-off stream."""
+        with self._lock:
+            w = self._watchers.get(prefix)
+            if w is None or w.broken:
+                w = self._watchers[prefix] = _Watcher(self, prefix, from_revision)
+        if from_revision >= w.start:
+            return w.since(from_revision, timeout)
+        return self._watch_once(prefix, from_revision, timeout)
+
+    def _open(self, prefix: str, from_revision: int, read_timeout: float | None):
         body = {"create_request": {"key": _b64(prefix), "range_end": range_end(prefix),
-                                   "start_revision": str(max(1, from_revision))}}
+                                   "start_revision": str(max(1, from_revision)), "progress_notify": True}}
+        return self._http.stream("POST", "/v3/watch", json=body,
+                                 timeout=httpx.Timeout(self.timeout, read=read_timeout))
+
+    @staticmethod
+    def _events(res: dict, prefix: str, from_revision: int) -> list[Event]:
+        if res.get("compact_revision") and int(res["compact_revision"]) > 0:
+            raise Compacted(f"{prefix}: history before revision {res['compact_revision']} is compacted "
+                            f"(asked from {from_revision})")
+        return [Event(int(e["kv"]["mod_revision"]), _text(e["kv"]["key"]),
+                      None if e.get("type") == "DELETE" else _text(e["kv"].get("value")))
+                for e in res.get("events") or []]
+
+    def _watch_once(self, prefix: str, from_revision: int, timeout: float) -> tuple[list[Event], int]:
         deadline = time.monotonic() + max(timeout, MIN_WATCH_S)
         try:
-            with self._http.stream("POST", "/v3/watch", json=body,
-                                   timeout=httpx.Timeout(self.timeout, read=max(timeout, MIN_WATCH_S))) as stream:
+            with self._open(prefix, from_revision, max(timeout, MIN_WATCH_S)) as stream:
                 if stream.status_code != 200:
                     raise StoreError(f"etcd at {self.url}: watch refused ({stream.status_code})")
                 for line in stream.iter_lines():
-                    res = json.loads(line).get("result") or {}
-                    if res.get("compact_revision") and int(res["compact_revision"]) > 0:
-                        raise Compacted(f"{prefix}: history before revision {res['compact_revision']} is compacted "
-                                        f"(asked from {from_revision})")
-                    events = [Event(int(e["kv"]["mod_revision"]), _text(e["kv"]["key"]),
-                                    None if e.get("type") == "DELETE" else _text(e["kv"].get("value")))
-                              for e in res.get("events") or []]
+                    events = self._events(json.loads(line).get("result") or {}, prefix, from_revision)
                     if events:
                         return events, events[-1].revision + 1
                     if time.monotonic() >= deadline:
