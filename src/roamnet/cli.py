@@ -35,6 +35,15 @@ def _fail(exc: Exception) -> None:
     raise click.ClickException(str(exc))
 
 
+def _ask(lab_name: str, op: str, **args) -> object:
+    """One request to a running lab's daemon (root only); its error becomes the command's."""
+    _need_root()
+    try:
+        return call(lab_name, op, **args)
+    except DaemonError as exc:
+        _fail(exc)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="roamnet")
 def main() -> None:
@@ -183,11 +192,7 @@ def _inspect_table(data: dict) -> None:
 @FORMAT
 def lab_inspect(name: str, fmt: str) -> None:
     """Show a running lab's nodes, NVE agents and mapping."""
-    _need_root()
-    try:
-        data = call(name, "inspect")
-    except DaemonError as exc:
-        _fail(exc)
+    data = _ask(name, "inspect")
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     else:
@@ -243,11 +248,7 @@ def lab_down(name: str, fmt: str) -> None:
 @FORMAT
 def lab_restart_agent(name: str, server: str, fmt: str) -> None:
     """Restart the NVE agent of SERVER; prints the changes the new agent had to make (normally none)."""
-    _need_root()
-    try:
-        res = call(name, "restart-agent", server=server)
-    except DaemonError as exc:
-        _fail(exc)
+    res = _ask(name, "restart-agent", server=server)
     click.echo(json.dumps(res) if fmt == "json" else
                f"agent on {server} restarted; changes on restart: {res['changes_on_restart'] or 'none'}")
 
@@ -258,11 +259,7 @@ def lab_restart_agent(name: str, server: str, fmt: str) -> None:
 @FORMAT
 def lab_unfreeze(name: str, vm: str, fmt: str) -> None:
     """Thaw VM's MACs that duplicate detection froze: they stay where they are, and may move again."""
-    _need_root()
-    try:
-        res = call(name, "unfreeze", vm=vm)
-    except DaemonError as exc:
-        _fail(exc)
+    res = _ask(name, "unfreeze", vm=vm)
     click.echo(json.dumps(res) if fmt == "json" else
                f"{vm}: unfroze {', '.join(res['unfrozen'])}" if res["unfrozen"] else f"{vm}: nothing was frozen")
 
@@ -299,10 +296,7 @@ def migrate(lab_name: str, vm: str, to: str | None, pause_ms: int, no_prepare: b
         raise click.UsageError("--no-prepare has no phases")
     args = {"vm": vm, "to": to, "pause_ms": pause_ms, "prepare": not no_prepare, "phase": phase,
             "timeout": timeout_s}
-    try:
-        rec = call(lab_name, "migrate", **args)
-    except DaemonError as exc:
-        _fail(exc)
+    rec = _ask(lab_name, "migrate", **args)
     if fmt == "json":
         click.echo(json.dumps(rec))
     elif phase != "all":
@@ -320,11 +314,7 @@ def migrate(lab_name: str, vm: str, to: str | None, pause_ms: int, no_prepare: b
 def vm_stop(lab_name: str, vm: str, fmt: str) -> None:
     """Stop VM (a cold move's first half): its ports go away; its MAC and addresses stay reserved in
     the mapping, and nothing forwards to it until `roamnet start`."""
-    _need_root()
-    try:
-        rec = call(lab_name, "stop", vm=vm)
-    except DaemonError as exc:
-        _fail(exc)
+    rec = _ask(lab_name, "stop", vm=vm)
     click.echo(json.dumps(rec) if fmt == "json" else f"{vm}: stopped on {rec['on']}")
 
 
@@ -335,11 +325,7 @@ def vm_stop(lab_name: str, vm: str, fmt: str) -> None:
 @FORMAT
 def vm_start(lab_name: str, vm: str, on: str, fmt: str) -> None:
     """Start a stopped VM on a server (a cold move's second half), with its MAC and addresses."""
-    _need_root()
-    try:
-        rec = call(lab_name, "start", vm=vm, to=on)
-    except DaemonError as exc:
-        _fail(exc)
+    rec = _ask(lab_name, "start", vm=vm, to=on)
     if fmt == "json":
         click.echo(json.dumps(rec))
     else:
