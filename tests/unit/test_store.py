@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from roamnet.mapping.store import CasConflict, Compacted, MemoryStore
+from roamnet.mapping.store import CasConflict, Compacted, Event, KeyValue, MemoryStore, Store
 
 REQUIRED = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("CI", "ROAMNET_REQUIRE_LAB"))
 
@@ -43,51 +43,33 @@ def store(request):
     s.close()
 
 
-class Prefixed:
-    """A store whose keys live under `ns` (one etcd member serves every test of the module)."""
+class Prefixed(Store):
+    """A store whose keys live under `ns` (one etcd member serves every test of the module); put,
+    delete, update and iter_watch are the Store's own, over these."""
 
-    def __init__(self, inner, ns: str):
+    def __init__(self, inner: Store, ns: str):
         self.inner, self.ns = inner, ns
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # compact, close
         return getattr(self.inner, name)
 
-    def _k(self, key: str) -> str:
-        return self.ns + key
-
-    def _kv(self, kv):
-        from roamnet.mapping.store.base import KeyValue
+    def _kv(self, kv: KeyValue | None) -> KeyValue | None:
         return None if kv is None else KeyValue(kv.key[len(self.ns):], kv.value, kv.mod_revision)
 
     def get(self, key):
-        return self._kv(self.inner.get(self._k(key)))
+        return self._kv(self.inner.get(self.ns + key))
 
     def range(self, prefix):
-        kvs, rev = self.inner.range(self._k(prefix))
+        kvs, rev = self.inner.range(self.ns + prefix)
         return [self._kv(kv) for kv in kvs], rev
 
     def txn(self, writes, expect=None):
-        return self.inner.txn({self._k(k): v for k, v in writes.items()},
-                              None if expect is None else {self._k(k): r for k, r in expect.items()})
-
-    def put(self, key, value, expect_revision=None):
-        return self.txn({key: value}, None if expect_revision is None else {key: expect_revision})
-
-    def delete(self, key, expect_revision=None):
-        return self.txn({key: None}, None if expect_revision is None else {key: expect_revision})
+        return self.inner.txn({self.ns + k: v for k, v in writes.items()},
+                              None if expect is None else {self.ns + k: r for k, r in expect.items()})
 
     def watch(self, prefix, from_revision, timeout):
-        from roamnet.mapping.store.base import Event
-        events, nxt = self.inner.watch(self._k(prefix), from_revision, timeout)
+        events, nxt = self.inner.watch(self.ns + prefix, from_revision, timeout)
         return [Event(e.revision, e.key[len(self.ns):], e.value) for e in events], nxt
-
-    def update(self, key, change, also=None):
-        from roamnet.mapping.store.base import Store
-        return Store.update(self, key, change, also)
-
-    def iter_watch(self, prefix, from_revision, stop):
-        from roamnet.mapping.store.base import Store
-        return Store.iter_watch(self, prefix, from_revision, stop)
 
     @property
     def revision(self):

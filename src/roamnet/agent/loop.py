@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from roamnet.mapping.client import PORT_UP, MappingClient, MoveRefused, Refused
+from roamnet.mapping.client import ANNOUNCED, PORT_UP, MappingClient, MoveRefused, Refused
 from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
 from roamnet.nve.desired import compute_desired, is_trunk
 from roamnet.nve.plan import (
@@ -147,9 +147,9 @@ class Agent:
             self.stats.error(str(exc))
             return False
 
-    def _report(self, iface: str, by: str | None = None) -> bool:
+    def _report(self, iface: str, by: str = ANNOUNCED) -> bool:
         try:
-            _, changed = self.client.report_move(iface, self.nve.name, *((by,) if by else ()))
+            _, changed = self.client.report_move(iface, self.nve.name, by)
         except Refused:
             self.stats.claims_refused += 1
             return False

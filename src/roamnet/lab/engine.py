@@ -149,8 +149,7 @@ class Lab:
         if vm not in self.topo.vms:
             raise LabError(f"no VM {vm!r} in lab {self.name}")
         snap = self.mapping.snapshot()
-        ifaces = [names.iface_id(vm, i) for i in range(len(self.topo.vms[vm].interfaces))]
-        frozen = [i for i in ifaces if (b := snap.binding_of(i)) is not None and b.frozen]
+        frozen = [i for i in self.moves.ifaces(vm) if (b := snap.binding_of(i)) is not None and b.frozen]
         for iface in frozen:
             self.mapping.unfreeze(iface)
         return {"vm": vm, "unfrozen": frozen}

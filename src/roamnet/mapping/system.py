@@ -291,7 +291,7 @@ class MappingSystem:
         """A cold move's first half: the VM is stopped and its port gone. The binding stays, stopped:
         its MAC and addresses are reserved, no NVE forwards to it or answers ARP for it, flood lists
         no longer count its NVE. Only `start` moves it on."""
-        return self._change_binding(iface_id, lambda b: replace(b, stopped=True, detached=True))
+        return self._change_binding(iface_id, lambda b: replace(b, stopped=True, detached=True))[1]
 
     def start(self, iface_id: str, nve_name: str) -> Binding:
         """A cold move's second half: the stopped VM starts on `nve_name` (the binding moves there with
@@ -308,15 +308,13 @@ class MappingSystem:
             self._claim_vlan(nve.name, port.vni)
             return started
 
-        before = self.snapshot().binding_of(iface_id)
-        started = self._change_binding(iface_id, change)
-        self._sync_vlans(before.nve if before else "", nve.name)
-        log.info("start %s on %s seq %d (cold move from %s)", iface_id, nve.name, started.seq,
-                 before.nve if before else "-")
+        before, started = self._change_binding(iface_id, change)
+        self._sync_vlans(before.nve, nve.name)
+        log.info("start %s on %s seq %d (cold move from %s)", iface_id, nve.name, started.seq, before.nve)
         return started
 
-    def _change_binding(self, iface_id: str, change: Callable[[Binding], Binding]) -> Binding:
-        """Read-modify-write of `iface_id`'s binding (`change` may raise MoveRefused); the result."""
+    def _change_binding(self, iface_id: str, change: Callable[[Binding], Binding]) -> tuple[Binding, Binding]:
+        """Read-modify-write of `iface_id`'s binding (`change` may raise MoveRefused): (as read, as left)."""
         kv_port = self.store.get(PORTS + iface_id)
         if kv_port is None:
             raise MoveRefused(f"unknown VM interface {iface_id!r}")
@@ -326,32 +324,23 @@ class MappingSystem:
         def step(kv: KeyValue | None):
             if kv is None:
                 raise MoveRefused(f"{iface_id} is bound nowhere")
-            b = load(Binding, kv.value)
-            seen["b"] = new = change(b)
+            seen["old"] = b = load(Binding, kv.value)
+            seen["new"] = new = change(b)
             return KEEP if new == b else dump(new)
 
         self._update(binding_key(port.vni, port.mac), step)
-        return seen["b"]
+        return seen["old"], seen["new"]
 
     def set_detached(self, iface_id: str, nve_name: str, detached: bool) -> bool:
         """The binding's own NVE says whether it has a port up for `iface_id` (anyone else: no-op).
         Returns whether the record changed."""
-        kv_port = self.store.get(PORTS + iface_id)
-        if kv_port is None:
-            return False
-        port = load(LogicalPort, kv_port.value)
-
-        def change(kv: KeyValue | None):
-            b = load(Binding, kv.value) if kv else None
-            if b is None or b.nve != nve_name or b.detached == detached or b.stopped:
-                return KEEP
-            return dump(replace(b, detached=detached))
-
-        return self._update(binding_key(port.vni, port.mac), change)[1] is not None
+        old, new = self._change_binding(iface_id, lambda b: b if b.nve != nve_name or b.stopped
+                                        else replace(b, detached=detached))
+        return old != new
 
     def unfreeze(self, iface_id: str) -> Binding:
         """Thaw a frozen binding (it stays where it is; its move history starts afresh)."""
-        return self._change_binding(iface_id, lambda b: replace(b, frozen=False, frozen_until=0.0, moves=()))
+        return self._change_binding(iface_id, lambda b: replace(b, frozen=False, frozen_until=0.0, moves=()))[1]
 
     def _nve(self, name: str) -> Nve | None:
         kv = self.store.get(NVES + name) if name else None
@@ -375,8 +364,8 @@ class MappingSystem:
 
     # ---- VLANs of non-trivial domains ------------------------------------------------------------
     def _domain(self, node: str) -> Domain | None:
-        kv = self.store.get(NVES + node) if node else None
-        name = load(Nve, kv.value).domain if kv else ""
+        nve = self._nve(node)
+        name = nve.domain if nve is not None else ""
         kv = self.store.get(DOMAINS + name) if name else None
         return load(Domain, kv.value) if kv else None
 

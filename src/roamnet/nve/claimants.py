@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from roamnet import names
 from roamnet.mapping.records import ANNOUNCE_PPS, Snapshot
+from roamnet.nve.filters import _field, _match, _over  # the same nftables JSON building blocks
 
 FAMILY, TABLE = "netdev", "roamnet"
 CLAIM_BLOCKED = "claim-blocked"
@@ -32,11 +33,10 @@ PRIORITY = -200
 
 @dataclass(frozen=True)
 class Claimant:
-    """A claimant port: its device, and the VM interface's MAC, addresses and announcement budget."""
+    """A claimant port: its device, and the VM interface's MAC and announcement budget."""
 
     device: str
     mac: str
-    ips: tuple[str, ...]
     announce_pps: int
 
 
@@ -47,19 +47,8 @@ class Claimants:
     chains: dict[str, str] = field(default_factory=dict)
     base_ok: bool = True
 
-    def __hash__(self) -> int:
-        return hash((tuple(sorted(self.chains.items())), self.base_ok))
-
 
 MISSING = Claimants({}, base_ok=False)
-
-
-def _match(left, right, op: str = "==") -> dict:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _field(proto: str, name: str) -> dict:
-    return {"payload": {"protocol": proto, "field": name}}
 
 
 def rules(c: Claimant) -> list[dict]:
@@ -68,7 +57,7 @@ def rules(c: Claimant) -> list[dict]:
     frame, so a clone and its original both talking flap the binding into duplicate detection);
     everything is dropped and counted."""
     mine = _match(_field("ether", "saddr"), c.mac)
-    over = {"limit": {"rate": c.announce_pps, "per": "second", "burst": 2 * c.announce_pps, "inv": True}}
+    over = _over(c.announce_pps)
     count = [{"counter": None}, {"counter": CLAIM_BLOCKED}, {"drop": None}]
     log = {"log": {"prefix": CLAIM_PREFIX, "group": names.ANNOUNCE_LOG_GROUP}}
     return [{"expr": [mine, over] + count, "comment": CLAIM_BLOCKED},
@@ -94,8 +83,7 @@ def claimant_ports(snap: Snapshot, local: set[str], devices: dict[str, str]) -> 
             continue
         ports = [snap.ports[i] for i in sorted(ifaces)]
         seg = snap.segments.get(ports[0].vni)
-        ips = tuple(sorted({ip for p in ports for ip in p.ips}))
-        out.append(Claimant(dev, ports[0].mac, ips, seg.announce_pps if seg else ANNOUNCE_PPS))
+        out.append(Claimant(dev, ports[0].mac, seg.announce_pps if seg else ANNOUNCE_PPS))
     return out
 
 
