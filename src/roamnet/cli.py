@@ -333,6 +333,40 @@ def vm_start(lab_name: str, vm: str, on: str, fmt: str) -> None:
                   f"{rec['dark_ms']} ms; every NVE programmed {rec['converged_ms']} ms after the start")
 
 
+@main.command()
+@click.option("--nve", "nve", required=True, help="The NVE this agent drives (its name in the mapping).")
+@click.option("--store", "store_url", required=True,
+              help="The mapping store: unix:///path/to/etcd.sock, or https://host:port with --cacert/--cert/--key.")
+@click.option("--netns", "ns", required=True,
+              help="The network namespace the NVE's kernel objects live in (named, as `ip netns` has it).")
+@click.option("--cacert", type=click.Path(exists=True, dir_okay=False), help="CA certificate of an https store.")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate for an https store.")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Client key for an https store.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each pass's changes.")
+def agent(nve: str, store_url: str, ns: str, cacert: str | None, cert: str | None, key: str | None,
+          verbose: bool) -> None:
+    """Run one NVE's agent (one process per NVE): it watches the mapping, programs the NVE's kernel,
+    reports moves and publishes /status/<nve>. SIGTERM stops it and leaves the data plane forwarding."""
+    import logging
+
+    from roamnet import agentd
+    from roamnet.dataplane import netns
+    from roamnet.mapping.store.etcd import EtcdStore, StoreError
+
+    if os.geteuid() != 0:
+        raise click.ClickException("the agent needs root (netlink, nftables in the NVE's namespace)")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format=f"%(asctime)s agent[{nve}] %(levelname)s %(message)s")
+    if not netns.exists(ns):
+        raise click.ClickException(f"no network namespace {ns!r} (--netns)")
+    try:
+        store = EtcdStore(store_url, cacert=cacert, cert=cert, key=key)
+        store.revision  # noqa: B018 - reachable, or a clear error now
+        sys.exit(agentd.run(nve, store, ns))
+    except (ValueError, StoreError, agentd.AgentError) as exc:
+        _fail(exc)
+
+
 def _run(path: Path, fmt: str, plot_path: Path | None) -> None:
     from roamnet.experiments.plot import plot
     from roamnet.experiments.report import render_table

@@ -14,6 +14,7 @@ another one is given, e.g. `baselines.evpn.FrrEvpn()` for FRR BGP-EVPN on the sa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,15 +26,14 @@ from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
 
 from roamnet import names
 from roamnet.agent.loop import Agent
-from roamnet.agent.switch import SwitchAgent
+from roamnet.agentd import build_agent
 from roamnet.dataplane import netns
-from roamnet.dataplane.kernel import Kernel
 from roamnet.dataplane.nft import Nft, filter_counters, read_filter_table
-from roamnet.dataplane.switch import SwitchKernel
 from roamnet.intent.compile import compile_topology
 from roamnet.intent.model import Topology
 from roamnet.lab import inspect as inspection
 from roamnet.lab.errors import LabError
+from roamnet.lab.etcd import EtcdServer
 from roamnet.lab.hypervisor import Hypervisor
 from roamnet.lab.moves import Moves
 from roamnet.lab.plan import (
@@ -45,7 +45,8 @@ from roamnet.lab.plan import (
     check_isolation,
     underlay_prefixes,
 )
-from roamnet.lab.state import write_journal
+from roamnet.lab.processes import AgentProcess
+from roamnet.lab.state import make_state_dir, state_dir, write_journal
 from roamnet.mapping.client import MappingClient
 from roamnet.mapping.records import Nve
 from roamnet.mapping.store import MemoryStore, Store
@@ -74,8 +75,19 @@ class ControlPlane(Protocol):
 class Lab:
     def __init__(self, topo: Topology, store: Store | None = None, journal: Path | None = None,
                  progress: Callable[[str], None] | None = None, control_plane: ControlPlane | None = None,
-                 wan_bgp: bool = True, border: BorderBgp | None = None):
+                 wan_bgp: bool = True, border: BorderBgp | None = None, etcd: bool = False):
         self.topo = topo
+        # etcd=True: the lab starts a private etcd member (lab/etcd.py) in its state directory, keeps the
+        # mapping there, and runs one `roamnet agent` process per NVE (lab/processes.py) instead of
+        # agent threads
+        self.etcd: EtcdServer | None = None
+        self._made_state_dir: Path | None = None
+        if etcd:
+            if store is not None:
+                raise LabError("a lab with its own etcd takes no other store")
+            if not state_dir(topo.name).exists():  # an in-process lab (no daemon made it): removed at down
+                self._made_state_dir = state_dir(topo.name)
+            self.etcd = EtcdServer(make_state_dir(topo.name) / "etcd", name=f"rn-{topo.name}")
         self.control_plane = control_plane
         # FRR (BGP) on the borders' tenant namespaces and the WAN router, when there are tenants;
         # `border` overrides how (e.g. another FRR location), wan_bgp=False leaves the WAN unrouted
@@ -85,8 +97,8 @@ class Lab:
         self.plan: LabPlan = build_plan(topo)
         check_addresses(self.plan)
         check_isolation(self.plan)
-        self.mapping = MappingSystem(store or MemoryStore())
-        self.agents: dict[str, Agent] = {}
+        self.mapping = MappingSystem(store or MemoryStore())  # replaced by one over etcd at up() (etcd=True)
+        self.agents: dict[str, Agent | AgentProcess] = {}
         self.created: list[str] = []
         self.journal = journal
         self.progress = progress or (lambda msg: None)
@@ -185,6 +197,9 @@ class Lab:
                 self._start_vms()
                 self._wait_located(converge_timeout)
                 return
+            if self.etcd is not None:
+                self.progress("starting etcd (unix socket in the lab's state directory)")
+                self.mapping = MappingSystem(self.etcd.start())
             self._register()
             for node in self.agent_nodes():
                 self.agents[node.name] = self._new_agent(node.name)
@@ -233,6 +248,14 @@ class Lab:
         for agent in self.agents.values():
             agent.stop()
         self.agents.clear()
+        if self.etcd is not None:
+            close = getattr(self.mapping.store, "close", None)
+            if close is not None:
+                close()
+            self.etcd.stop()  # its own pid; its directory (data, agents' logs) goes with it
+            if self._made_state_dir is not None:
+                with contextlib.suppress(OSError):
+                    self._made_state_dir.rmdir()
         for cp in (self.control_plane, self.border):
             if cp is None:
                 continue
@@ -311,14 +334,13 @@ class Lab:
         except MoveRefused as exc:
             raise LabError(f"the VMs cannot start where the topology puts them: {exc}") from None
 
-    def _new_agent(self, node: str) -> Agent:
-        nve = self.mapping.snapshot().nves[node]
+    def _new_agent(self, node: str) -> Agent | AgentProcess:
         ns = self.plan.nodes[node].ns
-        client = MappingClient(self.mapping)
-        if nve.tor:
-            return SwitchAgent(client, nve, SwitchKernel(ns))
-        vrfs = {t: self.plan.vrf(node, t).ns for t in self.topo.tenants}
-        return Agent(client, nve, Kernel(ns, nve.vtep, vrfs))
+        if self.etcd is not None:
+            return AgentProcess(node, self.etcd.url, ns, self.etcd.workdir / f"agent-{node}.log")
+        nve = self.mapping.snapshot().nves[node]
+        return build_agent(MappingClient(self.mapping), nve, ns, self.topo.tenants,
+                           lambda t: self.plan.vrf(node, t).ns)
 
     def wait_converged(self, timeout: float, revision: int | None = None) -> bool:
         """Wait until every agent has published that it programmed the mapping at `revision`
@@ -338,10 +360,29 @@ class Lab:
             raise LabError(f"no NVE agent on {server!r}")
         self.agents[server].stop()
         agent = self._new_agent(server)
+        if isinstance(agent, AgentProcess):  # a new process: its first pass is in the status it publishes
+            before = self.mapping.statuses.all().get(server)
+            agent.start()
+            self.agents[server] = agent
+            if not self._wait_new_status(server, before, 15.0):
+                raise LabError(f"the restarted agent of {server} did not publish a status within 15 s")
+            st = self.mapping.statuses.all()[server]
+            return {"server": server, "pid": agent.pid,
+                    "changes_on_restart": list(st.last_changes) if st.changes_applied else []}
         first = agent.reconcile()
         self.agents[server] = agent
         agent.start()
         return {"server": server, "changes_on_restart": [str(c) for c in first]}
+
+    def _wait_new_status(self, server: str, before, timeout: float) -> bool:
+        """Until `server`'s agent published a status from another process than `before`'s, converged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.mapping.statuses.all().get(server)
+            if st is not None and (before is None or st.pid != before.pid) and self.wait_converged(0.5):
+                return True
+            time.sleep(0.1)
+        return False
 
     # ---- the WAN edge --------------------------------------------------------------------------
     def border_namespaces(self) -> list[tuple[str, str]]:

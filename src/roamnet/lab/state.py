@@ -64,6 +64,22 @@ def daemon_pid(lab: str) -> int | None:
     return pid if b"roamnet.lab.daemon" in cmdline and lab.encode() in cmdline else None
 
 
+def kill_pidfiles(workdir: Path) -> list[int]:
+    """SIGKILL each process recorded in a `*.pid` file of `workdir` whose command line names that
+    directory (so a recycled pid is never hit). Returns the pids ended."""
+    ended = []
+    for f in sorted(workdir.glob("*.pid")) if workdir.is_dir() else ():
+        try:
+            pid = int(f.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if str(workdir).encode() in cmdline:
+            os.kill(pid, signal.SIGKILL)
+            ended.append(pid)
+    return ended
+
+
 def cleanup(lab: str) -> list[str]:
     """Crash clean-up: remove what the journal says lab created, end its daemon, drop its state."""
     pid = daemon_pid(lab)
@@ -75,6 +91,7 @@ def cleanup(lab: str) -> list[str]:
             time.sleep(0.05)
     for workdir in (FrrEvpn.workdir_name, BorderBgp.workdir_name):  # FRR daemons the lab started
         kill_recorded(state_dir(lab) / workdir)                     # (pids verified, never by name)
+    kill_pidfiles(state_dir(lab) / "etcd")  # its etcd member and agent processes (Lab(etcd=True))
     removed = []
     for ns in reversed(journal_namespaces(lab)):
         if netns.exists(ns):

@@ -1,0 +1,50 @@
+"""`roamnet agent` processes a lab runs, one per NVE, each ended by its own recorded pid."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+class AgentProcess:
+    """One `roamnet agent --nve NAME --store URL --netns NS` process; its output goes to `log`."""
+
+    def __init__(self, nve: str, store_url: str, ns: str, log: Path):
+        self.nve, self.store_url, self.ns, self.log = nve, store_url, ns, log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "roamnet.cli", "agent", "--nve", self.nve, "--store", self.store_url,
+                "--netns", self.ns]
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.log.with_suffix(".pid").write_text(str(self.proc.pid))  # for a crash clean-up (lab/state.py)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM (the agent stops its threads and leaves the data plane), SIGKILL after 5 s."""
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """kill -9: what a crash looks like."""
+        if self.running():
+            self.proc.kill()
+            self.proc.wait(timeout=5)

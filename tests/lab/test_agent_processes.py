@@ -1,0 +1,59 @@
+"""A lab that runs the real thing's first parts (issue 14): its own etcd member on a root-only unix
+socket, the mapping there, and one `roamnet agent` process per NVE. A VM moves under a 1 kHz stream,
+an agent is killed with SIGKILL and restarted: the data plane forwards all along, and the new agent
+changes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+
+def test_agent_processes_over_etcd_move_crash_and_restart(make_topology, lab_name, lab_namespaces, lab_up, traffic,
+                                                           host):
+    t = make_topology(lab_name("t-etcd"))  # dc1: hv1 (vm1), hv2 (vm2); dc2: hv3 (vm3); one CUG
+    lab_namespaces(t)
+    with lab_up(t, etcd=True) as lab:
+        pids = {n: a.pid for n, a in lab.agents.items()}
+        assert len(set(pids.values())) == len(pids) and os.getpid() not in pids.values()
+        for nve, pid in pids.items():  # one process per NVE, each what a user would run
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"agent" in argv and argv[argv.index(b"--nve") + 1] == nve.encode(), argv
+        published = {n: s.pid for n, s in lab.mapping.statuses.all().items()}
+        assert published == pids, (published, pids)
+        # the store: unix sockets in a 0700 directory, no TCP port, out of reach of anyone but root
+        assert "etcd" not in host.run(["ss", "-Hltnp"]).stdout
+        sock = str(lab.etcd.socket)
+        probe = subprocess.run(["/usr/bin/python3", "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({sock!r})"],
+                               capture_output=True, text=True, timeout=10,
+                               preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
+        assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe
+
+        start_at = time.monotonic() + 0.5
+        flow = traffic(lab, "to-vm1", "udp", "vm2", "vm1", 5701, start_at, 6.0, rate=1000)
+        time.sleep(1.0)
+        there = lab.migrate("vm1", "hv3")
+        killed_at = time.monotonic()
+        lab.agents["hv2"].kill()  # the sender's NVE loses its agent: the data plane goes on forwarding
+        time.sleep(1.0)
+        restarted = lab.restart_agent("hv2")
+        restarted_at = time.monotonic()
+        back = lab.migrate("vm1", "hv1")
+        result = flow.finish([there, back])
+        seen = sorted(t for _, t in result.records)
+        gaps = [(a, b) for a, b in zip(seen, seen[1:]) if b - a > 0.02]
+        headless = [(a, b) for a, b in gaps if a < restarted_at and b > killed_at]
+        print(f"agents as processes over etcd: pids {pids}; move hv1->hv3 converged {there['converged_ms']} ms, "
+              f"back {back['converged_ms']} ms; hv2's agent killed -9 and restarted (pid {restarted['pid']}) with "
+              f"changes {restarted['changes_on_restart']}; stream lost {result.lost} of {result.sent}; gaps over 20 ms "
+              f"(ms after the first move's resume, length): "
+              f"{[(round((a - there['resumed_mono']) * 1000), round((b - a) * 1000)) for a, b in gaps]}")
+        assert there["converged_ms"] is not None and back["converged_ms"] is not None
+        assert restarted["changes_on_restart"] == []
+        assert headless == [], "the data plane stopped while hv2's agent was dead"
+        assert result.survived, result.to_json()
+        # Known, not yet diagnosed: over etcd, moves lose some tens of packets at 1 kHz (20-60 ms gaps
+        # around the prepare phase), which the in-memory store's lab does not; see the README's limits.
+    assert not lab.etcd.workdir.exists()
