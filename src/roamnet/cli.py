@@ -333,25 +333,47 @@ def vm_start(lab_name: str, vm: str, on: str, fmt: str) -> None:
                   f"{rec['dark_ms']} ms; every NVE programmed {rec['converged_ms']} ms after the start")
 
 
+def store_options(f):
+    """--store URL (or $ROAMNET_STORE) and the TLS files of an https store: what every command that
+    talks to the mapping store directly takes (see `open_store`)."""
+    for opt in reversed([
+        click.option("--store", "store_url", envvar="ROAMNET_STORE", required=True, show_envvar=True,
+                     help="The mapping store (etcd): unix:///path/to/etcd.sock, or https://host:port with "
+                          "--cacert/--cert/--key."),
+        click.option("--cacert", type=click.Path(exists=True, dir_okay=False), help="CA certificate of an https store."),
+        click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate for an https store."),
+        click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Client key for an https store."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def open_store(store_url: str, cacert: str | None = None, cert: str | None = None, key: str | None = None):
+    """The etcd store at `store_url`, reachable (or a ClickException that says why not)."""
+    from roamnet.mapping.store.etcd import EtcdStore, StoreError
+
+    try:
+        store = EtcdStore(store_url, cacert=cacert, cert=cert, key=key)
+        store.revision  # noqa: B018 - reachable, or a clear error now
+    except (ValueError, StoreError) as exc:
+        _fail(exc)
+    return store
+
+
 @main.command()
 @click.option("--nve", "nve", required=True, help="The NVE this agent drives (its name in the mapping).")
-@click.option("--store", "store_url", required=True,
-              help="The mapping store: unix:///path/to/etcd.sock, or https://host:port with --cacert/--cert/--key.")
 @click.option("--netns", "ns", required=True,
               help="The network namespace the NVE's kernel objects live in (named, as `ip netns` has it).")
-@click.option("--cacert", type=click.Path(exists=True, dir_okay=False), help="CA certificate of an https store.")
-@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate for an https store.")
-@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Client key for an https store.")
+@store_options
 @click.option("-v", "--verbose", is_flag=True, help="Log each pass's changes.")
-def agent(nve: str, store_url: str, ns: str, cacert: str | None, cert: str | None, key: str | None,
+def agent(nve: str, ns: str, store_url: str, cacert: str | None, cert: str | None, key: str | None,
           verbose: bool) -> None:
     """Run one NVE's agent (one process per NVE): it watches the mapping, programs the NVE's kernel,
     reports moves and publishes /status/<nve>. SIGTERM stops it and leaves the data plane forwarding."""
     import logging
 
     from roamnet import agentd
-    from roamnet.dataplane import netns
-    from roamnet.mapping.store.etcd import EtcdStore, StoreError
+    from roamnet.mapping.store.etcd import StoreError
 
     if os.geteuid() != 0:
         raise click.ClickException("the agent needs root (netlink, nftables in the NVE's namespace)")
@@ -359,11 +381,10 @@ def agent(nve: str, store_url: str, ns: str, cacert: str | None, cert: str | Non
                         format=f"%(asctime)s agent[{nve}] %(levelname)s %(message)s")
     if not netns.exists(ns):
         raise click.ClickException(f"no network namespace {ns!r} (--netns)")
+    store = open_store(store_url, cacert, cert, key)
     try:
-        store = EtcdStore(store_url, cacert=cacert, cert=cert, key=key)
-        store.revision  # noqa: B018 - reachable, or a clear error now
         sys.exit(agentd.run(nve, store, ns))
-    except (ValueError, StoreError, agentd.AgentError) as exc:
+    except (StoreError, agentd.AgentError) as exc:
         _fail(exc)
 
 
