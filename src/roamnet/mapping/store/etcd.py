@@ -15,12 +15,15 @@ How etcd's model maps onto `base.Store` (which was made after it):
     `Compacted` (the caller re-reads everything, as `MappingSystem` does);
   * keys and values are UTF-8 text, base64 on the wire.
 Addresses: `unix:///path/to/socket` (a socket in a 0700 directory: only root reaches it; what the
-lab starts), or `https://host:port` with a CA and a client certificate and key.
+lab starts), or `https://host:port` with a CA and a client certificate and key; a cluster's members
+comma-separated: requests go to one member and fail over to the next when it cannot be reached or
+says it has no leader (a watch stream reconnects to the next member from the last revision seen).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
@@ -35,8 +38,12 @@ from roamnet.mapping.store.base import CasConflict, Compacted, Event, KeyValue, 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+REQUEST_TIMEOUT_S = 2.0  # a member that cannot commit within this (its leader died) is left for the next one
 MIN_WATCH_S = 0.3  # a watch that must not wait still reads what the history has (etcd syncs a watcher
 #                   that starts in the past every 100 ms)
+
+
+UNAVAILABLE = ("no leader", "leader changed", "timed out", "unavailable", "not capable", "stopped")  # try another member
 
 
 class StoreError(OSError):
@@ -134,37 +141,72 @@ class EtcdStore(Store):
     """`url`: unix:///socket, http(s)://host:port. `cacert`, `cert`, `key`: TLS (https only)."""
 
     def __init__(self, url: str, *, cacert: str | None = None, cert: str | None = None, key: str | None = None,
-                 max_txn_ops: int = DEFAULT_MAX_TXN_OPS, timeout: float = 5.0):
-        u = urlparse(url)
+                 max_txn_ops: int = DEFAULT_MAX_TXN_OPS, timeout: float = REQUEST_TIMEOUT_S):
         self.url, self.max_txn_ops, self.timeout = url, max_txn_ops, timeout
         self.closed = False
         self._lock = threading.Lock()
         self._watchers: dict[str, _Watcher] = {}  # prefix -> its long-lived stream
+        # one client per member (comma-separated URLs); requests go to the current one and fail over
+        # to the next when it cannot be reached or has no leader
+        self._clients = [self._client(u.strip(), cacert, cert, key) for u in url.split(",") if u.strip()]
+        if not self._clients:
+            raise ValueError(f"{url!r}: no store URL")
+        self._current = 0
+
+    def _client(self, url: str, cacert: str | None, cert: str | None, key: str | None) -> httpx.Client:
+        u = urlparse(url)
         if u.scheme == "unix":
-            transport = httpx.HTTPTransport(uds=u.path)
-            self._http = httpx.Client(transport=transport, base_url="http://etcd", timeout=timeout)
-        elif u.scheme in ("http", "https"):
+            return httpx.Client(transport=httpx.HTTPTransport(uds=u.path), base_url="http://etcd", timeout=self.timeout)
+        if u.scheme in ("http", "https"):
             if u.scheme == "https" and not (cacert and cert and key):
                 raise ValueError(f"{url}: https needs --cacert, --cert and --key (a client certificate)")
             tls = {"verify": cacert, "cert": (cert, key)} if u.scheme == "https" else {}
-            self._http = httpx.Client(base_url=f"{u.scheme}://{u.netloc}", timeout=timeout, **tls)
-        else:
-            raise ValueError(f"{url}: a store URL is unix:///path/to/socket or https://host:port")
+            return httpx.Client(base_url=f"{u.scheme}://{u.netloc}", timeout=self.timeout, **tls)
+        raise ValueError(f"{url}: a store URL is unix:///path/to/socket or https://host:port "
+                         "(several, comma-separated, for a cluster)")
+
+    @property
+    def _http(self) -> httpx.Client:
+        return self._clients[self._current]
+
+    def _failover(self, failed: httpx.Client) -> None:
+        """The member behind `failed` is away: the next request goes to the next member."""
+        with self._lock:
+            if len(self._clients) > 1 and self._clients[self._current] is failed:
+                self._current = (self._current + 1) % len(self._clients)
 
     def close(self) -> None:
         self.closed = True
-        self._http.close()
+        for c in self._clients:
+            c.close()
 
     # ---- requests ------------------------------------------------------------------------------
     def _post(self, path: str, body: dict) -> dict:
-        try:
-            r = self._http.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise StoreError(f"etcd at {self.url}: {exc}") from None
-        data = r.json() if r.content else {}
-        if r.status_code != 200:
-            raise StoreError(f"etcd at {self.url}: {data.get('message') or data.get('error') or r.text}")
-        return data
+        """One request, to the current member; a member that cannot be reached, or answers that it has
+        no leader, makes it try the next (each member once)."""
+        problem = ""
+        for _ in range(len(self._clients)):
+            http = self._http
+            try:
+                r = http.post(path, json=body)
+            except httpx.HTTPError as exc:
+                problem = str(exc) or type(exc).__name__
+                self._failover(http)
+                continue
+            data = r.json() if r.content else {}
+            if r.status_code != 200:
+                problem = data.get("message") or data.get("error") or r.text
+                if any(s in problem for s in UNAVAILABLE):
+                    self._failover(http)
+                    continue
+            else:
+                return data
+            break
+        raise StoreError(f"etcd at {self.url}: {problem}")
+
+    def status(self) -> dict:
+        """The current member's status (etcd's Maintenance.Status: leader, raft term, db size...)."""
+        return self._post("/v3/maintenance/status", {})
 
     @staticmethod
     def _kv(kv: dict) -> KeyValue:
@@ -213,11 +255,18 @@ class EtcdStore(Store):
             return w.since(from_revision, timeout)
         return self._watch_once(prefix, from_revision, timeout)
 
+    @contextlib.contextmanager
     def _open(self, prefix: str, from_revision: int, read_timeout: float | None):
+        """A watch stream on the current member; if it cannot be opened, the next request goes to the next member."""
         body = {"create_request": {"key": _b64(prefix), "range_end": range_end(prefix),
                                    "start_revision": str(max(1, from_revision)), "progress_notify": True}}
-        return self._http.stream("POST", "/v3/watch", json=body,
-                                 timeout=httpx.Timeout(self.timeout, read=read_timeout))
+        http = self._http
+        try:
+            with http.stream("POST", "/v3/watch", json=body, timeout=httpx.Timeout(self.timeout, read=read_timeout)) as s:
+                yield s
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):  # not a timeout: the member is away
+            self._failover(http)
+            raise
 
     @staticmethod
     def _events(res: dict, prefix: str, from_revision: int) -> list[Event]:
