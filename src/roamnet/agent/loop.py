@@ -45,6 +45,7 @@ PRUNE_HOLD_S = 0.5  # a segment no longer needed is removed after this long: del
 #                     the kernel's RTNL lock for tens of ms, which must not delay other NVEs' updates
 #                     right after a move (and a VM moving straight back keeps its segment)
 KEEP_ERRORS = 20
+WATCH_RETRY_S = 0.5  # a mapping watch that failed (the store away) starts again after this
 
 
 class KernelLike(Protocol):
@@ -272,7 +273,16 @@ class Agent:
                 time.sleep(0.1)
 
     def _watch_mapping(self) -> None:
-        for _ in self.client.changes(self._stop):
+        """Wake a pass at every mapping change. A store that goes away, or compacts the history this
+        watch still needed, only pauses this: every pass reads a whole snapshot, so the watch starts
+        again from the store's revision then (and wakes a pass) without missing anything."""
+        while not self._stop.is_set():
+            try:
+                for _ in self.client.changes(self._stop):
+                    self._wake.set()
+            except Exception as exc:  # the store is away (the kernel keeps forwarding), or compacted
+                log.warning("%s: mapping watch: %s; watching again", self.nve.name, exc)
+                self._stop.wait(WATCH_RETRY_S)
             self._wake.set()
 
     def _watch_kernel(self) -> None:

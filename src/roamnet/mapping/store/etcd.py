@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 REQUEST_TIMEOUT_S = 2.0  # a member that cannot commit within this (its leader died) is left for the next one
+WAIT_S = 0.5  # iter_watch's wait on a stream between looks at its stop event (>= MIN_WATCH_S: no polling)
 MIN_WATCH_S = 0.3  # a watch that must not wait still reads what the history has (etcd syncs a watcher
 #                   that starts in the past every 100 ms)
 
@@ -254,6 +255,14 @@ class EtcdStore(Store):
         if from_revision >= w.start:
             return w.since(from_revision, timeout)
         return self._watch_once(prefix, from_revision, timeout)
+
+    def iter_watch(self, prefix: str, from_revision: int, stop: threading.Event):
+        """Batches from the prefix's long-lived stream, waiting on it (no request per wait)."""
+        rev = from_revision
+        while not stop.is_set():
+            batch, rev = self.watch(prefix, rev, timeout=WAIT_S)
+            if batch:
+                yield batch
 
     @contextlib.contextmanager
     def _open(self, prefix: str, from_revision: int, read_timeout: float | None):
