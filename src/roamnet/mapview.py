@@ -31,12 +31,13 @@ class NotFound(LookupError):
 
 def render_apply(res: ApplyResult, source: str, console: Console) -> None:
     if res.plan.empty:
-        console.print(f"{escape(source)}: no changes (mapping revision {res.revision})")
+        console.print(f"{escape(source)}: no changes (mapping revision {res.revision})", soft_wrap=True)
         return
     head = (f"{escape(source)}: dry run, nothing written; applying would change:" if res.dry_run else
             f"{escape(source)}: applied in {res.txns} transaction{'s' if res.txns != 1 else ''}, "
             f"mapping revision {res.revision}")
-    t = Table(title=head, title_justify="left")
+    console.print(head, soft_wrap=True)
+    t = Table()
     for col in ("kind", ADDED, CHANGED, REMOVED):
         t.add_column(col)
     summary = res.plan.summary()

@@ -1,7 +1,7 @@
 """Intent -> mapping records: what `roamnet` writes into the mapping for a topology. Pure.
 
-The NVEs (with their VTEP addresses) come from where the intent is deployed (the lab's plan gives
-them); everything else follows from the topology: tenants, CUGs, the policy with CUGs and VMs
+The NVEs are the topology's (`compile_nves`), with VTEP addresses from where the intent is deployed
+(the topology's `vteps:` on real hosts, the lab's plan in a lab); everything else follows from the topology: tenants, CUGs, the policy with CUGs and VMs
 resolved to their addresses, L2 domains, one logical port per VM interface and its first binding.
 """
 
