@@ -382,7 +382,7 @@ def test_json_schema() -> None:
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["title"] == "roamnet topology"
     assert set(schema["properties"]) == {"name", "datacenters", "tenants", "anycast_gateway_mac", "cugs", "vms", "wan", "limits", "mobility",
-                                        "policies"}
+                                        "policies", "vteps"}
     assert set(schema["required"]) == {"name", "datacenters"}
     assert schema["additionalProperties"] is False
     assert {"VmInterface", "Tenant", "Wan", "WanClient"} <= set(schema["$defs"])

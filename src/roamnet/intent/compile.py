@@ -1,13 +1,13 @@
 """Intent -> mapping records: what `roamnet` writes into the mapping for a topology. Pure.
 
-The NVEs (with their VTEP addresses) come from where the intent is deployed (the lab's plan gives
-them); everything else follows from the topology: tenants, CUGs, the policy with CUGs and VMs
+The NVEs are the topology's (`compile_nves`), with VTEP addresses from where the intent is deployed
+(the topology's `vteps:` on real hosts, the lab's plan in a lab); everything else follows from the topology: tenants, CUGs, the policy with CUGs and VMs
 resolved to their addresses, L2 domains, one logical port per VM interface and its first binding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from roamnet import names
@@ -21,13 +21,13 @@ from roamnet.mapping.records import (
     Binding,
     Domain,
     LogicalPort,
+    MappingRecords,
     Nve,
     PolicySet,
     Rule,
     Segment,
     Tenant,
 )
-from roamnet.mapping.system import MappingRecords
 
 
 def _inherit(own: Any, fabric: Any, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +69,12 @@ def compile_topology(topo: Topology, nves: Iterable[Nve]) -> MappingRecords:
             # detached: no port exists yet; the server's agent says so once the hypervisor plugs it
             bindings.append(Binding(vni, itf.mac, nve.name, nve.vtep, 0, port.ips, port.iface_id, detached=True))
     return MappingRecords(tenants, segments, compile_policy(topo), domains, nves, tuple(ports), tuple(bindings))
+
+
+def compile_nves(topo: Topology, vteps: Mapping[str, str]) -> tuple[Nve, ...]:
+    """Every NVE of `topo` (`Topology.nves`) with its VTEP address from `vteps` (node -> address: the
+    topology's own `vteps:` on real hosts, the lab plan's in a lab); a server behind a ToR gets its ToR's."""
+    return tuple(Nve(n.name, str(vteps[n.tor or n.name]), n.dc, n.role, n.tor, n.domain) for n in topo.nves())
 
 
 def compile_policy(topo: Topology) -> PolicySet:

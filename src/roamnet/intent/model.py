@@ -260,6 +260,19 @@ class DomainInfo:
         return self.tor is None
 
 
+@dataclass(frozen=True)
+class NveInfo:
+    """One NVE of the topology (an overlay edge with a VTEP): a server of a trivial domain, a ToR, a
+    border when there are tenants (a DCBR is an NVE of every tenant), or a server behind a ToR (a
+    hypervisor switch: `tor` names its ToR, whose VTEP it shares)."""
+
+    name: str
+    dc: str
+    role: str  # server | tor | border
+    tor: str = ""
+    domain: str = ""  # a ToR's, or a server behind one: its non-trivial domain
+
+
 class Tenant(Model):
     """A routing domain: its CUGs are routed to each other (symmetric IRB over `l3vni`)."""
 
@@ -410,6 +423,10 @@ class Topology(Model):
     policies: list[Policy] = Field(default_factory=list, description=(
         "policy rules, in order: the first rule matching a packet decides; without a match a tenant's "
         "default_policy applies between its CUGs, and traffic inside one CUG is allowed"))
+    vteps: dict[NodeName, IPv4Address] = Field(default_factory=dict, description=(
+        "the VTEP address of every NVE on real hosts (servers listed in `servers:`, ToRs, and borders when "
+        "there are tenants), for `roamnet apply`: all of them or none (then apply uses the lab plan's "
+        "addresses); a server behind a ToR has its ToR's. The lab builds its own underlay and ignores them"))
 
     def server_dc(self) -> dict[str, str]:
         """Server name -> data center name, for all servers: data center by data center, the ones
@@ -465,6 +482,23 @@ class Topology(Model):
     def owner_of_ip(self, ip: IPv4Address | str) -> tuple[str, int | None] | None:
         """The first of `owners_of_ip(ip)`, or None."""
         return next(iter(self.owners_of_ip(ip)), None)
+
+    def nves(self) -> list[NveInfo]:
+        """Every NVE, data center by data center: its border when there are tenants, then its domains'
+        (a server of a trivial domain; a ToR followed by the servers behind it)."""
+        out: list[NveInfo] = []
+        for dc in self.datacenters:
+            if self.tenants:
+                out.append(NveInfo(self.border_of(dc), dc, "border"))
+            for d in self.domains().values():
+                if d.dc != dc:
+                    continue
+                if d.tor is None:
+                    out.append(NveInfo(d.servers[0], dc, "server"))
+                else:
+                    out.append(NveInfo(d.tor, dc, "tor", domain=d.name))
+                    out += [NveInfo(s, dc, "server", d.tor, d.name) for s in d.servers]
+        return out
 
     def border_of(self, dc: str) -> str:
         """Node name of `dc`'s border router (explicit, or f"{dc}br")."""
@@ -649,9 +683,42 @@ def _check_topology(t: Topology) -> list[Problem]:
         if client.ip in client_ips:
             problems.append((f"{path}.ip", f"duplicate IP {client.ip} (also at {client_ips[client.ip]})"))
         client_ips.setdefault(client.ip, f"{path}.ip")
+    problems += _check_vteps(t)
     problems += _check_domain_names(t, nodes)
     problems += _check_vlan_capacity(t)
     problems += _check_policies(t)
+    return problems
+
+
+def _check_vteps(t: Topology) -> list[Problem]:
+    """`vteps:` names NVEs only (a server behind a ToR has its ToR's), gives unicast addresses, each
+    once, and gives one for every NVE, or is left out."""
+    if not t.vteps:
+        return []
+    problems: list[Problem] = []
+    nves = {n.name: n for n in t.nves()}
+    borders = {t.border_of(dc) for dc in t.datacenters}
+    seen: dict[IPv4Address, str] = {}
+    for name, ip in t.vteps.items():
+        path = f"vteps.{name}"
+        nve = nves.get(name)
+        if nve is not None and nve.tor:
+            problems.append((path, f"server {name} is behind ToR {nve.tor}, which is its NVE: give {nve.tor}'s "
+                             "VTEP instead"))
+        elif nve is None and name in borders:
+            problems.append((path, f"border {name} is an NVE only when there are tenants: remove it"))
+        elif nve is None:
+            problems.append((path, f"{name!r} is no NVE (servers listed in `servers:`, ToRs and, when there are "
+                             "tenants, borders have a VTEP)"))
+        if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.packed == b"\xff" * 4:
+            problems.append((path, f"{ip} is no unicast host address"))
+        elif ip in seen:
+            problems.append((path, f"VTEP {ip} is already {seen[ip]}'s (at vteps.{seen[ip]})"))
+        seen.setdefault(ip, name)
+    missing = [n.name for n in nves.values() if not n.tor and n.name not in t.vteps]
+    if missing:
+        problems.append(("vteps", f"no VTEP for {', '.join(missing)}: give every NVE's VTEP, or none (then "
+                         "`roamnet apply` uses the lab plan's addresses)"))
     return problems
 
 

@@ -29,7 +29,7 @@ from roamnet.agent.loop import Agent
 from roamnet.agentd import build_agent
 from roamnet.dataplane import netns
 from roamnet.dataplane.nft import Nft, filter_counters, read_filter_table
-from roamnet.intent.compile import compile_topology
+from roamnet.intent.compile import compile_nves, compile_topology
 from roamnet.intent.model import Topology
 from roamnet.lab import inspect as inspection
 from roamnet.lab.errors import LabError
@@ -44,13 +44,14 @@ from roamnet.lab.plan import (
     check_addresses,
     check_isolation,
     underlay_prefixes,
+    vteps,
 )
 from roamnet.lab.processes import AgentProcess
 from roamnet.lab.state import make_state_dir, state_dir, write_journal
+from roamnet.mapping.apply import ApplyRefused
 from roamnet.mapping.client import MappingClient
-from roamnet.mapping.records import Nve
 from roamnet.mapping.store import MemoryStore, Store
-from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.mapping.system import MappingSystem
 from roamnet.names import WAN_NODE
 from roamnet.nve.filters import Table
 from roamnet.wan import guard
@@ -327,11 +328,11 @@ class Lab:
         return self.nves() + [n for n in self.plan.nodes.values() if n.kind == "server" and n.tor]
 
     def _register(self) -> None:
-        nves = [Nve(n.name, n.vtep, n.dc, n.kind, n.tor, n.domain) for n in self.agent_nodes()]
-        records = compile_topology(self.topo, nves)
+        """The intent into the mapping, as `roamnet apply` writes it (the lab's own VTEPs)."""
+        records = compile_topology(self.topo, compile_nves(self.topo, vteps(self.plan)))
         try:
-            self.mapping.load(records)
-        except MoveRefused as exc:
+            self.mapping.apply(records)
+        except ApplyRefused as exc:
             raise LabError(f"the VMs cannot start where the topology puts them: {exc}") from None
 
     def _new_agent(self, node: str) -> Agent | AgentProcess:

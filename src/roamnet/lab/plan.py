@@ -30,7 +30,9 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from roamnet import names
+from roamnet.intent.compile import compile_nves
 from roamnet.intent.model import Topology
+from roamnet.mapping.records import Nve
 from roamnet.names import DCI_NODE, WAN_NODE
 
 UNDERLAY_MTU = 1600  # room for VXLAN's 50 bytes over a 1500-byte overlay
@@ -103,6 +105,20 @@ class LabPlan:
         vrf = vrf_name(border, tenant)
         link = next(lk for lk in self.links if lk.b == vrf and lk.a == WAN_NODE)
         return link.b_if, link.a_if
+
+
+def vteps(plan: LabPlan) -> dict[str, str]:
+    """The VTEP address the plan gives each server, ToR and border (a server behind a ToR: its ToR's)."""
+    return {n.name: n.vtep for n in plan.nodes.values() if n.kind in ("server", "tor", "border")}
+
+
+def deployed_nves(topo: Topology) -> tuple[Nve, ...]:
+    """The NVEs `roamnet apply` writes for `topo`: with the topology's own `vteps:` when it gives them
+    (real hosts), else with the addresses this plan gives them (a lab's, or a rehearsal of one).
+    ValueError when the plan's limits are exceeded."""
+    if topo.vteps:
+        return compile_nves(topo, {n: str(ip) for n, ip in topo.vteps.items()})
+    return compile_nves(topo, vteps(build_plan(topo)))
 
 
 def vrf_name(node: str, tenant: str) -> str:

@@ -213,6 +213,19 @@ class NveStatus:
     claims_refused: int = 0  # its reports the mobility rules refused (a frozen or sticky MAC)
 
 
+@dataclass(frozen=True)
+class MappingRecords:
+    """Everything an intent puts in the mapping (`intent.compile`), written by `MappingSystem.apply`."""
+
+    tenants: tuple[Tenant, ...] = ()
+    segments: tuple[Segment, ...] = ()
+    policy: PolicySet = field(default_factory=PolicySet)
+    domains: tuple[Domain, ...] = ()
+    nves: tuple[Nve, ...] = ()
+    ports: tuple[LogicalPort, ...] = ()
+    bindings: tuple[Binding, ...] = ()  # where each VM interface starts (its server, sequence 0, detached)
+
+
 # ---- codec ------------------------------------------------------------------------------------
 
 _TUPLES = ("ips", "servers", "pending_prunes", "last_changes", "errors", "moves")  # JSON has no tuples; the

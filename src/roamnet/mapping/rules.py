@@ -62,6 +62,19 @@ def release(used: dict[int, int], present: set[int]) -> dict[int, int]:
     return {vni: vlan for vni, vlan in used.items() if vni in present}
 
 
+def settle(domain: Domain, used: dict[int, int], present: set[int],
+           order: tuple[int, ...] = ()) -> tuple[dict[int, int], list[int]]:
+    """The allocation once exactly the CUGs `present` are in `domain`: the VLANs of CUGs that left
+    released, then one for each present CUG without one (those of `order` first, in that order, then
+    by VNI). Returns (allocation, the present VNIs the range had no VLAN left for)."""
+    new, missing = release(used, present), []
+    for vni in dict.fromkeys([*(v for v in order if v in present), *sorted(present)]):
+        try:
+            new = allocate(domain, new, vni)
+        except VlanExhausted:
+            missing.append(vni)
+    return new, missing
+
 
 # ---- duplicate detection (RFC 7432 §15.1) -------------------------------------------------------
 

@@ -27,8 +27,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
+from roamnet.mapping.apply import ApplyPlan, ApplyRefused, ApplyResult, plan_apply
 from roamnet.mapping.records import (
     ACTIVATED,
     BORDER,
@@ -48,6 +49,7 @@ from roamnet.mapping.records import (
     Binding,
     Domain,
     LogicalPort,
+    MappingRecords,
     Migration,
     Nve,
     PolicySet,
@@ -62,9 +64,9 @@ from roamnet.mapping.records import (
     load,
     load_vlans,
 )
-from roamnet.mapping.rules import VlanExhausted, allocate, detect_duplicate, move, recent_moves, release, resolve
+from roamnet.mapping.rules import VlanExhausted, allocate, detect_duplicate, move, recent_moves, resolve, settle
 from roamnet.mapping.status import Statuses
-from roamnet.mapping.store.base import KEEP, CasConflict, Conflicted, KeyValue, Store
+from roamnet.mapping.store.base import CAS_RETRIES, KEEP, CasConflict, Conflicted, KeyValue, Store
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +90,6 @@ ORCHESTRATOR = "orchestrator"  # an explicit activation
 FROZEN, STICKY, STOPPED = "frozen", "sticky", "stopped"
 
 
-@dataclass(frozen=True)
-class MappingRecords:
-    """Everything an intent puts in the mapping (`intent.compile`), written by `MappingSystem.load`."""
-
-    tenants: tuple[Tenant, ...] = ()
-    segments: tuple[Segment, ...] = ()
-    policy: PolicySet = field(default_factory=PolicySet)
-    domains: tuple[Domain, ...] = ()
-    nves: tuple[Nve, ...] = ()
-    ports: tuple[LogicalPort, ...] = ()
-    bindings: tuple[Binding, ...] = ()  # where each VM interface starts (sequence 0)
-
-
 class MappingSystem:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time):
         self.store = store
@@ -120,17 +109,37 @@ class MappingSystem:
         except Conflicted as exc:
             raise MoveRefused(str(exc)) from None
 
-    def load(self, records: MappingRecords) -> None:
-        """Write an intent's records: tenants, CUGs and the policy before any VM (ports start
-        filtered), then NVEs, ports and the initial bindings (claiming VLANs; MoveRefused)."""
-        self._write({TENANTS + t.name: dump(t) for t in records.tenants}
-                    | {f"{SEGMENTS}{s.vni}": dump(s) for s in records.segments}
-                    | {POLICY: dump_policy(records.policy)}
-                    | {DOMAINS + d.name: dump(d) for d in records.domains}
-                    | {NVES + n.name: dump(n) for n in records.nves}
-                    | {PORTS + p.iface_id: dump(p) for p in records.ports})
-        for b in records.bindings:
-            self.advertise(b)
+    def apply(self, records: MappingRecords, dry_run: bool = False, max_ops: int | None = None) -> ApplyResult:
+        """Make the mapping hold an intent's records (`apply.plan_apply`: a diff against what the store
+        holds; bindings are runtime state and stay; ApplyRefused, with nothing written, for what would
+        break the running system). The writes go in one transaction when they fit (the store's
+        `max_txn_ops` and `max_ops`, each counting /revision), else in an ordered sequence of them
+        that leaves the mapping consistent after each. Every transaction compares /revision with the
+        revision it was planned from (or the previous one wrote): a concurrent change, or an earlier
+        apply left half done, is read afresh and planned again, so a second apply finishes an
+        interrupted one and an apply with nothing to change writes nothing."""
+        limits = [n for n in (getattr(self.store, "max_txn_ops", None), max_ops) if n]
+        size = min(limits) - 1 if limits else None  # one operation is /revision
+        if size is not None and size < 1:
+            raise ValueError(f"a transaction of {size + 1} operations has no room for a write")
+        first: ApplyPlan | None = None
+        txns = 0
+        for _ in range(CAS_RETRIES):
+            held = self.snapshot()
+            plan = plan_apply(records, held)
+            first = first if txns else plan  # what this apply changes: from the read before its first write
+            if dry_run or plan.empty:
+                return ApplyResult(first, txns, held.revision, dry_run)
+            rev = held.revision
+            try:
+                for batch in plan.batches(size):
+                    rev = self.store.txn({**batch, REVISION: ""}, {REVISION: rev})
+                    txns += 1
+            except CasConflict:
+                continue  # the mapping changed under this apply: plan again from a fresh read
+            return ApplyResult(first, txns, rev)
+        raise ApplyRefused([f"the mapping changed {CAS_RETRIES} times while this apply was planning; "
+                            "nothing more was written: try again"])
 
     def register_nve(self, nve: Nve) -> None:
         self._write({NVES + nve.name: dump(nve)})
@@ -393,13 +402,10 @@ class MappingSystem:
         for domain in {d.name: d for n in nodes if (d := self._domain(n)) is not None}.values():
             def change(kv: KeyValue | None, domain: Domain = domain):
                 used = load_vlans(kv.value) if kv else {}
-                present = self.snapshot().present(domain)
-                new = release(used, present)
-                for vni in sorted(present - set(new)):
-                    try:
-                        new = allocate(domain, new, vni)
-                    except VlanExhausted as exc:
-                        log.warning("%s", exc)
+                new, missing = settle(domain, used, self.snapshot().present(domain))
+                if missing:
+                    log.warning("domain %s: VLAN range %s exhausted: VNIs %s get no VLAN", domain.name,
+                                domain.range, ", ".join(map(str, missing)))
                 if new == used:
                     return KEEP
                 return dump_vlans(new) if new else None
