@@ -130,11 +130,20 @@ class Watched(Store):
     def revision(self):
         return self.inner.revision
 
-    def txn(self, writes, expect=None):
+    def grant(self, ttl):
+        return self.inner.grant(ttl)
+
+    def keepalive(self, lease):
+        return self.inner.keepalive(lease)
+
+    def revoke(self, lease):
+        return self.inner.revoke(lease)
+
+    def txn(self, writes, expect=None, lease=0):
         if REVISION in writes and self.before is not None:
             self.before(self.attempts)
         self.attempts += REVISION in writes
-        rev = self.inner.txn(writes, expect)
+        rev = self.inner.txn(writes, expect, lease)
         if REVISION in writes:
             self.txns += 1
             self.seen.append(consistency(MappingSystem(self.inner).snapshot()))

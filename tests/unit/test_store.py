@@ -1,7 +1,10 @@
 """The store's contract (etcd's data model), against the embedded MemoryStore and a real etcd member
 (Debian's etcd-server, started privately on a unix socket in a 0700 directory). Revisions are relative:
 etcd starts at 1, MemoryStore at 0. Without etcd installed the etcd cases are skipped, unless CI=true
-or ROAMNET_REQUIRE_LAB=1, where they must run."""
+or ROAMNET_REQUIRE_LAB=1, where they must run.
+
+Leases: the MemoryStore runs on a clock the test moves (`store.pass_time`), etcd on real time (its
+minimum TTL is about 2 s, so its lease cases take a few seconds)."""
 
 import os
 import shutil
@@ -10,7 +13,7 @@ import time
 
 import pytest
 
-from roamnet.mapping.store import CasConflict, Compacted, Event, KeyValue, MemoryStore, Store
+from roamnet.mapping.store import CasConflict, Compacted, Event, KeyValue, LeaseNotFound, MemoryStore, Store
 
 REQUIRED = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("CI", "ROAMNET_REQUIRE_LAB"))
 
@@ -29,17 +32,30 @@ def etcd_server(tmp_path_factory):
     server.stop()
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture(params=["memory", "etcd"])
 def store(request):
     if request.param == "memory":
-        yield MemoryStore()
+        clock = Clock()
+        s = MemoryStore(clock=clock, reaper=False)  # leases expire when the test moves the clock
+        s.pass_time = lambda seconds: setattr(clock, "now", clock.now + seconds)
+        yield s
         return
     from roamnet.mapping.store.etcd import EtcdStore
 
     server = request.getfixturevalue("etcd_server")
     s = EtcdStore(server.url, max_txn_ops=4096)
     ns = f"/t{time.monotonic_ns()}"  # each test its own keys on the shared member
-    yield Prefixed(s, ns)
+    p = Prefixed(s, ns)
+    p.pass_time = time.sleep
+    yield p
     s.close()
 
 
@@ -54,7 +70,7 @@ class Prefixed(Store):
         return getattr(self.inner, name)
 
     def _kv(self, kv: KeyValue | None) -> KeyValue | None:
-        return None if kv is None else KeyValue(kv.key[len(self.ns):], kv.value, kv.mod_revision)
+        return None if kv is None else KeyValue(kv.key[len(self.ns):], kv.value, kv.mod_revision, kv.lease)
 
     def get(self, key):
         return self._kv(self.inner.get(self.ns + key))
@@ -63,9 +79,18 @@ class Prefixed(Store):
         kvs, rev = self.inner.range(self.ns + prefix)
         return [self._kv(kv) for kv in kvs], rev
 
-    def txn(self, writes, expect=None):
+    def txn(self, writes, expect=None, lease=0):
         return self.inner.txn({self.ns + k: v for k, v in writes.items()},
-                              None if expect is None else {self.ns + k: r for k, r in expect.items()})
+                              None if expect is None else {self.ns + k: r for k, r in expect.items()}, lease)
+
+    def grant(self, ttl):
+        return self.inner.grant(ttl)
+
+    def keepalive(self, lease):
+        return self.inner.keepalive(lease)
+
+    def revoke(self, lease):
+        return self.inner.revoke(lease)
 
     def watch(self, prefix, from_revision, timeout):
         events, nxt = self.inner.watch(self.ns + prefix, from_revision, timeout)
@@ -225,3 +250,82 @@ def test_a_watch_waits_for_its_own_prefix_only(store):
     events, nxt = got["result"]
     assert [(e.key, e.revision) for e in events] == [("/mapping/bindings/x", rev)] and nxt == rev + 1
     assert s.watch("/mapping/", nxt, timeout=0.05) == ([], nxt), "a timeout gives no events"
+
+
+# ---- leases ------------------------------------------------------------------------------------
+
+def deletes(store, prefix: str, from_revision: int, wanted: int = 1) -> list[Event]:
+    """The delete events under `prefix` from `from_revision` on, waiting (bounded) until `wanted` came."""
+    got, rev = [], from_revision
+    for _ in range(20):
+        events, rev = store.watch(prefix, rev, timeout=1)
+        got += [e for e in events if e.value is None]
+        if len(got) >= wanted:
+            break
+    return got
+
+
+def test_keys_on_a_lease_vanish_when_it_expires_and_the_watch_sees_it(store):
+    lease = store.grant(1)
+    assert lease.ttl >= 1  # etcd raises it to its minimum (2 s)
+    r = store.put("/live/a", "up", lease=lease.id)
+    store.put("/live/b", "up", lease=lease.id)
+    store.put("/live/plain", "stays")
+    assert store.get("/live/a").lease == lease.id and store.get("/live/plain").lease == 0
+    store.pass_time(lease.ttl + 1.5)
+    gone = deletes(store, "/live/", r, wanted=2)
+    assert sorted(e.key for e in gone) == ["/live/a", "/live/b"]
+    assert len({e.revision for e in gone}) == 1, "a lease's keys go in one revision"
+    assert store.get("/live/a") is None and store.get("/live/plain").value == "stays"
+    with pytest.raises(LeaseNotFound):
+        store.keepalive(lease.id)
+    before = store.revision
+    with pytest.raises(LeaseNotFound):
+        store.txn({"/live/a": "again", "/live/c": "x"}, lease=lease.id)  # nothing is written
+    assert store.get("/live/a") is None and store.get("/live/c") is None and store.revision == before
+
+
+def test_keepalive_keeps_a_lease_and_its_keys(store):
+    lease = store.grant(2)
+    r = store.put("/ka/k", "v", lease=lease.id)
+    for _ in range(3):  # 1.5 TTLs in all, renewed every half TTL
+        store.pass_time(lease.ttl / 2)
+        assert store.keepalive(lease.id) == lease.ttl
+    assert store.get("/ka/k").value == "v"
+    assert store.watch("/ka/", r + 1, timeout=0.3)[0] == [], "no delete while it is kept alive"
+    store.pass_time(lease.ttl + 1.5)  # no more keepalives
+    assert [e.key for e in deletes(store, "/ka/", r + 1)] == ["/ka/k"]
+
+
+def test_revoke_deletes_the_keys_of_the_lease_only(store):
+    lease = store.grant(30)
+    store.put("/rv/a", "1", lease=lease.id)
+    store.put("/rv/b", "2", lease=lease.id)
+    store.put("/rv/b", "3")  # rewritten without a lease: no longer the lease's
+    other = store.grant(30)
+    store.put("/rv/c", "4", lease=other.id)
+    r = store.put("/rv/d", "5")
+    assert store.revoke(lease.id) is True
+    assert store.get("/rv/a") is None and store.get("/rv/b").value == "3" and store.get("/rv/c").value == "4"
+    assert [(e.key, e.value) for e in deletes(store, "/rv/", r + 1)] == [("/rv/a", None)]
+    assert store.revoke(lease.id) is False, "revoking a lease that is gone is no error"
+    with pytest.raises(LeaseNotFound):
+        store.keepalive(lease.id)
+    assert store.keepalive(other.id) == other.ttl
+    store.revoke(other.id)
+    assert store.get("/rv/c") is None
+
+
+def test_the_memory_store_expires_leases_on_time_by_itself():
+    """With its reaper thread, a MemoryStore deletes an expired lease's keys while nobody calls it, and
+    a blocked watch wakes with the delete (as etcd's)."""
+    s = MemoryStore()
+    lease = s.grant(1)
+    r = s.put("/status/hv1", "up", lease=lease.id)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("w", s.watch("/status/", r + 1, timeout=60)))
+    t.start()
+    t.join(timeout=15)
+    assert not t.is_alive(), "the watch was not woken by the lease's expiry"
+    events, _ = got["w"]
+    assert [(e.key, e.value) for e in events] == [("/status/hv1", None)]

@@ -64,7 +64,8 @@ class KernelLike(Protocol):
 
 @dataclass
 class AgentStats:
-    """The agent's counters; published as `NveStatus` (`Agent.status()`)."""
+    """The agent's counters; published as `NveStatus` (`Agent.status()`) and read live by the
+    Prometheus collector (agent/metrics.py)."""
 
     reconciles: int = 0
     resyncs: int = 0
@@ -77,10 +78,12 @@ class AgentStats:
     programmed_at: float = 0.0  # monotonic time the last pass with changes finished
     last_pass_ms: float = 0.0
     last_changes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the last KEEP_ERRORS
+    error_count: int = 0  # every error so far (a counter for the metrics: agent/metrics.py)
 
     def error(self, *msgs: str) -> None:
         self.errors = (self.errors + list(msgs))[-KEEP_ERRORS:]
+        self.error_count += len(msgs)
 
 
 class Agent:

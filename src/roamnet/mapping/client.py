@@ -1,5 +1,5 @@
 """What an NVE agent may do with the mapping, and nothing more: read a snapshot, follow changes from a
-revision, report a move, publish its status.
+revision, report a move, publish its status (on its lease, when it has one: liveness.py).
 
 An agent holds a `MappingClient`, never the store or the mapping system itself: the seam at which
 an agent becomes a process of its own (the client then talks to the shared store, e.g. etcd).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from roamnet.mapping.liveness import StatusLease
 from roamnet.mapping.records import Binding, NveStatus, Snapshot
 from roamnet.mapping.system import ANNOUNCED, PORT_UP, MappingSystem, MoveRefused, Refused
 
@@ -17,8 +18,12 @@ __all__ = ["ANNOUNCED", "PORT_UP", "MappingClient", "MoveRefused", "Refused"]
 
 
 class MappingClient:
-    def __init__(self, system: MappingSystem):
+    """`status_lease`: publish the agent's status on that lease (its liveness; an agent process has
+    one); without it, a plain write (agents in threads of one process, unit tests)."""
+
+    def __init__(self, system: MappingSystem, status_lease: StatusLease | None = None):
         self._system = system
+        self._status_lease = status_lease
 
     def snapshot(self) -> Snapshot:
         return self._system.snapshot()
@@ -39,4 +44,7 @@ class MappingClient:
         return self._system.set_detached(iface_id, nve, detached)
 
     def publish_status(self, status: NveStatus) -> None:
-        self._system.statuses.publish(status)
+        if self._status_lease is not None:
+            self._status_lease.publish(status)
+        else:
+            self._system.statuses.publish(status)

@@ -3,6 +3,8 @@
 Like OVN's Chassis_Private.nb_cfg -> hv_cfg: an agent publishes the mapping revision it has fully
 programmed; a change is everywhere once every NVE's converged revision is at least the change's.
 Waits are woken by the status keys' watch (statuses live outside /mapping/: they wake no agent).
+An agent process keeps its status on a lease (liveness.py): a missing status is an NVE whose agent
+is not running (or cannot reach the store), and counts as not converged.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ class Statuses:
         self.store, self._mapping_revision = store, mapping_revision
         self._decoded: dict[str, tuple[int, NveStatus]] = {}  # key -> (mod_revision, status)
 
-    def publish(self, status: NveStatus) -> None:
-        self.store.put(STATUS + status.nve, dump(status))
+    def publish(self, status: NveStatus, lease: int = 0) -> None:
+        """Write `status` (on `lease`, if not 0: see liveness.py)."""
+        self.store.put(STATUS + status.nve, dump(status), lease=lease)
 
     def all(self) -> dict[str, NveStatus]:
         """Every NVE's published status (decoded once per change: waits read them after each write)."""

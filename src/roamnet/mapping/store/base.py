@@ -1,8 +1,14 @@
-"""The mapping system's key-value store: revisions, compare-and-swap, transactions, watch-from-revision.
+"""The mapping system's key-value store: revisions, compare-and-swap, transactions, watch-from-revision,
+leases.
 
 The interface follows etcd's data model (a global revision that every write bumps; each key
 remembers the revision of its last change; a transaction is one revision) so that an etcd backend
 can replace the embedded one (`memory.MemoryStore`).
+
+Leases are etcd's too: `grant(ttl)` gives a lease that lives `ttl` seconds unless `keepalive` renews
+it; a key written on a lease (`put(..., lease=id)`) is deleted when the lease expires or is revoked,
+all its keys in one revision, and watchers see ordinary delete events. A key belongs to the lease of
+its last write (a write without one detaches it). What an agent's liveness is made of (`/status/<nve>`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ class KeyValue:
     key: str
     value: str
     mod_revision: int
+    lease: int = 0  # the lease the key lives on (0: none)
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: int
+    ttl: int  # seconds, as granted (etcd raises a TTL below its minimum, about 2 s, to that minimum)
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,14 @@ class Compacted(Exception):
     """A watch asked for history the store no longer keeps."""
 
 
+class LeaseNotFound(Exception):
+    """The lease does not exist (any more): it expired or was revoked, and its keys are gone."""
+
+    def __init__(self, lease: int):
+        super().__init__(f"lease {lease:x} not found (expired or revoked)")
+        self.lease = lease
+
+
 KEEP = object()  # what an `update` change function returns to leave the key as it is
 
 
@@ -65,10 +86,11 @@ class Store(ABC):
         """All keys under `prefix` and the store revision they were read at (one consistent view)."""
 
     @abstractmethod
-    def txn(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
+    def txn(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None, lease: int = 0) -> int:
         """Write every key of `writes` (None: delete it) in one revision, only if every key of
         `expect` is at that mod_revision (0 = absent); else nothing is written and CasConflict is
-        raised. Returns the store revision after it (unchanged if nothing changed)."""
+        raised. Keys written get `lease` (0: none; LeaseNotFound, and nothing written, if it is
+        gone). Returns the store revision after it (unchanged if nothing changed)."""
 
     @abstractmethod
     def watch(self, prefix: str, from_revision: int, timeout: float) -> tuple[list[Event], int]:
@@ -80,9 +102,22 @@ class Store(ABC):
     @abstractmethod
     def revision(self) -> int: ...
 
-    def put(self, key: str, value: str, expect_revision: int | None = None) -> int:
-        """Write `key`; with `expect_revision` only if the key's mod_revision is that (0 = absent)."""
-        return self.txn({key: value}, None if expect_revision is None else {key: expect_revision})
+    @abstractmethod
+    def grant(self, ttl: int) -> Lease:
+        """A new lease that expires `ttl` seconds from now unless kept alive."""
+
+    @abstractmethod
+    def keepalive(self, lease: int) -> int:
+        """Renew `lease` for its TTL from now; returns the TTL. Raises LeaseNotFound if it is gone."""
+
+    @abstractmethod
+    def revoke(self, lease: int) -> bool:
+        """End `lease` now, deleting its keys (one revision); False if it was already gone."""
+
+    def put(self, key: str, value: str, expect_revision: int | None = None, lease: int = 0) -> int:
+        """Write `key` (on `lease`, if not 0); with `expect_revision` only if the key's mod_revision is
+        that (0 = absent)."""
+        return self.txn({key: value}, None if expect_revision is None else {key: expect_revision}, lease)
 
     def delete(self, key: str, expect_revision: int | None = None) -> int:
         return self.txn({key: None}, None if expect_revision is None else {key: expect_revision})

@@ -13,6 +13,11 @@ How etcd's model maps onto `base.Store` (which was made after it):
     first batch of events (or none at the timeout) and closes it: a broken stream loses nothing,
     since the next call starts again from the last revision seen + 1; a compacted history raises
     `Compacted` (the caller re-reads everything, as `MappingSystem` does);
+  * leases are etcd's (`/v3/lease/grant`, `/v3/lease/revoke`; a put's `lease`); `keepalive` is one
+    request on `/v3/lease/keepalive` (the gateway ends the stream once the request body ends, after
+    one answer), so the caller's own thread decides when to refresh; an answer without a TTL, or
+    etcd's "requested lease not found", is `LeaseNotFound`; etcd raises a TTL below its minimum
+    (about 2 s with the default heartbeat) to that minimum, and `grant` returns the TTL granted;
   * keys and values are UTF-8 text, base64 on the wire.
 Addresses: `unix:///path/to/socket` (a socket in a 0700 directory: only root reaches it; what the
 lab starts), or `https://host:port` with a CA and a client certificate and key; a cluster's members
@@ -33,7 +38,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from roamnet.mapping.store.base import CasConflict, Compacted, Event, KeyValue, Store
+from roamnet.mapping.store.base import CasConflict, Compacted, Event, KeyValue, Lease, LeaseNotFound, Store
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +187,10 @@ class EtcdStore(Store):
             c.close()
 
     # ---- requests ------------------------------------------------------------------------------
-    def _post(self, path: str, body: dict) -> dict:
+    def _post(self, path: str, body: dict, lease: int = 0) -> dict:
         """One request, to the current member; a member that cannot be reached, or answers that it has
-        no leader, makes it try the next (each member once)."""
+        no leader, makes it try the next (each member once). `lease`: the request names that lease
+        (a lease etcd no longer has raises LeaseNotFound)."""
         problem = ""
         for _ in range(len(self._clients)):
             http = self._http
@@ -194,15 +200,18 @@ class EtcdStore(Store):
                 problem = str(exc) or type(exc).__name__
                 self._failover(http)
                 continue
-            data = r.json() if r.content else {}
-            if r.status_code != 200:
-                problem = data.get("message") or data.get("error") or r.text
-                if any(s in problem for s in UNAVAILABLE):
-                    self._failover(http)
-                    continue
-            else:
+            try:
+                data = r.json() if r.content else {}
+            except ValueError:
+                data = {}
+            if r.status_code == 200:
                 return data
-            break
+            problem = data.get("message") or data.get("error") or r.text
+            if lease and "lease not found" in problem:
+                raise LeaseNotFound(lease)
+            if not any(s in problem for s in UNAVAILABLE):
+                break
+            self._failover(http)
         raise StoreError(f"etcd at {self.url}: {problem}")
 
     def status(self) -> dict:
@@ -211,7 +220,8 @@ class EtcdStore(Store):
 
     @staticmethod
     def _kv(kv: dict) -> KeyValue:
-        return KeyValue(_text(kv["key"]), _text(kv.get("value")), int(kv.get("mod_revision", 0)))
+        return KeyValue(_text(kv["key"]), _text(kv.get("value")), int(kv.get("mod_revision", 0)),
+                        int(kv.get("lease", 0)))
 
     # ---- Store ---------------------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:
@@ -226,15 +236,16 @@ class EtcdStore(Store):
     def revision(self) -> int:
         return int(self._post("/v3/kv/range", {"key": _b64("\0"), "count_only": True})["header"]["revision"])
 
-    def txn(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
+    def txn(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None, lease: int = 0) -> int:
         if len(writes) > self.max_txn_ops:
             raise ValueError(f"{len(writes)} writes in one transaction: etcd takes at most {self.max_txn_ops} "
                              "(its --max-txn-ops)")
         compare = [{"key": _b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": str(r)}
                    for k, r in (expect or {}).items()]
-        ops = [{"request_put": {"key": _b64(k), "value": _b64(v)}} if v is not None
+        on = {"lease": str(lease)} if lease else {}
+        ops = [{"request_put": {"key": _b64(k), "value": _b64(v), **on}} if v is not None
                else {"request_delete_range": {"key": _b64(k)}} for k, v in writes.items()]
-        data = self._post("/v3/kv/txn", {"compare": compare, "success": ops})
+        data = self._post("/v3/kv/txn", {"compare": compare, "success": ops}, lease)
         if compare and not data.get("succeeded"):
             for k, r in (expect or {}).items():
                 kv = self.get(k)
@@ -303,6 +314,31 @@ class EtcdStore(Store):
         except httpx.HTTPError as exc:
             raise StoreError(f"etcd at {self.url}: {exc}") from None
         return [], from_revision
+
+    # ---- leases --------------------------------------------------------------------------------
+    def grant(self, ttl: int) -> Lease:
+        if ttl < 1:
+            raise ValueError(f"a lease's TTL is at least 1 s, not {ttl}")
+        data = self._post("/v3/lease/grant", {"TTL": str(ttl)})
+        if data.get("error"):
+            raise StoreError(f"etcd at {self.url}: cannot grant a lease: {data['error']}")
+        return Lease(int(data["ID"]), int(data["TTL"]))
+
+    def keepalive(self, lease: int) -> int:
+        data = self._post("/v3/lease/keepalive", {"ID": str(lease)}, lease)
+        if "error" in data:  # an error inside the stream's one answer
+            raise StoreError(f"etcd at {self.url}: keepalive: {data['error'].get('message') or data['error']}")
+        ttl = int((data.get("result") or {}).get("TTL", 0))
+        if ttl <= 0:  # etcd's answer for a lease it does not have: no TTL
+            raise LeaseNotFound(lease)
+        return ttl
+
+    def revoke(self, lease: int) -> bool:
+        try:
+            self._post("/v3/lease/revoke", {"ID": str(lease)}, lease)
+        except LeaseNotFound:
+            return False
+        return True
 
     # ---- etcd only -----------------------------------------------------------------------------
     def compact(self, revision: int) -> None:
