@@ -265,31 +265,104 @@ def lab_unfreeze(name: str, vm: str, fmt: str) -> None:
                f"{vm}: unfroze {', '.join(res['unfrozen'])}" if res["unfrozen"] else f"{vm}: nothing was frozen")
 
 
+# ---- the mapping store ---------------------------------------------------------------------------
+
+def store_options(f=None, *, required: bool = True):
+    """--store URL (or $ROAMNET_STORE) and the TLS files of an https store (or $ROAMNET_CACERT,
+    $ROAMNET_CERT, $ROAMNET_KEY): what every command that talks to the mapping store directly takes
+    (see `open_store`). `@store_options`, or `@store_options(required=False)` for a command that
+    needs the store only in some of its forms."""
+    if f is None:
+        return lambda g: store_options(g, required=required)
+    for opt in reversed([
+        click.option("--store", "store_url", envvar="ROAMNET_STORE", required=required, show_envvar=True,
+                     help="The mapping store (etcd): unix:///path/to/etcd.sock, or https://host:port with "
+                          "--cacert/--cert/--key."),
+        click.option("--cacert", type=click.Path(exists=True, dir_okay=False), envvar="ROAMNET_CACERT", show_envvar=True,
+                     help="CA certificate of an https store."),
+        click.option("--cert", type=click.Path(exists=True, dir_okay=False), envvar="ROAMNET_CERT", show_envvar=True,
+                     help="Client certificate for an https store."),
+        click.option("--key", type=click.Path(exists=True, dir_okay=False), envvar="ROAMNET_KEY", show_envvar=True,
+                     help="Client key for an https store."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _close(store) -> None:
+    """Close a store's connections (an embedded store has none)."""
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
+
+
+def open_store(store_url: str, cacert: str | None = None, cert: str | None = None, key: str | None = None):
+    """The etcd store at `store_url`, reachable (or a ClickException that says why not)."""
+    from roamnet.mapping.store.etcd import EtcdStore, StoreError
+
+    try:
+        store = EtcdStore(store_url, cacert=cacert, cert=cert, key=key)
+        store.revision  # noqa: B018 - reachable, or a clear error now
+    except (ValueError, StoreError) as exc:
+        _fail(exc)
+    return store
+
+
 # ---- migrate / run / demo ------------------------------------------------------------------------
 
 PHASES = ("all", "prepare", "resume", "activate", "complete", "abort")
+STORE_PHASES = ("prepare", "activate", "complete", "abort")  # through the store: the hypervisor resumes the VM
 
 
-@main.command()
-@click.argument("lab_name", metavar="LAB")
-@click.argument("vm")
-@click.option("--to", "to", help="Destination server (for a whole move and for --phase prepare).")
+@main.command(context_settings={"max_content_width": 120})
+@click.argument("where", nargs=-1, required=True, metavar="[LAB] VM")
+@click.option("--to", "to", help="Destination: a server of the lab, or an NVE of the mapping (whole move, --phase prepare).")
 @click.option("--pause-ms", default=0, show_default=True, type=click.IntRange(0, 60000),
-              help="Stop-and-copy pause: how long the VM is stopped between source and destination.")
+              help="Lab only: the stop-and-copy pause, how long the VM is stopped between source and destination.")
 @click.option("--no-prepare", is_flag=True,
-              help="Learn-driven move (no make-before-break): for comparison.")
+              help="Lab only: learn-driven move (no make-before-break), for comparison.")
 @click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True,
               help="Run one phase of a make-before-break move, as an orchestrator's hook would: prepare "
-                   "(destination ready, senders deliver to both servers), resume (the hypervisor runs the VM "
-                   "on the destination; its announcement activates the move), activate (explicitly), "
-                   "complete (forget the move, remove the source port), abort (roll back a move not "
-                   "activated).")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+                   "(destination ready, senders deliver to both servers), resume (lab only: the lab's hypervisor runs "
+                   "the VM on the destination; its announcement activates the move), activate (explicitly), "
+                   "complete (forget the move; the lab also removes the source port), abort (roll back a move not "
+                   "activated). With --store, one of prepare, activate, complete, abort is required.")
+@click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(0.1, 86400),
               help="With --phase prepare: roll the move back if it is not activated within this many seconds.")
+@click.option("--wait", "wait_s", default=10.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="With --store: how long a phase waits for every NVE to program it (prepare rolls back if they "
+                   "do not; activate and complete say which NVEs are behind).")
+@click.option("--port-ready", is_flag=True,
+              help="With --store --phase prepare: the VM's port already exists on the destination, so its agent "
+                   "must program it too before prepare returns (by default the destination is not waited for: "
+                   "hypervisors create its port when the migration starts).")
+@store_options(required=False)
 @FORMAT
-def migrate(lab_name: str, vm: str, to: str | None, pause_ms: int, no_prepare: bool, phase: str,
-            timeout_s: float, fmt: str) -> None:
-    """Live-migrate VM to another server of a running lab (make-before-break unless --no-prepare)."""
+def migrate(where: tuple[str, ...], to: str | None, pause_ms: int, no_prepare: bool, phase: str, timeout_s: float,
+            wait_s: float, port_ready: bool, store_url: str | None, cacert: str | None, cert: str | None,
+            key: str | None, fmt: str) -> None:
+    """Move a VM: one phase of a planned move through the mapping store (what an orchestrator calls; no
+    lab), or a live migration in a running lab.
+
+    \b
+    roamnet migrate VM --phase prepare --to NVE --store URL    through the store (or $ROAMNET_STORE);
+    roamnet migrate VM --phase activate|complete|abort --store URL
+    roamnet migrate LAB VM [--to SERVER] [--phase ...]         a lab's VM, through the lab's daemon
+
+    One argument is a VM of the mapping (its interfaces are the mapping's ports of that VM); two are a
+    lab and its VM. Through the store, prepare waits until every NVE programmed the move (rolled back
+    if not within --wait), the destination's agent activates it when the VM's RARP arrives there (or
+    rolls it back after --timeout), and complete refuses a move not activated.
+    """
+    if len(where) == 1:
+        _migrate_through_store(where[0], to, phase, timeout_s, wait_s, port_ready, (store_url, cacert, cert, key),
+                               fmt, pause_ms=pause_ms, no_prepare=no_prepare)
+        return
+    if len(where) != 2:
+        raise click.UsageError(f"give VM (with --store) or LAB VM, not {len(where)} arguments")
+    lab_name, vm = where
+    if port_ready:
+        raise click.UsageError("--port-ready is for moves through the store (the lab creates the port itself)")
     _need_root()
     if phase in ("all", "prepare") and not to:
         raise click.UsageError(f"--to is required for --phase {phase}")
@@ -306,6 +379,58 @@ def migrate(lab_name: str, vm: str, to: str | None, pause_ms: int, no_prepare: b
         out.print(f"{vm}: {rec['from']} ({rec['dc_from']}) → {rec['to']} ({rec['dc_to']}), {rec['mode']}, "
                   f"pause {pause_ms} ms (dark {rec['dark_ms']} ms); mapping moved {rec['mapped_ms']} ms and "
                   f"every NVE programmed {rec['converged_ms']} ms after the VM resumed")
+
+
+def _migrate_through_store(vm: str, to: str | None, phase: str, timeout_s: float, wait_s: float, port_ready: bool,
+                           store_args: tuple, fmt: str, pause_ms: int, no_prepare: bool) -> None:
+    """`roamnet migrate VM --store URL --phase ...`: orchestrator.moves over the store."""
+    from roamnet.mapping.store.etcd import StoreError
+    from roamnet.mapping.system import MappingSystem
+    from roamnet.orchestrator.moves import MoveError, Orchestrator
+
+    if not store_args[0]:
+        raise click.UsageError("one argument is a VM of the mapping: give --store URL (or set $ROAMNET_STORE); "
+                               "for a lab's VM give LAB VM")
+    if phase not in STORE_PHASES:
+        raise click.UsageError(f"through the store, --phase is one of {', '.join(STORE_PHASES)} (the hypervisor "
+                               f"moves the VM itself)" + (", not resume" if phase == "resume" else ""))
+    if pause_ms or no_prepare:
+        raise click.UsageError("--pause-ms and --no-prepare are for a lab's VM (LAB VM)")
+    if phase == "prepare" and not to:
+        raise click.UsageError("--to NVE is required for --phase prepare")
+    if port_ready and phase != "prepare":
+        raise click.UsageError("--port-ready is for --phase prepare")
+    orch = Orchestrator(MappingSystem(open_store(*store_args)))
+    try:
+        if phase != "prepare" and to:
+            _, migs = orch.moves(vm)
+            dsts = {m.dst for m in migs.values()}
+            if dsts != {to}:
+                raise MoveError(f"{vm}: its move in progress goes to {', '.join(sorted(dsts))}, not {to}")
+        if phase == "prepare":
+            rec = orch.prepare(vm, to, timeout_s, wait_s, port_ready)
+        elif phase == "activate":
+            rec = orch.activate(vm, wait_s)
+        elif phase == "complete":
+            rec = orch.complete(vm, wait_s)
+        else:
+            rec = orch.abort(vm)
+    except (MoveError, StoreError) as exc:
+        _fail(exc)
+    finally:
+        _close(orch.mapping.store)
+    if fmt == "json":
+        click.echo(json.dumps(rec))
+        return
+    line = f"{vm}: {rec['phase']} ({rec['from']} → {rec['to']})"
+    if phase == "prepare":
+        who = "every NVE" + ("" if port_ready else f" but {to} (it programs the VM's port when it appears)")
+        line += (f"; {who} programmed it in {rec['prepared_ms']} ms; rolled back by {to}'s agent unless activated "
+                 f"within {timeout_s:g} s")
+    elif "converged" in rec:
+        line += "; every NVE programmed it" if rec["converged"] else \
+            f"; not yet programmed by {', '.join(rec['lagging'])} after {wait_s:g} s"
+    out.print(escape(line))
 
 
 @main.command("stop")
@@ -332,36 +457,6 @@ def vm_start(lab_name: str, vm: str, on: str, fmt: str) -> None:
     else:
         out.print(f"{vm}: started on {rec['to']} ({rec['dc_to']}), stopped on {rec['from']} ({rec['dc_from']}) for "
                   f"{rec['dark_ms']} ms; every NVE programmed {rec['converged_ms']} ms after the start")
-
-
-def store_options(f):
-    """--store URL (or $ROAMNET_STORE) and the TLS files of an https store: what every command that
-    talks to the mapping store directly takes (see `open_store`)."""
-    for opt in reversed([
-        click.option("--store", "store_url", envvar="ROAMNET_STORE", required=True, show_envvar=True,
-                     help="The mapping store (etcd): unix:///path/to/etcd.sock, or https://host:port with "
-                          "--cacert/--cert/--key."),
-        click.option("--cacert", type=click.Path(exists=True, dir_okay=False), envvar="ROAMNET_CACERT",
-                     show_envvar=True, help="CA certificate of an https store."),
-        click.option("--cert", type=click.Path(exists=True, dir_okay=False), envvar="ROAMNET_CERT", show_envvar=True,
-                     help="Client certificate for an https store."),
-        click.option("--key", type=click.Path(exists=True, dir_okay=False), envvar="ROAMNET_KEY", show_envvar=True,
-                     help="Client key for an https store."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def open_store(store_url: str, cacert: str | None = None, cert: str | None = None, key: str | None = None):
-    """The etcd store at `store_url`, reachable (or a ClickException that says why not)."""
-    from roamnet.mapping.store.etcd import EtcdStore, StoreError
-
-    try:
-        store = EtcdStore(store_url, cacert=cacert, cert=cert, key=key)
-        store.revision  # noqa: B018 - reachable, or a clear error now
-    except (ValueError, StoreError) as exc:
-        _fail(exc)
-    return store
 
 
 def _listen(ctx, param, value: str | None) -> tuple[str, int] | None:
@@ -532,6 +627,111 @@ def get_cmd(kind: str, name: str | None, store_url: str, cacert: str | None, cer
         click.echo(json.dumps({"kind": kind, "revision": snap.revision, "items": rows}, indent=2))
     else:
         render_get(kind, rows, snap.revision, out)
+
+
+@main.group()
+def hook() -> None:
+    """Hooks that other programs run (libvirt's qemu hook)."""
+
+
+@hook.command("libvirt")
+@click.argument("domain")
+@click.argument("operation")
+@click.argument("suboperation")
+@click.argument("extra", default="-")
+@click.option("--nve", envvar="ROAMNET_NVE", show_envvar=True,
+              help="This host's NVE: its name in the mapping (/etc/roamnet/roamnet.env sets ROAMNET_NVE).")
+@store_options(required=False)
+@click.option("--timeout", "timeout_s", envvar="ROAMNET_PREPARE_TIMEOUT", show_envvar=True, default=600.0,
+              show_default=True, type=click.FloatRange(1, 86400),
+              help="A move prepared at `migrate begin` is rolled back by the destination's agent if the VM has "
+                   "not announced itself there within this many seconds (longer than a migration takes).")
+@click.option("--wait", "wait_s", envvar="ROAMNET_HOOK_WAIT", show_envvar=True, default=10.0, show_default=True,
+              type=click.FloatRange(0, 600),
+              help="The longest the hook waits for the NVEs to program a phase (libvirt waits for the hook).")
+@click.option("--syslog", is_flag=True, envvar="ROAMNET_HOOK_SYSLOG", show_envvar=True,
+              help="Also log to syslog (/dev/log, ident roamnet-hook): libvirt logs a hook's stderr only when it fails.")
+def hook_libvirt(domain: str, operation: str, suboperation: str, extra: str, nve: str | None,
+                 store_url: str | None, cacert: str | None, cert: str | None, key: str | None, timeout_s: float,
+                 wait_s: float, syslog: bool) -> None:
+    """libvirt's qemu hook, as libvirtd runs /etc/libvirt/hooks/qemu: DOMAIN OPERATION SUBOPERATION
+    EXTRA, the domain's XML on stdin (contrib/libvirt/qemu execs this).
+
+    \b
+    migrate begin (destination)   prepare the move of the domain's VM to this host's NVE; a failure
+                                  exits 1, and libvirt refuses the migration
+    release end (source)          the VM migrated away: activate the move (if its RARP did not) and
+                                  complete it
+    release end (destination)     a move never activated: the incoming migration failed, abort it
+    anything else                 nothing, exit 0 (the store is not even opened)
+
+    The domain's VM is the mapping's VM whose interface MACs (or port names, <vm>-e<k>, as
+    <target dev=...>) the domain's interfaces have; a domain with none is left alone. Nothing is
+    printed on stdout (for `migrate begin` libvirt reads stdout as the domain's XML: empty keeps it).
+    """
+    import logging
+    import logging.handlers
+
+    from roamnet.orchestrator.libvirt import ACTIVE_EVENTS
+
+    xml = sys.stdin.read()  # always: libvirt writes the domain's XML to every hook call
+    logger = logging.getLogger("roamnet.hook")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers[0].setFormatter(logging.Formatter(f"roamnet-hook[{os.getpid()}]: %(levelname)s %(message)s"))
+    if syslog and Path("/dev/log").exists():
+        handlers.append(logging.handlers.SysLogHandler("/dev/log"))
+        handlers[-1].setFormatter(logging.Formatter(f"roamnet-hook[{os.getpid()}]: %(levelname)s %(message)s"))
+    for h in handlers:
+        logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+    event = f"{domain} {operation} {suboperation} {extra}"
+    try:
+        if (operation, suboperation) not in ACTIVE_EVENTS:
+            return
+        code = _hook_event(logger, event, domain, operation, suboperation, extra, xml, nve,
+                           (store_url, cacert, cert, key), timeout_s, wait_s)
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+    if code:
+        sys.exit(code)
+
+
+def _hook_event(logger, event: str, domain: str, operation: str, suboperation: str, extra: str, xml: str,
+                nve: str | None, store_args: tuple, timeout_s: float, wait_s: float) -> int:
+    """One event of libvirt's that may touch the mapping; the exit code (1: failed, said on stderr)."""
+    import time
+
+    from roamnet.mapping.store.etcd import StoreError
+    from roamnet.mapping.system import MappingSystem
+    from roamnet.orchestrator.libvirt import HookError, run_hook
+    from roamnet.orchestrator.moves import Orchestrator
+
+    if not nve or not store_args[0]:
+        missing = " and ".join(w for w, v in (("ROAMNET_NVE (--nve)", nve), ("ROAMNET_STORE (--store)", store_args[0]))
+                               if not v)
+        logger.error("%s: refused: %s not set (/etc/roamnet/roamnet.env)", event, missing)
+        return 1
+    started = time.monotonic()
+    store = None
+    try:
+        store = open_store(*store_args)
+        decision, rec = run_hook(Orchestrator(MappingSystem(store)), nve, domain, operation, suboperation, extra, xml,
+                                 timeout_s, wait_s)
+    except (HookError, StoreError, click.ClickException) as exc:
+        logger.error("%s: failed on %s: %s", event, nve, exc.message if isinstance(exc, click.ClickException) else exc)
+        return 1
+    finally:
+        _close(store)
+    took = round((time.monotonic() - started) * 1000, 1)
+    if rec is None:
+        logger.info("%s: %s (%s ms)", event, decision.why, took)
+    else:
+        lag = f"; not yet programmed by {', '.join(rec['lagging'])}" if rec.get("lagging") else ""
+        logger.info("%s: %s: %s %s %s -> %s (%s)%s, %s ms", event, decision.why, rec["vm"], rec["phase"], rec["from"],
+                    rec["to"], ",".join(rec["ifaces"]), lag, took)
+    return 0
 
 
 def _run(path: Path, fmt: str, plot_path: Path | None) -> None:

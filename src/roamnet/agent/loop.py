@@ -144,6 +144,24 @@ class Agent:
                 changed |= self._report(iface, PORT_UP)
         return changed
 
+    def _expire_prepared(self, snap: Snapshot) -> bool:
+        """Roll back the prepared moves to this NVE past their deadline (the mapping's clock): the VM
+        never came. The destination's agent owns this (no lab, no orchestrator needed); each rollback
+        is a compare-and-swap that leaves a move activated or prepared again meanwhile. Checked every
+        pass, so within one resync period (RESYNC_S) of the deadline."""
+        now = self.client.now()
+        if not any(m.dst == self.nve.name and m.deadline and m.deadline < now for m in snap.prepared()):
+            return False
+        try:
+            expired = self.client.expire(self.nve.name)
+        except MoveRefused as exc:
+            self.stats.error(str(exc))
+            return False
+        for m in expired:
+            log.info("%s: prepared move of %s from %s expired unactivated: rolled back", self.nve.name, m.iface_id,
+                     m.src)
+        return bool(expired)
+
     def _set_detached(self, iface: str, detached: bool) -> bool:
         try:
             return self.client.set_detached(iface, self.nve.name, detached)
@@ -179,7 +197,7 @@ class Agent:
                 self.stats.kernel_reads += 1
             else:
                 actual, ports = self._cache
-            if self._claim_arrivals(snap, ports):
+            if self._claim_arrivals(snap, ports) | self._expire_prepared(snap):
                 snap = self.client.snapshot()
             changes, whole = self._changes(snap, actual)
             errors = self.kernel.apply(changes) if changes else []

@@ -26,6 +26,7 @@ from roamnet.lab.hypervisor import Hypervisor
 from roamnet.lab.plan import LabPlan
 from roamnet.mapping.records import ACTIVATED, Snapshot
 from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.orchestrator.moves import MoveError, Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +220,11 @@ class Moves:
             raise LabError(f"{lab.control_plane.name} has no prepared moves (use prepare=False)")
         started = time.monotonic()
         lab.hv.create_port(vm, to)
-        done = []
-        try:
-            for iface in self.ifaces(vm):
-                done.append(lab.mapping.prepare(iface, to, timeout))
-            if not lab.wait_converged(wait):
-                raise LabError(f"{vm}: NVEs did not program the prepared move within {wait:.0f} s")
-        except (MoveRefused, LabError) as exc:
-            for mig in done:
-                lab.mapping.abort(mig.iface_id)
+        try:  # the orchestrator's prepare, as through the store; the port exists: the destination must program it too
+            Orchestrator(lab.mapping).prepare_ifaces(self.ifaces(vm), to, timeout, wait, port_ready=True)
+        except MoveError as exc:
             lab.hv.remove_port(vm, to)
-            raise LabError(f"{vm}: prepare failed, rolled back: {exc}") from None
+            raise LabError(str(exc)) from None
         timer = threading.Timer(timeout + EXPIRE_MARGIN_S, self._expire, args=(vm,))
         timer.daemon = True
         self.pending[vm] = {"from": src, "to": to, "timer": timer, "resumed": False}
@@ -298,10 +293,12 @@ class Moves:
         return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "rolled-back"}
 
     def _expire(self, vm: str) -> None:
-        """The prepare timer: the mapping rolls back what is past its deadline; the lab follows."""
+        """The prepare timer: the mapping rolls back what is past its deadline (unless the destination's
+        agent did already); the lab follows once the move's records are gone."""
         with self._lock:
-            expired = {m.iface_id for m in self.lab.mapping.expire()}
-            if vm in self.pending and expired & set(self.ifaces(vm)):
+            self.lab.mapping.expire()
+            snap = self.lab.mapping.snapshot()
+            if vm in self.pending and not any(i in snap.migrations for i in self.ifaces(vm)):
                 self._undo(vm)
                 self.migrations.append({"vm": vm, "rolled_back": True, "at_mono": time.monotonic()})
 

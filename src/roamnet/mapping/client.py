@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 
 from roamnet.mapping.liveness import StatusLease
-from roamnet.mapping.records import Binding, NveStatus, Snapshot
+from roamnet.mapping.records import Binding, Migration, NveStatus, Snapshot
 from roamnet.mapping.system import ANNOUNCED, PORT_UP, MappingSystem, MoveRefused, Refused
 
 __all__ = ["ANNOUNCED", "PORT_UP", "MappingClient", "MoveRefused", "Refused"]
@@ -48,3 +48,11 @@ class MappingClient:
             self._status_lease.publish(status)
         else:
             self._system.statuses.publish(status)
+
+    def now(self) -> float:
+        """The mapping's clock (wall clock): what migration deadlines are compared with."""
+        return self._system.clock()
+
+    def expire(self, nve: str) -> list[Migration]:
+        """Roll back the prepared moves to `nve` past their deadline (never activated); returns them."""
+        return self._system.expire(dst=nve)

@@ -446,7 +446,7 @@ class MappingSystem:
         current = load(Binding, kv.value)
         if current.nve == dst:
             raise MoveRefused(f"{iface_id} is already on {dst}")
-        mig = Migration(iface_id, port.vni, port.mac, current.nve, dst, nve.vtep, PREPARED, time.time() + timeout)
+        mig = Migration(iface_id, port.vni, port.mac, current.nve, dst, nve.vtep, PREPARED, self.clock() + timeout)
         self._claim_vlan(dst, port.vni)  # the destination's ToR and switch need it before activation
         try:
             self._write({MIGRATIONS + iface_id: dump(mig)}, expect={MIGRATIONS + iface_id: 0})
@@ -480,23 +480,39 @@ class MappingSystem:
 
     def abort(self, iface_id: str) -> Migration | None:
         """Roll back a prepared move that was never activated; the binding never changed."""
-        def drop(mig: Migration) -> None:
+        return self._abort(iface_id)
+
+    def _abort(self, iface_id: str, past: float | None = None) -> Migration | None:
+        """`abort`; with `past`, only a record whose deadline is before `past` (not one prepared again
+        meanwhile). Returns the record it deleted, if any."""
+        dropped: list[Migration] = []
+
+        def drop(mig: Migration) -> Migration | None:
+            dropped.clear()  # a retry decides again
             if mig.state != PREPARED:
                 raise MoveRefused(f"{iface_id}: the move to {mig.dst} is already activated")
+            if past is not None and not (mig.deadline and mig.deadline < past):
+                return mig
+            dropped[:] = [mig]
+            return None
 
-        mig = self._change_migration(iface_id, drop)
-        if mig is not None:
-            self._sync_vlans(mig.dst)  # the destination's VLAN, if this move was its only reason
-        return mig
+        if self._change_migration(iface_id, drop) is None:  # no record at the last try: someone else's
+            return None
+        if dropped:
+            self._sync_vlans(dropped[0].dst)  # the destination's VLAN, if this move was its only reason
+        return dropped[0] if dropped else None
 
-    def expire(self, now: float | None = None) -> list[Migration]:
-        """Abort every prepared move past its deadline; returns them."""
-        now = time.time() if now is None else now
+    def expire(self, now: float | None = None, dst: str | None = None) -> list[Migration]:
+        """Abort every prepared move past its deadline (the mapping's clock; only the moves to NVE
+        `dst` if given: the destination's agent expires its own); returns them. Safe with several
+        callers: each abort is a compare-and-swap that refuses a move activated meanwhile or prepared
+        again, and a move two callers expire is returned by one of them only."""
+        now = self.clock() if now is None else now
         out = []
         for mig in self.snapshot().prepared():
-            if mig.deadline and mig.deadline < now:
+            if mig.deadline and mig.deadline < now and (dst is None or mig.dst == dst):
                 try:
-                    if self.abort(mig.iface_id):
+                    if self._abort(mig.iface_id, past=now):
                         out.append(mig)
                 except MoveRefused:
                     pass  # activated meanwhile
