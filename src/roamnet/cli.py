@@ -82,15 +82,23 @@ def lab() -> None:
 
 @lab.command("up")
 @click.argument("topology", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--in-process", is_flag=True,
+              help="Keep the mapping in the lab daemon's memory and run the NVE agents as its threads "
+                   "(default: a private etcd on a root-only unix socket and one `roamnet agent` process per NVE, "
+                   "as on real hosts).")
 @FORMAT
-def lab_up(topology: Path, fmt: str) -> None:
-    """Build TOPOLOGY in network namespaces; it keeps running after the command returns."""
+def lab_up(topology: Path, in_process: bool, fmt: str) -> None:
+    """Build TOPOLOGY in network namespaces; it keeps running after the command returns.
+
+    The lab runs what real hosts run: its own etcd (only root can reach it), the intent written by
+    the code of `roamnet apply`, and one `roamnet agent` process per NVE; the lab daemon keeps the
+    hypervisor's role (VM namespaces, link flips, announcements)."""
     _need_root()
     try:
         topo = load_topology(topology)
         with err.status(f"building lab {topo.name}") as status:
             res = start(topo.model_dump(mode="json", by_alias=True), str(topology),
-                        progress=lambda m: status.update(m))
+                        progress=lambda m: status.update(m), in_process=in_process)
     except (IntentError, DaemonError) as exc:
         _fail(exc)
     if fmt == "json":

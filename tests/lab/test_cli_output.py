@@ -251,8 +251,8 @@ def test_every_command_on_example(example: str, tmp_path: Path, host: Any, lab_n
         other = next((n for n in agents if nodes[n]["kind"] == "tor"), None) or \
             next((n for n in agents if nodes[n]["kind"] == "border" and nodes[n].get("vrfs")), None) or \
             next(n for n in agents if n != home and nodes[n]["kind"] == "server")
-        assert cli_json("lab", "restart-agent", name, other, "-f", "json") == {"server": other,
-                                                                              "changes_on_restart": []}
+        restarted = cli_json("lab", "restart-agent", name, other, "-f", "json")
+        assert {k: restarted[k] for k in ("server", "changes_on_restart")} == {"server": other, "changes_on_restart": []}
 
         # migrate: a whole move in table form, and back in json
         p = cli("migrate", name, mover, "--to", dst, *([] if even else ["--no-prepare"]))

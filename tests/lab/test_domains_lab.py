@@ -173,7 +173,14 @@ def test_tors_route_between_cugs_with_the_anycast_gateway(host, lab_name, lab_up
         return next((int(ln.split(",")[1].split()[0]) for ln in out.splitlines() if "received" in ln), 0)
 
     with lab_up(t, wan_bgp=False) as lab:
-        have = lab.agents["tor1"].kernel.read()[0].vrfs["t1"]
+        from roamnet.dataplane.kernel import Kernel  # the ToR's kernel, read apart from its agent
+
+        tor = lab.plan.nodes["tor1"]
+        kernel = Kernel(tor.ns, tor.vtep, {"t1": lab.plan.vrf("tor1", "t1").ns})
+        try:
+            have = kernel.read()[0].vrfs["t1"]
+        finally:
+            kernel.close()
         assert have.irbs == {10100: "198.19.1.1/24"}  # the ToR presents the gateway of the CUGs behind it
         replies("vm2", "198.19.2.15")  # (the first packets resolve neighbours)
         # vm2 (tagged 30 by the guest, behind tor1) <-> vm5 (behind tor2), routed by the two ToRs

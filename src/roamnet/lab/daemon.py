@@ -61,8 +61,10 @@ def call(lab: str, op: str, timeout: float = 60.0, **args) -> object:
     return reply.get("result")
 
 
-def start(topology: dict, source: str, timeout: float = 120.0, progress=None) -> dict:
-    """Spawn the daemon for `topology` and wait until its lab is up. Raises DaemonError."""
+def start(topology: dict, source: str, timeout: float = 120.0, progress=None, in_process: bool = False) -> dict:
+    """Spawn the daemon for `topology` and wait until its lab is up. Raises DaemonError. `in_process`:
+    the mapping in the daemon's memory and the agents as its threads (default: a private etcd and
+    one agent process per NVE)."""
     topo = parse_topology(topology, source)  # refuse bad input before anything exists
     lab = topo.name
     if daemon_pid(lab):
@@ -75,7 +77,7 @@ def start(topology: dict, source: str, timeout: float = 120.0, progress=None) ->
     (d / "topology.json").write_text(json.dumps(topo.model_dump(mode="json", by_alias=True)))
     logf = open(d / "log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "roamnet.lab.daemon", lab], stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "roamnet.lab.daemon", lab] + (["--in-process"] if in_process else []), stdin=subprocess.DEVNULL,
         stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
     logf.close()
     deadline = time.monotonic() + timeout
@@ -123,13 +125,13 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-def serve(lab_name: str) -> int:
+def serve(lab_name: str, in_process: bool = False) -> int:
     d = state_dir(lab_name)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     topo = parse_topology(json.loads((d / "topology.json").read_text()), str(d / "topology.json"))
     (d / "pid").write_text(str(os.getpid()))
-    lab = Lab(topo, journal=d / JOURNAL, progress=lambda m: log.info("progress: %s", m))
+    lab = Lab(topo, journal=d / JOURNAL, progress=lambda m: log.info("progress: %s", m), etcd=not in_process)
     done = threading.Event()
     try:
         lab.up()
@@ -197,4 +199,4 @@ def serve(lab_name: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1]))
+    sys.exit(serve(sys.argv[1], "--in-process" in sys.argv[2:]))

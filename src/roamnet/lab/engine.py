@@ -76,19 +76,24 @@ class ControlPlane(Protocol):
 class Lab:
     def __init__(self, topo: Topology, store: Store | None = None, journal: Path | None = None,
                  progress: Callable[[str], None] | None = None, control_plane: ControlPlane | None = None,
-                 wan_bgp: bool = True, border: BorderBgp | None = None, etcd: bool = False):
+                 wan_bgp: bool = True, border: BorderBgp | None = None, etcd: bool | None = None,
+                 etcd_members: int = 1):
         self.topo = topo
-        # etcd=True: the lab starts a private etcd member (lab/etcd.py) in its state directory, keeps the
-        # mapping there, and runs one `roamnet agent` process per NVE (lab/processes.py) instead of
-        # agent threads
+        # The mapping and the agents. By default (roamnet's control plane, no `store` given) the lab runs
+        # what real hosts run: a private etcd (lab/etcd.py: `etcd_members` members on unix sockets in the
+        # lab's state directory), the mapping there, and one `roamnet agent` process per NVE
+        # (lab/processes.py). etcd=False, or a `store` given, keeps the mapping in this process (a
+        # MemoryStore by default) with the agents as threads: the in-process lab.
+        if etcd is None:
+            etcd = store is None and control_plane is None
         self.etcd: EtcdServer | None = None
         self._made_state_dir: Path | None = None
         if etcd:
-            if store is not None:
-                raise LabError("a lab with its own etcd takes no other store")
+            if store is not None or control_plane is not None:
+                raise LabError("a lab with its own etcd takes no other store or control plane")
             if not state_dir(topo.name).exists():  # an in-process lab (no daemon made it): removed at down
                 self._made_state_dir = state_dir(topo.name)
-            self.etcd = EtcdServer(make_state_dir(topo.name) / "etcd", name=f"rn-{topo.name}")
+            self.etcd = EtcdServer(make_state_dir(topo.name) / "etcd", name=f"rn-{topo.name}", members=etcd_members)
         self.control_plane = control_plane
         # FRR (BGP) on the borders' tenant namespaces and the WAN router, when there are tenants;
         # `border` overrides how (e.g. another FRR location), wan_bgp=False leaves the WAN unrouted
@@ -254,9 +259,6 @@ class Lab:
             if close is not None:
                 close()
             self.etcd.stop()  # its own pid; its directory (data, agents' logs) goes with it
-            if self._made_state_dir is not None:
-                with contextlib.suppress(OSError):
-                    self._made_state_dir.rmdir()
         for cp in (self.control_plane, self.border):
             if cp is None:
                 continue
@@ -274,6 +276,9 @@ class Lab:
             removed.append(ns)
         self.created.clear()
         self._record()
+        if self._made_state_dir is not None:  # last: FRR's directories were in it too
+            with contextlib.suppress(OSError):
+                self._made_state_dir.rmdir()
         return removed
 
     def _build_underlay(self) -> None:
@@ -338,7 +343,8 @@ class Lab:
     def _new_agent(self, node: str) -> Agent | AgentProcess:
         ns = self.plan.nodes[node].ns
         if self.etcd is not None:
-            return AgentProcess(node, self.etcd.url, ns, self.etcd.workdir / f"agent-{node}.log")
+            return AgentProcess(node, self.etcd.url, ns, self.etcd.workdir / f"agent-{node}.log",
+                                metrics=self.etcd.workdir / f"agent-{node}.prom")
         nve = self.mapping.snapshot().nves[node]
         return build_agent(MappingClient(self.mapping), nve, ns, self.topo.tenants,
                            lambda t: self.plan.vrf(node, t).ns)

@@ -9,16 +9,17 @@ from pathlib import Path
 
 
 class AgentProcess:
-    """One `roamnet agent --nve NAME --store URL --netns NS` process; its output goes to `log`."""
+    """One `roamnet agent --nve NAME --store URL --netns NS [--metrics-file PATH]` process; its output goes
+    to `log`, its Prometheus metrics to `metrics` (the textfile format)."""
 
-    def __init__(self, nve: str, store_url: str, ns: str, log: Path):
-        self.nve, self.store_url, self.ns, self.log = nve, store_url, ns, log
+    def __init__(self, nve: str, store_url: str, ns: str, log: Path, metrics: Path | None = None):
+        self.nve, self.store_url, self.ns, self.log, self.metrics = nve, store_url, ns, log, metrics
         self.proc: subprocess.Popen | None = None
 
     @property
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "roamnet.cli", "agent", "--nve", self.nve, "--store", self.store_url,
-                "--netns", self.ns]
+                "--netns", self.ns] + (["--metrics-file", str(self.metrics)] if self.metrics else [])
 
     @property
     def pid(self) -> int | None:

@@ -103,9 +103,11 @@ class MappingSystem:
         """One transaction of record changes, with the mapping's revision."""
         return self.store.txn({**writes, REVISION: ""}, expect)
 
-    def _update(self, key: str, change: Callable[[KeyValue | None], object]) -> tuple[KeyValue | None, int | None]:
+    def _update(self, key: str, change: Callable[[KeyValue | None], object],
+                also: Callable[[], Mapping[str, str | None]] | None = None,
+                guard: Callable[[], Mapping[str, int]] | None = None) -> tuple[KeyValue | None, int | None]:
         try:
-            return self.store.update(key, change, also=lambda: {REVISION: ""})
+            return self.store.update(key, change, also=lambda: {REVISION: "", **(also() if also else {})}, guard=guard)
         except Conflicted as exc:
             raise MoveRefused(str(exc)) from None
 
@@ -233,14 +235,16 @@ class MappingSystem:
             where it is instead of moving (Refused, reason frozen)."""
         port, nve = self._port_and_nve(iface_id, nve_name)
         seg = self._segment(port.vni)
-        mig = self.migration(iface_id)
-        planned = mig is not None and mig.dst == nve.name  # the orchestrator moves it: sticky or not
         now = self.clock()
         seen: dict[str, object] = {}
 
         def change(kv: KeyValue | None):
             current = load(Binding, kv.value) if kv else None
-            seen["current"], seen["refused"] = current, None
+            seen["current"], seen["refused"], seen["activated"] = current, None, None
+            kv_mig = self.store.get(MIGRATIONS + iface_id)
+            mig = load(Migration, kv_mig.value) if kv_mig else None
+            seen["mig_rev"] = kv_mig.mod_revision if kv_mig else 0
+            planned = mig is not None and mig.dst == nve.name  # the orchestrator moves it: sticky or not
             if current is not None and current.nve == nve.name:
                 return KEEP
             if current is not None and current.stopped:
@@ -276,9 +280,18 @@ class MappingSystem:
                 return dump(frozen)
             seen["new"] = new = replace(move(current, port, nve), moves=moves, stable=stable)  # not frozen, attached
             self._claim_vlan(nve.name, port.vni)  # refuses the move if the domain has no VLAN left
+            if planned and mig.state == PREPARED:  # the move's activation, in the same transaction
+                seen["activated"] = replace(mig, state=ACTIVATED)
             return dump(new)
 
-        _, rev = self._update(binding_key(port.vni, port.mac), change)
+        def also() -> dict[str, str]:
+            act = seen.get("activated")
+            return {MIGRATIONS + iface_id: dump(act)} if act is not None else {}
+
+        def guard() -> dict[str, int]:  # the migration as `change` read it
+            return {MIGRATIONS + iface_id: seen["mig_rev"]} if seen.get("activated") is not None else {}
+
+        _, rev = self._update(binding_key(port.vni, port.mac), change, also, guard)
         current = seen["current"]
         if seen["refused"] is not None:
             if rev is not None:
@@ -293,7 +306,6 @@ class MappingSystem:
         new = seen["new"]
         self._sync_vlans(current.nve if current else "", nve.name)
         log.info("move %s: %s -> %s seq %d (%s)", iface_id, current.nve if current else "-", nve.name, new.seq, by)
-        self._mark_activated(iface_id, nve.name)
         return new, True  # type: ignore[return-value]
 
     def stop(self, iface_id: str) -> Binding:

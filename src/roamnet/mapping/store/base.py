@@ -123,13 +123,15 @@ class Store(ABC):
         return self.txn({key: None}, None if expect_revision is None else {key: expect_revision})
 
     def update(self, key: str, change: Callable[[KeyValue | None], object],
-               also: Callable[[], Mapping[str, str | None]] | None = None) -> tuple[KeyValue | None, int | None]:
+               also: Callable[[], Mapping[str, str | None]] | None = None,
+               guard: Callable[[], Mapping[str, int]] | None = None) -> tuple[KeyValue | None, int | None]:
         """Compare-and-swap with retry, the one loop every read-modify-write of the mapping uses.
 
         `change(kv)` (kv: the key as read, None if absent) returns the new value, None to delete the
         key, or KEEP to leave it; it may raise to refuse. `also()` gives more keys to write in the
-        same transaction. Returns (the key as `change` last saw it, the revision written or None
-        when nothing was). Raises Conflicted when it loses CAS_RETRIES times."""
+        same transaction, and `guard()` more keys that must still be at the mod_revision `change`
+        read them at. Returns (the key as `change` last saw it, the revision written or None when
+        nothing was). Raises Conflicted when it loses CAS_RETRIES times."""
         for _ in range(CAS_RETRIES):
             kv = self.get(key)
             new = change(kv)
@@ -137,7 +139,7 @@ class Store(ABC):
                 return kv, None
             writes = {key: new, **(also() if also else {})}
             try:
-                return kv, self.txn(writes, {key: kv.mod_revision if kv else 0})
+                return kv, self.txn(writes, {key: kv.mod_revision if kv else 0, **(guard() if guard else {})})
             except CasConflict:
                 continue
         raise Conflicted(key)
