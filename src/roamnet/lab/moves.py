@@ -123,8 +123,10 @@ class Moves:
 
     # ---- a whole move: one skeleton -------------------------------------------------------------
     def strategy(self, prepare: bool) -> Strategy:
-        if self.lab.control_plane is not None:
-            return Located(self)
+        cp = self.lab.control_plane
+        if cp is not None:  # a control plane with moves of its own (OVN's port options) brings their strategy
+            make = getattr(cp, "move_strategy", None)
+            return make(self) if make is not None else Located(self)
         return Prepared(self) if prepare else Learn(self)
 
     def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
