@@ -14,7 +14,8 @@ Logical network: a logical switch per CUG (`ls-<cug>`), a logical switch port pe
   by its interface id ("vm1/0"), with its MAC and IP as addresses and `requested-chassis` = its server.
   VM ports join br-int with external_ids:iface-id (as libvirt/Nova plug them).
 
-Moves (`strategy`, chosen when the control plane is made; see `move_options`):
+Moves (`strategy`, chosen when the control plane is made; see `move_options`; `lab.moves.Steered` calls
+the `move_*` hooks around the hypervisor's actions):
   classic            the destination port exists before the stop; when the VM resumed there, the
                      orchestrator re-points requested-chassis at it (OpenStack's binding update);
   multichassis-rarp  requested-chassis=src,dst before the stop, activation-strategy=rarp: the
@@ -45,8 +46,6 @@ from typing import Any, Protocol
 
 from roamnet import names
 from roamnet.dataplane import netns
-from roamnet.lab.moves import Located, Moves, poll
-from roamnet.lab.plan import UNDERLAY_MTU, nic_ns
 from roamnet.wan.frr import check_lab_address, ignore_gone, wait_gone, write_json
 
 log = logging.getLogger(__name__)
@@ -80,6 +79,7 @@ class Lab(Protocol):
     name: str
     plan: Any  # roamnet.lab.plan.LabPlan
     topo: Any  # roamnet.intent.model.Topology
+    hv: Any  # roamnet.lab.hypervisor.Hypervisor (its VMs' uplink names)
 
     def netlink(self, ns: str) -> Any: ...
     def add_namespace(self, ns: str) -> None: ...
@@ -378,6 +378,11 @@ class Proc:
         return f"{self.dir / self.role}.pid"
 
 
+def _poll(cond: Callable[[], bool], timeout: float, step: float) -> bool:
+    """True as soon as cond() holds, False if it still does not after `timeout` s (bounded)."""
+    return wait_gone(lambda: not cond(), timeout, step)
+
+
 def tx_checksum_off(ns: str, ifname: str) -> None:
     """`ethtool -K IFNAME tx off` in namespace `ns`: frames leave it with their checksums computed
     (OVS's userspace datapath reads them from a packet socket, where a checksum left to offload is
@@ -614,6 +619,9 @@ class Ovn:
     def _start_chassis(self, lab: Lab, ch: Chassis) -> None:
         d = self.dir(ch.node)
         d.mkdir(mode=0o700, exist_ok=True)
+        ipr = lab.netlink(ch.ns)
+        up_idx = ipr.link_lookup(ifname=UPLINK)[0]
+        mtu = ipr.get_links(up_idx)[0].get("IFLA_MTU")  # br-phy carries what the underlay link carries
         self._make_db(OVS_SCHEMA, d / "conf.db", ch.ns)
         db = self._spawn("ovsdb", ch.ns, ch.node)
         self._wait_socket(db, d / "ovsdb.sock")
@@ -628,17 +636,15 @@ class Ovn:
         # route and resolve next hops through the bridge that holds the address); br-int is OVN's
         self.vsctl(ch, "add-br", "br-phy", "--", "set", "Bridge", "br-phy", "datapath_type=netdev",
                    "other_config:disable-in-band=true",
-                   "--", "set", "Interface", "br-phy", f"mtu_request={UNDERLAY_MTU}",
+                   "--", "set", "Interface", "br-phy", f"mtu_request={mtu}",
                    "--", "add-port", "br-phy", UPLINK,
                    "--", "add-br", "br-int", "--", "set", "Bridge", "br-int", "datapath_type=netdev",
                    "fail_mode=secure", "other_config:disable-in-band=true")
-        ipr = lab.netlink(ch.ns)
-        up_idx = ipr.link_lookup(ifname=UPLINK)[0]
         phy = ipr.link_lookup(ifname="br-phy")
         if not phy:
             raise self.failure(vswitchd, "made no br-phy device")
         ipr.addr("del", index=up_idx, address=ch.vtep, prefixlen=ch.prefixlen)
-        ipr.link("set", index=phy[0], state="up", mtu=UNDERLAY_MTU)
+        ipr.link("set", index=phy[0], state="up", mtu=mtu)
         ipr.addr("add", index=phy[0], address=ch.vtep, prefixlen=ch.prefixlen)
         for dst, gw in ch.routes:
             ipr.route("replace", dst=dst, gateway=gw, oif=phy[0])
@@ -695,7 +701,7 @@ class Ovn:
         args: list[str] = []
         for i, _ in enumerate(lab.topo.nics(vm)):
             port = names.port(vm, i)
-            tx_checksum_off(nic_ns(lab.name, vm), f"u{i}-{server}")
+            tx_checksum_off(names.nic_netns(lab.name, vm), lab.hv.uplink(i, server))
             ids = [names.iface_id(vm, j) for j in lab.topo.nics(vm)[i]]
             if len(ids) != 1:
                 raise OvnError(f"{self.name}: {vm} NIC {i} carries {len(ids)} interfaces (tagged); not modelled")
@@ -767,15 +773,38 @@ class Ovn:
                     return False
         return self._installed(server, vm, len(lab.topo.nics(vm)))
 
-    # ---- moves -----------------------------------------------------------------------------------
-    def move_strategy(self, moves: Moves) -> OvnMove:
-        return OvnMove(moves, self)
+    # ---- moves (lab.moves.Steered drives them) --------------------------------------------------
+    steers_moves = True
 
     def set_move_options(self, lab: Lab, vm: str, phase: str, src: str, dst: str) -> None:
         opts, remove = move_options(self.strategy, phase, src, dst)
         if opts or remove:
             ports = [names.iface_id(vm, i) for i in range(len(lab.topo.vms[vm].interfaces))]
             self.nbctl(*set_options_args(ports, opts, remove))
+
+    def move_ready(self, lab: Lab, vm: str, src: str, to: str, wait: float) -> dict:
+        """Before the VM stops (its port on `to` exists, in br-int): the strategy's options; with a
+        multi-chassis strategy, wait until `to` is an additional chassis of every port."""
+        started = time.monotonic()
+        self.set_move_options(lab, vm, "ready", src, to)
+        if self.strategy != "classic":
+            if not _poll(lambda: self._additional(lab, vm, to), wait, 0.005):
+                raise OvnError(f"{self.name}: {to} did not become an additional chassis of {vm} within {wait:.0f} s")
+        return {"prepared_ms": round((time.monotonic() - started) * 1000, 1)}
+
+    def _additional(self, lab: Lab, vm: str, to: str) -> bool:
+        uuid = self._uuid(to)
+        return uuid is not None and all(uuid in extra for _, extra, _ in self._binding_state(lab, vm))
+
+    def move_resumed(self, lab: Lab, vm: str, src: str, to: str) -> None:
+        self.set_move_options(lab, vm, "resumed", src, to)
+
+    def move_finish(self, lab: Lab, vm: str, src: str, to: str, wait: float) -> None:
+        """The move is over: bound to `to` alone (waited for, bounded), the source's port out of br-int."""
+        self.set_move_options(lab, vm, "finish", src, to)
+        if not _poll(lambda: self.located(lab, vm, to), wait, 0.005):
+            log.warning("%s: %s not bound to %s alone within %.0f s", self.name, vm, to, wait)
+        self.detach_port(lab, vm, src)
 
     # ---- stop ------------------------------------------------------------------------------------
     def stop(self, lab: Lab | None = None) -> list[str]:
@@ -816,43 +845,3 @@ class Ovn:
                     break
             self._own_workdir = []
         return stopped
-
-
-class OvnMove(Located):
-    """A move with OVN as the control plane: the hypervisor's actions as for any control plane, the
-    logical port's options per the strategy (see `move_options`), converged when the destination's
-    copy of the port passes traffic (`Ovn.delivering`), finished when the binding is the destination's
-    alone and the source's port is gone."""
-
-    def __init__(self, moves: Moves, ovn: Ovn):
-        super().__init__(moves)
-        self.ovn = ovn
-        self.mode = ovn.name
-        self.src = self.to = ""
-
-    def ready(self, vm: str, src: str, to: str, wait: float) -> dict:
-        started = time.monotonic()
-        self.src, self.to = src, to
-        self.lab.hv.create_port(vm, to)  # the destination's tap, down, in br-int (attach_port)
-        self.ovn.set_move_options(self.lab, vm, "ready", src, to)
-        if self.ovn.strategy != "classic":  # the destination is an additional chassis before the VM stops
-            if not poll(lambda: self._additional(vm, to), wait, step=0.005):
-                raise OvnError(f"{vm}: {to} did not become an additional chassis within {wait:.0f} s")
-        return {"prepared_ms": round((time.monotonic() - started) * 1000, 1)}
-
-    def _additional(self, vm: str, to: str) -> bool:
-        uuid = self.ovn._uuid(to)
-        return uuid is not None and all(uuid in extra for _, extra, _ in self.ovn._binding_state(self.lab, vm))
-
-    def resumed(self, vm: str) -> None:
-        self.ovn.set_move_options(self.lab, vm, "resumed", self.src, self.to)
-
-    def programmed(self, vm: str, to: str, snap: Any, wait: float) -> bool:
-        return poll(lambda: self.ovn.delivering(self.lab, vm, to), wait, step=0.002)
-
-    def finish(self, vm: str, src: str, wait: float) -> None:
-        self.ovn.set_move_options(self.lab, vm, "finish", src, self.to)
-        if not poll(lambda: self.ovn.located(self.lab, vm, self.to), wait, step=0.005):
-            log.warning("%s: %s not bound to %s alone within %.0f s", self.ovn.name, vm, self.to, wait)
-        self.ovn.detach_port(self.lab, vm, src)
-        self.lab.hv.remove_port(vm, src)
