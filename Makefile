@@ -29,6 +29,14 @@ OUT    := out
 # nftables: libnftables1 (pulled in by it) is what the agents program port filters with (src/roamnet/nft.py),
 # `nft` is for looking at them.
 DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump frr:vtysh nftables:nft etcd-server:etcd
+# Only for the benchmark's OVN baseline (src/roamnet/baselines/ovn.py; the demo and the tests without
+# it need none of them): Open vSwitch (ovsdb-server, ovs-vswitchd on its userspace datapath) and OVN
+# (northd and the NB/SB schemas; ovn-controller), every daemon started by roamnet inside lab
+# namespaces with private directories. Their system services are disabled right after install.
+DEB_BENCH := openvswitch-switch:ovs-vswitchd,ovs-vsctl ovn-central:ovn-northd,ovn-nbctl ovn-host:ovn-controller
+OVN_SERVICES := openvswitch-switch.service ovs-vswitchd.service ovsdb-server.service \
+  ovn-central.service ovn-northd.service ovn-ovsdb-server-nb.service ovn-ovsdb-server-sb.service \
+  ovn-host.service ovn-controller.service
 
 # Under CI the lab tests must run: the lab conftest fails instead of skipping when it cannot.
 ifneq ($(filter true 1 yes on,$(shell printf '%s' '$(CI)' | tr A-Z a-z)),)
@@ -44,7 +52,7 @@ install:
 	installed() { [ "$$(dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null)" = "install ok installed" ]; }
 	have_cmds() { local c; for c in $${1//,/ }; do command -v "$$c" >/dev/null 2>&1 || return 1; done; }
 	missing=()
-	for entry in $(DEB_TOOLS); do
+	for entry in $(DEB_TOOLS) $(DEB_BENCH); do
 	  pkg=$${entry%%:*}; cmds=$${entry#*:}
 	  have_cmds "$$cmds" || installed "$$pkg" || missing+=("$$pkg")
 	done
@@ -74,6 +82,28 @@ install:
 	     && systemctl is-enabled etcd.service >/dev/null 2>&1; then
 	    say "disabling the system etcd.service that etcd-server just enabled (roamnet runs its own)"
 	    systemctl disable --now etcd.service || true
+	  fi
+	  # Open vSwitch's and OVN's packages enable (and, where init scripts may run, start) system-wide
+	  # ovsdb-server, ovs-vswitchd, northd and ovn-controller; the benchmark runs its own per lab
+	  # namespace and none of these may run because of roamnet
+	  if [[ " $${missing[*]} " == *" openvswitch-switch "* || " $${missing[*]} " == *" ovn-"* ]]; then
+	    say "OVN and Open vSwitch are installed for the benchmark's OVN baseline only; disabling their system services"
+	    if command -v systemctl >/dev/null 2>&1; then  # works offline too (no systemd running: links only)
+	      for unit in $(OVN_SERVICES); do
+	        if [ -d /run/systemd/system ] && systemctl is-active "$$unit" >/dev/null 2>&1; then
+	          systemctl stop "$$unit" || true
+	        fi
+	        if systemctl is-enabled "$$unit" >/dev/null 2>&1; then systemctl disable "$$unit" || true; fi
+	      done
+	    fi
+	    if [ ! -d /run/systemd/system ]; then  # no systemd: their init scripts, if invoke-rc.d let them run
+	      for script in ovn-host ovn-central openvswitch-switch; do
+	        if [ -x /etc/init.d/$$script ]; then
+	          if /etc/init.d/$$script status >/dev/null 2>&1; then /etc/init.d/$$script stop || true; fi
+	          if command -v update-rc.d >/dev/null 2>&1; then update-rc.d $$script disable >/dev/null 2>&1 || true; fi
+	        fi
+	      done
+	    fi
 	  fi
 	fi
 	# --- the virtualenv --------------------------------------------------------------------

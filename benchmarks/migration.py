@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Live-migration benchmark: loss beyond the VM's own pause, roamnet vs FRR BGP-EVPN, in one run.
+"""Live-migration benchmark: loss beyond the VM's own pause, roamnet vs FRR BGP-EVPN and OVN, in one run.
 
     .venv/bin/python benchmarks/migration.py [--moves K] [--quick] [--planes ...] [--sizes [N ...]]
                                              [--out DIR] [-f table|json]
 
 Runs as root; builds its own namespace labs (one at a time, named bench-<pid>-<i>), never touches
 anything else. For each control plane in turn — roamnet with make-before-break ("prepared"),
-roamnet's learn-driven path ("learn"), FRR BGP-EVPN ("frr") — it brings
+roamnet's learn-driven path ("learn"), FRR BGP-EVPN ("frr"), and OVN with each of its move strategies
+("ovn-classic", "ovn-rarp": multi-chassis with activation-strategy=rarp, "ovn-mc": multi-chassis without
+activation; OVN on Open vSwitch's userspace datapath, the others on the kernel's) — it brings
 a lab up (dc1: hv1 hv2 hv3, dc2: hv4 hv5, one CUG), starts UDP streams to the mover vm1 (from p1 on
 hv3 at 1 kHz, p2 on hv5 at 10 kHz, p3 on hv1 at 1 kHz — p3 sits on the mover's source server on
 every outbound move), moves vm1 K times each way inside dc1 (hv1→hv2→hv1) and between the data
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from roamnet import names
+from roamnet.baselines import ovn
 from roamnet.baselines.evpn import FrrEvpn, kill_recorded
 from roamnet.dataplane import netns
 from roamnet.experiments.loss import MoveWindow, analyze_stream, send_time_estimates
@@ -94,15 +97,29 @@ class Plane:
     label: str
     frr: bool = False
     prepare: bool = True
+    ovn: str = ""  # an OVN move strategy (roamnet.baselines.ovn.STRATEGIES): OVN is this plane's control plane
+
+    @property
+    def baseline(self) -> bool:
+        """Another control plane than roamnet's (no activation → last NVE programmed figure)."""
+        return self.frr or bool(self.ovn)
+
+    @property
+    def datapath(self) -> str:
+        return "Open vSwitch userspace (netdev)" if self.ovn else "Linux kernel (bridge + VXLAN)"
 
 
 PLANES = (
     Plane("roamnet", "roamnet (prepared)"),
     Plane("learn", "roamnet (learn)", prepare=False),
     Plane("frr", "FRR BGP-EVPN", frr=True),
+    Plane("ovn-classic", "OVN classic port move*", ovn="classic"),
+    Plane("ovn-rarp", "OVN multi-chassis, rarp*", ovn="multichassis-rarp"),
+    Plane("ovn-mc", "OVN multi-chassis*", ovn="multichassis"),
 )
 REF = "roamnet"  # the reference plane of the ratio column
-SHORT = {"roamnet": "roamnet", "learn": "learn", "frr": "FRR"}
+SHORT = {"roamnet": "roamnet", "learn": "learn", "frr": "FRR", "ovn-classic": "OVN classic", "ovn-rarp": "OVN rarp",
+         "ovn-mc": "OVN multi-chassis"}
 
 
 # ---------------------------------------------------------------- small helpers
@@ -143,6 +160,12 @@ def machine() -> dict[str, Any]:
         info["roamnet_dirty"] = bool(dirty)
     except (OSError, subprocess.SubprocessError):
         pass
+    for tool in ("ovn-controller", "ovs-vswitchd"):
+        try:
+            out = subprocess.run([tool, "--version"], text=True, capture_output=True, timeout=5).stdout
+            info[tool] = out.splitlines()[0] if out else None
+        except (OSError, subprocess.SubprocessError):
+            info[tool] = None
     return info
 
 
@@ -202,6 +225,8 @@ class BenchLab:
         kw: dict[str, Any] = {}
         if plane.frr:
             kw["control_plane"] = FrrEvpn()
+        elif plane.ovn:
+            kw["control_plane"] = ovn.Ovn(plane.ovn)
         journal = make_state_dir(name) / JOURNAL
         try:
             self.lab = Lab(self.topo, journal=journal, progress=lambda m: progress(f"{plane.key}: {m}"), **kw)
@@ -228,16 +253,16 @@ class BenchLab:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        """After lab.down(): FRR processes it may have left (by recorded pid), then the lab's state dir
-        and whatever namespaces its journal still lists."""
+        """After lab.down(): FRR or OVN processes it may have left (by recorded pid), then the lab's state
+        dir and whatever namespaces its journal still lists."""
         cp = self.lab.control_plane
-        if cp is not None and Path(cp.workdir).exists():
+        if cp is not None and cp.workdir is not None and Path(cp.workdir).exists():
             try:
-                left = kill_recorded(Path(cp.workdir))
+                left = (ovn.kill_recorded if self.plane.ovn else kill_recorded)(Path(cp.workdir))
                 if left:
-                    progress(f"{self.plane.key}: ended leftover FRR processes: {', '.join(left)}")
+                    progress(f"{self.plane.key}: ended leftover {cp.name} processes: {', '.join(left)}")
             except Exception as exc:
-                progress(f"{self.plane.key}: FRR clean-up: {type(exc).__name__}: {exc}")
+                progress(f"{self.plane.key}: {cp.name} clean-up: {type(exc).__name__}: {exc}")
         cleanup(self.topo.name)
 
     def migrate(self, vm: str, to: str, pause_ms: int) -> dict[str, Any]:
@@ -260,7 +285,8 @@ class PlaneResult:
     plot: dict[str, Any] | None = None  # records around one inter-DC pause-0 move
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.plane.key, "label": self.plane.label, "lab": self.lab, "error": self.error,
+        return {"key": self.plane.key, "label": self.plane.label, "datapath": self.plane.datapath,
+                "ovn_strategy": self.plane.ovn or None, "lab": self.lab, "error": self.error,
                 "up_s": self.up_s, "modes": sorted({str(m.get("mode")) for m in self.moves}),
                 "skipped_moves": self.skipped_moves, "streams": self.streams, "moves": self.moves}
 
@@ -416,7 +442,7 @@ def run_size(plane: Plane, n_servers: int, k: int, lab_name: str) -> dict:
         out["error"] = f"{type(exc).__name__}: {exc}"
         progress(f"size {n_servers} {plane.key}: FAILED: {out['error']}")
     for key in ("converged_ms", "programmed_ms"):
-        if key == "programmed_ms" and plane.frr:  # roamnet's activation → last NVE: no FRR counterpart
+        if key == "programmed_ms" and plane.baseline:  # roamnet's activation → last NVE: no counterpart
             out[key] = {"p50": None, "p99": None, "n": 0, "timeouts": None}
             continue
         vals = [m.get(key) for m in out["moves"]]
@@ -471,7 +497,7 @@ def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
             lat_rows.append({"plane": pr.plane.key, "scope": scope, "moves": len(ms),
                              "converged_p50_ms": pct(ok_c, 50), "converged_p99_ms": pct(ok_c, 99),
                              "converged_timeouts": len(conv) - len(ok_c),
-                             "programmed_timeouts": None if pr.plane.frr else len(prog) - len(ok_p),
+                             "programmed_timeouts": None if pr.plane.baseline else len(prog) - len(ok_p),
                              "programmed_p50_ms": pct(ok_p, 50), "programmed_p99_ms": pct(ok_p, 99)})
     ref = {(r["stream"], r["peer_on"], r["pause_ms"]): r for r in loss_rows if r["plane"] == REF}
     for r in loss_rows:
@@ -558,6 +584,10 @@ def render(doc: dict[str, Any]) -> None:
         if unc:
             notes.append(f"{pl['label']}: {unc} of {lost} lost packets could fall either side of a pause boundary "
                          "(the sender slipped inside their gap; see roamnet.experiments.loss)")
+    if any(pl.get("ovn_strategy") for pl in doc["planes"]):
+        notes.append("* OVN runs on Open vSwitch's userspace (netdev) datapath here (this kernel has no openvswitch "
+                     "module); roamnet and FRR-EVPN forward in the kernel. OVN's 'converged' is resume → the "
+                     "destination's copy of the port passes traffic (bound there, flows installed, activated)")
     for n in notes:
         con.print(f"• {n}", highlight=False)
 

@@ -45,6 +45,18 @@ def netns(lab: str, node: str) -> str:
     return f"rn-{lab}-{node}"
 
 
+def nic_netns(lab: str, vm: str) -> str:
+    """The namespace that holds a VM's NICs on the hypervisor side (the QEMU process's taps); '.' is in
+    no lab or node name: no collision possible."""
+    return netns(lab, vm) + ".nic"
+
+
+def ovn_central_netns(lab: str) -> str:
+    """The namespace of the OVN baseline's central daemons (NB/SB ovsdb-servers, ovn-northd): '.' is in no
+    node name, so no node's namespace can have this name."""
+    return f"{netns(lab, 'ovn')}.central"
+
+
 def vrf_netns(lab: str, node: str, tenant: str) -> str:
     """A tenant's namespace (its VRF) on a server or border."""
     return f"{netns(lab, node)}.t-{tenant}"

@@ -425,6 +425,34 @@ def frr_required() -> Iterator[None]:
     assert host_frr_state() == before, "an FRR lab test changed /etc/frr or /var/run/frr"
 
 
+# ---------------------------------------------------------------- OVN
+
+OVN_BINARIES = ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool", "ovn-northd", "ovn-nbctl", "ovn-controller")
+OVN_HOST_PATHS = ("/var/run/openvswitch", "/var/run/ovn", "/etc/openvswitch", "/etc/ovn", "/var/log/openvswitch",
+                  "/var/log/ovn", "/var/lib/openvswitch", "/var/lib/ovn")
+
+
+def host_ovn_state() -> dict[str, Any]:
+    """What a host Open vSwitch or OVN owns: the entries of its run, config, log and db directories."""
+    return {p: sorted(os.listdir(p)) if Path(p).is_dir() else None for p in OVN_HOST_PATHS}
+
+
+@pytest.fixture(scope="module")
+def ovn_required() -> Iterator[None]:
+    """The module's tests run OVN: skip them without it (fail them when the lab is required), and
+    check afterwards that the host's own Open vSwitch / OVN directories were not touched."""
+    missing = [b for b in OVN_BINARIES if shutil.which(b, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
+    if missing:
+        msg = (f"OVN is not installed (missing {', '.join(missing)}; Debian: apt-get install openvswitch-switch "
+               "ovn-central ovn-host, or `make install`)")
+        if lab_required():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    before = host_ovn_state()
+    yield
+    assert host_ovn_state() == before, "an OVN lab test changed the host's Open vSwitch / OVN directories"
+
+
 def netns_inode(ns: str) -> int:
     return os.stat(f"/run/netns/{ns}").st_ino
 

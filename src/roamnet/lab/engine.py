@@ -177,6 +177,11 @@ class Lab:
         if self.journal:
             write_journal(self.journal, self.name, self.created)
 
+    def add_namespace(self, ns: str) -> None:
+        """A namespace of the lab's own (journaled before it exists, removed at down): for a control
+        plane's daemons that belong to no node, e.g. OVN's central namespace."""
+        self._new_ns(ns)
+
     def _new_ns(self, ns: str) -> None:
         if netns.exists(ns):
             raise LabError(f"namespace {ns} already exists (is lab {self.name} already up?)")

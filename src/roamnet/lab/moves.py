@@ -9,7 +9,8 @@ by `migrate`. Every way of moving a VM shares one skeleton (`migrate`):
 
 and differs only in its strategy: `Prepared` (roamnet, make-before-break), `Learn` (roamnet, the
 destination NVE claims the port when it comes up), `Located` (another control plane, e.g. FRR
-BGP-EVPN: converged when it locates the VM).
+BGP-EVPN: converged when it locates the VM), `Steered` (another control plane that the orchestrator
+drives through a move, e.g. OVN's port options).
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ class Moves:
 
     # ---- a whole move: one skeleton -------------------------------------------------------------
     def strategy(self, prepare: bool) -> Strategy:
-        if self.lab.control_plane is not None:
-            return Located(self)
+        cp = self.lab.control_plane
+        if cp is not None:  # a control plane that steers moves itself (OVN's port options): Steered
+            return Steered(self) if getattr(cp, "steers_moves", False) else Located(self)
         return Prepared(self) if prepare else Learn(self)
 
     def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
@@ -381,3 +383,31 @@ class Located(Learn):
     def programmed(self, vm: str, to: str, snap: Snapshot | None, wait: float) -> bool:
         cp = self.lab.control_plane
         return poll(lambda: cp.located(self.lab, vm, to), wait, step=0.001)
+
+
+class Steered(Located):
+    """Another control plane that the orchestrator steers through a move (OVN: the logical port's
+    options), with the same hypervisor actions: its hooks `move_ready(lab, vm, src, to, wait)` before the
+    VM stops (returns a dict for the record), `move_resumed(lab, vm, src, to)` once it runs on `to`,
+    `delivering(lab, vm, to)` (converged: `to` passes the VM's traffic) and `move_finish(lab, vm, src, to,
+    wait)` before the source's port goes (the control plane's own part of removing it included)."""
+
+    def __init__(self, moves: Moves):
+        super().__init__(moves)
+        self.cp = moves.lab.control_plane
+        self.src = self.to = ""
+
+    def ready(self, vm: str, src: str, to: str, wait: float) -> dict:
+        self.src, self.to = src, to
+        self.lab.hv.create_port(vm, to)  # the destination's tap, down (the control plane attaches it)
+        return self.cp.move_ready(self.lab, vm, src, to, wait) or {}
+
+    def resumed(self, vm: str) -> None:
+        self.cp.move_resumed(self.lab, vm, self.src, self.to)
+
+    def programmed(self, vm: str, to: str, snap: Snapshot | None, wait: float) -> bool:
+        return poll(lambda: self.cp.delivering(self.lab, vm, to), wait, step=0.002)
+
+    def finish(self, vm: str, src: str, wait: float) -> None:
+        self.cp.move_finish(self.lab, vm, src, self.to, wait)
+        self.lab.hv.remove_port(vm, src)

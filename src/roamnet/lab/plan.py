@@ -127,8 +127,8 @@ def vrf_name(node: str, tenant: str) -> str:
 
 
 def nic_ns(lab: str, vm: str) -> str:
-    """The namespace that holds a VM's NICs on the hypervisor side (the QEMU process's taps)."""
-    return names.netns(lab, vm) + ".nic"  # '.' is in no lab or node name: no collision possible
+    """The namespace that holds a VM's NICs on the hypervisor side (names.nic_netns)."""
+    return names.nic_netns(lab, vm)
 
 
 def _p2p(net: str, low: int) -> tuple[str, str]:

@@ -1,8 +1,8 @@
 """A lab's state directory (`names.state_dir`: /run/roamnet/<lab>, mode 0700) and its journal, and the
 crash clean-up that works from them alone.
 
-`journal.json` lists every namespace the lab created, written before it is created; FRR workdirs keep
-their own pid journals. `cleanup` removes what the journals list, by recorded name and pid only.
+`journal.json` lists every namespace the lab created, written before it is created; FRR and OVN workdirs
+keep their own pid journals. `cleanup` removes what the journals list, by recorded name and pid only.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from roamnet import names
+from roamnet.baselines import ovn
 from roamnet.baselines.evpn import FrrEvpn
 from roamnet.dataplane import netns
 from roamnet.wan.border import BorderBgp
@@ -91,6 +92,7 @@ def cleanup(lab: str) -> list[str]:
             time.sleep(0.05)
     for workdir in (FrrEvpn.workdir_name, BorderBgp.workdir_name):  # FRR daemons the lab started
         kill_recorded(state_dir(lab) / workdir)                     # (pids verified, never by name)
+    ovn.kill_recorded(state_dir(lab) / ovn.Ovn.workdir_name)  # OVN/OVS daemons (pids verified, never by name)
     kill_pidfiles(state_dir(lab) / "etcd")  # its etcd member and agent processes (Lab(etcd=True))
     removed = []
     for ns in reversed(journal_namespaces(lab)):
