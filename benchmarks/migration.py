@@ -5,8 +5,10 @@
                                              [--out DIR] [-f table|json]
 
 Runs as root; builds its own namespace labs (one at a time, named bench-<pid>-<i>), never touches
-anything else. For each control plane in turn — roamnet with make-before-break ("prepared"),
-roamnet's learn-driven path ("learn"), FRR BGP-EVPN ("frr"), and OVN with each of its move strategies
+anything else. For each control plane in turn — roamnet with make-before-break ("roamnet"),
+roamnet's learn-driven path ("learn") — both as real hosts run it: a private etcd and one `roamnet
+agent` process per NVE; "inproc", on request, is the same with the mapping in the lab's memory and
+the agents as its threads — FRR BGP-EVPN ("frr"), and OVN with each of its move strategies
 ("ovn-classic", "ovn-rarp": multi-chassis with activation-strategy=rarp, "ovn-mc": multi-chassis without
 activation; OVN on Open vSwitch's userspace datapath, the others on the kernel's) — it brings
 a lab up (dc1: hv1 hv2 hv3, dc2: hv4 hv5, one CUG), starts UDP streams to the mover vm1 (from p1 on
@@ -14,6 +16,11 @@ hv3 at 1 kHz, p2 on hv5 at 10 kHz, p3 on hv1 at 1 kHz — p3 sits on the mover's
 every outbound move), moves vm1 K times each way inside dc1 (hv1→hv2→hv1) and between the data
 centers (hv1→hv4→hv1), each with a pause of 0 and 100 ms, ~1.2 s apart, then tears the lab down.
 `roamnet.experiments.loss` says, per move and stream, how many packets were lost beyond the VM's own pause.
+
+`--sizes N ...` also builds labs of N servers (one VM each, no traffic) per plane and reports the
+latency from "VM resumed" to "every NVE programmed", and each NVE's control-plane processes' CPU
+time per move and resident memory (roamnet: its agent; FRR: its zebra and bgpd), with the central
+ones apart (etcd; FRR's route reflector), from /proc.
 
 Writes <out>/migration.json (every per-move figure and the machine) and <out>/migration.png; prints
 the tables (or, with -f json, the JSON) on stdout and progress on stderr. Results are measured,
@@ -37,7 +44,7 @@ from typing import Any
 
 from roamnet import names
 from roamnet.baselines import ovn
-from roamnet.baselines.evpn import FrrEvpn, kill_recorded
+from roamnet.baselines.evpn import FrrEvpn, kill_recorded, read_journal
 from roamnet.dataplane import netns
 from roamnet.experiments.loss import MoveWindow, analyze_stream, send_time_estimates
 from roamnet.experiments.runner import Proc, final, spawn, wait_ready
@@ -98,6 +105,7 @@ class Plane:
     frr: bool = False
     prepare: bool = True
     ovn: str = ""  # an OVN move strategy (roamnet.baselines.ovn.STRATEGIES): OVN is this plane's control plane
+    in_process: bool = False  # roamnet with its mapping in the lab's memory and its agents as threads (no etcd)
 
     @property
     def baseline(self) -> bool:
@@ -112,13 +120,15 @@ class Plane:
 PLANES = (
     Plane("roamnet", "roamnet (prepared)"),
     Plane("learn", "roamnet (learn)", prepare=False),
+    Plane("inproc", "roamnet (prepared, in-process)", in_process=True),
     Plane("frr", "FRR BGP-EVPN", frr=True),
     Plane("ovn-classic", "OVN classic port move*", ovn="classic"),
     Plane("ovn-rarp", "OVN multi-chassis, rarp*", ovn="multichassis-rarp"),
     Plane("ovn-mc", "OVN multi-chassis*", ovn="multichassis"),
 )
 REF = "roamnet"  # the reference plane of the ratio column
-SHORT = {"roamnet": "roamnet", "learn": "learn", "frr": "FRR", "ovn-classic": "OVN classic", "ovn-rarp": "OVN rarp",
+DEFAULT_PLANES = [p.key for p in PLANES if not p.in_process]
+SHORT = {"roamnet": "roamnet", "learn": "learn", "inproc": "in-process", "frr": "FRR", "ovn-classic": "OVN classic", "ovn-rarp": "OVN rarp",
          "ovn-mc": "OVN multi-chassis"}
 
 
@@ -227,6 +237,8 @@ class BenchLab:
             kw["control_plane"] = FrrEvpn()
         elif plane.ovn:
             kw["control_plane"] = ovn.Ovn(plane.ovn)
+        elif plane.in_process:
+            kw["etcd"] = False
         journal = make_state_dir(name) / JOURNAL
         try:
             self.lab = Lab(self.topo, journal=journal, progress=lambda m: progress(f"{plane.key}: {m}"), **kw)
@@ -417,6 +429,67 @@ def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tup
 # ---------------------------------------------------------------- control-plane latency at size
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def control_processes(bl: BenchLab) -> dict[str, tuple[str, int]]:
+    """label -> (the NVE it serves, or "" for a central one; pid) of every control-plane process of the
+    lab: roamnet's agent processes and its etcd; FRR's zebra and bgpd per server and its route
+    reflector; OVN's daemons per chassis and central."""
+    lab, out = bl.lab, {}
+    for nve, agent in lab.agents.items():
+        if getattr(agent, "pid", None):
+            out[f"agent@{nve}"] = (nve, agent.pid)
+    if lab.etcd is not None:
+        for i, proc in enumerate(lab.etcd.procs):
+            if proc is not None:
+                out[f"etcd m{i}"] = ("", proc.pid)
+    cp = lab.control_plane
+    if cp is not None and getattr(cp, "workdir", None) is not None and bl.plane.frr:
+        for e in read_journal(Path(cp.workdir)):
+            node = Path(e["instdir"]).name
+            out[f"{e['daemon']}@{node}"] = (node if node in lab.plan.nodes and lab.plan.nodes[node].kind == "server"
+                                            else "", int(e["pid"]))
+    return out
+
+
+def sample(procs: dict[str, tuple[str, int]]) -> dict[str, tuple[float, int]]:
+    """label -> (CPU seconds so far, resident KiB) from /proc; processes gone are left out."""
+    out = {}
+    for label, (_, pid) in procs.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if ln.startswith("VmRSS:"))
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue
+        out[label] = ((int(stat[11]) + int(stat[12])) / CLK_TCK, rss)
+    return out
+
+
+def process_costs(procs: dict[str, tuple[str, int]], before: dict, after: dict, k: int) -> dict[str, Any]:
+    """Per NVE (its processes summed) and central: CPU ms per move (p50, max over NVEs) and RSS MiB."""
+    per_nve: dict[str, list[float]] = {}
+    rss_nve: dict[str, float] = {}
+    central_cpu = central_rss = 0.0
+    for label, (nve, _) in procs.items():
+        if label not in before or label not in after:
+            continue
+        cpu_ms = (after[label][0] - before[label][0]) * 1000 / max(1, k)
+        rss = after[label][1] / 1024
+        if nve:
+            per_nve.setdefault(nve, []).append(cpu_ms)
+            rss_nve[nve] = rss_nve.get(nve, 0.0) + rss
+        else:
+            central_cpu, central_rss = central_cpu + cpu_ms, central_rss + rss
+    cpu = [sum(v) for v in per_nve.values()]
+    rss = list(rss_nve.values())
+    return {"nves": len(cpu), "cpu_ms_per_move_p50": pct(cpu, 50), "cpu_ms_per_move_max": max(cpu, default=None),
+            "rss_mib_p50": pct(rss, 50), "rss_mib_max": max(rss, default=None),
+            "central_cpu_ms_per_move": round(central_cpu, 2), "central_rss_mib": round(central_rss, 1),
+            "processes": sorted(procs)}
+
+
 def run_size(plane: Plane, n_servers: int, k: int, lab_name: str) -> dict:
     """A lab of 2 DCs × n/2 servers, one VM per server, one CUG; the mover moves k times, no traffic."""
     half = (n_servers + 1) // 2
@@ -430,6 +503,9 @@ def run_size(plane: Plane, n_servers: int, k: int, lab_name: str) -> dict:
         with BenchLab(topology(lab_name, dcs, vms), plane) as bl:
             out["up_s"] = bl.up_s
             progress(f"size {n_servers} {plane.key}: lab up in {bl.up_s:.1f} s; {k} moves")
+            procs = control_processes(bl)
+            time.sleep(1.0)  # let the start settle: the moves' cost alone is measured
+            before = sample(procs)
             for i in range(k):
                 to, scope = cycle[i % len(cycle)]
                 time.sleep(0.3)
@@ -438,6 +514,7 @@ def run_size(plane: Plane, n_servers: int, k: int, lab_name: str) -> dict:
                 out["moves"].append(_jsonable(rec))
                 progress(f"size {n_servers} {plane.key}: move {i + 1}/{k} → {to}: converged "
                          f"{rec.get('converged_ms')} ms, programmed {rec.get('programmed_ms')} ms")
+            out["costs"] = process_costs(procs, before, sample(procs), k)
     except Exception as exc:  # this size failed; the others run
         out["error"] = f"{type(exc).__name__}: {exc}"
         progress(f"size {n_servers} {plane.key}: FAILED: {out['error']}")
@@ -559,13 +636,16 @@ def render(doc: dict[str, Any]) -> None:
     if doc.get("sizes"):
         t = Table(title="control-plane latency at size (ms), no traffic")
         for col in ("control plane", "servers", "VMs", "lab up s", "moves", "resume→converged p50", "p99",
-                    "activation→programmed p50", "p99", "note"):
+                    "activation→programmed p50", "p99", "CPU ms/move per NVE p50", "max", "RSS MiB per NVE",
+                    "central CPU ms/move", "central RSS MiB", "note"):
             t.add_column(col, justify="left" if col in ("control plane", "note") else "right")
         for r in doc["sizes"]:
-            c, p = r["converged_ms"], r["programmed_ms"]
+            c, p, k = r["converged_ms"], r["programmed_ms"], r.get("costs") or {}
             note = r["error"] or (f"{c['timeouts']} timeouts" if c["timeouts"] else "")
             t.add_row(labels[r["plane"]], str(r["servers"]), str(r["vms"]), _f(r["up_s"]), str(len(r["moves"])),
-                      _f(c["p50"]), _f(c["p99"]), _f(p["p50"]), _f(p["p99"]), note[:60])
+                      _f(c["p50"]), _f(c["p99"]), _f(p["p50"]), _f(p["p99"]), _f(k.get("cpu_ms_per_move_p50")),
+                      _f(k.get("cpu_ms_per_move_max")), _f(k.get("rss_mib_p50")), _f(k.get("central_cpu_ms_per_move")),
+                      _f(k.get("central_rss_mib")), note[:60])
         con.print(t)
     notes = []
     for pl in doc["planes"]:
@@ -643,8 +723,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--moves", type=int, default=None, metavar="K",
                     help="round trips per scope (intra/inter-DC) and pause (default 5; 2 with --quick)")
     ap.add_argument("--quick", action="store_true", help="K=2 (about 3 minutes for the three planes)")
-    ap.add_argument("--planes", nargs="+", choices=[p.key for p in PLANES], default=[p.key for p in PLANES],
-                    help="control planes to run, in this order (default: all)")
+    ap.add_argument("--planes", nargs="+", choices=[p.key for p in PLANES], default=DEFAULT_PLANES,
+                    help="control planes to run, in this order (default: all but inproc, roamnet with its mapping "
+                         "in the lab's memory and its agents as threads, the arrangement before agent processes)")
     ap.add_argument("--sizes", nargs="*", type=int, default=None, metavar="N",
                     help="also measure control-plane latency in labs of N servers (default N=32), no traffic")
     ap.add_argument("--size-moves", type=int, default=None, metavar="K",

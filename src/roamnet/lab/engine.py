@@ -345,10 +345,10 @@ class Lab:
         except ApplyRefused as exc:
             raise LabError(f"the VMs cannot start where the topology puts them: {exc}") from None
 
-    def _new_agent(self, node: str) -> Agent | AgentProcess:
+    def _new_agent(self, node: str, store_url: str | None = None) -> Agent | AgentProcess:
         ns = self.plan.nodes[node].ns
         if self.etcd is not None:
-            return AgentProcess(node, self.etcd.url, ns, self.etcd.workdir / f"agent-{node}.log",
+            return AgentProcess(node, store_url or self.etcd.url, ns, self.etcd.workdir / f"agent-{node}.log",
                                 metrics=self.etcd.workdir / f"agent-{node}.prom")
         nve = self.mapping.snapshot().nves[node]
         return build_agent(MappingClient(self.mapping), nve, ns, self.topo.tenants,
@@ -366,12 +366,15 @@ class Lab:
         errors = [e for n in lagging if n in st for e in st[n].errors[-3:]]
         return f"behind revision {rev}: {', '.join(lagging) or 'none'}" + (f"; errors: {'; '.join(errors)}" if errors else "")
 
-    def restart_agent(self, server: str) -> dict:
-        """Stop a server's agent and start a new one on the same kernel state; returns its first pass."""
+    def restart_agent(self, server: str, store_url: str | None = None) -> dict:
+        """Stop a server's agent and start a new one on the same kernel state; returns its first pass.
+        `store_url`: the new agent process reaches the store there (e.g. one member of the lab's etcd)."""
         if server not in self.agents:
             raise LabError(f"no NVE agent on {server!r}")
+        if store_url is not None and self.etcd is None:
+            raise LabError("only agent processes (a lab with its own etcd) take a store URL")
         self.agents[server].stop()
-        agent = self._new_agent(server)
+        agent = self._new_agent(server, store_url)
         if isinstance(agent, AgentProcess):  # a new process: its first pass is in the status it publishes
             before = self.mapping.statuses.all().get(server)
             agent.start()
