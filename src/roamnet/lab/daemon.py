@@ -61,10 +61,13 @@ def call(lab: str, op: str, timeout: float = 60.0, **args) -> object:
     return reply.get("result")
 
 
-def start(topology: dict, source: str, timeout: float = 120.0, progress=None, in_process: bool = False) -> dict:
-    """Spawn the daemon for `topology` and wait until its lab is up. Raises DaemonError. `in_process`:
-    the mapping in the daemon's memory and the agents as its threads (default: a private etcd and
-    one agent process per NVE)."""
+def start(topology: dict, source: str, timeout: float = 120.0, progress=None, in_process: bool = False,
+          store_url: str | None = None) -> dict:
+    """Spawn the daemon for `topology` and wait until its lab is up. Raises DaemonError. Default: a
+    private etcd and one agent process per NVE; `store_url`: the agents over that etcd instead (it
+    must hold no mapping); `in_process`: the mapping in the daemon's memory, the agents its threads."""
+    if in_process and store_url:
+        raise DaemonError("a lab is either in-process or over a store, not both")
     topo = parse_topology(topology, source)  # refuse bad input before anything exists
     lab = topo.name
     if daemon_pid(lab):
@@ -77,7 +80,8 @@ def start(topology: dict, source: str, timeout: float = 120.0, progress=None, in
     (d / "topology.json").write_text(json.dumps(topo.model_dump(mode="json", by_alias=True)))
     logf = open(d / "log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "roamnet.lab.daemon", lab] + (["--in-process"] if in_process else []), stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "roamnet.lab.daemon", lab] + (["--in-process"] if in_process else [])
+        + (["--store", store_url] if store_url else []), stdin=subprocess.DEVNULL,
         stdout=logf, stderr=logf, start_new_session=True, close_fds=True)
     logf.close()
     deadline = time.monotonic() + timeout
@@ -125,13 +129,14 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-def serve(lab_name: str, in_process: bool = False) -> int:
+def serve(lab_name: str, in_process: bool = False, store_url: str | None = None) -> int:
     d = state_dir(lab_name)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     topo = parse_topology(json.loads((d / "topology.json").read_text()), str(d / "topology.json"))
     (d / "pid").write_text(str(os.getpid()))
-    lab = Lab(topo, journal=d / JOURNAL, progress=lambda m: log.info("progress: %s", m), etcd=not in_process)
+    lab = Lab(topo, journal=d / JOURNAL, progress=lambda m: log.info("progress: %s", m),
+              etcd=False if in_process or store_url else None, store_url=store_url)
     done = threading.Event()
     try:
         lab.up()
@@ -199,4 +204,5 @@ def serve(lab_name: str, in_process: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1], "--in-process" in sys.argv[2:]))
+    args = sys.argv[2:]
+    sys.exit(serve(sys.argv[1], "--in-process" in args, args[args.index("--store") + 1] if "--store" in args else None))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,23 +78,29 @@ class Lab:
     def __init__(self, topo: Topology, store: Store | None = None, journal: Path | None = None,
                  progress: Callable[[str], None] | None = None, control_plane: ControlPlane | None = None,
                  wan_bgp: bool = True, border: BorderBgp | None = None, etcd: bool | None = None,
-                 etcd_members: int = 1):
+                 etcd_members: int = 1, store_url: str | None = None):
         self.topo = topo
         # The mapping and the agents. By default (roamnet's control plane, no `store` given) the lab runs
         # what real hosts run: a private etcd (lab/etcd.py: `etcd_members` members on unix sockets in the
         # lab's state directory), the mapping there, and one `roamnet agent` process per NVE
-        # (lab/processes.py). etcd=False, or a `store` given, keeps the mapping in this process (a
-        # MemoryStore by default) with the agents as threads: the in-process lab.
+        # (lab/processes.py). `store_url`: an etcd of the user's instead (it must hold no mapping yet;
+        # `down` removes the mapping the lab wrote there). etcd=False, or a `store` given, keeps the
+        # mapping in this process (a MemoryStore by default) with the agents as threads: the in-process lab.
         if etcd is None:
-            etcd = store is None and control_plane is None
+            etcd = store is None and control_plane is None and store_url is None
         self.etcd: EtcdServer | None = None
+        self.store_url = store_url  # the store agent processes reach (the lab's own etcd's, set at up)
         self._made_state_dir: Path | None = None
-        if etcd:
-            if store is not None or control_plane is not None:
-                raise LabError("a lab with its own etcd takes no other store or control plane")
+        self.agent_dir: Path | None = None  # agent processes' logs, pid files and metrics
+        if etcd or store_url:
+            if store is not None or control_plane is not None or (etcd and store_url):
+                raise LabError("a lab with agent processes over etcd takes no other store or control plane")
             if not state_dir(topo.name).exists():  # an in-process lab (no daemon made it): removed at down
                 self._made_state_dir = state_dir(topo.name)
+            self.agent_dir = make_state_dir(topo.name) / "agents"
+        if etcd:
             self.etcd = EtcdServer(make_state_dir(topo.name) / "etcd", name=f"rn-{topo.name}", members=etcd_members)
+        self._wrote_external = False
         self.control_plane = control_plane
         # FRR (BGP) on the borders' tenant namespaces and the WAN router, when there are tenants;
         # `border` overrides how (e.g. another FRR location), wan_bgp=False leaves the WAN unrouted
@@ -211,6 +218,11 @@ class Lab:
             if self.etcd is not None:
                 self.progress("starting etcd (unix socket in the lab's state directory)")
                 self.mapping = MappingSystem(self.etcd.start())
+                self.store_url = self.etcd.url
+            elif self.store_url is not None:
+                self.mapping = MappingSystem(self._external_store())
+            if self.agent_dir is not None:
+                self.agent_dir.mkdir(mode=0o700, exist_ok=True)
             self._register()
             for node in self.agent_nodes():
                 self.agents[node.name] = self._new_agent(node.name)
@@ -259,11 +271,16 @@ class Lab:
         for agent in self.agents.values():
             agent.stop()
         self.agents.clear()
-        if self.etcd is not None:
+        if self.etcd is not None or self.store_url is not None:
+            if self.etcd is None and self._wrote_external:
+                self._clear_external()
             close = getattr(self.mapping.store, "close", None)
             if close is not None:
                 close()
-            self.etcd.stop()  # its own pid; its directory (data, agents' logs) goes with it
+        if self.etcd is not None:
+            self.etcd.stop()  # its own pid; its directory (data) goes with it
+        if self.agent_dir is not None:
+            shutil.rmtree(self.agent_dir, ignore_errors=True)  # the agents' logs, pid files, metrics
         for cp in (self.control_plane, self.border):
             if cp is None:
                 continue
@@ -345,11 +362,42 @@ class Lab:
         except ApplyRefused as exc:
             raise LabError(f"the VMs cannot start where the topology puts them: {exc}") from None
 
+    def _external_store(self) -> Store:
+        """The user's etcd at `store_url`, checked empty of any mapping (the lab owns what it writes there)."""
+        from roamnet.mapping.records import ROOT
+        from roamnet.mapping.store.etcd import EtcdStore, StoreError
+
+        try:
+            store = EtcdStore(self.store_url)
+            held, _ = store.range(ROOT)
+        except (ValueError, StoreError) as exc:
+            raise LabError(f"lab {self.name}: the store {self.store_url}: {exc}") from None
+        if held:
+            store.close()
+            raise LabError(f"lab {self.name}: the store {self.store_url} already holds a mapping ({len(held)} keys "
+                           f"under {ROOT}): a lab needs a store of its own")
+        self._wrote_external = True
+        return store
+
+    def _clear_external(self) -> None:
+        """Remove the mapping the lab wrote in the user's store (and statuses left by killed agents)."""
+        from roamnet.mapping.records import ROOT, STATUS
+
+        store = self.mapping.store
+        try:
+            for prefix in (ROOT, STATUS):
+                keys = [kv.key for kv in store.range(prefix)[0]]
+                step = getattr(store, "max_txn_ops", 128)
+                for i in range(0, len(keys), step):
+                    store.txn({k: None for k in keys[i:i + step]})
+        except Exception as exc:  # the namespaces must go whatever happened
+            log.warning("lab %s: could not remove its mapping from %s: %s", self.name, self.store_url, exc)
+
     def _new_agent(self, node: str, store_url: str | None = None) -> Agent | AgentProcess:
         ns = self.plan.nodes[node].ns
-        if self.etcd is not None:
-            return AgentProcess(node, store_url or self.etcd.url, ns, self.etcd.workdir / f"agent-{node}.log",
-                                metrics=self.etcd.workdir / f"agent-{node}.prom")
+        if self.agent_dir is not None:
+            return AgentProcess(node, store_url or self.store_url, ns, self.agent_dir / f"agent-{node}.log",
+                                metrics=self.agent_dir / f"agent-{node}.prom")
         nve = self.mapping.snapshot().nves[node]
         return build_agent(MappingClient(self.mapping), nve, ns, self.topo.tenants,
                            lambda t: self.plan.vrf(node, t).ns)
@@ -371,8 +419,8 @@ class Lab:
         `store_url`: the new agent process reaches the store there (e.g. one member of the lab's etcd)."""
         if server not in self.agents:
             raise LabError(f"no NVE agent on {server!r}")
-        if store_url is not None and self.etcd is None:
-            raise LabError("only agent processes (a lab with its own etcd) take a store URL")
+        if store_url is not None and self.agent_dir is None:
+            raise LabError("only agent processes (a lab over etcd) take a store URL")
         self.agents[server].stop()
         agent = self._new_agent(server, store_url)
         if isinstance(agent, AgentProcess):  # a new process: its first pass is in the status it publishes

@@ -93,7 +93,8 @@ def cleanup(lab: str) -> list[str]:
     for workdir in (FrrEvpn.workdir_name, BorderBgp.workdir_name):  # FRR daemons the lab started
         kill_recorded(state_dir(lab) / workdir)                     # (pids verified, never by name)
     ovn.kill_recorded(state_dir(lab) / ovn.Ovn.workdir_name)  # OVN/OVS daemons (pids verified, never by name)
-    kill_pidfiles(state_dir(lab) / "etcd")  # its etcd member and agent processes (Lab(etcd=True))
+    kill_pidfiles(state_dir(lab) / "agents")  # its agent processes, then its etcd members
+    kill_pidfiles(state_dir(lab) / "etcd")
     removed = []
     for ns in reversed(journal_namespaces(lab)):
         if netns.exists(ns):
