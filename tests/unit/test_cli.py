@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from roamnet import cli
+from roamnet.cli import lab as cli_lab
 from roamnet.intent.scenario import packaged_example
 
 
@@ -28,7 +29,7 @@ def test_validate_prints_a_path_with_brackets_as_it_is(tmp_path: Path) -> None:
 
 def test_inspect_table_prints_errors_with_brackets_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
     buf = io.StringIO()
-    monkeypatch.setattr(cli, "out", Console(file=buf, width=300))
+    monkeypatch.setattr(cli_lab, "out", Console(file=buf, width=300))
     data = {
         "lab": "x",
         "nodes": [{"name": "hv1", "kind": "server", "dc": "dc1", "namespace": "rn-x-hv1", "vtep": "198.18.1.1",
@@ -36,7 +37,7 @@ def test_inspect_table_prints_errors_with_brackets_as_they_are(monkeypatch: pyte
         "mapping": {"revision": 3, "bindings": [], "vlans": {}},
         "wan_bgp": {"wan_routes": {"198.19.1.0/24": "dc1br"}, "error": "vtysh: [/run/frr] [bold]gone"},
     }
-    cli._inspect_table(data)
+    cli_lab._inspect_table(data)
     text = buf.getvalue()
     assert "errors: write [/dev/x] failed [web]" in text, text
     assert "FRR: vtysh: [/run/frr] [bold]gone" in text, text
@@ -44,7 +45,7 @@ def test_inspect_table_prints_errors_with_brackets_as_they_are(monkeypatch: pyte
 
 def test_inspect_table_shows_agents_status_clients_vrfs_and_moves(monkeypatch: pytest.MonkeyPatch) -> None:
     buf = io.StringIO()
-    monkeypatch.setattr(cli, "out", Console(file=buf, width=300))
+    monkeypatch.setattr(cli_lab, "out", Console(file=buf, width=300))
     vrf = {"l3vni": 50001, "router_mac": "02:52:4e:01:01:01", "gateways": ["198.19.1.1/24"], "host_routes": 2,
            "default_via": "198.18.250.1"}
     data = {
@@ -58,7 +59,7 @@ def test_inspect_table_shows_agents_status_clients_vrfs_and_moves(monkeypatch: p
         "pending": {"vm1": {"from": "hv1", "to": "hv2", "resumed": False}},
         "mapping": {"revision": 42, "bindings": [], "vlans": {}},
     }
-    cli._inspect_table(data)
+    cli_lab._inspect_table(data)
     text = buf.getvalue()
     assert "converged at rev 42  passes 7  resyncs 3" in text, text
     assert "agent: no status published" in text, text

@@ -17,6 +17,7 @@ from test_orchestrator import DB, NVES, VM1A, VM1B, WEB, Fabric
 from test_store import etcd_server  # noqa: F401 - the module's private etcd member
 
 from roamnet import cli
+from roamnet.cli import hook as cli_hook
 from roamnet.mapping.records import ACTIVATED, PREPARED, Binding, LogicalPort, Migration, Snapshot
 from roamnet.mapping.store import MemoryStore
 from roamnet.mapping.system import MappingSystem
@@ -116,7 +117,7 @@ def hook(args: list[str], xml: str, env: dict[str, str]):
 @pytest.fixture
 def memory_fabric(monkeypatch):
     f = Fabric(MemoryStore())
-    monkeypatch.setattr(cli, "open_store", lambda *_: f.mapping.store)  # the hook's store: this one
+    monkeypatch.setattr(cli_hook, "open_store", lambda *_: f.mapping.store)  # the hook's store: this one
     yield f
     f.stop()
 

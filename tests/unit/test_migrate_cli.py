@@ -12,6 +12,7 @@ from test_orchestrator import Fabric
 from test_store import etcd_server  # noqa: F401 - the module's private etcd member
 
 from roamnet import cli
+from roamnet.cli import migrate as cli_migrate
 from roamnet.mapping.records import ACTIVATED, PREPARED
 from roamnet.mapping.store import MemoryStore
 
@@ -23,7 +24,7 @@ def migrate(*args: str, store: str = "memory://"):
 @pytest.fixture
 def fabric(monkeypatch):
     f = Fabric(MemoryStore())
-    monkeypatch.setattr(cli, "open_store", lambda *_: f.mapping.store)
+    monkeypatch.setattr(cli_migrate, "open_store", lambda *_: f.mapping.store)
     yield f
     f.stop()
 
@@ -85,8 +86,8 @@ def test_usage_through_the_store(fabric):
 
 def test_two_arguments_are_a_lab_and_its_vm(monkeypatch):
     asked = []
-    monkeypatch.setattr(cli, "_need_root", lambda: None)
-    monkeypatch.setattr(cli, "_ask", lambda lab, op, **args: asked.append((lab, op, args)) or
+    monkeypatch.setattr(cli_migrate, "_need_root", lambda: None)
+    monkeypatch.setattr(cli_migrate, "_ask", lambda lab, op, **args: asked.append((lab, op, args)) or
                         {"vm": args["vm"], "phase": "prepared", "from": "hv1", "to": "hv2"})
     res = migrate("two-dc", "vm1", "--phase", "prepare", "--to", "hv2", store="unix:///nowhere")
     assert res.exit_code == 0, res.output

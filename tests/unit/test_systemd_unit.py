@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from roamnet import cli
+from roamnet.cli.agent import agent
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
 UNIT = CONTRIB / "roamnet-agent@.service"
@@ -37,7 +37,7 @@ def test_the_unit_runs_one_agent_per_instance_and_stops_it_with_sigterm():
 
 
 def test_the_example_environment_files_set_only_what_the_agent_reads():
-    reads = {p.envvar for p in cli.agent.params if p.envvar}
+    reads = {p.envvar for p in agent.params if p.envvar}
     assert {"ROAMNET_STORE", "ROAMNET_NETNS", "ROAMNET_CACERT", "ROAMNET_CERT", "ROAMNET_KEY", "ROAMNET_STATUS_TTL",
             "ROAMNET_METRICS_LISTEN", "ROAMNET_METRICS_FILE"} <= reads
     for env in ("roamnet.env", "agent-hv1.env"):

@@ -2,5 +2,5 @@
 `moves` (a VM's interfaces and the make-before-break phases, with the convergence waits read from
 the agents' statuses) and `libvirt` (libvirt's qemu hook: its events to those phases).
 
-Imports only `mapping` and `names`; `cli.py` composes it with a store, and the lab's `Moves` shares
+Imports only `mapping` and `names`; `cli/` composes it with a store, and the lab's `Moves` shares
 its prepare."""
