@@ -23,8 +23,11 @@ def lab() -> None:
               help="Keep the mapping in the lab daemon's memory and run the NVE agents as its threads "
                    "(default: a private etcd on a root-only unix socket and one `roamnet agent` process per NVE, "
                    "as on real hosts).")
+@click.option("--store", "store_url", metavar="URL",
+              help="Run the agents over this etcd instead of starting one (unix:///path/to/socket; it must hold no "
+                   "mapping yet, and `lab down` removes the mapping the lab wrote there).")
 @FORMAT
-def lab_up(topology: Path, in_process: bool, fmt: str) -> None:
+def lab_up(topology: Path, in_process: bool, store_url: str | None, fmt: str) -> None:
     """Build TOPOLOGY in network namespaces; it keeps running after the command returns.
 
     The lab runs what real hosts run: its own etcd (only root can reach it), the intent written by
@@ -34,11 +37,13 @@ def lab_up(topology: Path, in_process: bool, fmt: str) -> None:
     from roamnet.lab.daemon import DaemonError, start
 
     _need_root()
+    if in_process and store_url:
+        raise click.UsageError("--in-process and --store exclude each other")
     try:
         topo = load_topology(topology)
         with err.status(f"building lab {topo.name}") as status:
             res = start(topo.model_dump(mode="json", by_alias=True), str(topology),
-                        progress=lambda m: status.update(m), in_process=in_process)
+                        progress=lambda m: status.update(m), in_process=in_process, store_url=store_url)
     except (IntentError, DaemonError) as exc:
         _fail(exc)
     if fmt == "json":
