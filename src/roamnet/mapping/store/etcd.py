@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 REQUEST_TIMEOUT_S = 2.0  # a member that cannot commit within this (its leader died) is left for the next one
+SINGLE_MEMBER_TIMEOUT_S = 10.0  # one member: nothing to fail over to; a loaded machine may take seconds
 WAIT_S = 0.5  # iter_watch's wait on a stream between looks at its stop event (>= MIN_WATCH_S: no polling)
 MIN_WATCH_S = 0.3  # a watch that must not wait still reads what the history has (etcd syncs a watcher
 #                   that starts in the past every 100 ms)
@@ -147,14 +148,17 @@ class EtcdStore(Store):
     """`url`: unix:///socket, http(s)://host:port. `cacert`, `cert`, `key`: TLS (https only)."""
 
     def __init__(self, url: str, *, cacert: str | None = None, cert: str | None = None, key: str | None = None,
-                 max_txn_ops: int = DEFAULT_MAX_TXN_OPS, timeout: float = REQUEST_TIMEOUT_S):
+                 max_txn_ops: int = DEFAULT_MAX_TXN_OPS, timeout: float | None = None):
+        urls = [u.strip() for u in url.split(",") if u.strip()]
+        if timeout is None:  # short only where another member can answer instead
+            timeout = REQUEST_TIMEOUT_S if len(urls) > 1 else SINGLE_MEMBER_TIMEOUT_S
         self.url, self.max_txn_ops, self.timeout = url, max_txn_ops, timeout
         self.closed = False
         self._lock = threading.Lock()
         self._watchers: dict[str, _Watcher] = {}  # prefix -> its long-lived stream
         # one client per member (comma-separated URLs); requests go to the current one and fail over
         # to the next when it cannot be reached or has no leader
-        self._clients = [self._client(u.strip(), cacert, cert, key) for u in url.split(",") if u.strip()]
+        self._clients = [self._client(u, cacert, cert, key) for u in urls]
         if not self._clients:
             raise ValueError(f"{url!r}: no store URL")
         self._current = 0
