@@ -554,3 +554,15 @@ def wait_resynced(lab: Any, nodes: list[str] | None = None, timeout: float = 10.
             return
         assert time.monotonic() < deadline, f"no resync published within {timeout} s by {', '.join(behind)}"
         time.sleep(0.05)
+
+
+def lost_between(result: Any, start: float, end: float) -> list[int]:
+    """Sequence numbers of a stream's datagrams that were sent between monotonic times `start` and
+    `end` (by the sender's schedule: first + seq / rate) and never received. Receive-time gaps would
+    also show a receiver that was only descheduled; this shows what the network lost."""
+    if result.first is None or not result.rate:
+        return []
+    got = {seq for seq, _ in result.records}
+    lo = max(0, int((start - result.first) * result.rate))
+    hi = min(result.sent, int((end - result.first) * result.rate) + 1)
+    return [s for s in range(lo, hi) if s not in got]

@@ -3,8 +3,8 @@ processes over its own etcd, under a 1 kHz stream, while the store goes away in 
 production: a member stopped for 5 s, a 3-member cluster's leader killed during a series of moves, an
 agent cut off from the store, a compaction while an agent is down.
 
-What is checked is behaviour, not speed: the stream is never interrupted outside the VMs' pauses
-(no gap while the store is away), each move completes or is refused with a clear error, the agents
+What is checked is behaviour, not speed: the stream loses nothing while the store is away (by
+sequence number: a receiver only descheduled is not a loss), each move completes or is refused with a clear error, the agents
 resume and converge afterwards. Loss per move is printed (the benchmark measures it)."""
 
 from __future__ import annotations
@@ -12,16 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from conftest import lost_between
+
 from roamnet.experiments.loss import loss_beyond_pause, windows_from_migrations
 from roamnet.lab.errors import LabError
-
-GAP_S = 0.02  # a gap in a 1 kHz stream longer than this is an interruption
-
-
-def _gaps(result: Any, start: float, end: float) -> list[tuple[float, float]]:
-    """Gaps over GAP_S in what the receiver got, between monotonic times `start` and `end`."""
-    seen = sorted(t for _, t in result.records)
-    return [(a, b) for a, b in zip(seen, seen[1:]) if b - a > GAP_S and b > start and a < end]
 
 
 def _beyond(result: Any, moves: list[dict]) -> list[tuple[int, int]]:
@@ -60,7 +54,7 @@ def test_etcd_down_for_5s_the_data_plane_forwards_and_agents_resume(make_topolog
         assert {n: s.pid for n, s in statuses.items()} == pids  # the same processes, resumed (none restarted)
         assert all(s.converged_revision >= rev_before for s in statuses.values())
         assert there["converged_ms"] is not None and back["converged_ms"] is not None
-        assert _gaps(result, down_at, up_at) == [], "the data plane stopped while etcd was away"
+        assert lost_between(result, down_at, up_at) == [], "the data plane lost packets while etcd was away"
         assert result.survived, result.to_json()
 
 
@@ -125,8 +119,8 @@ def test_an_agent_cut_off_from_the_store_forwards_and_converges_when_it_returns(
               f"({moved['mapped_ms']} ms to map); vm2 -> vm3 lost {result.lost} of {result.sent}; "
               f"vm2 -> vm1 after: {ping.stdout.strip().splitlines()[-2] if ping.stdout else ping.stderr}")
         assert behind == ["hv2"], "hv2's agent saw the move while cut off from the store"
-        assert _gaps(result, cut_at, back_at) == [], "hv2 stopped forwarding while cut off from the store"
-        assert result.lost == 0 or result.survived, result.to_json()
+        assert lost_between(result, cut_at, back_at) == [], "hv2 lost packets while cut off from the store"
+        assert result.survived, result.to_json()
         assert ping.returncode == 0, "hv2 did not converge on vm1's new place once the store returned"
 
 
