@@ -730,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also measure control-plane latency in labs of N servers (default N=32), no traffic")
     ap.add_argument("--size-moves", type=int, default=None, metavar="K",
                     help="moves per size run (default 4 × --moves)")
+    ap.add_argument("--sizes-only", action="store_true", help="only the size runs (no traffic runs)")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("-f", "--format", choices=("table", "json"), default="table")
     a = ap.parse_args(argv)
@@ -749,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[PlaneResult] = []
     pid = os.getpid()
-    for i, plane in enumerate(chosen):
+    for i, plane in enumerate([] if a.sizes_only else chosen):
         progress(f"=== {plane.label}")
         results.append(run_traffic(plane, k, f"bench-{pid}-{i}"))
     sizes_out = []
