@@ -58,3 +58,38 @@ def test_agent_processes_over_etcd_move_crash_and_restart(make_topology, lab_nam
         assert headless == [], "the data plane lost packets while hv2's agent was dead"
         assert result.survived, result.to_json()
     assert not lab.etcd.workdir.exists()
+
+
+def test_a_lab_over_the_users_etcd_leaves_it_as_it_found_it(make_topology, lab_name, lab_namespaces, lab_up, host,
+                                                           tmp_path):
+    """`lab up --store URL`: the agents run over an etcd the lab did not start; it must hold no mapping,
+    and `down` takes away what the lab wrote (the user's own keys stay)."""
+    import pytest
+
+    from roamnet.intent.model import parse_topology
+    from roamnet.lab.engine import Lab
+    from roamnet.lab.errors import LabError
+    from roamnet.lab.etcd import EtcdServer
+    from roamnet.mapping.records import ROOT, STATUS
+
+    t = make_topology(lab_name("t-etcd-ext"))
+    lab_namespaces(t)
+    server = EtcdServer(tmp_path / "etcd", name="rn-t-etcd-ext")
+    store = server.start()
+    try:
+        store.put("/users/own-key", "stays")
+        with lab_up(t, store_url=server.url) as lab:
+            assert lab.etcd is None and all(a.store_url == server.url for a in lab.agents.values())
+            assert len(store.range(ROOT)[0]) > 0 and set(lab.mapping.statuses.all()) == set(lab.agents)
+            ping = host.run(["ip", "netns", "exec", f"rn-{t['name']}-vm2", "ping", "-c", "2", "-W", "1",
+                             "198.19.1.11"], check=False)
+            assert ping.returncode == 0, ping.stdout
+        assert store.range(ROOT)[0] == [] and store.range(STATUS)[0] == []
+        assert store.get("/users/own-key").value == "stays"
+        store.put(ROOT + "nves/other", "{}")  # someone's mapping: a lab refuses to share it
+        lab = Lab(parse_topology(t, "<ext>"), store_url=server.url)
+        with pytest.raises(LabError, match="already holds a mapping"):
+            lab.up()
+    finally:
+        store.close()
+        server.stop()
