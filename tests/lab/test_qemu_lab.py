@@ -126,6 +126,9 @@ def test_qemu_guest_moves_to_another_dc_under_a_stream(make_topology, lab_name, 
         assert vm1_mac in qemu.console("vm1", "hv3", "cat /sys/class/net/eth0/address")
         assert f"{vm1_ip}/24" in qemu.console("vm1", "hv3", "ip -4 addr show eth0")
         assert vm2_mac in qemu.console("vm1", "hv3", f"ip neigh show {vm2_ip}")
+        # the command line reaches the guest on its console, wherever it runs
+        shown = host.roamnet("lab", "exec", name, "vm1", "--", "ip", "neigh", "show", vm2_ip)
+        assert shown.returncode == 0 and vm2_mac in shown.stdout, shown
         assert all(link["ifname"] != "vm1-e0" for link in host.ip_json(lab.plan.nodes["hv1"].ns, "link", "show"))
     assert lab_qemus(name) == [], "lab down left a QEMU process"
 

@@ -171,6 +171,30 @@ def set_up(sock: socket.socket, ifname: str) -> None:
     fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", name, flags | IFF_UP).ljust(40, b"\0"))
 
 
+def console_run(path: Path, command: str, timeout: float = 10.0) -> str:
+    """Run a shell command on a guest's serial console (the unix socket at `path`, one client at a time);
+    returns its output (stdout and stderr)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.2)
+    try:
+        s.connect(str(path))
+        marker = CONSOLE_DONE.replace("-", "'-'", 1)  # the shell prints the marker; the command line does not
+        s.sendall(f"{command}; echo; echo {marker}\n".encode())
+        out, deadline = b"", time.monotonic() + timeout
+        while CONSOLE_DONE.encode() not in out:
+            if time.monotonic() > deadline:
+                raise LabError(f"{path.name}: no answer on the console within {timeout:.0f} s to {command!r}: "
+                               f"{out.decode(errors='replace')[-200:]}")
+            with contextlib.suppress(TimeoutError):
+                out += s.recv(65536)
+    except OSError as exc:
+        raise LabError(f"{path.name}: the console does not answer: {exc}") from None
+    finally:
+        s.close()
+    text = out.decode(errors="replace").replace("\r", "")
+    return text[:text.index(CONSOLE_DONE)].strip()
+
+
 # ---- the accelerator -----------------------------------------------------------------------------
 
 def accel() -> str:
@@ -376,24 +400,7 @@ class QemuGuests:
 
     def console(self, vm: str, server: str, command: str, timeout: float = 10.0) -> str:
         """Run a shell command on the guest's serial console; returns its output (stdout and stderr)."""
-        inst = self.instance(vm, server)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(0.2)
-        try:
-            s.connect(str(inst.paths.console))
-            marker = CONSOLE_DONE.replace("-", "'-'", 1)  # the shell prints the marker, an echo would not match
-            s.sendall(f"{command}; echo; echo {marker}\n".encode())
-            out, deadline = b"", time.monotonic() + timeout
-            while CONSOLE_DONE.encode() not in out:
-                if time.monotonic() > deadline:
-                    raise LabError(f"{vm}: no answer on the console within {timeout:.0f} s to {command!r}: "
-                                   f"{out.decode(errors='replace')[-200:]}")
-                with contextlib.suppress(TimeoutError):
-                    out += s.recv(65536)
-        finally:
-            s.close()
-        text = out.decode(errors="replace").replace("\r", "")
-        return text[:text.index(CONSOLE_DONE)].strip()
+        return console_run(self.instance(vm, server).paths.console, command, timeout)
 
     def announce(self, vm: str, server: str) -> None:
         """QEMU's self-announcement again (QMP announce-self: RARP on every NIC, on QEMU's schedule)."""
