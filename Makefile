@@ -50,9 +50,12 @@ export ROAMNET_REQUIRE_LAB := 1
 LAB_REQUIRED := 1
 endif
 
-.PHONY: install guest demo test unit lab-test bench clean
+.PHONY: install deps guest demo test unit lab-test bench clean
 
-install:
+# Debian packages, the venv and the package, then the QEMU guest.
+install: deps guest
+
+deps:
 	@say() { printf 'roamnet: %s\n' "$$*"; }
 	# --- Debian packages, only the missing ones -------------------------------------------
 	installed() { [ "$$(dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null)" = "install ok installed" ]; }
@@ -133,14 +136,12 @@ install:
 	  $(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
 	  touch $(STAMP)
 	fi
-	# --- the QEMU guest's kernel and initramfs, cached under $(GUEST) -----------------------
-	$(MAKE) guest
 
-# The lab's QEMU guest (guest/build.sh): rebuilt only when its sources changed; the kernel package is
-# fetched once into $(GUEST)/kernel.
+# The lab's QEMU guest (guest/build.sh), after the packages it is built from: rebuilt only when its sources
+# changed; the kernel package is fetched once into $(GUEST)/kernel.
 guest: $(GUEST)/initrd.img
 
-$(GUEST)/initrd.img: guest/build.sh guest/init guest/rnguest.c
+$(GUEST)/initrd.img: guest/build.sh guest/init guest/rnguest.c | deps
 	guest/build.sh $(GUEST)
 
 demo: install
