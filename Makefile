@@ -3,7 +3,7 @@
 #   make demo      install what is missing, then run the two-data-center demo
 #   make test      install what is missing, then unit tests and lab tests
 #
-# Other targets: install, unit, lab-test, clean. `make install` is idempotent and
+# Other targets: install, guest, unit, lab-test, clean. `make install` is idempotent and
 # fast once done: Debian packages are installed only when missing, the virtualenv
 # only when absent or broken, and the package again only when pyproject.toml is
 # newer than $(STAMP).
@@ -29,6 +29,12 @@ OUT    := out
 # nftables: libnftables1 (pulled in by it) is what the agents program port filters with (src/roamnet/nft.py),
 # `nft` is for looking at them.
 DEB_TOOLS := iproute2:ip,bridge util-linux:nsenter iputils-ping:ping tcpdump:tcpdump frr:vtysh nftables:nft etcd-server:etcd
+# The lab's QEMU guests (`vms.<vm>.guest: qemu`; src/roamnet/lab/qemu.py), checked with dpkg only: QEMU (TCG
+# runs where KVM does not), and what guest/build.sh builds the guest from: busybox-static (a dynamic
+# `busybox` package is replaced by it), gcc and libc6-dev (the static rnguest traffic program), kmod (depmod
+# on the unpacked kernel). The kernel itself is fetched with apt-get download, never installed.
+DEB_GUEST := qemu-system-x86 busybox-static gcc libc6-dev kmod
+GUEST := build/guest
 # Only for the benchmark's OVN baseline (src/roamnet/baselines/ovn.py; the demo and the tests without
 # it need none of them): Open vSwitch (ovsdb-server, ovs-vswitchd on its userspace datapath) and OVN
 # (northd and the NB/SB schemas; ovn-controller), every daemon started by roamnet inside lab
@@ -44,9 +50,12 @@ export ROAMNET_REQUIRE_LAB := 1
 LAB_REQUIRED := 1
 endif
 
-.PHONY: install demo test unit lab-test bench clean
+.PHONY: install deps guest demo test unit lab-test bench clean
 
-install:
+# Debian packages, the venv and the package, then the QEMU guest.
+install: deps guest
+
+deps:
 	@say() { printf 'roamnet: %s\n' "$$*"; }
 	# --- Debian packages, only the missing ones -------------------------------------------
 	installed() { [ "$$(dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null)" = "install ok installed" ]; }
@@ -56,6 +65,7 @@ install:
 	  pkg=$${entry%%:*}; cmds=$${entry#*:}
 	  have_cmds "$$cmds" || installed "$$pkg" || missing+=("$$pkg")
 	done
+	for pkg in $(DEB_GUEST); do installed "$$pkg" || missing+=("$$pkg"); done
 	# --- a Python >= 3.11 that can make a venv: $(PYTHON) from PATH, else Debian's ----------
 	venv_ok() { [ -x $(PY) ] && $(PY) -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
 	usable() { "$$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
@@ -127,6 +137,13 @@ install:
 	  touch $(STAMP)
 	fi
 
+# The lab's QEMU guest (guest/build.sh), after the packages it is built from: rebuilt only when its sources
+# changed; the kernel package is fetched once into $(GUEST)/kernel.
+guest: $(GUEST)/initrd.img
+
+$(GUEST)/initrd.img: guest/build.sh guest/init guest/rnguest.c | deps
+	guest/build.sh $(GUEST)
+
 demo: install
 	mkdir -p $(OUT)
 	$(VENV)/bin/roamnet demo --plot $(OUT)/demo.png
@@ -152,7 +169,7 @@ lab-test: install
 bench: install
 	$(PY) benchmarks/migration.py --out $(OUT)/bench
 
-# Removes build products only; never touches network namespaces or /run/roamnet.
+# Removes build products only (the guest's cached kernel in build/ too); never touches network namespaces or /run/roamnet.
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build dist
 	find src tests -depth \( -name __pycache__ -o -name '*.egg-info' -o -name .pytest_cache \) \

@@ -2,7 +2,7 @@
 """Live-migration benchmark: loss beyond the VM's own pause, roamnet vs FRR BGP-EVPN and OVN, in one run.
 
     .venv/bin/python benchmarks/migration.py [--moves K] [--quick] [--planes ...] [--sizes [N ...]]
-                                             [--out DIR] [-f table|json]
+                                             [--guest namespace|qemu] [--out DIR] [-f table|json]
 
 Runs as root; builds its own namespace labs (one at a time, named bench-<pid>-<i>), never touches
 anything else. For each control plane in turn — roamnet with make-before-break ("roamnet"),
@@ -16,6 +16,11 @@ hv3 at 1 kHz, p2 on hv5 at 10 kHz, p3 on hv1 at 1 kHz — p3 sits on the mover's
 every outbound move), moves vm1 K times each way inside dc1 (hv1→hv2→hv1) and between the data
 centers (hv1→hv4→hv1), each with a pause of 0 and 100 ms, ~1.2 s apart, then tears the lab down.
 `roamnet.experiments.loss` says, per move and stream, how many packets were lost beyond the VM's own pause.
+
+`--guest qemu` makes the mover a real QEMU guest (`vms.vm1.guest: qemu`, 128 MiB, built by `make install`),
+live-migrated by QEMU over the lab's underlay: its blackout is QEMU's (STOP on the source to RESUME on the
+destination, from QMP), its announcements QEMU's own; the streams are 1 kHz only (p1, p3), echoed back by
+the guest to the peer's receiver; OVN planes are skipped (they do not run QEMU guests yet).
 
 `--sizes N ...` also builds labs of N servers (one VM each, no traffic) per plane and reports the
 latency from "VM resumed" to "every NVE programmed", and each NVE's control-plane processes' CPU
@@ -53,6 +58,8 @@ from roamnet.intent.model import parse_topology
 from roamnet.lab.engine import Lab
 from roamnet.lab.errors import LabError
 from roamnet.lab.plan import build_plan
+from roamnet.lab.qemu import UDP_ECHO_PORT, UDP_REPLY_PORT
+from roamnet.lab.qemu import accel as qemu_accel
 from roamnet.lab.state import JOURNAL, cleanup, journal_namespaces, make_state_dir
 
 # ---------------------------------------------------------------- configuration
@@ -96,6 +103,15 @@ STREAMS = (
     StreamSpec("l2-10k-remote", "L2 10 kHz remote", "p2", "hv5", 10000),
     StreamSpec("l2-1k-coloc", "L2 1 kHz colocated", "p3", "hv1", 1000),
 )
+# --guest qemu: the mover is a real QEMU guest (lab/qemu.py, 128 MiB) that echoes each stream back to its
+# peer (rnguest's UDP echo); the peer's receiver counts the echoes, so a packet lost either way is lost.
+# 1 kHz streams only: a TCG guest does not echo 10 kHz.
+QEMU_STREAMS = (
+    StreamSpec("l2-1k-remote", "L2 1 kHz remote, echoed", "p1", "hv3", 1000),
+    StreamSpec("l2-1k-coloc", "L2 1 kHz colocated, echoed", "p3", "hv1", 1000),
+)
+GUEST = "namespace"  # what runs the mover (main sets it, and STREAMS with it, from --guest)
+QEMU_MEMORY_MIB = 128
 
 
 @dataclass(frozen=True)
@@ -198,6 +214,8 @@ def topology(name: str, dcs: dict[str, list[str]], vms: dict[str, str]) -> dict[
     for i, (vm, server) in enumerate(vms.items()):
         mac, ip = vm_addr(i)
         out["vms"][vm] = {"server": server, "interfaces": [{"cug": CUG, "mac": mac, "ip": ip}]}
+    if GUEST == "qemu" and MOVER in out["vms"]:
+        out["vms"][MOVER].update(guest="qemu", memory=QEMU_MEMORY_MIB)
     return out
 
 
@@ -322,15 +340,19 @@ def run_traffic(plane: Plane, k: int, lab_name: str,
             progress(f"{plane.key}: lab {lab_name} up in {bl.up_s:.1f} s; {len(moves_plan)} moves under "
                      f"{len(streams)} streams (at most {duration:.0f} s)")
             t0 = time.monotonic() + START_DELAY_S + 0.2 * len(streams)
-            vm_ns = names.netns(lab_name, MOVER)
             for i, st in enumerate(streams):
-                p = Proc(st.key, "recv", spawn(vm_ns, recv_argv(st.proto, mover_ip, BASE_PORT + i, t0, duration,
-                                                                LINGER_S)))
+                if GUEST == "qemu":  # the guest echoes to the peer's receiver
+                    peer_ip = topo["vms"][st.peer]["interfaces"][0]["ip"]
+                    where, argv = st.peer, recv_argv(st.proto, peer_ip, UDP_REPLY_PORT, t0, duration, LINGER_S)
+                else:
+                    where, argv = MOVER, recv_argv(st.proto, mover_ip, BASE_PORT + i, t0, duration, LINGER_S)
+                p = Proc(st.key, "recv", spawn(names.netns(lab_name, where), argv))
                 procs.append(p)
                 wait_ready(p, timeout=10)
             for i, st in enumerate(streams):
+                port = UDP_ECHO_PORT if GUEST == "qemu" else BASE_PORT + i
                 procs.append(Proc(st.key, "send", spawn(names.netns(lab_name, st.peer),
-                                                        send_argv(st.proto, mover_ip, BASE_PORT + i, st.rate, t0,
+                                                        send_argv(st.proto, mover_ip, port, st.rate, t0,
                                                                   duration))))
             last_end, longest = t0 + LEAD_S - MIN_GAP_S, 1.5
             for i, (to, pause, scope) in enumerate(moves_plan):
@@ -561,6 +583,9 @@ def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
                     "zero_beyond_share": sum(1 for b in beyond if b == 0) / len(beyond),
                     "gap_beyond_p50_ms": pct([x["longest_gap_beyond_ms"] for x in ms], 50),
                     "in_pause_p50": pct([x["lost_in_pause"] for x in ms], 50),
+                    "after_resume_p50": pct([x["lost_after_resume"] for x in ms], 50),
+                    "after_resume_max": max(x["lost_after_resume"] for x in ms),
+                    "zero_after_resume_share": sum(1 for x in ms if x["lost_after_resume"] == 0) / len(ms),
                     "simple_p50": pct([x["simple"] for x in ms], 50),
                     "uncertain": sum(x["uncertain"] for x in ms),
                 })
@@ -608,9 +633,10 @@ def render(doc: dict[str, Any]) -> None:
     labels = {p.key: p.label for p in PLANES}
     slabels = {s.key: s.label for s in STREAMS}
     t = Table(title="packets lost beyond the VM's own pause, per move: p50 / p99 / max over moves; share of "
-                    "moves with none; longest gap beyond the pause; lost in the pause; the issue's formula")
+                    "moves with none; of them after the VM resumed (the rest: before it stopped); longest gap beyond "
+                    "the pause; lost in the pause; the issue's formula")
     for col in ("control plane", "stream to vm1", "pause ms", "dark ms p50", "moves", "p50", "p99", "max",
-                "=0", "gap ms p50", "in pause p50", "lost−dark×rate p50", "vs roamnet p50"):
+                "=0", "after resume p50/max", "gap ms p50", "in pause p50", "lost−dark×rate p50", "vs roamnet p50"):
         t.add_column(col, justify="left" if col in ("control plane", "stream to vm1", "vs roamnet p50") else "right",
                      no_wrap=col in ("control plane", "stream to vm1", "vs roamnet p50"))
     prev = None
@@ -621,7 +647,8 @@ def render(doc: dict[str, Any]) -> None:
         where = {"remote": "", "source": " (peer on src)", "destination": " (peer on dst)"}[r["peer_on"]]
         t.add_row(labels[r["plane"]], slabels[r["stream"]] + where, str(r["pause_ms"]), _f(r["dark_p50_ms"]),
                   str(r["moves"]), _f(r["beyond_p50"]), _f(r["beyond_p99"]), _f(r["beyond_max"]),
-                  f"{100 * r['zero_beyond_share']:.0f}%", _f(r["gap_beyond_p50_ms"]), _f(r["in_pause_p50"]),
+                  f"{100 * r['zero_beyond_share']:.0f}%", f"{_f(r['after_resume_p50'])}/{_f(r['after_resume_max'])}",
+                  _f(r["gap_beyond_p50_ms"]), _f(r["in_pause_p50"]),
                   _f(r["simple_p50"]), r["vs_roamnet"] or "—")
     con.print(t)
     t = Table(title="control-plane latency (ms): resume → converged (all), activation → last NVE programmed "
@@ -731,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-moves", type=int, default=None, metavar="K",
                     help="moves per size run (default 4 × --moves)")
     ap.add_argument("--sizes-only", action="store_true", help="only the size runs (no traffic runs)")
+    ap.add_argument("--guest", choices=("namespace", "qemu"), default="namespace",
+                    help="what the moving VM is: the lab's namespace VM, or a real QEMU guest migrated by QEMU "
+                         "(`make install` builds it; 1 kHz streams echoed by the guest; OVN planes are skipped)")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("-f", "--format", choices=("table", "json"), default="table")
     a = ap.parse_args(argv)
@@ -745,14 +775,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
 
+    global GUEST, STREAMS  # the run's configuration, read by the topology, the streams, the tables and the plot
+    GUEST = a.guest
+    if GUEST == "qemu":
+        STREAMS = QEMU_STREAMS
     started = time.time()
-    chosen = [p for p in PLANES if p.key in a.planes]
+    chosen = [p for p in PLANES if p.key in a.planes and not (GUEST == "qemu" and p.ovn)]
 
     results: list[PlaneResult] = []
     pid = os.getpid()
     for i, plane in enumerate([] if a.sizes_only else chosen):
         progress(f"=== {plane.label}")
-        results.append(run_traffic(plane, k, f"bench-{pid}-{i}"))
+        results.append(run_traffic(plane, k, f"bench-{pid}-{i}", STREAMS))
     sizes_out = []
     for n in sizes or []:
         for j, plane in enumerate(p for p in chosen if p.key != "learn"):
@@ -768,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
                    "slack_ms": SLACK_MS, "migrate_wait_s": MIGRATE_WAIT_S,
                    "streams": [{"key": s.key, "label": s.label, "kind": s.kind, "proto": s.proto,
                                 "peer": s.peer, "peer_server": s.peer_server, "rate": s.rate} for s in STREAMS],
-                   "mover": MOVER, "home": HOME, "intra": INTRA, "inter": INTER},
+                   "mover": MOVER, "home": HOME, "intra": INTRA, "inter": INTER, "guest": GUEST,
+                   "qemu": {"accel": qemu_accel(), "memory_mib": QEMU_MEMORY_MIB} if GUEST == "qemu" else None},
         "planes": [r.to_json() for r in results],
         "summary": summarize(results),
         "sizes": sizes_out,

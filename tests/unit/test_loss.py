@@ -60,7 +60,7 @@ def test_gap_fully_inside_the_pause_is_not_beyond() -> None:
 
 def test_gap_7_packets_after_resume() -> None:
     [m] = one(*stream(6000, drop=set(range(3000, 3059))))
-    assert (m.lost_in_pause, m.lost_beyond_pause) == (52, 7)
+    assert (m.lost_in_pause, m.lost_beyond_pause, m.lost_after_resume) == (52, 7, 7)
     assert m.longest_gap_beyond_ms == pytest.approx(7.0, abs=1e-6)
     assert m.dark_ms == pytest.approx(50.0)
     assert m.simple == pytest.approx(59 - 50)  # lost - dark × rate
@@ -68,6 +68,7 @@ def test_gap_7_packets_after_resume() -> None:
 
 def test_gap_2_packets_before_stop() -> None:
     [m] = one(*stream(6000, drop=set(range(2998, 3052))))
+    assert m.lost_after_resume == 0  # both beyond the pause, before the stop
     assert (m.lost_in_pause, m.lost_beyond_pause) == (52, 2)
     assert m.longest_gap_beyond_ms == pytest.approx(2.0, abs=1e-6)
 

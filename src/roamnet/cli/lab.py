@@ -95,6 +95,8 @@ def _inspect_table(data: dict) -> None:
             details = f"{'stopped, last ' if n.get('stopped') else ''}on {n['server']}  " + "  ".join(
                 f"{i['cug']} {i['ip']} {i['mac']}" + (f" vlan {i['guest_vlan']}" if i.get("guest_vlan") else "")
                 for i in n["interfaces"])
+            if n.get("qemu"):
+                details += f"\nQEMU guest ({n['qemu']['accel']}), pid {n['qemu']['pid']}"
         else:
             details = ""
         t.add_row(n["name"], n["kind"], n.get("dc", ""), n["namespace"], details)
@@ -174,16 +176,31 @@ def lab_list(fmt: str) -> None:
 @click.argument("node")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def lab_exec(name: str, node: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside NODE of lab NAME (like `ip netns exec`): roamnet lab exec two-dc vm1 -- ping 198.19.1.12"""
+    """Run COMMAND inside NODE of lab NAME (like `ip netns exec`): roamnet lab exec two-dc vm1 -- ping 198.19.1.12.
+    A QEMU guest runs it on its serial console (a shell's command line; its output, no exit status)."""
+    import shlex
+
     from roamnet import names
     from roamnet.dataplane import netns
     from roamnet.lab.daemon import DaemonError
+    from roamnet.lab.errors import LabError
     from roamnet.lab.state import labs, state_dir
 
     _need_root()
     ns = names.netns(name, node)
     if not state_dir(name).exists():
         _fail(DaemonError(f"no lab {name!r} (labs: {', '.join(labs()) or 'none'})"))
+    consoles = sorted((state_dir(name) / "qemu").glob(f"{node}@*.console"))
+    if not netns.exists(ns) and consoles:
+        from roamnet.lab.qemu import console_run
+
+        if len(consoles) > 1:
+            _fail(DaemonError(f"{node} is being moved (QEMU on {len(consoles)} servers): try again"))
+        try:
+            click.echo(console_run(consoles[0], shlex.join(command), timeout=30.0))
+        except LabError as exc:
+            _fail(exc)
+        return
     if not netns.exists(ns):
         _fail(DaemonError(f"lab {name!r} has no node {node!r} (no namespace {ns})"))
     argv = netns.command(ns, list(command))

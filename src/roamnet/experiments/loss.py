@@ -67,6 +67,7 @@ class MoveLoss:
     lost: int = 0  # lost packets in this move's stretch, pause included
     lost_in_pause: int = 0  # estimated send time within [at - slack, resumed + slack]
     lost_beyond_pause: int = 0  # the rest of `lost`
+    lost_after_resume: int = 0  # of `lost_beyond_pause`, sent after `resumed + slack` (the rest: before the stop)
     longest_gap_beyond_ms: float = 0.0  # longest run of consecutive lost seqs beyond the pause
     uncertain: int = 0  # lost packets the sender's slip could move across a boundary
     dark_ms: float = 0.0  # resumed - at
@@ -278,6 +279,8 @@ def analyze_stream(records: Iterable[Sequence[float]], sent: int, first: float |
             run = None
             continue
         m.lost_beyond_pause += 1
+        if t > ws[i].resumed + slack:
+            m.lost_after_resume += 1
         if run is not None and run[0] == i and run[3] == s - 1:
             run = (i, run[1], run[2], s)
         else:

@@ -338,9 +338,18 @@ class VmInterface(Model):
         "gateways, appliances and the like; a claim of its MAC elsewhere is refused and counted"))
 
 
+GUEST_KINDS = ("namespace", "qemu")
+GUEST_MEMORY_MIB = (64, 4096)  # a QEMU guest's memory range, MiB
+
+
 class Vm(Model):
     server: NodeName
     interfaces: list[VmInterface] = Field(min_length=1)
+    guest: Literal["namespace", "qemu"] = Field(default="namespace", description=(
+        "what runs the VM in the lab: `namespace` (network namespaces, moved by link flips) or `qemu` (a real "
+        "guest, live-migrated by QEMU; `make install` builds its kernel and initramfs)"))
+    memory: Annotated[int, Strict()] | None = Field(default=None, description=(
+        f"a QEMU guest's memory in MiB ({GUEST_MEMORY_MIB[0]}..{GUEST_MEMORY_MIB[1]}; default 128)"))
 
     def interface_in(self, cug: str) -> VmInterface | None:
         """This VM's interface in `cug`, if any."""
@@ -675,6 +684,7 @@ def _check_topology(t: Topology) -> list[Problem]:
             elif iface.ip == cug.gateway:
                 problems.append((f"{path}.ip", f"{iface.ip} is the gateway of CUG {iface.cug}"))
         problems += _check_nics(t, name)
+        problems += _check_guest(name, vm)
 
     client_ips: dict[IPv4Address, str] = {}
     for name, client in t.wan_clients().items():
@@ -811,6 +821,19 @@ def _check_nics(t: Topology, vm: str) -> list[Problem]:
             else:
                 vlans[vlan] = i
     return problems
+
+
+def _check_guest(name: str, vm: Vm) -> list[Problem]:
+    """`memory` is a QEMU guest's, in range."""
+    if vm.memory is None:
+        return []
+    path = f"vms.{name}.memory"
+    if vm.guest != "qemu":
+        return [(path, "only a QEMU guest has memory (add `guest: qemu`, or remove `memory`)")]
+    lo, hi = GUEST_MEMORY_MIB
+    if not lo <= vm.memory <= hi:
+        return [(path, f"a QEMU guest's memory is {lo}..{hi} MiB, got {vm.memory}")]
+    return []
 
 
 def _check_domain_names(t: Topology, nodes: Mapping[str, str]) -> list[Problem]:

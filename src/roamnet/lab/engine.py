@@ -116,9 +116,26 @@ class Lab:
         self.journal = journal
         self.progress = progress or (lambda msg: None)
         self._handles: dict[str, IPRoute] = {}
+        qemu_dir = self._qemu_dir() if any(v.guest == "qemu" for v in topo.vms.values()) else None
         self.hv = Hypervisor(topo, self.plan, self.netlink, self._new_ns,
-                             port_created=self._port_created if control_plane is not None else None)
+                             port_created=self._port_created if control_plane is not None else None,
+                             qemu_dir=qemu_dir)
         self.moves = Moves(self)
+
+    def _qemu_dir(self) -> Path:
+        """QEMU guests (lab/qemu.py): checked, and their sockets' and pid files' directory in the lab's
+        state directory (`<state>/qemu`, where the crash clean-up finds their pids)."""
+        if self.control_plane is not None and getattr(self.control_plane, "steers_moves", False):
+            raise LabError(f"QEMU guests do not run with {self.control_plane.name} yet (the orchestrator steers its "
+                           "moves through the lab's NIC namespaces, which a QEMU guest has not)")
+        for vm, spec in self.topo.vms.items():
+            node = self.plan.nodes[spec.server]
+            if spec.guest == "qemu" and node.tor:
+                raise LabError(f"{vm}: a QEMU guest runs on a server with an underlay address of its own (QEMU's "
+                               f"migration crosses the underlay); {spec.server} is behind ToR {node.tor}")
+        if not state_dir(self.topo.name).exists():  # an in-process lab (no daemon made it): removed at down
+            self._made_state_dir = state_dir(self.topo.name)
+        return make_state_dir(self.topo.name) / "qemu"
 
     def netlink(self, ns: str) -> IPRoute:
         """A netlink handle in namespace `ns`, kept open (opening one costs ~8 ms)."""
@@ -268,6 +285,9 @@ class Lab:
 
     def down(self) -> list[str]:
         self.moves.cancel_timers()
+        if self.hv.qemu is not None:  # QEMU guests first, each by its pid (their taps go with them)
+            self.hv.qemu.stop_all()
+            shutil.rmtree(self.hv.qemu.workdir, ignore_errors=True)
         for agent in self.agents.values():
             agent.stop()
         self.agents.clear()

@@ -10,6 +10,10 @@ up (the VM resumes) and sends QEMU-style RARP announcements; the guest's link ne
 its IP, MAC, ARP cache and sockets are untouched. The NIC bridges are silent (see build_vm): every
 frame a server's VM port receives is the guest's or QEMU's announcement. Lab namespaces are never
 linked to the host's.
+
+A QEMU guest (`vms.<vm>.guest: qemu`) is a real VM instead (lab/qemu.py): no namespace of its own, a QEMU
+process in its server's namespace whose taps are its ports, and a live migration is QEMU's own
+(`stop_and_resume` returns QEMU's STOP and RESUME times and its figures).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
@@ -26,7 +32,9 @@ from roamnet import names
 from roamnet.dataplane import netns, vlan
 from roamnet.dataplane.announce import rarp_frame
 from roamnet.intent.model import Topology
+from roamnet.lab.errors import LabError
 from roamnet.lab.plan import LabPlan, nic_ns
+from roamnet.lab.qemu import DEFAULT_DOWNTIME_MS, QemuGuests
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +43,37 @@ GUEST_MTU = names.OVERLAY_MTU
 UPLINK_INDEX_BASE = 100000  # ifindexes of VM uplinks in the NIC namespaces (see create_port)
 
 
+@dataclass
+class Switchover:
+    """A live migration's stop-and-copy as the hypervisor saw it: when the VM stopped and resumed
+    (monotonic s), and the hypervisor's own figures for the move's record (QEMU's)."""
+
+    stopped: float
+    resumed: float
+    figures: dict = field(default_factory=dict)
+
+
 class Hypervisor:
     """Every VM of one lab: where each runs, and the hypervisor's actions on it."""
 
     def __init__(self, topo: Topology, plan: LabPlan, netlink: Callable[[str], IPRoute],
-                 new_namespace: Callable[[str], None], port_created: Callable[[str, str], None] | None = None):
+                 new_namespace: Callable[[str], None], port_created: Callable[[str, str], None] | None = None,
+                 qemu_dir: Path | None = None):
         self.topo, self.plan = topo, plan
         self._nl, self._new_ns = netlink, new_namespace
         self._port_created = port_created  # another control plane's bridge hook (libvirt's job)
         self.location: dict[str, str] = {vm: v.server for vm, v in topo.vms.items()}
         self._uplink_index = UPLINK_INDEX_BASE
+        # QEMU guests' processes (lab/qemu.py), their files in `qemu_dir` (the lab's state directory)
+        self.qemu: QemuGuests | None = None
+        if any(v.guest == "qemu" for v in topo.vms.values()):
+            if qemu_dir is None:
+                raise LabError("QEMU guests need the lab's state directory for their sockets and pid files")
+            self.qemu = QemuGuests(topo, qemu_dir, lambda s: plan.nodes[s].ns,
+                                   lambda s: plan.nodes[s].vtep, netlink)
+
+    def is_qemu(self, vm: str) -> bool:
+        return self.topo.vms[vm].guest == "qemu"
 
     @property
     def lab(self) -> str:
@@ -55,6 +84,8 @@ class Hypervisor:
 
     # ---- a VM's own namespaces -------------------------------------------------------------------
     def build_vm(self, vm: str) -> None:
+        if self.is_qemu(vm):  # no namespaces: its QEMU starts when it is plugged in
+            return
         guest, nic = names.netns(self.lab, vm), nic_ns(self.lab, vm)
         self._new_ns(guest)
         self._new_ns(nic)
@@ -100,7 +131,13 @@ class Hypervisor:
         return f"u{i}-{server}"
 
     def create_port(self, vm: str, server: str) -> None:
-        """Create the VM's ports on `server`, down, and their uplinks in the NIC namespace, detached."""
+        """Create the VM's ports on `server`, down, and their uplinks in the NIC namespace, detached.
+        A QEMU guest's: its QEMU there, waiting for a migration, its taps up (as libvirt does)."""
+        if self.is_qemu(vm):
+            self.qemu.start(vm, server, incoming=True)
+            if self._port_created is not None:
+                self._port_created(vm, server)
+            return
         nic, srv_ns = nic_ns(self.lab, vm), self.plan.nodes[server].ns
         n = self._nl(nic)
         spec = self.topo.vms[vm]
@@ -123,6 +160,8 @@ class Hypervisor:
 
     def switch(self, vm: str, server: str, up: bool) -> None:
         """Connect (up=True) or disconnect the VM's NICs to/from its ports on `server`: fast link flips."""
+        if self.is_qemu(vm):
+            raise LabError(f"{vm} is a QEMU guest: stopping and starting it (cold moves) is not supported yet")
         nic, srv_ns = nic_ns(self.lab, vm), self.plan.nodes[server].ns
         s, n = self._nl(srv_ns), self._nl(nic)
         for i in range(len(self.nics(vm))):
@@ -136,6 +175,11 @@ class Hypervisor:
                 n.link("set", index=uidx, master=0)
 
     def plug(self, vm: str, server: str) -> None:
+        if self.is_qemu(vm):  # its QEMU boots the guest there
+            self.qemu.start(vm, server)
+            if self._port_created is not None:
+                self._port_created(vm, server)
+            return
         self.create_port(vm, server)
         self.switch(vm, server, up=True)
 
@@ -146,15 +190,23 @@ class Hypervisor:
             g.neigh("del", dst=n.get_attr("NDA_DST"), ifindex=n["ifindex"])
 
     def remove_port(self, vm: str, server: str) -> None:
+        if self.is_qemu(vm):  # its QEMU there ends (by its pid), and its taps with it
+            self.qemu.stop(vm, server)
+            return
         s = self._nl(self.plan.nodes[server].ns)
         for i in range(len(self.nics(vm))):
             for idx in s.link_lookup(ifname=names.port(vm, i)):
                 s.link("del", index=idx)
 
     # ---- a live migration's switch-over ----------------------------------------------------------
-    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int) -> tuple[float, float]:
+    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int) -> Switchover:
         """The hypervisor's stop-and-copy: the VM stops on `src`, and after the pause runs on `to`
-        and announces itself. Returns (stopped, resumed), monotonic."""
+        and announces itself. A QEMU guest: QEMU's live migration, `pause_ms` its downtime-limit
+        (qemu.MigrationFailed, a LabError, when it fails: the guest still runs on `src`)."""
+        if self.is_qemu(vm):
+            figures = self.qemu.migrate(vm, src, to, pause_ms or DEFAULT_DOWNTIME_MS)
+            self.location[vm] = to
+            return Switchover(figures.pop("stopped"), figures.pop("resumed"), figures)
         at = time.monotonic()
         self.switch(vm, src, up=False)
         time.sleep(pause_ms / 1000)
@@ -162,13 +214,17 @@ class Hypervisor:
         resumed = time.monotonic()
         self.location[vm] = to
         self.announce_async(vm)
-        return at, resumed
+        return Switchover(at, resumed)
 
     def announce_async(self, vm: str) -> None:
         threading.Thread(target=self.announce, args=(vm,), daemon=True, name=f"announce:{vm}").start()
 
     def announce(self, vm: str) -> None:
-        """Send QEMU's RARP self-announcements on every NIC of the VM, on QEMU's schedule."""
+        """Send QEMU's RARP self-announcements on every NIC of the VM, on QEMU's schedule (a QEMU
+        guest's QEMU sends its own: QMP announce-self)."""
+        if self.is_qemu(vm):
+            self.qemu.announce(vm, self.location[vm])
+            return
         spec = self.topo.vms[vm]
         socks, macs = [], []
         for i, members in enumerate(self.nics(vm)):  # one per NIC, untagged, as QEMU does

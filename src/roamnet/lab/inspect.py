@@ -30,7 +30,12 @@ def inspect(lab: Any) -> dict:
     agents = {n.name for n in lab.agent_nodes()} if lab.control_plane is None else set()
     nodes = []
     for name, node in lab.plan.nodes.items():
-        row = {"name": name, "kind": node.kind, "namespace": node.ns, "dc": node.dc}
+        qemu = node.kind == "vm" and node.guest == "qemu"  # a real VM: no namespace, a QEMU process
+        row = {"name": name, "kind": node.kind, "namespace": "" if qemu else node.ns, "dc": node.dc}
+        if qemu:
+            inst = lab.hv.qemu.instances.get((name, lab.hv.location[name]))
+            row["qemu"] = {"pid": inst.pid if inst else None, "accel": lab.hv.qemu.accel,
+                           "console": str(inst.paths.console) if inst else None}
         if node.kind == "vrf":
             row.update({"tenant": node.tenant, "parent": node.parent})
         if node.kind == "client":

@@ -65,6 +65,7 @@ class Strategy(Protocol):
     mode: str
 
     def ready(self, vm: str, src: str, to: str, wait: float) -> dict: ...
+    def rollback(self, vm: str, src: str, to: str) -> None: ...  # the hypervisor failed after ready
     def resumed(self, vm: str) -> None: ...
     def activation(self, vm: str, to: str, wait: float) -> tuple[float | None, Snapshot | None, dict]: ...
     def programmed(self, vm: str, to: str, snap: Snapshot | None, wait: float) -> bool: ...
@@ -137,7 +138,14 @@ class Moves:
             src = self.check(vm, to)
             rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "mode": how.mode}
             rec.update(how.ready(vm, src, to, wait))
-            at, resumed = self.lab.hv.stop_and_resume(vm, src, to, pause_ms)
+            try:
+                sw = self.lab.hv.stop_and_resume(vm, src, to, pause_ms)
+            except LabError as exc:  # the hypervisor's migration failed (QEMU's): the VM still runs on src
+                how.rollback(vm, src, to)
+                self.migrations.append({**rec, "failed": str(exc), "rolled_back": True, "at_mono": time.monotonic()})
+                raise
+            at, resumed = sw.stopped, sw.resumed
+            rec.update(sw.figures)
             how.resumed(vm)
             activated, snap, extra = how.activation(vm, to, wait)
             converged = how.programmed(vm, to, snap, wait)
@@ -163,6 +171,8 @@ class Moves:
                 raise LabError(f"{vm} is already stopped (on {self.stopped[vm][0]})")
             if vm in self.pending:
                 raise LabError(f"{vm}: a move to {self.pending[vm]['to']} is in progress")
+            if lab.hv.is_qemu(vm):
+                raise LabError(f"{vm} is a QEMU guest: stopping and starting it (cold moves) is not supported yet")
             server, at = lab.hv.location[vm], time.monotonic()
             lab.hv.switch(vm, server, up=False)  # the VM stops
             for iface in self.ifaces(vm):  # the orchestrator tells the mapping, then the tap goes
@@ -239,10 +249,10 @@ class Moves:
             p = self._pending(vm)
             if p["resumed"]:
                 raise LabError(f"{vm} already runs on {p['to']}")
-            at, resumed = self.lab.hv.stop_and_resume(vm, p["from"], p["to"], pause_ms)
+            sw = self.lab.hv.stop_and_resume(vm, p["from"], p["to"], pause_ms)
             p["resumed"] = True
             return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "resumed", "pause_ms": pause_ms,
-                    "dark_ms": round((resumed - at) * 1000, 1)}
+                    "dark_ms": round((sw.resumed - sw.stopped) * 1000, 1), **sw.figures}
 
     def activate(self, vm: str) -> dict:
         """Phase 3, explicitly (normally the VM's first announcement on its new port activates)."""
@@ -324,6 +334,11 @@ class Prepared:
     def ready(self, vm: str, src: str, to: str, wait: float) -> dict:
         return self.moves._prepare(vm, src, to, PREPARE_TIMEOUT_S, wait)
 
+    def rollback(self, vm: str, src: str, to: str) -> None:
+        for iface in self.moves.ifaces(vm):  # the mapping's side, then the lab's (the destination's port)
+            self.lab.mapping.abort(iface)
+        self.moves._undo(vm)
+
     def resumed(self, vm: str) -> None:
         self.moves.pending[vm]["resumed"] = True
 
@@ -355,6 +370,9 @@ class Learn:
     def ready(self, vm: str, src: str, to: str, wait: float) -> dict:
         self.lab.hv.create_port(vm, to)  # pre-copy: the destination tap exists, down
         return {}
+
+    def rollback(self, vm: str, src: str, to: str) -> None:
+        self.lab.hv.remove_port(vm, to)
 
     def resumed(self, vm: str) -> None:
         pass

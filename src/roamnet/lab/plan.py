@@ -77,6 +77,7 @@ class Node:
     parent: str = ""  # vrf: the server or border it belongs to
     tor: str = ""  # a server behind a ToR: the ToR (its NVE; the server's vtep is the ToR's)
     domain: str = ""  # a ToR, or a server behind one: its non-trivial L2 domain
+    guest: str = ""  # a VM: what runs it (intent.model.GUEST_KINDS)
 
     @property
     def is_nve(self) -> bool:
@@ -91,9 +92,10 @@ class LabPlan:
     links: list[Link]
 
     def namespaces(self) -> list[str]:
-        """Every namespace of the lab, VM NIC holders included."""
-        out = [n.ns for n in self.nodes.values()]
-        out += [nic_ns(self.lab, n.name) for n in self.nodes.values() if n.kind == "vm"]
+        """Every namespace of the lab, VM NIC holders included (a QEMU guest has none: its QEMU runs in
+        its server's namespace)."""
+        out = [n.ns for n in self.nodes.values() if n.guest != "qemu"]
+        out += [nic_ns(self.lab, n.name) for n in self.nodes.values() if n.kind == "vm" and n.guest != "qemu"]
         return out
 
     def vrf(self, node: str, tenant: str) -> Node:
@@ -174,8 +176,8 @@ def build_plan(topo: Topology) -> LabPlan:
                              routes=[Route("0.0.0.0/0", CLIENT_GATEWAY, "eth0")])
         links.append(Link(WAN_NODE, Iface(f"c-{client}", CLIENT_GATEWAY + "/32"), client, Iface("eth0", f"{spec.ip}/32")))
         wan.routes.append(Route(f"{spec.ip}/32", dev=f"c-{client}"))
-    for vm in topo.vms:
-        nodes[vm] = Node(vm, "vm", names.netns(lab, vm))
+    for vm, spec in topo.vms.items():  # a QEMU guest has no namespace (its ns is what a namespace VM's would be)
+        nodes[vm] = Node(vm, "vm", names.netns(lab, vm), guest=spec.guest)
     return LabPlan(lab, nodes, links)
 
 

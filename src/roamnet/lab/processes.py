@@ -1,4 +1,5 @@
-"""`roamnet agent` processes a lab runs, one per NVE, each ended by its own recorded pid."""
+"""`roamnet agent` processes a lab runs, one per NVE, each ended by its own recorded pid (`terminate`, also for
+the lab's QEMU guests)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+
+def terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """End a child by its own pid: SIGTERM, SIGKILL after `grace` s; reaped either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 class AgentProcess:
@@ -37,12 +49,7 @@ class AgentProcess:
     def stop(self) -> None:
         """SIGTERM (the agent stops its threads and leaves the data plane), SIGKILL after 5 s."""
         if self.running():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+            terminate(self.proc)
 
     def kill(self) -> None:
         """kill -9: what a crash looks like."""

@@ -2,7 +2,7 @@
 crash clean-up that works from them alone.
 
 `journal.json` lists every namespace the lab created, written before it is created; FRR and OVN workdirs
-keep their own pid journals. `cleanup` removes what the journals list, by recorded name and pid only.
+keep their own pid journals; agent processes, etcd members and QEMU guests their pid files. `cleanup` removes what the journals list, by recorded name and pid only.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def cleanup(lab: str) -> list[str]:
     for workdir in (FrrEvpn.workdir_name, BorderBgp.workdir_name):  # FRR daemons the lab started
         kill_recorded(state_dir(lab) / workdir)                     # (pids verified, never by name)
     ovn.kill_recorded(state_dir(lab) / ovn.Ovn.workdir_name)  # OVN/OVS daemons (pids verified, never by name)
+    kill_pidfiles(state_dir(lab) / "qemu")  # its QEMU guests (lab/qemu.py)
     kill_pidfiles(state_dir(lab) / "agents")  # its agent processes, then its etcd members
     kill_pidfiles(state_dir(lab) / "etcd")
     removed = []
