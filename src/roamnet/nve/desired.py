@@ -157,9 +157,13 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
 
 def port_filters(snap: Snapshot, ifaces: list[str]) -> dict[str, PortFilter]:
     """The filters of the VM ports of `ifaces` (known to the mapping). Port security binds every
-    address of the VM, on each of its ports. Pure."""
-    vm_ips: dict[str, tuple[str, ...]] = {}
+    address of the VM, on each of its ports (in the order of its interfaces' ids). Pure."""
+    vms = {snap.ports[i].vm for i in ifaces if i in snap.ports}
+    of_vm: dict[str, list] = {}
     for lp in snap.ports.values():
-        vm_ips[lp.vm] = vm_ips.get(lp.vm, ()) + tuple(ip for ip in lp.ips if ip not in vm_ips.get(lp.vm, ()))
+        if lp.vm in vms:
+            of_vm.setdefault(lp.vm, []).append(lp)
+    vm_ips = {vm: tuple(dict.fromkeys(ip for lp in sorted(lps, key=lambda p: p.iface_id) for ip in lp.ips))
+              for vm, lps in of_vm.items()}
     return {i: port_filter(snap.policy, snap.segments, i, snap.ports[i].vni, snap.ports[i].mac,
                            vm_ips[snap.ports[i].vm]) for i in ifaces if i in snap.ports}
