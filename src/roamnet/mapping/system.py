@@ -67,6 +67,7 @@ from roamnet.mapping.records import (
 from roamnet.mapping.rules import VlanExhausted, allocate, detect_duplicate, move, recent_moves, resolve, settle
 from roamnet.mapping.status import Statuses
 from roamnet.mapping.store.base import CAS_RETRIES, KEEP, CasConflict, Conflicted, KeyValue, Store
+from roamnet.mapping.view import MappingFeed
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,15 @@ class MappingSystem:
         self._snap: Snapshot | None = None  # the last snapshot: shared by every reader at that revision
         self._snap_lock = threading.Lock()
         self.statuses = Statuses(store, lambda: self.revision)  # what the agents published
+        self._feed: MappingFeed | None = None
+
+    @property
+    def feed(self) -> MappingFeed:
+        """The process's view of the mapping, kept current by one watch (view.py); made at first use."""
+        with self._snap_lock:
+            if self._feed is None:
+                self._feed = MappingFeed(self.store)
+            return self._feed
 
     # ---- writing -------------------------------------------------------------------------------
     def _write(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
