@@ -84,6 +84,7 @@ class AgentStats:
     converged_revision: int = 0
     idle_advances: int = 0  # mapping changes that concerned none of this NVE's part: no pass, only the revision
     pass_cpu_s: float = 0.0  # CPU time (of the pass's thread) spent in passes
+    idle_cpu_s: float = 0.0  # CPU time spent advancing the converged revision without a pass
     programmed_at: float = 0.0  # monotonic time the last pass with changes finished
     last_pass_ms: float = 0.0
     last_changes: list[str] = field(default_factory=list)
@@ -99,8 +100,12 @@ class Agent:
     """One NVE's agent. `start()` runs it in threads; `reconcile()` is one synchronous pass."""
 
     def __init__(self, client: MappingClient, nve: Nve, kernel: KernelLike,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, publish_idle: bool = True):
+        """`publish_idle`: publish a converged revision advanced without a pass at once (what waits on
+        every NVE's convergence need); False leaves it to the next pass or resync, so a change that
+        concerns an NVE not at all costs it no store write either."""
         self.client, self.nve, self.kernel = client, nve, kernel
+        self.publish_idle = publish_idle
         self.ns = kernel.ns
         self.stats = AgentStats()
         self._clock = clock
@@ -270,12 +275,15 @@ class Agent:
         """Mapping changes that concerned none of this NVE's part arrived since its last pass, which made
         it whole: it is converged at their revision without a pass (published as a pass would)."""
         with self._lock:
+            cpu = time.thread_time()
             with self._note:
                 if self._need_pass or not self._whole or self._idle_revision <= self.stats.converged_revision:
                     return False
                 self.stats.converged_revision = self._idle_revision
             self.stats.idle_advances += 1
-            self._publish()
+            if self.publish_idle:
+                self._publish()
+            self.stats.idle_cpu_s += time.thread_time() - cpu
             return True
 
     def _hold_prunes(self, changes: list[Change]) -> list[Change]:

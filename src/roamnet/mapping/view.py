@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 WAIT_S = 1.0  # a feed's watch waits this long for events before it looks at its stop flag again
 RETRY_S = 0.5  # a watch that failed (the store away) starts again after this
+CATCH_UP_S = 5.0  # a view this far behind the store's mapping revision is read afresh instead
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ class MappingFeed:
         self.reloads = 0
         self.batches = 0  # batches applied
         self.events = 0  # events applied
+        self.cpu_s = 0.0  # CPU time spent loading and applying (in whichever thread did it)
 
     # ---- subscribers ------------------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
@@ -251,14 +254,17 @@ class MappingFeed:
 
     # ---- keeping the view current ------------------------------------------------------------------
     def _load(self) -> None:
+        cpu = time.thread_time()
         items, rev = self.store.range(ROOT)
         touched = self.view.load(items)
         self._next = rev + 1
         self.reloads += 1
         self._dispatch(touched)
+        self.cpu_s += time.thread_time() - cpu
 
     def _take(self, events: list[Event], nxt: int) -> None:
         """Apply the events not applied yet (under the lock)."""
+        cpu = time.thread_time()
         fresh = [e for e in events if e.revision >= self._next]
         self._next = max(self._next, nxt)
         if fresh:
@@ -267,19 +273,31 @@ class MappingFeed:
             touched = self.view.apply(fresh)
             if not touched.empty:
                 self._dispatch(touched)
+        self.cpu_s += time.thread_time() - cpu
 
-    def catch_up(self) -> None:
-        """Apply whatever the store holds beyond the view now (the first call loads it)."""
+    def catch_up(self, timeout: float = CATCH_UP_S) -> None:
+        """Make the view hold the mapping's revision as the store has it now (the first call loads it):
+        one read of /revision, and when the view is behind it, the watch's events up to it."""
         with self._lock:
             if not self._next:
                 self._load()
                 return
-            try:
-                events, nxt = self.store.watch(ROOT, self._next, timeout=0)
-            except Compacted:
-                self._load()
-                return
-            self._take(events, nxt)
+            kv = self.store.get(REVISION)
+            target = kv.mod_revision if kv else 0
+            deadline = time.monotonic() + timeout
+            while self.view.revision < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("mapping feed: the watch did not reach revision %d in %.1f s; reading everything",
+                                target, timeout)
+                    self._load()
+                    return
+                try:
+                    events, nxt = self.store.watch(ROOT, self._next, timeout=left)
+                except Compacted:
+                    self._load()
+                    return
+                self._take(events, nxt)
 
     def read(self, fn: Callable[[MappingView], object]):
         """`fn(view)` on a view caught up with the store, under the view's lock."""
