@@ -4,7 +4,6 @@ MAC ranges it reserves, each defined once. Linux interface names fit in 15 chars
 from __future__ import annotations
 
 import functools
-
 import os
 from pathlib import Path
 
