@@ -322,6 +322,7 @@ class Moves:
         self.borders = [n.name for n in lay["nves"] if n.role == BORDER]
         self.dc = {s: (0 if i < lay["half"] else 1) for i, s in enumerate(lay["servers"])}
         self.before = collect(hosts)
+        self.shadows_on = False
 
     def _port(self, nve: str, iface: str, plug: bool) -> None:
         for h in {self.where[nve], self.shadow_where.get(nve)} - {None}:
@@ -348,6 +349,8 @@ class Moves:
         rev = m.revision
         inv = m.feed.read(lambda v: involved(v, self.segs, port.vni, src, dst, self.borders))
         done = m.statuses.wait_converged(sorted(inv), timeout=args.move_timeout, revision=rev)
+        if self.shadows_on:  # the baseline's passes take long: wait for them, or they count in the next move
+            until(lambda: all(s["converged"] >= rev for s in collect(self.hosts)[1].values()), args.move_timeout)
         agents = collect(self.hosts)[0]
         updated = [agents[n]["programmed_at"] - t0 for n in inv if agents[n]["programmed_at"] >= t0]
         passes = agents[src]["passes"]
@@ -405,7 +408,7 @@ def run_one(store_kind: str, n_nves: int, n_vms: int, args, workdir: Path) -> di
             h.call("start_shadows")
         if not until(lambda: all(s["passes"] for s in collect(hosts)[1].values()), args.setup_timeout):
             print("  the baseline shadows did not all make a first pass", file=sys.stderr)
-        mover.before = collect(hosts)
+        mover.before, mover.shadows_on = collect(hosts), True
         baseline = [mover.move(k) for k in range(args.baseline_moves)]
         result = {"store": store_kind, "nves": n_nves, "vms": n_vms, "cugs": len(lay["segments"]),
                   "tenants": len(lay["tenants"]), "setup_s": round(setup_s, 1), "moves": moves,
@@ -440,6 +443,9 @@ def measure(before, after, inv: set[str], names: list[str], updated: list[float]
     a1, s1, p1 = after
     d = {n: {k: a1[n][k] - a0[n][k] for k in ("passes", "idle", "cpu")} for n in names}
     unin = [n for n in names if n not in inv]
+    inv_borders = [n for n in inv if n.startswith("br")]
+    bystanders = [n for n in inv if n not in (src, dst) and n not in inv_borders]  # involved servers that
+    #                                                                   host the tenant, not the VM
     shadow = {n: {"cpu": s1[n]["cpu"] - s0[n]["cpu"], "passes": s1[n]["passes"] - s0[n]["passes"],
                   "involved": n in inv} for n in s1}
     return {"scope": scope, "src": src, "dst": dst, "iface": port.iface_id, "vni": port.vni, "converged": done,
@@ -447,7 +453,9 @@ def measure(before, after, inv: set[str], names: list[str], updated: list[float]
             "cpu_involved_ms": round(sum(d[n]["cpu"] for n in inv) * 1000 / max(1, len(inv)), 3),
             "cpu_uninvolved_ms": round(sum(d[n]["cpu"] for n in unin) * 1000 / max(1, len(unin)), 4),
             "cpu_src_dst_ms": round((d[src]["cpu"] + d[dst]["cpu"]) * 1000 / 2, 3),
-            "cpu_bystander_ms": round(sum(d[n]["cpu"] for n in inv - {src, dst}) * 1000 / max(1, len(inv - {src, dst})), 3),
+            "cpu_bystander_ms": round(sum(d[n]["cpu"] for n in bystanders) * 1000 / max(1, len(bystanders)), 3),
+            "cpu_border_ms": round(sum(d[n]["cpu"] for n in inv_borders) * 1000 / len(inv_borders), 3)
+            if inv_borders else None,
             "passes_uninvolved": sum(d[n]["passes"] for n in unin),
             "agents_with_pass": sum(1 for n in names if d[n]["passes"]),
             "events_per_proc": [q1["feed"]["events"] - q0["feed"]["events"] for q0, q1 in zip(p0, p1)],
@@ -464,6 +472,7 @@ def summarize(r: dict) -> dict:
     upd = [m["update_ms"] for m in ms if m["update_ms"] is not None]
     out = {"cpu_involved_ms": summary(inv), "cpu_uninvolved_ms": summary(unin),
            "cpu_bystander_ms": summary([m["cpu_bystander_ms"] for m in ms]),
+           "cpu_border_ms": summary([m["cpu_border_ms"] for m in ms if m["cpu_border_ms"] is not None]),
            "cpu_src_dst_ms": summary([m["cpu_src_dst_ms"] for m in ms]),
            "baseline_cpu_involved_ms": summary(inv_base), "baseline_cpu_uninvolved_ms": summary(unin_base),
            "update_ms": {"p50": pct(upd, 50), "p99": pct(upd, 99), "n": len(upd),
@@ -474,7 +483,7 @@ def summarize(r: dict) -> dict:
            "events_per_move_per_proc": summary([e for m in ms for e in m["events_per_proc"]]),
            "feed_cpu_ms_per_move_per_proc": summary([c for m in ms for c in m["feed_cpu_ms_per_proc"]]),
            "rss_mb_per_agent": round(sum(r["rss_mb"]) / r["nves"], 2)}
-    if inv_base and inv:
+    if inv_base and inv and statistics.median(inv_base):
         out["involved_vs_baseline"] = round(statistics.median(inv) / statistics.median(inv_base), 4)
     if unin_base and unin:
         base = statistics.median(unin_base)
@@ -506,17 +515,20 @@ def fmt(x, nd=2) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| store | NVEs | VMs | involved | CPU/involved agent ms (baseline) | CPU/uninvolved agent ms (baseline) "
-            "| passes on uninvolved | update p50 / p99 ms | events/move/proc | feed CPU ms/move/proc | bytes/VM "
-            "| RSS MB/agent |")
-    rows = [head, "|" + "---|" * 12]
+    head = ("| store | NVEs | VMs | involved | CPU/involved agent ms (baseline) | of which: src+dst / other servers / "
+            "borders | CPU/uninvolved agent ms (baseline) | passes on uninvolved | update p50 / p99 ms (timeouts) "
+            "| events/move/proc | feed CPU ms/move/proc | bytes/VM | RSS MB/agent |")
+    rows = [head, "|" + "---|" * 13]
     for r in results:
         s = r["summary"]
         rows.append(
             f"| {r['store']} | {r['nves']:,} | {r['vms']:,} | {fmt(s['involved_agents'].get('median'), 0)} "
             f"| {fmt(s['cpu_involved_ms'].get('median'))} ({fmt(s['baseline_cpu_involved_ms'].get('median'))}) "
+            f"| {fmt(s['cpu_src_dst_ms'].get('median'))} / {fmt(s['cpu_bystander_ms'].get('median'))} / "
+            f"{fmt(s['cpu_border_ms'].get('median'))} "
             f"| {fmt(s['cpu_uninvolved_ms'].get('median'), 4)} ({fmt(s['baseline_cpu_uninvolved_ms'].get('median'))}) "
             f"| {s['passes_uninvolved_total']} | {fmt(s['update_ms']['p50'])} / {fmt(s['update_ms']['p99'])} "
+            f"({s['update_ms']['timeouts']}) "
             f"| {fmt(s['events_per_move_per_proc'].get('median'), 0)} "
             f"| {fmt(s['feed_cpu_ms_per_move_per_proc'].get('median'), 3)} "
             f"| {r['store_bytes_per_vm']:,.0f}{' (etcd db ' + format(r['etcd_db_bytes_per_vm'], ',.0f') + ')' if 'etcd_db_bytes_per_vm' in r else ''} "
@@ -551,6 +563,9 @@ def main() -> int:
             for kind in args.stores:
                 print(f"{kind}: {n} NVEs, {v} VMs, {args.moves} moves", file=sys.stderr)
                 results.append(run_one(kind, n, v, args, Path(tmp)))
+                if args.out:  # what has run so far, should a later size fail
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    (args.out / "scale.partial.json").write_text(json.dumps(results, indent=1))
     doc = {"benchmark": "scale", "version": BENCH_VERSION, "started": started,
            "runtime_s": round(time.time() - started, 1), "machine": machine(), "config": vars(args) | {"out": str(args.out)},
            "results": results}
