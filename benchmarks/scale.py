@@ -86,7 +86,8 @@ STORE_TIMEOUT_S = 30.0  # etcd requests on a machine shared with other work (the
 def layout(n_nves: int, n_vms: int, per_cug: int, pod: int, per_tenant: int) -> dict:
     servers = [f"hv{i}" for i in range(n_nves - 2)]
     half = len(servers) // 2
-    nves = [Nve(s, f"198.18.{1 + i // 250}.{1 + i % 250}", "dc1" if i < half else "dc2") for i, s in enumerate(servers)]
+    nves = [Nve(s, f"198.18.{1 + i // 250}.{1 + i % 250}", "dc1" if i < half else "dc2")
+            for i, s in enumerate(servers)]
     nves += [Nve("br1", "198.18.100.1", "dc1", BORDER), Nve("br2", "198.18.100.2", "dc2", BORDER)]
     n_cugs = max(1, n_vms // per_cug)
     segments, tenants, ports, bindings = [], [], [], []
@@ -95,8 +96,8 @@ def layout(n_nves: int, n_vms: int, per_cug: int, pod: int, per_tenant: int) -> 
         t = f"t{c // per_tenant}"
         if c % per_tenant == 0:
             tenants.append(Tenant(t, 50000 + c // per_tenant, "02:aa:00:00:00:01"))
-        segments.append(Segment(vni, f"cug{c}", f"10.{c >> 8 & 255}.{c & 255}.0/24", f"10.{c >> 8 & 255}.{c & 255}.1/24",
-                                t))
+        net = f"10.{c >> 8 & 255}.{c & 255}"
+        segments.append(Segment(vni, f"cug{c}", f"{net}.0/24", f"{net}.1/24", t))
     vtep = {n.name: n.vtep for n in nves}
     for v in range(n_vms):
         c = v % n_cugs
@@ -166,8 +167,8 @@ class AgentHost:
         self.store = store
         self.mapping = MappingSystem(store)
         rss0 = rss_mb()
-        nves, placed = self.mapping.feed.read(lambda v: (dict(v.nves), {n: [b.iface_id for b in v.at_nve.get(n, {}).values()]
-                                                                        for n in set(names) | set(shadows)}))
+        nves, placed = self.mapping.feed.read(lambda v: (dict(v.nves), {
+            n: [b.iface_id for b in v.at_nve.get(n, {}).values()] for n in set(names) | set(shadows)}))
         self.view_mb = rss_mb() - rss0
         self.kernels: dict[str, ModelKernel] = {}
         self.agents: dict[str, Agent] = {}
@@ -385,8 +386,8 @@ def run_one(store_kind: str, n_nves: int, n_vms: int, args, workdir: Path) -> di
     try:
         logical = store_bytes(store)
         db = store.status() if store_kind == "etcd" else {}
-        print(f"  {store_kind} {n_nves} NVEs {n_vms} VMs: loaded in {time.monotonic() - t_setup:.1f} s; starting agents",
-              file=sys.stderr)
+        print(f"  {store_kind} {n_nves} NVEs {n_vms} VMs: loaded in {time.monotonic() - t_setup:.1f} s; "
+              "starting agents", file=sys.stderr)
         if store_kind == "memory":
             h = AgentHost(store, names, shadows)
             hosts = [Local(h, names, shadows)]
@@ -459,7 +460,8 @@ def measure(before, after, inv: set[str], names: list[str], updated: list[float]
             "passes_uninvolved": sum(d[n]["passes"] for n in unin),
             "agents_with_pass": sum(1 for n in names if d[n]["passes"]),
             "events_per_proc": [q1["feed"]["events"] - q0["feed"]["events"] for q0, q1 in zip(p0, p1)],
-            "feed_cpu_ms_per_proc": [round((q1["feed"]["cpu"] - q0["feed"]["cpu"]) * 1000, 3) for q0, q1 in zip(p0, p1)],
+            "feed_cpu_ms_per_proc": [round((q1["feed"]["cpu"] - q0["feed"]["cpu"]) * 1000, 3)
+                                     for q0, q1 in zip(p0, p1)],
             "shadows": shadow}
 
 
@@ -506,7 +508,8 @@ def machine() -> dict:
     except OSError:
         pass
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "cpu_model": model, "load_before": os.getloadavg(), "roamnet_commit": git("rev-parse", "--short", "HEAD"),
+            "cpu_model": model, "load_before": os.getloadavg(),
+            "roamnet_commit": git("rev-parse", "--short", "HEAD"),
             "roamnet_dirty": bool(git("status", "--porcelain"))}
 
 
@@ -521,6 +524,7 @@ def table(results: list[dict]) -> str:
     rows = [head, "|" + "---|" * 13]
     for r in results:
         s = r["summary"]
+        db = f" (etcd db {r['etcd_db_bytes_per_vm']:,.0f})" if "etcd_db_bytes_per_vm" in r else ""
         rows.append(
             f"| {r['store']} | {r['nves']:,} | {r['vms']:,} | {fmt(s['involved_agents'].get('median'), 0)} "
             f"| {fmt(s['cpu_involved_ms'].get('median'))} ({fmt(s['baseline_cpu_involved_ms'].get('median'))}) "
@@ -531,7 +535,7 @@ def table(results: list[dict]) -> str:
             f"({s['update_ms']['timeouts']}) "
             f"| {fmt(s['events_per_move_per_proc'].get('median'), 0)} "
             f"| {fmt(s['feed_cpu_ms_per_move_per_proc'].get('median'), 3)} "
-            f"| {r['store_bytes_per_vm']:,.0f}{' (etcd db ' + format(r['etcd_db_bytes_per_vm'], ',.0f') + ')' if 'etcd_db_bytes_per_vm' in r else ''} "
+            f"| {r['store_bytes_per_vm']:,.0f}{db} "
             f"| {s['rss_mb_per_agent']} |")
     return "\n".join(rows)
 
@@ -567,7 +571,8 @@ def main() -> int:
                     args.out.mkdir(parents=True, exist_ok=True)
                     (args.out / "scale.partial.json").write_text(json.dumps(results, indent=1))
     doc = {"benchmark": "scale", "version": BENCH_VERSION, "started": started,
-           "runtime_s": round(time.time() - started, 1), "machine": machine(), "config": vars(args) | {"out": str(args.out)},
+           "runtime_s": round(time.time() - started, 1), "machine": machine(),
+           "config": vars(args) | {"out": str(args.out)},
            "results": results}
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -96,3 +96,17 @@ def test_a_move_into_a_new_segment_concerns_the_destination(agents):
     assert m.statuses.wait_converged(list(NVES), timeout=20)
     assert until(lambda: kernels["hv3"].actual.flood.get(WEB) == {NVES["hv1"].vtep})
     assert hv3.stats.reconciles > passes
+
+
+def test_an_idle_advance_waits_for_the_next_pass_to_be_published_when_asked(agents):
+    m, kernels, running = agents
+    hv3 = running["hv3"]
+    hv3.publish_idle = False  # (Agent(publish_idle=False)): no store write for a change hv3 has no part in
+    published = m.statuses.all()["hv3"].converged_revision
+    plug(running, kernels, "hv2", "vm1/0")
+    m.report_move("vm1/0", "hv2")
+    assert m.statuses.wait_converged(["hv1", "hv2"], timeout=20)
+    assert until(lambda: hv3.stats.converged_revision == m.revision)
+    assert m.statuses.all()["hv3"].converged_revision == published < m.revision
+    hv3.reconcile(resync=True)  # the periodic resync publishes it
+    assert m.statuses.all()["hv3"].converged_revision == m.revision

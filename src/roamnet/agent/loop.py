@@ -9,9 +9,10 @@ The mapping is never read whole per change: the process keeps one view of it cur
 watch's events (mapping/view.py), and a pass takes only its NVE's part of it (nve/interest.py
 `project`: the segments it hosts, the moves to it, its tenants' host routes, its ports' VMs). A batch
 of changes that touches none of that part (`Interest.concerns`) runs no pass: the agent only
-advances its converged revision, since its desired state cannot have changed. A VM port that appears here (its alias carries the VM interface id, as
-OVN's iface-id does) while the mapping has it elsewhere is reported as a move, and so is a RARP/GARP
-received from a VM port.
+advances its converged revision, since its desired state cannot have changed.
+
+A VM port that appears here (its alias carries the VM interface id, as OVN's iface-id does) while
+the mapping has it elsewhere is reported as a move, and so is a RARP/GARP received from a VM port.
 
 The agent reaches the mapping only through a `MappingClient` and the kernel only through the kernel
 object it is given (`dataplane.kernel.Kernel`, or a model of one in unit tests): it holds no lab,
