@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from roamnet.mapping.apply import ApplyPlan, ApplyRefused, ApplyResult, plan_apply
@@ -191,12 +191,6 @@ class MappingSystem:
             if self._snap is None or snap.revision > self._snap.revision:
                 self._snap = snap
         return snap
-
-    def changes(self, from_revision: int, stop: threading.Event) -> Iterator[int]:
-        """Yield the store revision reached each time the mapping changed (status keys do not count),
-        from `from_revision` on, until `stop` is set."""
-        for batch in self.store.iter_watch(ROOT, from_revision, stop):
-            yield batch[-1].revision
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float) -> Snapshot | None:
         """Wait until predicate(snapshot) holds; returns that snapshot or None on timeout."""

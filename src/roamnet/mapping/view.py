@@ -189,7 +189,8 @@ class MappingView:
                 self.policy = new if new is not None else PolicySet()
                 return
             ident = _ident(attr, rest)
-            table = dict(getattr(self, attr))
+            # loading fills fresh tables nobody shares yet; after that, a change makes a new table
+            table = getattr(self, attr) if touched is None else dict(getattr(self, attr))
             if new is None:
                 table.pop(ident, None)
             else:
