@@ -3,6 +3,7 @@ MAC ranges it reserves, each defined once. Linux interface names fit in 15 chars
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def bridge_mac(vni: int) -> str:
     return f"{BRIDGE_MAC_PREFIX}{(vni >> 8) & 0xFF:02x}:{vni & 0xFF:02x}"
 
 
+@functools.lru_cache(maxsize=4096)  # every host route's next hop, at every pass
 def router_mac(vtep: str) -> str:
     """An NVE's router MAC on every L3 VNI, derived from its VTEP address (in 198.18.0.0/16): the
     reserved prefix, 01, then the address's last two octets."""

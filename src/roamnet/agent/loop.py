@@ -2,10 +2,17 @@
 publishes its status.
 
 The loop is: something changed (mapping watch, a netlink link event, a RARP/GARP on a VM port, or the
-periodic resync) -> snapshot -> read actual (or the cache) -> claim arrivals -> desired -> plan ->
-apply -> publish status. A VM port that appears here (its alias carries the VM interface id, as
-OVN's iface-id does) while the mapping has it elsewhere is reported as a move, and so is a RARP/GARP
-received from a VM port.
+periodic resync) -> read actual (or the cache) -> this NVE's part of the mapping -> claim arrivals ->
+desired -> plan -> apply -> publish status.
+
+The mapping is never read whole per change: the process keeps one view of it current from the
+watch's events (mapping/view.py), and a pass takes only its NVE's part of it (nve/interest.py
+`project`: the segments it hosts, the moves to it, its tenants' host routes, its ports' VMs). A batch
+of changes that touches none of that part (`Interest.concerns`) runs no pass: the agent only
+advances its converged revision, since its desired state cannot have changed.
+
+A VM port that appears here (its alias carries the VM interface id, as OVN's iface-id does) while
+the mapping has it elsewhere is reported as a move, and so is a RARP/GARP received from a VM port.
 
 The agent reaches the mapping only through a `MappingClient` and the kernel only through the kernel
 object it is given (`dataplane.kernel.Kernel`, or a model of one in unit tests): it holds no lab,
@@ -24,7 +31,9 @@ from typing import Protocol
 
 from roamnet.mapping.client import ANNOUNCED, PORT_UP, MappingClient, MoveRefused, Refused
 from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
+from roamnet.mapping.view import Touched
 from roamnet.nve.desired import compute_desired, is_trunk
+from roamnet.nve.interest import Interest, project
 from roamnet.nve.plan import (
     STRUCTURAL,
     Actual,
@@ -45,7 +54,6 @@ PRUNE_HOLD_S = 0.5  # a segment no longer needed is removed after this long: del
 #                     the kernel's RTNL lock for tens of ms, which must not delay other NVEs' updates
 #                     right after a move (and a VM moving straight back keeps its segment)
 KEEP_ERRORS = 20
-WATCH_RETRY_S = 0.5  # a mapping watch that failed (the store away) starts again after this
 
 
 class KernelLike(Protocol):
@@ -75,6 +83,9 @@ class AgentStats:
     announcements_seen: int = 0
     claims_refused: int = 0  # reports the mobility rules refused (frozen or sticky MACs)
     converged_revision: int = 0
+    idle_advances: int = 0  # mapping changes that concerned none of this NVE's part: no pass, only the revision
+    pass_cpu_s: float = 0.0  # CPU time (of the pass's thread) spent in passes
+    idle_cpu_s: float = 0.0  # CPU time spent advancing the converged revision without a pass
     programmed_at: float = 0.0  # monotonic time the last pass with changes finished
     last_pass_ms: float = 0.0
     last_changes: list[str] = field(default_factory=list)
@@ -90,8 +101,12 @@ class Agent:
     """One NVE's agent. `start()` runs it in threads; `reconcile()` is one synchronous pass."""
 
     def __init__(self, client: MappingClient, nve: Nve, kernel: KernelLike,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, publish_idle: bool = True):
+        """`publish_idle`: publish a converged revision advanced without a pass at once (what waits on
+        every NVE's convergence need); False leaves it to the next pass or resync, so a change that
+        concerns an NVE not at all costs it no store write either."""
         self.client, self.nve, self.kernel = client, nve, kernel
+        self.publish_idle = publish_idle
         self.ns = kernel.ns
         self.stats = AgentStats()
         self._clock = clock
@@ -103,6 +118,14 @@ class Agent:
         self._cache: tuple[Actual, list[str]] | None = None
         self._kernel_dirty = True
         self._published: NveStatus | None = None
+        # what the last pass's part of the mapping depended on; mapping changes that concern none of it
+        # only advance the converged revision (`_idle_revision`) without a pass
+        self._interest: Interest | None = None
+        self._need_pass = True
+        self._idle_revision = 0
+        self._whole = False  # the last pass made this NVE whole (converged at its revision)
+        self._note = threading.Lock()  # guards the three above between the feed's callback and the loop
+        self._unfollow: Callable[[], None] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -182,23 +205,35 @@ class Agent:
             self.stats.moves_reported += 1
         return changed
 
+    def _part(self, actual: Actual, ports: list[str]) -> Snapshot:
+        """This NVE's part of the mapping now (its VM ports in the kernel included), and its interest."""
+        ifaces = set(actual.devices) | set(actual.ports) | set(ports)
+
+        def take(view):
+            snap, interest = project(view, self.nve.name, ifaces)
+            with self._note:  # under the view's lock: no batch is judged against the interest it changed
+                self._interest = interest
+            return snap
+        return self.client.read(take)
+
     def reconcile(self, resync: bool = False) -> list[Change]:
         """One pass; `resync` reads the kernel (filters included) whatever the cache holds."""
         with self._lock:
+            cpu = time.thread_time()
             started = self._clock()
             if resync:
                 self.stats.resyncs += 1
                 self._kernel_dirty = True
                 self.kernel.forget_filters()
-            snap = self.client.snapshot()
             if self._kernel_dirty or self._cache is None:
                 self._kernel_dirty = False  # before reading: an event during the read dirties it again
                 actual, ports = self.kernel.read()
                 self.stats.kernel_reads += 1
             else:
                 actual, ports = self._cache
+            snap = self._part(actual, ports)
             if self._claim_arrivals(snap, ports) | self._expire_prepared(snap):
-                snap = self.client.snapshot()
+                snap = self._part(actual, ports)
             changes, whole = self._changes(snap, actual)
             errors = self.kernel.apply(changes) if changes else []
             if errors or any(c.op in STRUCTURAL for c in changes):
@@ -217,8 +252,40 @@ class Agent:
                 log.warning("%s", "; ".join(errors))
             elif whole:
                 self.stats.converged_revision = snap.revision
+            with self._note:
+                self._whole = whole and not errors
             self._publish(force=resync)
+            self.stats.pass_cpu_s += time.thread_time() - cpu
             return changes
+
+    def _mapping_changed(self, touched: Touched) -> None:
+        """The feed applied a batch (called under the view's lock: note and wake only)."""
+        with self._note:
+            if self._interest is None or self._interest.concerns(touched):
+                self._need_pass = True
+            else:
+                self._idle_revision = max(self._idle_revision, touched.revision)
+        self._wake.set()
+
+    def _wake_pass(self) -> None:
+        with self._note:
+            self._need_pass = True
+        self._wake.set()
+
+    def advance_idle(self) -> bool:
+        """Mapping changes that concerned none of this NVE's part arrived since its last pass, which made
+        it whole: it is converged at their revision without a pass (published as a pass would)."""
+        with self._lock:
+            cpu = time.thread_time()
+            with self._note:
+                if self._need_pass or not self._whole or self._idle_revision <= self.stats.converged_revision:
+                    return False
+                self.stats.converged_revision = self._idle_revision
+            self.stats.idle_advances += 1
+            if self.publish_idle:
+                self._publish()
+            self.stats.idle_cpu_s += time.thread_time() - cpu
+            return True
 
     def _hold_prunes(self, changes: list[Change]) -> list[Change]:
         now = self._clock()
@@ -226,7 +293,7 @@ class Agent:
         self._unneeded_since = {v: self._unneeded_since.get(v, now) for v in prunes}
         held = {v for v, since in self._unneeded_since.items() if now - since < PRUNE_HOLD_S}
         if held and self._threads and not (self._prune_timer and self._prune_timer.is_alive()):
-            self._prune_timer = threading.Timer(PRUNE_HOLD_S, self._wake.set)
+            self._prune_timer = threading.Timer(PRUNE_HOLD_S, self._wake_pass)
             self._prune_timer.daemon = True
             self._prune_timer.start()
         for vni in prunes - held:  # released now: no longer pending
@@ -264,14 +331,18 @@ class Agent:
 
     # ---- threads -------------------------------------------------------------------------------
     def start(self) -> None:
-        for target in (self._loop, self._watch_mapping, self._watch_kernel):
+        self._unfollow = self.client.follow(self._mapping_changed)
+        for target in (self._loop, self._watch_kernel):
             t = threading.Thread(target=target, name=f"agent:{self.nve.name}:{target.__name__}", daemon=True)
             t.start()
             self._threads.append(t)
-        self._wake.set()
+        self._wake_pass()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
         if self._prune_timer:
             self._prune_timer.cancel()
         self._wake.set()
@@ -286,32 +357,26 @@ class Agent:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            with self._note:
+                needed, self._need_pass = self._need_pass, False
             try:
-                self.reconcile(resync=resync)
+                if needed or resync:
+                    self.reconcile(resync=resync)
+                else:
+                    self.advance_idle()
             except Exception as exc:  # keep the agent alive; the next pass retries
                 log.exception("%s: reconcile failed", self.nve.name)
                 self.stats.error(repr(exc))
+                with self._note:
+                    self._need_pass = True
                 time.sleep(0.1)
-
-    def _watch_mapping(self) -> None:
-        """Wake a pass at every mapping change. A store that goes away, or compacts the history this
-        watch still needed, only pauses this: every pass reads a whole snapshot, so the watch starts
-        again from the store's revision then (and wakes a pass) without missing anything."""
-        while not self._stop.is_set():
-            try:
-                for _ in self.client.changes(self._stop):
-                    self._wake.set()
-            except Exception as exc:  # the store is away (the kernel keeps forwarding), or compacted
-                log.warning("%s: mapping watch: %s; watching again", self.nve.name, exc)
-                self._stop.wait(WATCH_RETRY_S)
-            self._wake.set()
 
     def _watch_kernel(self) -> None:
         self.kernel.watch(self._stop, self._link_event, self._announcement)
 
     def _link_event(self) -> None:
         self._kernel_dirty = True
-        self._wake.set()
+        self._wake_pass()
 
     def _announcement(self, ifname: str, mac: str) -> None:
         # any VM port of the last read: the frame proves it is up even if no pass has seen it up yet
@@ -319,10 +384,10 @@ class Agent:
         if not ifaces:
             return
         self.stats.announcements_seen += 1
-        snap = self.client.snapshot()
         # QEMU announces a NIC (untagged, with its MAC): every VM interface on that NIC arrived
-        bound = [(i, b) for i, b in ((i, snap.binding_of(i)) for i in ifaces) if b is not None and b.mac == mac]
+        found = self.client.read(lambda view: [(i, view.binding_of(i)) for i in ifaces])
+        bound = [(i, b) for i, b in found if b is not None and b.mac == mac]
         if any(b.nve != self.nve.name for _, b in bound):
             reported = [self._report(i) for i, b in bound if b.nve != self.nve.name]
             if any(reported):
-                self._wake.set()
+                self._wake_pass()

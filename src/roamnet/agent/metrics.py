@@ -39,6 +39,9 @@ COUNTERS = (  # roamnet_agent_<name>_total, AgentStats field, what it counts
     ("announcements_seen", "announcements_seen", "RARP / gratuitous ARP frames received from VM ports."),
     ("claims_refused", "claims_refused", "Move reports the mobility rules refused (a frozen, sticky or stopped MAC)."),
     ("errors", "error_count", "Errors (failed kernel changes, failed passes, refused mapping writes)."),
+    ("idle_advances", "idle_advances", "Mapping changes that concerned none of this NVE's part: no pass, the "
+     "converged revision advanced."),
+    ("pass_cpu_seconds", "pass_cpu_s", "CPU time spent in passes."),
 )
 
 

@@ -60,9 +60,10 @@ def agent(nve: str, ns: str, store_url: str, cacert: str | None, cert: str | Non
     \b
     Metrics (Prometheus text format, every sample labelled nve=NAME): roamnet_agent_*_total counters
     (reconciles, resyncs, kernel_reads, changes_applied, moves_reported, announcements_seen,
-    claims_refused, errors, status_lease_grants, status_lease_failures), gauges (converged_revision,
-    last_pass_seconds, pending_prunes, status_lease_alive, status_lease_ttl_seconds), roamnet_agent_info
-    and roamnet_agent_process_* (CPU seconds, resident memory, open files, start time).
+    claims_refused, errors, idle_advances, pass_cpu_seconds, status_lease_grants, status_lease_failures),
+    gauges (converged_revision, last_pass_seconds, pending_prunes, status_lease_alive,
+    status_lease_ttl_seconds), roamnet_agent_info and roamnet_agent_process_* (CPU seconds, resident
+    memory, open files, start time).
     \b
     Deployed by systemd: contrib/systemd/roamnet-agent@.service, one instance per NVE.
     """

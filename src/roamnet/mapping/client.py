@@ -1,5 +1,6 @@
-"""What an NVE agent may do with the mapping, and nothing more: read a snapshot, follow changes from a
-revision, report a move, publish its status (on its lease, when it has one: liveness.py).
+"""What an NVE agent may do with the mapping, and nothing more: read a snapshot, read its part of the
+process's view of the mapping and be told what each change touched (view.py), report a move, publish
+its status (on its lease, when it has one: liveness.py).
 
 An agent holds a `MappingClient`, never the store or the mapping system itself: the seam at which
 an agent becomes a process of its own (the client then talks to the shared store, e.g. etcd).
@@ -7,12 +8,12 @@ an agent becomes a process of its own (the client then talks to the shared store
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 
 from roamnet.mapping.liveness import StatusLease
 from roamnet.mapping.records import Binding, Migration, NveStatus, Snapshot
 from roamnet.mapping.system import ANNOUNCED, PORT_UP, MappingSystem, MoveRefused, Refused
+from roamnet.mapping.view import MappingView, Touched
 
 __all__ = ["ANNOUNCED", "PORT_UP", "MappingClient", "MoveRefused", "Refused"]
 
@@ -28,11 +29,15 @@ class MappingClient:
     def snapshot(self) -> Snapshot:
         return self._system.snapshot()
 
-    def changes(self, stop: threading.Event, from_revision: int | None = None) -> Iterator[int]:
-        """Wake-ups: one per batch of mapping changes from store revision `from_revision` on (default:
-        from now), until `stop` is set."""
-        start = self._system.store.revision + 1 if from_revision is None else from_revision
-        return self._system.changes(start, stop)
+    def follow(self, fn: Callable[[Touched], None]) -> Callable[[], None]:
+        """Call `fn(touched)` after every batch of mapping changes the process's view applies (only to
+        note and wake: it runs under the view's lock); returns the function that stops it."""
+        return self._system.feed.subscribe(fn)
+
+    def read(self, fn: Callable[[MappingView], object]):
+        """`fn(view)` on the process's view of the mapping, caught up with the store, under its lock
+        (`fn` copies what it keeps: nve/interest.py's `project`)."""
+        return self._system.feed.read(fn)
 
     def report_move(self, iface_id: str, nve: str, by: str = ANNOUNCED) -> tuple[Binding, bool]:
         """`iface_id` arrived on `nve` (`by`: its port came up, or it announced itself). Raises

@@ -333,23 +333,49 @@ _KINDS = ((NVES, Nve, "nves", lambda o: o.name), (PORTS, LogicalPort, "ports", l
           (DOMAINS, Domain, "domains", lambda o: o.name))
 
 
+def decode_record(key: str, value: str) -> tuple[str, object, object] | None:
+    """The record at store key `key` (under ROOT, not /revision): (its Snapshot attribute, its key
+    there, the record), or None for a key that holds no record. Table-driven: a prefix per record class."""
+    if key == POLICY:
+        return "policy", None, PolicySet.from_json(json.loads(value))
+    if key.startswith(VLANS):
+        return "vlans", key[len(VLANS):], load_vlans(value)
+    for prefix, cls, attr, ident in _KINDS:
+        if key.startswith(prefix):
+            obj = load(cls, value)
+            return attr, ident(obj), obj
+    return None
+
+
+def record_kind(key: str) -> tuple[str, str] | None:
+    """(the Snapshot attribute, the rest of the key) of store key `key` (None: no record's key)."""
+    if key == POLICY:
+        return "policy", ""
+    if key.startswith(VLANS):
+        return "vlans", key[len(VLANS):]
+    for prefix, _, attr, _ in _KINDS:
+        if key.startswith(prefix):
+            return attr, key[len(prefix):]
+    return None
+
+
 def decode_snapshot(items: Iterable) -> Snapshot:
-    """The snapshot of the mapping's keys `items` (KeyValues under ROOT read at one store revision).
-    Table-driven: a prefix per record class."""
+    """The snapshot of the mapping's keys `items` (KeyValues under ROOT read at one store revision)."""
     tables: dict[str, dict] = {attr: {} for _, _, attr, _ in _KINDS}
     vlans: dict[str, dict[int, int]] = {}
     policy, revision = PolicySet(), 0
     for kv in items:
         if kv.key == REVISION:
             revision = kv.mod_revision
-        elif kv.key == POLICY:
-            policy = PolicySet.from_json(json.loads(kv.value))
-        elif kv.key.startswith(VLANS):
-            vlans[kv.key[len(VLANS):]] = load_vlans(kv.value)
+            continue
+        rec = decode_record(kv.key, kv.value)
+        if rec is None:
+            continue
+        attr, ident, obj = rec
+        if attr == "policy":
+            policy = obj
+        elif attr == "vlans":
+            vlans[ident] = obj
         else:
-            for prefix, cls, attr, key in _KINDS:
-                if kv.key.startswith(prefix):
-                    obj = load(cls, kv.value)
-                    tables[attr][key(obj)] = obj
-                    break
+            tables[attr][ident] = obj
     return Snapshot(revision, vlans=vlans, policy=policy, **tables)

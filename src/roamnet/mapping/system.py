@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from roamnet.mapping.apply import ApplyPlan, ApplyRefused, ApplyResult, plan_apply
@@ -67,6 +67,7 @@ from roamnet.mapping.records import (
 from roamnet.mapping.rules import VlanExhausted, allocate, detect_duplicate, move, recent_moves, resolve, settle
 from roamnet.mapping.status import Statuses
 from roamnet.mapping.store.base import CAS_RETRIES, KEEP, CasConflict, Conflicted, KeyValue, Store
+from roamnet.mapping.view import MappingFeed
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,15 @@ class MappingSystem:
         self._snap: Snapshot | None = None  # the last snapshot: shared by every reader at that revision
         self._snap_lock = threading.Lock()
         self.statuses = Statuses(store, lambda: self.revision)  # what the agents published
+        self._feed: MappingFeed | None = None
+
+    @property
+    def feed(self) -> MappingFeed:
+        """The process's view of the mapping, kept current by one watch (view.py); made at first use."""
+        with self._snap_lock:
+            if self._feed is None:
+                self._feed = MappingFeed(self.store)
+            return self._feed
 
     # ---- writing -------------------------------------------------------------------------------
     def _write(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
@@ -181,12 +191,6 @@ class MappingSystem:
             if self._snap is None or snap.revision > self._snap.revision:
                 self._snap = snap
         return snap
-
-    def changes(self, from_revision: int, stop: threading.Event) -> Iterator[int]:
-        """Yield the store revision reached each time the mapping changed (status keys do not count),
-        from `from_revision` on, until `stop` is set."""
-        for batch in self.store.iter_watch(ROOT, from_revision, stop):
-            yield batch[-1].revision
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float) -> Snapshot | None:
         """Wait until predicate(snapshot) holds; returns that snapshot or None on timeout."""

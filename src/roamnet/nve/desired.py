@@ -157,9 +157,31 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
 
 def port_filters(snap: Snapshot, ifaces: list[str]) -> dict[str, PortFilter]:
     """The filters of the VM ports of `ifaces` (known to the mapping). Port security binds every
-    address of the VM, on each of its ports. Pure."""
-    vm_ips: dict[str, tuple[str, ...]] = {}
+    address of the VM, on each of its ports (in the order of its interfaces' ids). Pure."""
+    vms = {snap.ports[i].vm for i in ifaces if i in snap.ports}
+    of_vm: dict[str, list] = {}
     for lp in snap.ports.values():
-        vm_ips[lp.vm] = vm_ips.get(lp.vm, ()) + tuple(ip for ip in lp.ips if ip not in vm_ips.get(lp.vm, ()))
-    return {i: port_filter(snap.policy, snap.segments, i, snap.ports[i].vni, snap.ports[i].mac,
-                           vm_ips[snap.ports[i].vm]) for i in ifaces if i in snap.ports}
+        if lp.vm in vms:
+            of_vm.setdefault(lp.vm, []).append(lp)
+    vm_ips = {vm: tuple(dict.fromkeys(ip for lp in sorted(lps, key=lambda p: p.iface_id) for ip in lp.ips))
+              for vm, lps in of_vm.items()}
+    return {i: _port_filter(snap, i, vm_ips[snap.ports[i].vm]) for i in ifaces if i in snap.ports}
+
+
+_FILTERS: dict[tuple, tuple] = {}  # (iface, vni, mac, ips) -> (policy, segments, filter)
+FILTERS_MAX = 50_000
+
+
+def _port_filter(snap: Snapshot, iface: str, ips: tuple[str, ...]) -> PortFilter:
+    """`port_filter`, remembered while the snapshot's policy and CUGs are the very same objects (a
+    view of the mapping replaces them when they change: nve/interest.py projections share them)."""
+    port = snap.ports[iface]
+    key = (iface, port.vni, port.mac, ips)
+    hit = _FILTERS.get(key)
+    if hit is not None and hit[0] is snap.policy and hit[1] is snap.segments:
+        return hit[2]
+    f = port_filter(snap.policy, snap.segments, iface, port.vni, port.mac, ips)
+    if len(_FILTERS) >= FILTERS_MAX:
+        _FILTERS.clear()
+    _FILTERS[key] = (snap.policy, snap.segments, f)
+    return f

@@ -186,14 +186,32 @@ class Table:
                 "egress": dict(sorted(self.egress.items()))}
 
 
+_RENDERED: dict[tuple[str, PortFilter], tuple[tuple[str, list[dict]], tuple[str, list[dict]]]] = {}
+RENDERED_MAX = 50_000  # port filters whose chains are remembered (an agent renders its ports at every pass)
+
+
+def port_chains(iface: str, f: PortFilter) -> tuple[tuple[str, list[dict]], tuple[str, list[dict]]]:
+    """((out chain's name, rules), (in chain's name, rules)) of VM port `iface`'s filter `f`: rendered
+    once per filter (the rules are shared: never change them)."""
+    key = (iface, f)
+    hit = _RENDERED.get(key)
+    if hit is None:
+        out, inbound = render_out(f), render_in(f)
+        hit = ((_named("out", iface, out), out), (_named("in", iface, inbound), inbound))
+        if len(_RENDERED) >= RENDERED_MAX:
+            _RENDERED.clear()
+        _RENDERED[key] = hit
+    return hit
+
+
 def desired_table(ports: dict[str, tuple[str, PortFilter]], segments: dict[int, bool]) -> Table:
     """The table for VM ports {iface_id: (bridge-port device, filter)} and hosted segments
     {vni: flood_unknown_arp}. Pure."""
     t = Table()
     for iface, (dev, f) in sorted(ports.items()):
-        for kind, rules, dispatch in (("out", render_out(f), t.ingress), ("in", render_in(f), t.egress)):
-            name = _named(kind, iface, rules)
-            t.chains[name], dispatch[dev] = rules, name
+        (out_name, out), (in_name, inbound) = port_chains(iface, f)
+        t.chains[out_name], t.ingress[dev] = out, out_name
+        t.chains[in_name], t.egress[dev] = inbound, in_name
     for vni, flood in sorted(segments.items()):
         vx_in, vx_out = render_vxlan(flood)
         for kind, rules, dispatch in (("vxin", vx_in, t.ingress), ("vxout", vx_out, t.egress)):

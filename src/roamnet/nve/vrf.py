@@ -57,6 +57,13 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str
     routed = {vni: s for vni, s in snap.segments.items() if s.tenant and s.gateway and s.tenant in snap.tenants}
     present = set(snap.tenants) if is_border else {routed[v].tenant for v in segments if v in routed}
     border_vtep = next((n.vtep for n in snap.nves.values() if n.role == BORDER and n.dc == me.dc), None)
+    of_tenant: dict[str, list] = {name: [] for name in present}  # each present tenant's bindings, in one scan
+    for b in snap.bindings.values():
+        seg = routed.get(b.vni)
+        if seg is not None and seg.tenant in of_tenant:
+            of_tenant[seg.tenant].append(b)
+    here = {n for n in snap.nves if snap.serving(n) == nve}  # its own VMs: neighbours, not routes
+    elsewhere = {n.name for n in snap.nves.values() if n.dc != me.dc} if is_border else set()  # transit
     out: dict[str, VrfDesired] = {}
     for name in sorted(present):
         t = snap.tenants[name]
@@ -64,20 +71,19 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str
         gateways = {} if is_border else {v: s.gateway for v, s in mine.items() if v in segments}
         neighbors: dict[str, tuple[int, str]] = {}
         routes: dict[tuple[str, str], str] = {}
-        for b in snap.bindings.values():
-            if b.vni not in mine:
+        for b in of_tenant[name]:
+            if b.nve in here:
+                for ip in b.ips:
+                    neighbors[ip] = (b.vni, b.mac)
                 continue
-            if snap.serving(b.nve) == nve:
-                neighbors.update({ip: (b.vni, b.mac) for ip in b.ips})
-                continue
-            there = snap.nves.get(b.nve)
-            table = TRANSIT if is_border and there is not None and there.dc != me.dc else MAIN
-            routes.update({(table, f"{ip}/32"): b.vtep for ip in b.ips})
+            table = TRANSIT if b.nve in elsewhere else MAIN
+            for ip in b.ips:
+                routes[(table, ip + "/32")] = b.vtep
         if is_border:
             routes.update({(MAIN, s.subnet): BLACKHOLE for s in mine.values()})
         elif border_vtep is not None:
             routes[(MAIN, "0.0.0.0/0")] = border_vtep
-        rmacs = {v: names.router_mac(v) for v in routes.values() if v != BLACKHOLE}
+        rmacs = {v: names.router_mac(v) for v in set(routes.values()) if v != BLACKHOLE}
         guard = frozenset(s.subnet for s in mine.values()) if is_border else frozenset()
         out[name] = VrfDesired(name, t.l3vni, names.router_mac(me.vtep), t.anycast_mac, is_border,
                                gateways, neighbors, routes, rmacs, guard)

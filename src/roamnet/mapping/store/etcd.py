@@ -28,6 +28,7 @@ says it has no leader (a watch stream reconnects to the next member from the las
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import json
 import logging
@@ -132,8 +133,9 @@ class _Watcher:
                     raise self.error
                 if self.events and from_revision < self.events[0].revision and from_revision < self.start:
                     raise Compacted(f"{self.prefix}: revision {from_revision} is before this watch's history")
-                got = [e for e in self.events if e.revision >= from_revision] if self.events and \
-                    self.events[-1].revision >= from_revision else []
+                got = self.events[bisect.bisect_left(self.events, from_revision, key=lambda e: e.revision):] \
+                    if self.events and self.events[-1].revision >= from_revision else []  # (sorted: no scan
+                #                                                       of up to KEEP events at every call)
                 if got:
                     return got, got[-1].revision + 1
                 if behind and self.next > self.store.revision:  # caught up: nothing more is coming now

@@ -1,0 +1,81 @@
+"""An NVE's interest: the part of the mapping its desired state depends on, taken from an indexed view
+(mapping/view.py) without looking at the rest. Pure.
+
+`project(view, nve, ifaces)` returns a `Snapshot` holding only that part, and the `Interest` that
+says which later changes could alter it. The part is:
+  * every NVE, tenant, CUG, domain, VLAN allocation and the policy (small tables, shared as they are);
+  * the bindings and moves of the NVE itself, and of the servers behind it when it is a ToR (`served`);
+  * every binding and move of the VNIs it hosts or is the destination of a prepared move in (`hosted`):
+    its flood lists, remote MACs, ARP entries, and the moves it delivers to both ends of;
+  * every binding of the routed CUGs of the tenants it has a VRF for (a border: every tenant): the
+    host routes;
+  * the ports of every VM with a port here (port security binds all of a VM's addresses), and the
+    ports and bindings of the VM interfaces whose port exists in its kernel (`ifaces`: a claimant
+    port, a port that just arrived: what the agent claims by).
+`compute_desired(project(view, nve, ifaces)[0], nve)` equals `compute_desired(view.snapshot(), nve)`
+(and so does `compute_switch` for a server behind a ToR): the property tests in
+tests/unit/test_interest.py check it over random histories. The projection costs what the NVE's part
+holds, not what the mapping holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from roamnet.mapping.records import BORDER, Snapshot
+from roamnet.mapping.view import MappingView, Touched
+
+
+@dataclass(frozen=True)
+class Interest:
+    """What a projection depended on: a later change that touches none of it leaves it as it is."""
+
+    revision: int
+    vnis: frozenset[int] = frozenset()
+    nves: frozenset[str] = frozenset()  # the NVE and the servers it serves
+    ifaces: frozenset[str] = frozenset()  # VM interfaces with a port here or in the kernel
+
+    def concerns(self, t: Touched) -> bool:
+        return bool(t.general or t.reloaded or self.vnis & t.vnis or self.nves & t.nves or self.ifaces & t.ifaces)
+
+
+def served_by(view: MappingView, nve: str) -> frozenset[str]:
+    """`nve` and the servers behind it (a ToR's)."""
+    return frozenset([nve] + [n.name for n in view.nves.values() if n.tor == nve])
+
+
+def project(view: MappingView, nve: str, ifaces: Iterable[str] = ()) -> tuple[Snapshot, Interest]:
+    """The part of `view` that NVE `nve` (with VM ports for `ifaces` in its kernel) depends on."""
+    served = served_by(view, nve)
+    me = view.nves.get(nve)
+    local = [b for s in served for b in view.at_nve.get(s, {}).values()]
+    incoming = [m for s in served for m in view.prepared_to.get(s, {}).values()]
+    hosted = {b.vni for b in local} | {m.vni for m in incoming}
+    routed = {vni: s.tenant for vni, s in view.segments.items() if s.tenant and s.gateway and s.tenant in view.tenants}
+    if me is not None and me.role == BORDER:
+        tenants = set(view.tenants)
+    else:
+        tenants = {routed[v] for v in hosted if v in routed}
+    vnis = hosted | {v for v, t in routed.items() if t in tenants}
+
+    bindings = {(vni, mac): b for vni in vnis for mac, b in view.by_vni.get(vni, {}).items()}
+    migrations = {i: m for vni in vnis for i, m in view.migrations_by_vni.get(vni, {}).items()}
+    here = {b.iface_id for b in local} | {m.iface_id for m in incoming}
+    ports = {}
+    for iface in here:
+        port = view.ports.get(iface)
+        if port is not None:
+            ports.update(view.ports_by_vm.get(port.vm, {}))
+    kernel = set(ifaces)
+    for iface in kernel:
+        port = view.ports.get(iface)
+        if port is None:
+            continue
+        ports[iface] = port
+        b = view.bindings.get((port.vni, port.mac))
+        if b is not None:
+            bindings[b.key] = b
+    snap = Snapshot(view.revision, view.nves, ports, bindings, migrations, view.tenants, view.segments,
+                    view.domains, view.vlans, view.policy)
+    return snap, Interest(view.revision, frozenset(vnis), served, frozenset(here | kernel | set(ports)))
