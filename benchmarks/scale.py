@@ -96,7 +96,7 @@ def layout(n_nves: int, n_vms: int, per_cug: int, pod: int, per_tenant: int) -> 
         t = f"t{c // per_tenant}"
         if c % per_tenant == 0:
             tenants.append(Tenant(t, 50000 + c // per_tenant, "02:aa:00:00:00:01"))
-        net = f"10.{c >> 8 & 255}.{c & 255}"
+        net = f"198.19.{c % per_tenant}"  # tenants are VRFs: their CUGs' subnets may repeat across tenants
         segments.append(Segment(vni, f"cug{c}", f"{net}.0/24", f"{net}.1/24", t))
     vtep = {n.name: n.vtep for n in nves}
     for v in range(n_vms):
@@ -104,7 +104,7 @@ def layout(n_nves: int, n_vms: int, per_cug: int, pod: int, per_tenant: int) -> 
         vni, start = 10000 + c, c * len(servers) // n_cugs
         server = servers[(start + (v // n_cugs) % pod) % len(servers)]
         mac = f"02:00:{v >> 24 & 255:02x}:{v >> 16 & 255:02x}:{v >> 8 & 255:02x}:{v & 255:02x}"
-        ip = f"10.{c >> 8 & 255}.{c & 255}.{2 + (v // n_cugs) % 250}"
+        ip = f"198.19.{c % per_tenant}.{2 + (v // n_cugs) % 250}"
         port = LogicalPort(f"vm{v}/0", f"vm{v}", vni, mac, (ip,))
         ports.append(port)
         bindings.append(Binding(vni, mac, server, vtep[server], 0, port.ips, port.iface_id))
@@ -550,7 +550,8 @@ def main() -> int:
     ap.add_argument("--baseline-moves", type=int, default=6, help="moves with the shadows running (default 6)")
     ap.add_argument("--vms-per-cug", type=int, default=100)
     ap.add_argument("--pod", type=int, default=8, help="servers a CUG spans (default 8)")
-    ap.add_argument("--cugs-per-tenant", type=int, default=4)
+    ap.add_argument("--cugs-per-tenant", type=int, default=4, choices=range(1, 257), metavar="1..256",
+                    help="CUGs per tenant (default 4); their subnets are 198.19.<k>.0/24 within each tenant")
     ap.add_argument("--settle", type=float, default=0.05, help="s after a move's last pass (default 0.05)")
     ap.add_argument("--move-timeout", type=float, default=10.0)
     ap.add_argument("--setup-timeout", type=float, default=600.0)

@@ -6,25 +6,16 @@ or prepared again meanwhile."""
 from __future__ import annotations
 
 import pytest
+from mapping_fixtures import NVES, Clock
 from test_store import etcd_server, store  # noqa: F401 - the memory / etcd store fixture
 
 from roamnet.agent.loop import Agent
 from roamnet.dataplane.model import ModelKernel
 from roamnet.mapping.client import MappingClient
-from roamnet.mapping.records import ACTIVATED, Binding, LogicalPort, Nve, Segment
+from roamnet.mapping.records import ACTIVATED, Binding, LogicalPort, Segment
 from roamnet.mapping.system import MappingSystem
 
 WEB, VM1, VM2 = 10100, "02:00:00:01:00:01", "02:00:00:01:00:02"
-NVES = {"hv1": Nve("hv1", "198.18.1.1", "dc1"), "hv2": Nve("hv2", "198.18.1.3", "dc1"),
-        "hv3": Nve("hv3", "198.18.2.1", "dc2")}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

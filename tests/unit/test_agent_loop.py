@@ -5,6 +5,7 @@ through its MappingClient, and convergence is read from the status it publishes.
 from __future__ import annotations
 
 import pytest
+from mapping_fixtures import NVES, Clock
 
 from roamnet.agent.loop import PRUNE_HOLD_S, Agent
 from roamnet.dataplane.model import ModelKernel
@@ -15,16 +16,6 @@ from roamnet.mapping.system import MappingSystem
 
 WEB = 10100
 VM1, VM2 = "02:00:00:01:00:01", "02:00:00:01:00:02"
-NVES = {"hv1": Nve("hv1", "198.18.1.1", "dc1"), "hv2": Nve("hv2", "198.18.1.3", "dc1"),
-        "hv3": Nve("hv3", "198.18.2.1", "dc2")}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -41,7 +32,7 @@ def mapping() -> MappingSystem:
 
 
 def agent(mapping: MappingSystem, nve: str, kernel: ModelKernel, clock: Clock | None = None) -> Agent:
-    return Agent(MappingClient(mapping), NVES[nve], kernel, clock=clock or Clock())
+    return Agent(MappingClient(mapping), NVES[nve], kernel, clock=clock or Clock(1000.0))
 
 
 def hv1_with_vm1(mapping: MappingSystem, clock: Clock | None = None) -> tuple[ModelKernel, Agent]:
@@ -126,7 +117,7 @@ def test_a_failed_change_is_reported_and_retried_from_a_fresh_read(mapping):
 
 
 def test_a_segment_no_longer_needed_is_held_before_it_goes(mapping):
-    clock = Clock()
+    clock = Clock(1000.0)
     k1, a1 = hv1_with_vm1(mapping, clock)
     mapping.report_move("vm1/0", "hv2")  # vm1 left: hv1 hosts nothing of the segment any more
     k1.remove_port("vm1/0")
@@ -141,7 +132,7 @@ def test_a_segment_no_longer_needed_is_held_before_it_goes(mapping):
 
 
 def test_a_segment_needed_again_within_the_hold_is_kept(mapping):
-    clock = Clock()
+    clock = Clock(1000.0)
     k1, a1 = hv1_with_vm1(mapping, clock)
     mapping.report_move("vm1/0", "hv2")
     a1.reconcile()

@@ -326,11 +326,11 @@ def test_what_would_break_the_running_system_is_refused_and_nothing_written(stor
         m.apply(records(app))
     assert "domain pod1: VLAN range 100-101 is exhausted: VNIs 10300 get no VLAN there" in str(err.value)
 
-    new_vtep = intent(vteps={n: f"10.0.0.{i}" for i, n in enumerate(
+    new_vtep = intent(vteps={n: f"198.18.200.{i}" for i, n in enumerate(
         ["dc1br", "hv1", "hv2", "tor1", "dc2br", "hv3", "hv4"], start=1)})
     with pytest.raises(ApplyRefused) as err:
         m.apply(records(new_vtep))
-    assert "nve hv2: hosts vm1/0: it cannot change (vtep 198.18.1.3 -> 10.0.0.3)" in str(err.value)
+    assert "nve hv2: hosts vm1/0: it cannot change (vtep 198.18.1.3 -> 198.18.200.3)" in str(err.value)
     assert "nve tor1: hosts vm2/0 on hv5" in str(err.value)
     assert store.revision == rev
 
@@ -394,21 +394,21 @@ def test_an_interrupted_sequence_is_finished_by_the_next_apply(store):
 
 # ---- VTEPs in the intent -----------------------------------------------------------------------
 
-REAL = {"dc1br": "10.0.1.254", "hv1": "10.0.1.1", "hv2": "10.0.1.2", "tor1": "10.0.1.10", "dc2br": "10.0.2.254",
-        "hv3": "10.0.2.1", "hv4": "10.0.2.2"}
+REAL = {"dc1br": "198.18.201.254", "hv1": "198.18.201.1", "hv2": "198.18.201.2", "tor1": "198.18.201.10", "dc2br": "198.18.202.254",
+        "hv3": "198.18.202.1", "hv4": "198.18.202.2"}
 
 
 def test_vteps_of_the_intent_name_every_nve():
     topo = parse_topology(intent(vteps=REAL))
     nves = {n.name: n for n in compile_nves(topo, {k: str(v) for k, v in topo.vteps.items()})}
-    assert nves["hv1"].vtep == "10.0.1.1" and nves["tor1"].role == "tor"
-    assert (nves["hv5"].vtep, nves["hv5"].tor, nves["hv5"].domain) == ("10.0.1.10", "tor1", "pod1")
+    assert nves["hv1"].vtep == "198.18.201.1" and nves["tor1"].role == "tor"
+    assert (nves["hv5"].vtep, nves["hv5"].tor, nves["hv5"].domain) == ("198.18.201.10", "tor1", "pod1")
 
 
 @pytest.mark.parametrize("vteps,path,reason", [
-    ({**REAL, "hv5": "10.0.1.5"}, "vteps.hv5", "server hv5 is behind ToR tor1, which is its NVE"),
-    ({**REAL, "vm1": "10.0.1.5"}, "vteps.vm1", "'vm1' is no NVE"),
-    ({**REAL, "hv2": "10.0.1.1"}, "vteps.hv2", "VTEP 10.0.1.1 is already hv1's"),
+    ({**REAL, "hv5": "198.18.201.5"}, "vteps.hv5", "server hv5 is behind ToR tor1, which is its NVE"),
+    ({**REAL, "vm1": "198.18.201.5"}, "vteps.vm1", "'vm1' is no NVE"),
+    ({**REAL, "hv2": "198.18.201.1"}, "vteps.hv2", "VTEP 198.18.201.1 is already hv1's"),
     ({**REAL, "hv2": "224.0.0.1"}, "vteps.hv2", "224.0.0.1 is no unicast host address"),
     ({k: v for k, v in REAL.items() if k != "hv4"}, "vteps", "no VTEP for hv4: give every NVE's VTEP, or none"),
 ])

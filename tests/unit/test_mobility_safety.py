@@ -4,6 +4,7 @@ freezing, thawing, sticky interfaces, and who may claim a binding."""
 from __future__ import annotations
 
 import pytest
+from mapping_fixtures import NVES, Clock
 
 from roamnet.mapping.records import Binding, LogicalPort, Nve, Segment
 from roamnet.mapping.rules import detect_duplicate, recent_moves
@@ -11,16 +12,6 @@ from roamnet.mapping.store import MemoryStore
 from roamnet.mapping.system import FROZEN, ORCHESTRATOR, PORT_UP, STICKY, MappingSystem, Refused
 
 WEB, MAC = 10100, "02:00:00:01:00:01"
-NVES = {"hv1": Nve("hv1", "198.18.1.1", "dc1"), "hv2": Nve("hv2", "198.18.1.3", "dc1"),
-        "hv3": Nve("hv3", "198.18.2.1", "dc2")}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_window_counts_only_recent_moves():
