@@ -144,8 +144,10 @@ class FullDecodeAgent(Agent):
         super().__init__(client, nve, kernel)
         self._decoder = decoder
 
-    def _part(self, actual, ports):
-        return self._decoder.snapshot()
+    scoped = False
+
+    def _part(self, actual, ports, whole=True, scope=None):
+        return self._decoder.snapshot(), None
 
     def _mapping_changed(self, touched) -> None:
         self._wake_pass()

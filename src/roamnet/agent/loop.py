@@ -32,8 +32,9 @@ from typing import Protocol
 from roamnet.mapping.client import ANNOUNCED, PORT_UP, MappingClient, MoveRefused, Refused
 from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
 from roamnet.mapping.view import Touched
-from roamnet.nve.desired import compute_desired, is_trunk
-from roamnet.nve.interest import Interest, project
+from roamnet.nve.desired import NveDesired, compute_desired, is_trunk
+from roamnet.nve.interest import Interest, Scope, project, scope_of
+from roamnet.nve.partial import merge, restrict
 from roamnet.nve.plan import (
     STRUCTURAL,
     Actual,
@@ -84,6 +85,7 @@ class AgentStats:
     claims_refused: int = 0  # reports the mobility rules refused (frozen or sticky MACs)
     converged_revision: int = 0
     idle_advances: int = 0  # mapping changes that concerned none of this NVE's part: no pass, only the revision
+    scoped_passes: int = 0  # passes that recomputed only the VNIs and tenants their changes touched
     pass_cpu_s: float = 0.0  # CPU time (of the pass's thread) spent in passes
     idle_cpu_s: float = 0.0  # CPU time spent advancing the converged revision without a pass
     programmed_at: float = 0.0  # monotonic time the last pass with changes finished
@@ -124,25 +126,48 @@ class Agent:
         self._need_pass = True
         self._idle_revision = 0
         self._whole = False  # the last pass made this NVE whole (converged at its revision)
-        self._note = threading.Lock()  # guards the three above between the feed's callback and the loop
+        # what the batches since the last pass touched (the next pass's scope), or a whole pass needed
+        # (start, a change of NVEs, tenants, CUGs or policy, a reload, a kernel read)
+        self._full = True
+        self._touched_vnis: set[int] = set()
+        self._touched_ifaces: set[str] = set()
+        self._note = threading.Lock()  # guards the six above between the feed's callback and the loop
         self._unfollow: Callable[[], None] | None = None
+        self._want: NveDesired | None = None  # the last pass's desired state, whole (a scoped pass merges into it)
+        self._planned_in: tuple | None = None  # the inputs the claimant chains and filters were last planned from
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    def _changes(self, snap: Snapshot, actual: Actual) -> tuple[list[Change | VrfChange], bool]:
+    def _changes(self, snap: Snapshot, actual: Actual,
+                 scope: Scope | None = None) -> tuple[list[Change | VrfChange], bool]:
         """The changes to apply, and whether they make this NVE whole: not while a VM port the
         mapping binds here is still to be created by the hypervisor (lab up plugs VMs after
-        registering them; converged must mean forwarding)."""
-        want = compute_desired(snap, self.nve.name)
+        registering them; converged must mean forwarding). With a `scope` (`snap` then holds only its
+        VNIs: nve/partial.py), only the scope's part is recomputed and diffed."""
+        if scope is None or self._want is None:
+            want = part = compute_desired(snap, self.nve.name)
+            have, scope = actual, None
+        else:
+            part = compute_desired(snap, self.nve.name, scope.tenants)
+            want = merge(self._want, part, scope)
+            have = restrict(actual, scope, part)
+        self._want = want
         waiting = any(not is_trunk(a) and a not in actual.ports for a in want.attachments)
         # the VXLAN guard and port filters first: a VM port is attached to its bridge only in a pass that
         # has given it its filter
-        local = {i for i, p in want.local_ports.items() if p.attachment == i}  # VM ports that belong in a bridge here
-        return (plan_claimant_ports(snap, local, actual)
-                + plan_vteps(want.vteps, actual) + plan_filters(want.filters, want.arp_flood, actual)
-                + self._hold_prunes(plan(want, actual)) + plan_vrfs(want.vrfs, actual.vrfs)), not waiting
+        local = frozenset(i for i, p in want.local_ports.items() if p.attachment == i)  # VM ports of a bridge here
+        # the claimant chains and the filters are planned over everything here; a scoped pass (the kernel's
+        # ports as the last pass left them) skips them when their inputs are the very ones it planned last
+        claim_in = (local, {i: snap.ports.get(i) for i in actual.devices})
+        filter_in = (want.filters, want.arp_flood)
+        same = scope is not None and self._planned_in == (claim_in, filter_in)
+        self._planned_in = (claim_in, filter_in)
+        return ((plan_claimant_ports(snap, local, actual) if not same else [])
+                + plan_vteps(want.vteps, actual)
+                + (plan_filters(want.filters, want.arp_flood, actual) if not same else [])
+                + self._hold_prunes(plan(part, have), scope) + plan_vrfs(part.vrfs, have.vrfs)), not waiting
 
     # ---- one pass ------------------------------------------------------------------------------
     def _claim_arrivals(self, snap: Snapshot, ports: list[str]) -> bool:
@@ -205,15 +230,26 @@ class Agent:
             self.stats.moves_reported += 1
         return changed
 
-    def _part(self, actual: Actual, ports: list[str]) -> Snapshot:
-        """This NVE's part of the mapping now (its VM ports in the kernel included), and its interest."""
+    scoped = True  # passes woken by the mapping alone may recompute only what it touched
+
+    def _part(self, actual: Actual, ports: list[str], whole: bool,
+              scope: Scope | None = None) -> tuple[Snapshot, Scope | None]:
+        """This NVE's part of the mapping now (its VM ports in the kernel included), and its interest;
+        unless `whole`, only the part the batches since the last pass touched (with `scope`: and that)."""
         ifaces = set(actual.devices) | set(actual.ports) | set(ports)
 
         def take(view):
-            snap, interest = project(view, self.nve.name, ifaces)
-            with self._note:  # under the view's lock: no batch is judged against the interest it changed
+            with self._note:  # under the view's lock: the batches this read includes, and no more
+                full = whole or self._full or not self.scoped or self._unfollow is None or self._want is None
+                vnis, touched_ifaces = self._touched_vnis, self._touched_ifaces
+                self._full, self._touched_vnis, self._touched_ifaces = False, set(), set()
+            now = None if full else scope_of(view, vnis | self.pending_prunes, touched_ifaces)
+            if now is not None and scope is not None:
+                now = Scope(now.vnis | scope.vnis, now.tenants | scope.tenants)
+            snap, interest = project(view, self.nve.name, ifaces, None if now is None else now.vnis)
+            with self._note:  # no batch is judged against the interest it changed
                 self._interest = interest
-            return snap
+            return snap, now
         return self.client.read(take)
 
     def reconcile(self, resync: bool = False) -> list[Change]:
@@ -225,16 +261,19 @@ class Agent:
                 self.stats.resyncs += 1
                 self._kernel_dirty = True
                 self.kernel.forget_filters()
-            if self._kernel_dirty or self._cache is None:
+            whole_pass = self._kernel_dirty or self._cache is None
+            if whole_pass:
                 self._kernel_dirty = False  # before reading: an event during the read dirties it again
                 actual, ports = self.kernel.read()
                 self.stats.kernel_reads += 1
             else:
                 actual, ports = self._cache
-            snap = self._part(actual, ports)
+            snap, scope = self._part(actual, ports, whole_pass)
             if self._claim_arrivals(snap, ports) | self._expire_prepared(snap):
-                snap = self._part(actual, ports)
-            changes, whole = self._changes(snap, actual)
+                snap, scope = self._part(actual, ports, scope is None, scope)
+            changes, whole = self._changes(snap, actual, scope)
+            if scope is not None:
+                self.stats.scoped_passes += 1
             errors = self.kernel.apply(changes) if changes else []
             if errors or any(c.op in STRUCTURAL for c in changes):
                 self._cache, self._kernel_dirty = None, True
@@ -263,14 +302,24 @@ class Agent:
         with self._note:
             if self._interest is None or self._interest.concerns(touched):
                 self._need_pass = True
+                if touched.general or touched.reloaded:
+                    self._full = True
+                self._touched_vnis |= touched.vnis
+                self._touched_ifaces |= touched.ifaces
             else:
                 self._idle_revision = max(self._idle_revision, touched.revision)
         self._wake.set()
 
-    def _wake_pass(self) -> None:
+    def _wake_pass(self, whole: bool = True) -> None:
+        """Run a pass soon (`whole`: over the NVE's whole part; else over what the mapping touched
+        meanwhile, and the segments waiting to be pruned)."""
         with self._note:
             self._need_pass = True
+            self._full |= whole
         self._wake.set()
+
+    def _wake_prunes(self) -> None:
+        self._wake_pass(whole=False)
 
     def advance_idle(self) -> bool:
         """Mapping changes that concerned none of this NVE's part arrived since its last pass, which made
@@ -287,13 +336,16 @@ class Agent:
             self.stats.idle_cpu_s += time.thread_time() - cpu
             return True
 
-    def _hold_prunes(self, changes: list[Change]) -> list[Change]:
+    def _hold_prunes(self, changes: list[Change], scope: Scope | None = None) -> list[Change]:
+        """Hold back the removal of segments unneeded for less than PRUNE_HOLD_S (`scope`: the pass saw only
+        its VNIs; the others stay pending as they were)."""
         now = self._clock()
         prunes = {c.vni for c in changes if c.op == "del-segment"}
-        self._unneeded_since = {v: self._unneeded_since.get(v, now) for v in prunes}
+        kept = {} if scope is None else {v: t for v, t in self._unneeded_since.items() if v not in scope.vnis}
+        self._unneeded_since = kept | {v: self._unneeded_since.get(v, now) for v in prunes}
         held = {v for v, since in self._unneeded_since.items() if now - since < PRUNE_HOLD_S}
         if held and self._threads and not (self._prune_timer and self._prune_timer.is_alive()):
-            self._prune_timer = threading.Timer(PRUNE_HOLD_S, self._wake_pass)
+            self._prune_timer = threading.Timer(PRUNE_HOLD_S, self._wake_prunes)
             self._prune_timer.daemon = True
             self._prune_timer.start()
         for vni in prunes - held:  # released now: no longer pending
@@ -390,4 +442,4 @@ class Agent:
         if any(b.nve != self.nve.name for _, b in bound):
             reported = [self._report(i) for i, b in bound if b.nve != self.nve.name]
             if any(reported):
-                self._wake_pass()
+                self._wake_pass(whole=False)  # the reports' own changes are its scope

@@ -12,7 +12,9 @@ class SwitchAgent(Agent):
     """The agent of a server behind a ToR: drives its hypervisor switch from the mapping, and reports
     the VMs that arrive on it (port up, RARP/GARP) exactly as an NVE's agent does."""
 
-    def _changes(self, snap: Snapshot, actual: Actual) -> tuple[list[Change], bool]:
+    scoped = False  # its switch state is small: every pass is whole
+
+    def _changes(self, snap: Snapshot, actual: Actual, scope=None) -> tuple[list[Change], bool]:
         want = compute_switch(snap, self.nve.name)
         # filters first: a VM port is attached only in a pass that has given it its filter
         return (plan_claimant_ports(snap, set(want.ports), actual) + plan_filters(want.filters, {}, actual)

@@ -104,7 +104,8 @@ class NveDesired:
         }
 
 
-def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
+def compute_desired(snap: Snapshot, nve: str, tenants: frozenset[str] | None = None) -> NveDesired:
+    """NVE `nve`'s desired state (`tenants`: only those tenants' VRFs; a scoped pass, nve/partial.py). Pure."""
     snap = snap.running()  # a stopped VM (cold move): no port, no entries, no ARP answer, no flood-list place
     me = snap.nves[nve]
     prepared = snap.prepared()
@@ -152,7 +153,7 @@ def compute_desired(snap: Snapshot, nve: str) -> NveDesired:
     #         (a VM port here, not one behind a trunk: that one's server filters it)
     arp_flood = {vni: snap.segments[vni].flood_unknown_arp if vni in snap.segments else True for vni in segments}
     return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),
-                      compute_vrfs(snap, nve, segments), attachments, arp, filters, arp_flood, allowed_vteps(snap))
+                      compute_vrfs(snap, nve, segments, tenants), attachments, arp, filters, arp_flood, allowed_vteps(snap))
 
 
 def port_filters(snap: Snapshot, ifaces: list[str]) -> dict[str, PortFilter]:

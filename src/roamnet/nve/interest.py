@@ -16,6 +16,13 @@ says which later changes could alter it. The part is:
 (and so does `compute_switch` for a server behind a ToR): the property tests in
 tests/unit/test_interest.py check it over random histories. The projection costs what the NVE's part
 holds, not what the mapping holds.
+
+A pass after a batch of changes needs less than the part: only the VNIs the batch touched, closed
+under "same tenant" (`scope_of`: a tenant's VRF depends on every routed CUG of the tenant).
+`project(..., within=scope.vnis)` holds only those VNIs' bindings and moves; what
+`compute_desired(..., tenants=scope.tenants)` computes from it is exactly the desired state's part
+for those VNIs and tenants (nve/partial.py merges it into the last whole one). The Interest it returns
+is still the whole part's: it costs the NVE's own records and the table of CUGs, not the bindings.
 """
 
 from __future__ import annotations
@@ -40,27 +47,67 @@ class Interest:
         return bool(t.general or t.reloaded or self.vnis & t.vnis or self.nves & t.nves or self.ifaces & t.ifaces)
 
 
+@dataclass(frozen=True)
+class Scope:
+    """The VNIs and tenants a pass recomputes (closed: every routed VNI of each of `tenants` is in `vnis`,
+    and the tenant of every routed VNI of `vnis` is in `tenants`)."""
+
+    vnis: frozenset[int]
+    tenants: frozenset[str]
+
+
+_ROUTED: list = [None, None, {}]  # (CUG table, tenant table, routed VNIs): the view replaces a table that changes
+
+
+def routed_segments(view: MappingView) -> dict[int, str]:
+    """Routed VNI -> its tenant (a CUG with a gateway, of a known tenant); remembered while the view's
+    CUG and tenant tables are the very same objects (do not change the result)."""
+    segments, tenants, routed = _ROUTED
+    if segments is view.segments and tenants is view.tenants:
+        return routed
+    routed = {vni: s.tenant for vni, s in view.segments.items() if s.tenant and s.gateway and s.tenant in view.tenants}
+    _ROUTED[:] = [view.segments, view.tenants, routed]
+    return routed
+
+
+def scope_of(view: MappingView, vnis: Iterable[int], ifaces: Iterable[str] = ()) -> Scope:
+    """What a batch that touched `vnis` and `ifaces` (a port's filter binds its VM's every address, so
+    the VNIs of the ports of `ifaces` count) can change on any NVE: those VNIs and their tenants, with
+    every routed VNI of those tenants."""
+    touched = set(vnis)
+    for iface in ifaces:
+        port = view.ports.get(iface)
+        if port is not None:
+            touched.add(port.vni)
+    routed = routed_segments(view)
+    tenants = frozenset(routed[v] for v in touched if v in routed)
+    return Scope(frozenset(touched | {v for v, t in routed.items() if t in tenants}), tenants)
+
+
 def served_by(view: MappingView, nve: str) -> frozenset[str]:
     """`nve` and the servers behind it (a ToR's)."""
     return frozenset([nve] + [n.name for n in view.nves.values() if n.tor == nve])
 
 
-def project(view: MappingView, nve: str, ifaces: Iterable[str] = ()) -> tuple[Snapshot, Interest]:
-    """The part of `view` that NVE `nve` (with VM ports for `ifaces` in its kernel) depends on."""
+def project(view: MappingView, nve: str, ifaces: Iterable[str] = (),
+            within: frozenset[int] | None = None) -> tuple[Snapshot, Interest]:
+    """The part of `view` that NVE `nve` (with VM ports for `ifaces` in its kernel) depends on; with
+    `within` (a `Scope`'s VNIs), only the bindings and moves of those VNIs (the Interest is the whole part's)."""
     served = served_by(view, nve)
     me = view.nves.get(nve)
     local = [b for s in served for b in view.at_nve.get(s, {}).values()]
     incoming = [m for s in served for m in view.prepared_to.get(s, {}).values()]
     hosted = {b.vni for b in local} | {m.vni for m in incoming}
-    routed = {vni: s.tenant for vni, s in view.segments.items() if s.tenant and s.gateway and s.tenant in view.tenants}
+    routed = routed_segments(view)
     if me is not None and me.role == BORDER:
         tenants = set(view.tenants)
     else:
         tenants = {routed[v] for v in hosted if v in routed}
     vnis = hosted | {v for v, t in routed.items() if t in tenants}
 
-    bindings = {(vni, mac): b for vni in vnis for mac, b in view.by_vni.get(vni, {}).items()}
-    migrations = {i: m for vni in vnis for i, m in view.migrations_by_vni.get(vni, {}).items()}
+    take = vnis if within is None else vnis & within
+    bindings = {(vni, mac): b for vni in take for mac, b in view.by_vni.get(vni, {}).items()}
+    migrations = {i: m for vni in take for i, m in view.migrations_by_vni.get(vni, {}).items()}
     here = {b.iface_id for b in local} | {m.iface_id for m in incoming}
     ports = {}
     for iface in here:
@@ -74,7 +121,7 @@ def project(view: MappingView, nve: str, ifaces: Iterable[str] = ()) -> tuple[Sn
             continue
         ports[iface] = port
         b = view.bindings.get((port.vni, port.mac))
-        if b is not None:
+        if b is not None and (within is None or b.vni in within):
             bindings[b.key] = b
     snap = Snapshot(view.revision, view.nves, ports, bindings, migrations, view.tenants, view.segments,
                     view.domains, view.vlans, view.policy)

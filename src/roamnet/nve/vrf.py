@@ -50,12 +50,16 @@ class VrfDesired:
         }
 
 
-def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str, VrfDesired]:
-    """The tenant VRFs NVE `nve` has, given the L2 segments it hosts. Pure."""
+def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int],
+                 only: frozenset[str] | None = None) -> dict[str, VrfDesired]:
+    """The tenant VRFs NVE `nve` has, given the L2 segments it hosts (`only`: of those tenants alone; each
+    depends on the bindings of its own routed CUGs, nothing else of the bindings). Pure."""
     me = snap.nves[nve]
     is_border = me.role == BORDER
     routed = {vni: s for vni, s in snap.segments.items() if s.tenant and s.gateway and s.tenant in snap.tenants}
     present = set(snap.tenants) if is_border else {routed[v].tenant for v in segments if v in routed}
+    if only is not None:
+        present &= only
     border_vtep = next((n.vtep for n in snap.nves.values() if n.role == BORDER and n.dc == me.dc), None)
     of_tenant: dict[str, list] = {name: [] for name in present}  # each present tenant's bindings, in one scan
     for b in snap.bindings.values():
