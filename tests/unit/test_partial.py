@@ -14,6 +14,7 @@ import random
 import pytest
 from test_interest import NVES, build, kernel_ifaces, step
 
+from roamnet.agent import loop
 from roamnet.agent.loop import Agent
 from roamnet.dataplane.model import ModelKernel
 from roamnet.mapping.client import MappingClient
@@ -149,3 +150,24 @@ def test_scoped_agents_program_what_whole_passes_program(seed):
     finally:
         for u in unfollow:
             u()
+
+
+def test_the_resync_period_follows_the_cost_of_a_whole_pass():
+    m, ports = build()
+    nve = next(x for x in NVES if x.name == "br1")
+    a = Agent(MappingClient(m), nve, ModelKernel("br1"))
+    a._unfollow = a.client.follow(a._mapping_changed)
+    try:
+        a.reconcile()  # the first pass is whole; it makes the border's VRFs (structural: the next one reads too)
+        a.reconcile()
+        whole = a.stats.whole_pass_cpu_s
+        assert whole > 0 and a.stats.scoped_passes == 0
+        m.report_move(ports[0].iface_id, "hv5")
+        a.reconcile()
+        assert a.stats.scoped_passes == 1 and a.stats.whole_pass_cpu_s == whole  # a scoped pass leaves it
+        a.stats.whole_pass_cpu_s = 0.001
+        assert a.resync_s == loop.RESYNC_S
+        a.stats.whole_pass_cpu_s = 1.0  # a border with every tenant's routes: a whole pass a second
+        assert a.resync_s == 1.0 / loop.RESYNC_SHARE > loop.RESYNC_S
+    finally:
+        a._unfollow()

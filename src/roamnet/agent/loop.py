@@ -50,7 +50,9 @@ from roamnet.nve.plan import (
 
 log = logging.getLogger(__name__)
 
-RESYNC_S = 2.0
+RESYNC_S = 2.0  # the periodic resync (a kernel read and a whole pass), at least this often apart...
+RESYNC_SHARE = 0.05  # ...and far enough apart that whole passes take at most this share of a core: a border
+#                      holding every tenant's host routes (100,000 VMs: ~1 s a whole pass) resyncs every ~20 s
 PRUNE_HOLD_S = 0.5  # a segment no longer needed is removed after this long: deleting devices holds
 #                     the kernel's RTNL lock for tens of ms, which must not delay other NVEs' updates
 #                     right after a move (and a VM moving straight back keeps its segment)
@@ -87,6 +89,7 @@ class AgentStats:
     idle_advances: int = 0  # mapping changes that concerned none of this NVE's part: no pass, only the revision
     scoped_passes: int = 0  # passes that recomputed only the VNIs and tenants their changes touched
     pass_cpu_s: float = 0.0  # CPU time (of the pass's thread) spent in passes
+    whole_pass_cpu_s: float = 0.0  # CPU time of the last whole pass (it sets the resync period)
     idle_cpu_s: float = 0.0  # CPU time spent advancing the converged revision without a pass
     programmed_at: float = 0.0  # monotonic time the last pass with changes finished
     last_pass_ms: float = 0.0
@@ -196,7 +199,7 @@ class Agent:
         """Roll back the prepared moves to this NVE past their deadline (the mapping's clock): the VM
         never came. The destination's agent owns this (no lab, no orchestrator needed); each rollback
         is a compare-and-swap that leaves a move activated or prepared again meanwhile. Checked every
-        pass, so within one resync period (RESYNC_S) of the deadline."""
+        pass, so within one resync period (`resync_s`) of the deadline."""
         now = self.client.now()
         if not any(m.dst == self.nve.name and m.deadline and m.deadline < now for m in snap.prepared()):
             return False
@@ -272,7 +275,8 @@ class Agent:
             if self._claim_arrivals(snap, ports) | self._expire_prepared(snap):
                 snap, scope = self._part(actual, ports, scope is None, scope)
             changes, whole = self._changes(snap, actual, scope)
-            if scope is not None:
+            scoped = scope is not None
+            if scoped:
                 self.stats.scoped_passes += 1
             errors = self.kernel.apply(changes) if changes else []
             if errors or any(c.op in STRUCTURAL for c in changes):
@@ -294,8 +298,16 @@ class Agent:
             with self._note:
                 self._whole = whole and not errors
             self._publish(force=resync)
-            self.stats.pass_cpu_s += time.thread_time() - cpu
+            spent = time.thread_time() - cpu
+            self.stats.pass_cpu_s += spent
+            if not scoped:
+                self.stats.whole_pass_cpu_s = spent
             return changes
+
+    @property
+    def resync_s(self) -> float:
+        """The period of the resync: RESYNC_S, or longer where a whole pass costs more than RESYNC_SHARE of it."""
+        return max(RESYNC_S, self.stats.whole_pass_cpu_s / RESYNC_SHARE)
 
     def _mapping_changed(self, touched: Touched) -> None:
         """The feed applied a batch (called under the view's lock: note and wake only)."""
@@ -405,7 +417,7 @@ class Agent:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            resync = not self._wake.wait(timeout=RESYNC_S)  # the periodic resync reads the kernel
+            resync = not self._wake.wait(timeout=self.resync_s)  # the periodic resync reads the kernel
             self._wake.clear()
             if self._stop.is_set():
                 break

@@ -42,6 +42,8 @@ COUNTERS = (  # roamnet_agent_<name>_total, AgentStats field, what it counts
     ("idle_advances", "idle_advances", "Mapping changes that concerned none of this NVE's part: no pass, the "
      "converged revision advanced."),
     ("pass_cpu_seconds", "pass_cpu_s", "CPU time spent in passes."),
+    ("scoped_passes", "scoped_passes", "Passes that recomputed only the VNIs and tenants their mapping changes "
+     "touched."),
 )
 
 
@@ -67,6 +69,8 @@ class AgentCollector(Collector):
             ("last_pass_seconds", "How long the last pass that changed something took.", s.last_pass_ms / 1000),
             ("pending_prunes", "Segments no longer needed, held before they are removed.",
              len(self.agent.pending_prunes)),
+            ("resync_period_seconds", "The period of the resync (a kernel read and a whole pass): longer where a "
+             "whole pass costs more than its share of a core.", self.agent.resync_s),
         )
         for name, doc, value in gauges:
             g = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
