@@ -118,8 +118,8 @@ class Agent:
         self._unneeded_since: dict[int, float] = {}  # VNI -> when its segment stopped being desired
         self._prune_timer: threading.Timer | None = None
         # the kernel as last read plus what this agent applied since: a pass woken by the mapping
-        # alone plans against it; a kernel event, a structural change, an error or the resync
-        # makes the next pass read the kernel again
+        # alone plans against it; a kernel event, an error or the resync makes the next pass read the
+        # kernel again, and a pass that changed devices (STRUCTURAL) reads it again at its end
         self._cache: tuple[Actual, list[str]] | None = None
         self._kernel_dirty = True
         self._published: NveStatus | None = None
@@ -279,8 +279,12 @@ class Agent:
             if scoped:
                 self.stats.scoped_passes += 1
             errors = self.kernel.apply(changes) if changes else []
-            if errors or any(c.op in STRUCTURAL for c in changes):
+            if errors:
                 self._cache, self._kernel_dirty = None, True
+            elif any(c.op in STRUCTURAL for c in changes):  # devices changed: the cache reads them now, so
+                self._kernel_dirty = False                   # the next change's pass need not read first
+                self._cache = self.kernel.read()
+                self.stats.kernel_reads += 1
             else:
                 self._cache = (apply_to(actual, changes), ports)
             self.stats.reconciles += 1
