@@ -68,6 +68,14 @@ def echo_stream(lab, src: str, dst_ip: str, src_ip: str, start_at: float, durati
     return recv, send
 
 
+def tcp_echo_stream(lab, src: str, dst_ip: str, start_at: float, duration: float, rate: float = 200):
+    """A TCP connection from namespace VM `src` to the guest's TCP echo, paced records out and back."""
+    from roamnet import names
+    from roamnet.experiments.traffic import echo_argv
+
+    return Endpoint(names.netns(lab.name, src), echo_argv(dst_ip, UDP_ECHO_PORT, rate, start_at, duration, 1.0))
+
+
 def test_qemu_guest_moves_to_another_dc_under_a_stream(make_topology, lab_name, lab_namespaces, lab_up, addr, host):
     t = qemu_topology(make_topology, lab_name("t-qemu-move"))
     planned = lab_namespaces(t)
@@ -92,12 +100,15 @@ def test_qemu_guest_moves_to_another_dc_under_a_stream(make_topology, lab_name, 
         reported_before = lab.mapping.statuses.all()["hv3"].moves_reported
         start_at = time.monotonic() + 1.0
         recv, send = echo_stream(lab, "vm2", vm1_ip, vm2_ip, start_at, 5.0)
+        tcp = tcp_echo_stream(lab, "vm2", vm1_ip, start_at, 5.0)  # and a TCP connection held through the move
         time.sleep(max(0.0, start_at + 1.5 - time.monotonic()))
         rec = lab.migrate("vm1", "hv3")
         from roamnet.experiments.loss import loss_beyond_pause, windows_from_migrations
         from roamnet.experiments.report import summarize
 
         result = summarize("echo", "udp", "vm2", "vm1", 1000, send.result(20), recv.result(20), [rec])
+        tcp_out = tcp.result(30)
+        tcp_result = summarize("tcp-echo", "tcp", "vm2", "vm1", 200, tcp_out, tcp_out, [rec])
         beyond = loss_beyond_pause(result.records, result.sent, result.first, result.rate,
                                    windows_from_migrations([rec]), last=result.last)[0]
         print(f"QEMU guest vm1 hv1 (dc1) -> hv3 (dc2), {rec['accel']}: QEMU total {rec['qemu_total_ms']} ms, "
@@ -106,7 +117,9 @@ def test_qemu_guest_moves_to_another_dc_under_a_stream(make_topology, lab_name, 
               f"{rec['mapped_ms']} ms after RESUME, converged {rec['converged_ms']} ms; echo stream: sent "
               f"{result.sent}, back {result.received}, lost {result.lost} (in the blackout {beyond.lost_in_pause}, "
               f"beyond it {beyond.lost_beyond_pause}, longest gap beyond {beyond.longest_gap_beyond_ms:.1f} ms); "
-              f"gaps over 20 ms (ms from STOP, length): {gaps_from(result.records, rec['at_mono'])}; guest booted in "
+              f"gaps over 20 ms (ms from STOP, length): {gaps_from(result.records, rec['at_mono'])}; TCP connection: "
+              f"{tcp_out['sent']} records, {tcp_result.received} echoed, survived {tcp_result.survived}, longest "
+              f"gap {tcp_result.max_gap_ms} ms ({tcp_out['error']}); guest booted in "
               f"{boot_ms} ms; QEMU's resident memory {rss_src} MiB on the source, "
               f"{rss_mib(qemu.instance('vm1', 'hv3').pid)} MiB on the destination")
 
@@ -126,6 +139,11 @@ def test_qemu_guest_moves_to_another_dc_under_a_stream(make_topology, lab_name, 
         assert vm1_mac in qemu.console("vm1", "hv3", "cat /sys/class/net/eth0/address")
         assert f"{vm1_ip}/24" in qemu.console("vm1", "hv3", "ip -4 addr show eth0")
         assert vm2_mac in qemu.console("vm1", "hv3", f"ip neigh show {vm2_ip}")
+        # the TCP connection survived the move: every record came back, in order, and it closed cleanly at both
+        # ends (the guest's echo, now on hv3, would have logged a reset or a peer gone silent as broken)
+        assert tcp_result.survived and tcp_out["sent"] > 0 and tcp_result.lost == 0, tcp_out["error"]
+        sessions = [x for x in qemu.tcp_sessions("vm1", "hv3") if x.peer_ip == vm2_ip]
+        assert [(x.outcome, x.echoed) for x in sessions] == [("closed", 16 * tcp_out["sent"])], sessions
         # the command line reaches the guest on its console, wherever it runs
         shown = host.roamnet("lab", "exec", name, "vm1", "--", "ip", "neigh", "show", vm2_ip)
         assert shown.returncode == 0 and vm2_mac in shown.stdout, shown
