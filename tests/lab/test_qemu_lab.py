@@ -233,3 +233,80 @@ def test_lab_cleanup_after_a_crash_ends_its_qemu(make_topology, lab_name, lab_na
         lab.journal = None  # the clean-up removed the state directory
         lab.down()  # reaps the ended QEMU; what the clean-up removed is gone already
     assert lab_qemus(name) == []
+
+
+LIBVIRT_ORDER = [("hv3", "migrate begin -", "prepared"), ("hv3", "prepare begin -", None),
+                 ("hv3", "start begin -", None), ("hv3", "started begin -", None),
+                 ("hv1", "stopped end -", None), ("hv1", "release end migrated", "completed")]
+
+
+def test_the_libvirt_hook_command_drives_a_qemu_migration(make_topology, lab_name, lab_namespaces, lab_up, addr,
+                                                          host):
+    """`roamnet hook libvirt` itself, run at libvirt's points around a real QEMU migration (lab/libvirt.py), prepares
+    and completes the move under a stream and a TCP connection; then a failed migration makes the hook's function (in
+    this process: the lab's driver "libvirt") abort the move."""
+    from roamnet.experiments.report import summarize
+    from roamnet.lab.libvirt import Libvirt, in_process
+
+    t = qemu_topology(make_topology, lab_name("t-qemu-hook"))
+    lab_namespaces(t)
+    name = t["name"]
+    vm1_ip, vm2_ip, vm2_mac = addr.ip(t, "vm1"), addr.ip(t, "vm2"), addr.mac(t, "vm2")
+    with lab_up(t) as lab:
+        qemu = lab.hv.qemu
+        host.run(["ip", "netns", "exec", lab.plan.nodes["vm2"].ns, "ping", "-c", "1", "-W", "2", vm1_ip])
+        start_at = time.monotonic() + 1.0
+        recv, send = echo_stream(lab, "vm2", vm1_ip, vm2_ip, start_at, 8.0)
+        tcp = tcp_echo_stream(lab, "vm2", vm1_ip, start_at, 8.0)
+        time.sleep(max(0.0, start_at + 1.0 - time.monotonic()))
+        rec = lab.migrate("vm1", "hv3", driver="libvirt-command")
+        result = summarize("echo", "udp", "vm2", "vm1", 1000, send.result(30), recv.result(30), [rec])
+        tcp_out = tcp.result(30)
+        tcp_result = summarize("tcp-echo", "tcp", "vm2", "vm1", 200, tcp_out, tcp_out, [rec])
+        print(f"libvirt hook command: QEMU blackout {rec['blackout_ms']} ms, activated by {rec['activated_by']} "
+              f"{rec['mapped_ms']} ms after RESUME, converged {rec['converged_ms']} ms; hook calls (ms): "
+              f"{[(c['nve'], c['event'], c['ms']) for c in rec['hook_calls']]}; echo stream: sent {result.sent}, "
+              f"back {result.received}; TCP: {tcp_out['sent']} records, survived {tcp_result.survived}; STOP at "
+              f"{rec['at_mono'] - start_at:.2f} s of the streams, RESUME at {rec['resumed_mono'] - start_at:.2f} s")
+        # the hook ran where and when libvirt runs it; it prepared on migrate begin, completed on the source's release
+        assert rec["mode"] == "libvirt" and rec["driver"] == "libvirt-command"
+        assert [(c["nve"], c["event"], c["phase"]) for c in rec["hook_calls"]] == LIBVIRT_ORDER
+        assert rec["activated_by"] in ("announcement", "orchestrator")  # QEMU's RARP, or the release before it
+        snap = lab.mapping.snapshot()
+        assert snap.binding_of("vm1/0").nve == "hv3" and not snap.migrations
+        assert lab.location["vm1"] == "hv3" and lab_qemus(name) == [qemu.instance("vm1", "hv3").pid]
+        assert all(link["ifname"] != "vm1-e0" for link in host.ip_json(lab.plan.nodes["hv1"].ns, "link", "show"))
+        # echoes came back from the guest on hv3 (by receive time: a starved sender's schedule says little); the TCP
+        # connection held, every record back in order
+        assert any(t > rec["resumed_mono"] + 0.3 for _, t in result.records)
+        assert tcp_result.survived and tcp_result.lost == 0, tcp_out["error"]
+        assert vm2_mac in qemu.console("vm1", "hv3", f"ip neigh show {vm2_ip}")
+
+        # back to hv1, the destination's QEMU killed mid-way: its stopped and release hooks abort the move
+        qemu.max_bandwidth = 1 << 20
+        how = Libvirt(lab.moves, in_process(lab.moves, 10.0), "libvirt")
+        failure: list[BaseException] = []
+
+        def move() -> None:
+            try:
+                lab.moves.migrate("vm1", "hv1", how=how)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failure.append(exc)
+
+        mover = threading.Thread(target=move)
+        mover.start()
+        deadline = time.monotonic() + 60
+        while not (qemu.migrating.get("vm1", {}).get("ram", {}).get("transferred", 0) > 0):
+            assert time.monotonic() < deadline and mover.is_alive(), f"the migration never got going: {failure}"
+            time.sleep(0.01)
+        os.kill(qemu.instance("vm1", "hv1").pid, 9)  # the destination QEMU dies mid-way (its own pid)
+        mover.join(timeout=90)
+        assert not mover.is_alive() and failure and isinstance(failure[0], LabError), failure
+        assert [(c.nve, c.event, c.phase) for c in how.calls] == [
+            ("hv1", "migrate begin -", "prepared"), ("hv1", "prepare begin -", None), ("hv1", "start begin -", None),
+            ("hv1", "stopped end -", None), ("hv1", "release end failed", "rolled-back")]
+        snap = lab.mapping.snapshot()
+        assert snap.binding_of("vm1/0").nve == "hv3" and not snap.migrations
+        assert lab.location["vm1"] == "hv3" and lab_qemus(name) == [qemu.instance("vm1", "hv3").pid]
+        host.run(["ip", "netns", "exec", lab.plan.nodes["vm2"].ns, "ping", "-c", "1", "-W", "3", vm1_ip])
+    assert lab_qemus(name) == []

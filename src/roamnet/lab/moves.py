@@ -83,6 +83,12 @@ class Moves:
         self._lock = threading.Lock()
 
     # ---- helpers --------------------------------------------------------------------------------
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The orchestrator's phases over the lab's mapping: what `roamnet migrate --store` and the libvirt
+        hook run (the lab's mapping is replaced at up, so made when asked for)."""
+        return Orchestrator(self.lab.mapping)
+
     def ifaces(self, vm: str) -> list[str]:
         return [names.iface_id(vm, i) for i in range(len(self.lab.topo.vms[vm].interfaces))]
 
@@ -131,10 +137,12 @@ class Moves:
             return Steered(self) if getattr(cp, "steers_moves", False) else Located(self)
         return Prepared(self) if prepare else Learn(self)
 
-    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
-        """Live-migrate `vm` to server `to`; returns the migration record."""
+    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True,
+                how: Strategy | None = None) -> dict:
+        """Live-migrate `vm` to server `to` (by strategy `how`, else the one for the lab's control plane and
+        `prepare`); returns the migration record."""
         with self._lock:
-            how = self.strategy(prepare)
+            how = how or self.strategy(prepare)
             src = self.check(vm, to)
             rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "mode": how.mode}
             rec.update(how.ready(vm, src, to, wait))
@@ -233,7 +241,7 @@ class Moves:
         started = time.monotonic()
         lab.hv.create_port(vm, to)
         try:  # the orchestrator's prepare, as through the store; the port exists: the destination must program it too
-            Orchestrator(lab.mapping).prepare_ifaces(self.ifaces(vm), to, timeout, wait, port_ready=True)
+            self.orchestrator.prepare_ifaces(self.ifaces(vm), to, timeout, wait, port_ready=True)
         except MoveError as exc:
             lab.hv.remove_port(vm, to)
             raise LabError(str(exc)) from None
@@ -258,11 +266,10 @@ class Moves:
         """Phase 3, explicitly (normally the VM's first announcement on its new port activates)."""
         with self._lock:
             p = self._pending(vm)
-            for iface in self.ifaces(vm):
-                try:
-                    self.lab.mapping.activate(iface)
-                except MoveRefused as exc:
-                    raise LabError(str(exc)) from None
+            try:
+                self.orchestrator.activate(vm, wait=0)
+            except MoveError as exc:
+                raise LabError(str(exc)) from None
             return {"vm": vm, "to": p["to"], "phase": "activated"}
 
     def complete(self, vm: str, wait: float = 10.0) -> dict:
@@ -272,12 +279,12 @@ class Moves:
 
     def _complete(self, vm: str, wait: float) -> dict:
         p = self._pending(vm)
-        snap = self.lab.mapping.snapshot()
-        if not self.activated(snap, vm):
+        if not self.activated(self.lab.mapping.snapshot(), vm):
             raise LabError(f"{vm}: the move to {p['to']} is not activated yet")
-        converged = self.lab.wait_converged(wait, snap.revision)
-        for iface in self.ifaces(vm):
-            self.lab.mapping.complete(iface)
+        try:  # what the libvirt hook's release on the source does (orchestrator/moves.py)
+            converged = self.orchestrator.complete(vm, wait)["converged"]
+        except MoveError as exc:
+            raise LabError(str(exc)) from None
         p["timer"].cancel()
         del self.pending[vm]
         self.lab.hv.remove_port(vm, p["from"])
@@ -287,12 +294,15 @@ class Moves:
         """Roll back a prepared move that was not activated: the VM stays where it runs."""
         with self._lock:
             self._pending(vm)
-            try:
-                for iface in self.ifaces(vm):
-                    self.lab.mapping.abort(iface)
-            except MoveRefused as exc:
-                raise LabError(f"{vm}: cannot roll back: {exc}") from None
+            self._abort(vm)
             return self._undo(vm)
+
+    def _abort(self, vm: str) -> None:
+        """The mapping's side of a rollback, as the libvirt hook's abort (orchestrator/moves.py)."""
+        try:
+            self.orchestrator.abort(vm)
+        except MoveError as exc:
+            raise LabError(str(exc)) from None
 
     def _undo(self, vm: str) -> dict:
         """The lab's side of a rollback (the mapping's is done): the hypervisor's port goes."""
@@ -335,8 +345,7 @@ class Prepared:
         return self.moves._prepare(vm, src, to, PREPARE_TIMEOUT_S, wait)
 
     def rollback(self, vm: str, src: str, to: str) -> None:
-        for iface in self.moves.ifaces(vm):  # the mapping's side, then the lab's (the destination's port)
-            self.lab.mapping.abort(iface)
+        self.moves._abort(vm)  # the mapping's side, then the lab's (the destination's port)
         self.moves._undo(vm)
 
     def resumed(self, vm: str) -> None:
@@ -347,8 +356,10 @@ class Prepared:
         activated_by = "announcement"
         if snap is None:  # no announcement heard: the orchestrator knows the VM runs there
             activated_by = "explicit"
-            for iface in self.moves.ifaces(vm):
-                self.lab.mapping.activate(iface)
+            try:
+                self.moves.orchestrator.activate(vm, wait=0)
+            except MoveError as exc:
+                raise LabError(str(exc)) from None
             snap = self.lab.mapping.snapshot()
         return time.monotonic(), snap, {"activated_by": activated_by}
 
