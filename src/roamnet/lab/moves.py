@@ -179,13 +179,16 @@ class Moves:
                 raise LabError(f"{vm} is already stopped (on {self.stopped[vm][0]})")
             if vm in self.pending:
                 raise LabError(f"{vm}: a move to {self.pending[vm]['to']} is in progress")
-            if lab.hv.is_qemu(vm):
-                raise LabError(f"{vm} is a QEMU guest: stopping and starting it (cold moves) is not supported yet")
             server, at = lab.hv.location[vm], time.monotonic()
-            lab.hv.switch(vm, server, up=False)  # the VM stops
-            for iface in self.ifaces(vm):  # the orchestrator tells the mapping, then the tap goes
-                lab.mapping.stop(iface)
-            lab.hv.remove_port(vm, server)
+            if lab.hv.is_qemu(vm):  # the guest powers off: its QEMU ends, its taps with it
+                lab.hv.remove_port(vm, server)
+                for iface in self.ifaces(vm):  # then the orchestrator tells the mapping (libvirt's release)
+                    lab.mapping.stop(iface)
+            else:
+                lab.hv.switch(vm, server, up=False)  # the VM stops
+                for iface in self.ifaces(vm):  # the orchestrator tells the mapping, then the tap goes
+                    lab.mapping.stop(iface)
+                lab.hv.remove_port(vm, server)
             self.stopped[vm] = (server, at)
             converged = lab.wait_converged(10.0)
             return {"vm": vm, "phase": "stopped", "on": server, "at_mono": at,
@@ -204,17 +207,22 @@ class Moves:
                 raise LabError(f"no server {to!r} in lab {lab.name}" if node is None or node.kind != "tor"
                                else f"{to} is the ToR switch of domain {node.domain}: it hosts no VMs")
             src, at = self.stopped[vm]
-            lab.hv.create_port(vm, to)
-            try:
-                for iface in self.ifaces(vm):
-                    lab.mapping.start(iface, to)
-            except MoveRefused as exc:
-                lab.hv.remove_port(vm, to)
-                raise LabError(f"{vm}: start on {to} refused: {exc}") from None
-            del self.stopped[vm]
-            lab.hv.location[vm] = to
-            lab.hv.cold_boot(vm)
-            lab.hv.switch(vm, to, up=True)
+            if lab.hv.is_qemu(vm):
+                self._boot(vm, to)
+                del self.stopped[vm]
+                lab.hv.location[vm] = to
+            else:
+                lab.hv.create_port(vm, to)
+                try:
+                    for iface in self.ifaces(vm):
+                        lab.mapping.start(iface, to)
+                except MoveRefused as exc:
+                    lab.hv.remove_port(vm, to)
+                    raise LabError(f"{vm}: start on {to} refused: {exc}") from None
+                del self.stopped[vm]
+                lab.hv.location[vm] = to
+                lab.hv.cold_boot(vm)
+                lab.hv.switch(vm, to, up=True)
             resumed = time.monotonic()
             ifaces = self.ifaces(vm)
             attached = lab.mapping.wait_for(lambda s: all(not s.binding_of(i).detached for i in ifaces), wait)
@@ -224,6 +232,24 @@ class Moves:
                    "activated_mono": resumed, "mapped_ms": 0.0,
                    "converged_ms": round((done - resumed) * 1000, 1) if converged else None}
             return self._record(rec, at, resumed)
+
+    def _boot(self, vm: str, to: str) -> None:
+        """A stopped QEMU guest starts on `to` as libvirt starts a domain: the mapping first (the orchestrator's
+        start), then a fresh QEMU there, its taps up at once, waited for until the guest says ready (a cold
+        boot: nothing of its ARP cache or connections is left). A refused start boots nothing; a boot that
+        fails leaves the VM stopped, on `to`."""
+        try:
+            for iface in self.ifaces(vm):
+                self.lab.mapping.start(iface, to)
+        except MoveRefused as exc:
+            raise LabError(f"{vm}: start on {to} refused: {exc}") from None
+        try:
+            self.lab.hv.plug(vm, to)
+        except BaseException:
+            for iface in self.ifaces(vm):
+                self.lab.mapping.stop(iface)
+            self.stopped[vm] = (to, self.stopped[vm][1])
+            raise
 
     # ---- make-before-break phases (roamnet's control plane) -------------------------------------
     def prepare(self, vm: str, to: str, timeout: float = PREPARE_TIMEOUT_S, wait: float = 10.0) -> dict:
