@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Endpoint, lab_required
+from conftest import Endpoint, lab_required, run_scenario_cleaned
 
 from roamnet.lab.errors import LabError
 from roamnet.lab.qemu import QEMU, UDP_ECHO_PORT, UDP_REPLY_PORT, guest_image
@@ -159,27 +159,8 @@ def test_failed_qemu_migration_rolls_back(make_topology, lab_name, lab_namespace
     with lab_up(t) as lab:
         qemu = lab.hv.qemu
         source_pid = qemu.instance("vm1", "hv1").pid
-        qemu.max_bandwidth = 1 << 20  # 1 MiB/s: the migration lasts long enough to be cut mid-way
-        failure: list[BaseException] = []
-
-        def move() -> None:
-            try:
-                lab.migrate("vm1", "hv3")
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                failure.append(exc)
-
-        mover = threading.Thread(target=move)
-        mover.start()
-        deadline = time.monotonic() + 30
-        while not (qemu.migrating.get("vm1", {}).get("ram", {}).get("transferred", 0) > 0):
-            assert time.monotonic() < deadline and mover.is_alive(), f"the migration never got going: {failure}"
-            time.sleep(0.01)
-        dest_pid = qemu.instance("vm1", "hv3").pid
-        os.kill(dest_pid, 9)  # the destination QEMU dies mid-way (its own pid)
-        mover.join(timeout=60)
-        assert not mover.is_alive()
-        assert failure and isinstance(failure[0], LabError), failure
-        print(f"failed migration: {failure[0]}")
+        failure = cut_mid_way(qemu, lambda: lab.migrate("vm1", "hv3"), "hv3")
+        print(f"failed migration: {failure}")
         # rolled back: the guest runs on hv1 (same QEMU), nothing is left on hv3, the mapping has no move
         assert lab.location["vm1"] == "hv1" and qemu.instance("vm1", "hv1").pid == source_pid
         assert lab_qemus(name) == [source_pid]
@@ -190,6 +171,30 @@ def test_failed_qemu_migration_rolls_back(make_topology, lab_name, lab_namespace
         assert "running" in qmp_status(qemu, "hv1")
         host.run(["ip", "netns", "exec", lab.plan.nodes["vm2"].ns, "ping", "-c", "1", "-W", "3", vm1_ip])
     assert lab_qemus(name) == []
+
+
+def cut_mid_way(qemu, migrate, dest: str) -> LabError:
+    """Run `migrate` (vm1's) slowed to 1 MiB/s in a thread, kill the destination's QEMU (its own pid) once the
+    migration transfers, and return the LabError the move failed with."""
+    qemu.max_bandwidth = 1 << 20  # the migration lasts long enough to be cut mid-way
+    failure: list[BaseException] = []
+
+    def move() -> None:
+        try:
+            migrate()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failure.append(exc)
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    deadline = time.monotonic() + 60
+    while not (qemu.migrating.get("vm1", {}).get("ram", {}).get("transferred", 0) > 0):
+        assert time.monotonic() < deadline and mover.is_alive(), f"the migration never got going: {failure}"
+        time.sleep(0.01)
+    os.kill(qemu.instance("vm1", dest).pid, 9)
+    mover.join(timeout=90)
+    assert not mover.is_alive() and failure and isinstance(failure[0], LabError), failure
+    return failure[0]
 
 
 def rss_mib(pid: int) -> int:
@@ -283,25 +288,8 @@ def test_the_libvirt_hook_command_drives_a_qemu_migration(make_topology, lab_nam
         assert vm2_mac in qemu.console("vm1", "hv3", f"ip neigh show {vm2_ip}")
 
         # back to hv1, the destination's QEMU killed mid-way: its stopped and release hooks abort the move
-        qemu.max_bandwidth = 1 << 20
         how = Libvirt(lab.moves, in_process(lab.moves, 10.0), "libvirt")
-        failure: list[BaseException] = []
-
-        def move() -> None:
-            try:
-                lab.moves.migrate("vm1", "hv1", how=how)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                failure.append(exc)
-
-        mover = threading.Thread(target=move)
-        mover.start()
-        deadline = time.monotonic() + 60
-        while not (qemu.migrating.get("vm1", {}).get("ram", {}).get("transferred", 0) > 0):
-            assert time.monotonic() < deadline and mover.is_alive(), f"the migration never got going: {failure}"
-            time.sleep(0.01)
-        os.kill(qemu.instance("vm1", "hv1").pid, 9)  # the destination QEMU dies mid-way (its own pid)
-        mover.join(timeout=90)
-        assert not mover.is_alive() and failure and isinstance(failure[0], LabError), failure
+        cut_mid_way(qemu, lambda: lab.moves.migrate("vm1", "hv1", how=how), "hv1")
         assert [(c.nve, c.event, c.phase) for c in how.calls] == [
             ("hv1", "migrate begin -", "prepared"), ("hv1", "prepare begin -", None), ("hv1", "start begin -", None),
             ("hv1", "stopped end -", None), ("hv1", "release end failed", "rolled-back")]
@@ -315,24 +303,15 @@ def test_the_libvirt_hook_command_drives_a_qemu_migration(make_topology, lab_nam
 def test_a_scenario_streams_into_a_qemu_guest_through_its_move(make_topology, lab_name, lab_namespaces, tmp_path):
     """`roamnet run`'s runner with a QEMU guest: its streams are the guest's echoes' round trips (UDP back to a
     receiver beside the sender, TCP one connection to its echo), through a live migration to the other DC."""
-    from roamnet.experiments.runner import run_scenario
-    from roamnet.intent.scenario import parse_scenario
-    from roamnet.lab.state import cleanup, state_dir
-
     t = qemu_topology(make_topology, lab_name("t-qemu-run"))
     lab_namespaces(t)
     name = t["name"]
-    scn = parse_scenario({
+    report, _ = run_scenario_cleaned({
         "topology": t, "duration": 6.0,
         "streams": [{"name": "udp-in", "from": "vm2", "to": "vm1", "proto": "udp", "rate": 1000},
                     {"name": "tcp-in", "from": "vm2", "to": "vm1", "proto": "tcp", "rate": 200}],
         "steps": [{"at": 2.0, "migrate": "vm1", "to": "hv3"}],
-    }, f"<{name}>", tmp_path)
-    try:
-        report, _ = run_scenario(scn)
-    finally:
-        if state_dir(name).exists():
-            cleanup(name)
+    }, tmp_path)
     assert lab_qemus(name) == [], "the run left a QEMU process"
     (mig,) = report.migrations
     udp, tcp = report.streams
