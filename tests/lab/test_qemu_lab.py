@@ -31,6 +31,9 @@ def qemu_required() -> None:
         pytest.skip("; ".join(problems))
 
 
+STREAM_S = 8.0  # the streams through a move: a loaded machine's prepare and pre-copy took over 3 s before STOP
+
+
 def qemu_topology(make_topology, name: str) -> dict:
     """dc1: hv1 (vm1, a QEMU guest, 128 MiB), hv2 (vm2, a namespace VM: the peer); dc2: hv3."""
     t = make_topology(name, vms={"vm1": ("hv1", "web"), "vm2": ("hv2", "web")})
@@ -99,8 +102,8 @@ def test_qemu_guest_moves_to_another_dc_under_a_stream(make_topology, lab_name, 
         boot_ms, rss_src = src.boot_ms, rss_mib(src.pid)
         reported_before = lab.mapping.statuses.all()["hv3"].moves_reported
         start_at = time.monotonic() + 1.0
-        recv, send = echo_stream(lab, "vm2", vm1_ip, vm2_ip, start_at, 5.0)
-        tcp = tcp_echo_stream(lab, "vm2", vm1_ip, start_at, 5.0)  # and a TCP connection held through the move
+        recv, send = echo_stream(lab, "vm2", vm1_ip, vm2_ip, start_at, STREAM_S)
+        tcp = tcp_echo_stream(lab, "vm2", vm1_ip, start_at, STREAM_S)  # and a TCP connection held through the move
         time.sleep(max(0.0, start_at + 1.5 - time.monotonic()))
         rec = lab.migrate("vm1", "hv3")
         from roamnet.experiments.loss import loss_beyond_pause, windows_from_migrations
@@ -134,6 +137,7 @@ def test_qemu_guest_moves_to_another_dc_under_a_stream(make_topology, lab_name, 
         assert not lab.mapping.snapshot().migrations  # completed
         # the stream survived; the guest kept its MAC, address and its peer's ARP entry; the source QEMU is gone
         # the stream survived: echoes came back from the guest on hv3 (how many: printed; that is machine-bound)
+        assert rec["resumed_mono"] < start_at + STREAM_S - 0.5, "the guest resumed after the streams' end"
         assert result.survived and any(t > rec["resumed_mono"] + 0.3 for _, t in result.records)
         assert lab_qemus(name) == [qemu.instance("vm1", "hv3").pid]
         assert vm1_mac in qemu.console("vm1", "hv3", "cat /sys/class/net/eth0/address")
@@ -261,8 +265,8 @@ def test_the_libvirt_hook_command_drives_a_qemu_migration(make_topology, lab_nam
         qemu = lab.hv.qemu
         host.run(["ip", "netns", "exec", lab.plan.nodes["vm2"].ns, "ping", "-c", "1", "-W", "2", vm1_ip])
         start_at = time.monotonic() + 1.0
-        recv, send = echo_stream(lab, "vm2", vm1_ip, vm2_ip, start_at, 8.0)
-        tcp = tcp_echo_stream(lab, "vm2", vm1_ip, start_at, 8.0)
+        recv, send = echo_stream(lab, "vm2", vm1_ip, vm2_ip, start_at, STREAM_S)
+        tcp = tcp_echo_stream(lab, "vm2", vm1_ip, start_at, STREAM_S)
         time.sleep(max(0.0, start_at + 1.0 - time.monotonic()))
         rec = lab.migrate("vm1", "hv3", driver="libvirt-command")
         result = summarize("echo", "udp", "vm2", "vm1", 1000, send.result(30), recv.result(30), [rec])
@@ -281,6 +285,7 @@ def test_the_libvirt_hook_command_drives_a_qemu_migration(make_topology, lab_nam
         assert snap.binding_of("vm1/0").nve == "hv3" and not snap.migrations
         assert lab.location["vm1"] == "hv3" and lab_qemus(name) == [qemu.instance("vm1", "hv3").pid]
         assert all(link["ifname"] != "vm1-e0" for link in host.ip_json(lab.plan.nodes["hv1"].ns, "link", "show"))
+        assert rec["resumed_mono"] < start_at + STREAM_S - 0.5, "the guest resumed after the streams' end"
         # echoes came back from the guest on hv3 (by receive time: a starved sender's schedule says little); the TCP
         # connection held, every record back in order
         assert any(t > rec["resumed_mono"] + 0.3 for _, t in result.records)
