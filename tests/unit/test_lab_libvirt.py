@@ -6,6 +6,7 @@ the orchestrator's as the hook does."""
 from __future__ import annotations
 
 import pytest
+from test_libvirt_hook import etcd_fabric  # noqa: F401 - a Fabric on the module's etcd member, and its URL
 from test_qemu import topo
 from test_store import etcd_server, store  # noqa: F401 - the memory / etcd store fixture
 
@@ -183,3 +184,21 @@ def test_the_labs_own_phases_go_through_the_orchestrator(fabric):
     snap = fabric.mapping.snapshot()
     assert snap.migrations == {} and {snap.binding_of(i).nve for i in ("vm1/0", "vm1/1")} == {"hv3"}
     assert lab.hv.did[-1] == ("remove", "hv1") and not moves.pending
+
+
+def test_the_libvirt_command_driver_runs_roamnet_hook_libvirt_over_etcd(etcd_fabric):  # noqa: F811
+    """The same move with the hook as the command itself (a process per event, over the member's unix socket)."""
+    from roamnet.lab.libvirt import Libvirt, command
+    from roamnet.lab.moves import Moves
+
+    f, url = etcd_fabric
+    lab = FabricLab(f, announce=False)
+    moves = Moves(lab)
+    rec = moves.migrate("vm1", "hv3", how=Libvirt(moves, command(url, 10.0), "libvirt-command"))
+    assert [(c["nve"], c["event"], c["phase"], c["activated_by"]) for c in rec["hook_calls"]] == [
+        ("hv3", "migrate begin -", "prepared", None), ("hv3", "prepare begin -", None, None),
+        ("hv3", "start begin -", None, None), ("hv3", "started begin -", None, None),
+        ("hv1", "stopped end -", None, None), ("hv1", "release end migrated", "completed", "orchestrator")]
+    assert rec["activated_by"] == "orchestrator" and rec["driver"] == "libvirt-command"
+    snap = f.mapping.snapshot()
+    assert snap.migrations == {} and {snap.binding_of(i).nve for i in ("vm1/0", "vm1/1")} == {"hv3"}
