@@ -328,3 +328,9 @@ def test_what_a_qemu_guest_cannot_do_in_a_scenario_is_refused_with_its_path() ->
 
     assert_problem(refused(two_udp_from_one_sender), "streams[2].to",
                    "streams[0] already sends UDP from 198.19.1.12 into a QEMU guest")
+
+
+def test_packaged_qemu_demo_loads() -> None:
+    s = load_scenario(EXAMPLES / "qemu-demo.yaml")
+    assert s.topology.vms["vm1"].guest == "qemu" and {st.receiver(s.topology) for st in s.streams} == {"vm1"}
+    assert [(st.migrate, st.to) for st in s.steps] == [("vm1", "hv3")]
