@@ -209,8 +209,6 @@ class Moves:
             src, at = self.stopped[vm]
             if lab.hv.is_qemu(vm):
                 self._boot(vm, to)
-                del self.stopped[vm]
-                lab.hv.location[vm] = to
             else:
                 lab.hv.create_port(vm, to)
                 try:
@@ -219,10 +217,10 @@ class Moves:
                 except MoveRefused as exc:
                     lab.hv.remove_port(vm, to)
                     raise LabError(f"{vm}: start on {to} refused: {exc}") from None
-                del self.stopped[vm]
-                lab.hv.location[vm] = to
                 lab.hv.cold_boot(vm)
                 lab.hv.switch(vm, to, up=True)
+            del self.stopped[vm]
+            lab.hv.location[vm] = to
             resumed = time.monotonic()
             ifaces = self.ifaces(vm)
             attached = lab.mapping.wait_for(lambda s: all(not s.binding_of(i).detached for i in ifaces), wait)
@@ -292,11 +290,15 @@ class Moves:
         """Phase 3, explicitly (normally the VM's first announcement on its new port activates)."""
         with self._lock:
             p = self._pending(vm)
-            try:
-                self.orchestrator.activate(vm, wait=0)
-            except MoveError as exc:
-                raise LabError(str(exc)) from None
+            self._activate(vm)
             return {"vm": vm, "to": p["to"], "phase": "activated"}
+
+    def _activate(self, vm: str) -> None:
+        """The mapping's side of an explicit activation, as the libvirt hook's (orchestrator/moves.py)."""
+        try:
+            self.orchestrator.activate(vm, wait=0)
+        except MoveError as exc:
+            raise LabError(str(exc)) from None
 
     def complete(self, vm: str, wait: float = 10.0) -> dict:
         """Phase 4: once every NVE programmed the activation, forget the move; the source tap goes."""
@@ -382,10 +384,7 @@ class Prepared:
         activated_by = "announcement"
         if snap is None:  # no announcement heard: the orchestrator knows the VM runs there
             activated_by = "explicit"
-            try:
-                self.moves.orchestrator.activate(vm, wait=0)
-            except MoveError as exc:
-                raise LabError(str(exc)) from None
+            self.moves._activate(vm)
             snap = self.lab.mapping.snapshot()
         return time.monotonic(), snap, {"activated_by": activated_by}
 
