@@ -8,7 +8,8 @@ Runs as root; builds its own namespace labs (one at a time, named bench-<pid>-<i
 anything else. For each control plane in turn — roamnet with make-before-break ("roamnet"),
 roamnet's learn-driven path ("learn") — both as real hosts run it: a private etcd and one `roamnet
 agent` process per NVE; "inproc", on request, is the same with the mapping in the lab's memory and
-the agents as its threads — FRR BGP-EVPN ("frr"), and OVN with each of its move strategies
+the agents as its threads; "libvirt", on request, is roamnet's prepared move made as libvirt makes it, its
+mapping side done by the `roamnet hook libvirt` command at libvirt's points (lab/libvirt.py) — FRR BGP-EVPN ("frr"), and OVN with each of its move strategies
 ("ovn-classic", "ovn-rarp": multi-chassis with activation-strategy=rarp, "ovn-mc": multi-chassis without
 activation; OVN on Open vSwitch's userspace datapath, the others on the kernel's) — it brings
 a lab up (dc1: hv1 hv2 hv3, dc2: hv4 hv5, one CUG), starts UDP streams to the mover vm1 (from p1 on
@@ -122,6 +123,7 @@ class Plane:
     prepare: bool = True
     ovn: str = ""  # an OVN move strategy (roamnet.baselines.ovn.STRATEGIES): OVN is this plane's control plane
     in_process: bool = False  # roamnet with its mapping in the lab's memory and its agents as threads (no etcd)
+    driver: str = "lab"  # who does the mapping's side of a move (Lab.migrate): the lab, or libvirt's hook
 
     @property
     def baseline(self) -> bool:
@@ -137,14 +139,15 @@ PLANES = (
     Plane("roamnet", "roamnet (prepared)"),
     Plane("learn", "roamnet (learn)", prepare=False),
     Plane("inproc", "roamnet (prepared, in-process)", in_process=True),
+    Plane("libvirt", "roamnet (libvirt hook)", driver="libvirt-command"),
     Plane("frr", "FRR BGP-EVPN", frr=True),
     Plane("ovn-classic", "OVN classic port move*", ovn="classic"),
     Plane("ovn-rarp", "OVN multi-chassis, rarp*", ovn="multichassis-rarp"),
     Plane("ovn-mc", "OVN multi-chassis*", ovn="multichassis"),
 )
 REF = "roamnet"  # the reference plane of the ratio column
-DEFAULT_PLANES = [p.key for p in PLANES if not p.in_process]
-SHORT = {"roamnet": "roamnet", "learn": "learn", "inproc": "in-process", "frr": "FRR", "ovn-classic": "OVN classic", "ovn-rarp": "OVN rarp",
+DEFAULT_PLANES = [p.key for p in PLANES if not p.in_process and p.driver == "lab"]
+SHORT = {"roamnet": "roamnet", "learn": "learn", "inproc": "in-process", "libvirt": "libvirt hook", "frr": "FRR", "ovn-classic": "OVN classic", "ovn-rarp": "OVN rarp",
          "ovn-mc": "OVN multi-chassis"}
 
 
@@ -297,7 +300,7 @@ class BenchLab:
 
     def migrate(self, vm: str, to: str, pause_ms: int) -> dict[str, Any]:
         return dict(self.lab.migrate(vm, to, pause_ms=pause_ms, wait=MIGRATE_WAIT_S,
-                                     prepare=self.plane.prepare))
+                                     prepare=self.plane.prepare, driver=self.plane.driver))
 
 
 # ---------------------------------------------------------------- the traffic run
@@ -752,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="K=2 (about 3 minutes for the three planes)")
     ap.add_argument("--planes", nargs="+", choices=[p.key for p in PLANES], default=DEFAULT_PLANES,
                     help="control planes to run, in this order (default: all but inproc, roamnet with its mapping "
-                         "in the lab's memory and its agents as threads, the arrangement before agent processes)")
+                         "in the lab's memory and its agents as threads, the arrangement before agent processes, "
+                         "and libvirt, roamnet's moves through the `roamnet hook libvirt` command at libvirt's points)")
     ap.add_argument("--sizes", nargs="*", type=int, default=None, metavar="N",
                     help="also measure control-plane latency in labs of N servers (default N=32), no traffic")
     ap.add_argument("--size-moves", type=int, default=None, metavar="K",

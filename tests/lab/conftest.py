@@ -379,6 +379,22 @@ def traffic() -> Iterator[Callable[..., Flow]]:
             ep.kill()
 
 
+def run_scenario_cleaned(data: dict[str, Any], base_dir: Path) -> tuple[Any, float]:
+    """Parse and run a scenario on its topology's lab: (report, t0). run_scenario tears its lab down itself;
+    the clean-up of the lab's state directory here is only a safety net."""
+    from roamnet.experiments.runner import run_scenario
+    from roamnet.intent.scenario import parse_scenario
+    from roamnet.lab.state import cleanup, state_dir
+
+    name = data["topology"]["name"]
+    scn = parse_scenario(data, f"<{name}>", base_dir)
+    try:
+        return run_scenario(scn)
+    finally:
+        if state_dir(name).exists():
+            cleanup(name)
+
+
 def vm_ip(topo: dict[str, Any], vm: str) -> str:
     return topo["vms"][vm]["interfaces"][0]["ip"]
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roamnet.experiments.runner import run_scenario
-from roamnet.intent.scenario import parse_scenario
-from roamnet.lab.state import cleanup, state_dir
+from conftest import run_scenario_cleaned
 
 
 def test_a_cold_move_between_data_centers_keeps_ip_and_mac(lab_name, make_topology, lab_namespaces, lab_up, host,
@@ -49,16 +47,11 @@ def test_cold_move_steps_in_a_scenario_report_when_streams_came_back(lab_name, m
     name = lab_name("t-coldrun")
     topo = make_topology(name)
     lab_namespaces(topo)
-    scn = parse_scenario({
+    report, _ = run_scenario_cleaned({
         "topology": topo, "duration": 5.0,
         "streams": [{"name": "to-vm1", "from": "vm2", "to": "vm1", "proto": "udp", "rate": 1000}],
         "steps": [{"at": 1.5, "stop": "vm1"}, {"at": 2.5, "start": "vm1", "on": "hv3"}],
-    }, f"<{name}>", tmp_path)
-    try:
-        report, _ = run_scenario(scn)
-    finally:
-        if state_dir(name).exists():
-            cleanup(name)
+    }, tmp_path)
     (mig,) = report.migrations
     (back,) = report.resumed
     stream = report.streams[0]

@@ -18,6 +18,7 @@ from test_store import etcd_server  # noqa: F401 - the module's private etcd mem
 
 from roamnet import cli
 from roamnet.cli import hook as cli_hook
+from roamnet.lab.libvirt import said
 from roamnet.mapping.records import ACTIVATED, PREPARED, Binding, LogicalPort, Migration, Snapshot
 from roamnet.mapping.store import MemoryStore
 from roamnet.mapping.system import MappingSystem
@@ -141,6 +142,7 @@ def live_migration(f: Fabric, env, announce: bool, store: str = "memory://") -> 
     assert res.exit_code == 0, res.output
     assert res.stdout == "", "migrate begin is a filter: anything on stdout would replace the domain's XML"
     assert "prepared hv1 -> hv3 (vm1/0,vm1/1)" in res.stderr
+    assert said(res.stderr) == ("prepared", None)  # what the lab's libvirt driver reads of it
     assert {mg.state for mg in m.snapshot().migrations.values()} == {PREPARED}
     for op in ("prepare", "start", "started"):  # the destination starts its QEMU: nothing to do
         assert env(["vm1", op, "begin", "-"], domain_xml(), env_of("hv3", store)).exit_code == 0
@@ -149,6 +151,7 @@ def live_migration(f: Fabric, env, announce: bool, store: str = "memory://") -> 
         res = env(["vm1", op, sub, extra], domain_xml(), env_of("hv1", store))
         assert res.exit_code == 0, res.output
     assert "completed hv1 -> hv3" in res.stderr
+    assert said(res.stderr) == ("completed", "announcement" if announce else "orchestrator"), res.stderr
     snap = m.snapshot()
     assert snap.migrations == {}
     assert {snap.binding_of(i).nve for i in ("vm1/0", "vm1/1")} == {"hv3"}
@@ -166,6 +169,7 @@ def failed_migration(f: Fabric, env, store: str = "memory://") -> None:
         res = env(["vm1", op, sub, extra], domain_xml(), env_of("hv3", store))
         assert res.exit_code == 0, res.output
     assert "rolled-back hv1 -> hv3" in res.stderr
+    assert said(res.stderr) == ("rolled-back", None)
     snap = m.snapshot()
     assert snap.migrations == {}
     assert {(snap.binding_of(i).nve, snap.binding_of(i).seq) for i in ("vm1/0", "vm1/1")} == {("hv1", 0)}

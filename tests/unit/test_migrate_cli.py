@@ -92,8 +92,30 @@ def test_two_arguments_are_a_lab_and_its_vm(monkeypatch):
     res = migrate("two-dc", "vm1", "--phase", "prepare", "--to", "hv2", store="unix:///nowhere")
     assert res.exit_code == 0, res.output
     assert asked == [("two-dc", "migrate", {"vm": "vm1", "to": "hv2", "pause_ms": 0, "prepare": True,
-                                            "phase": "prepare", "timeout": 30.0})]
+                                            "phase": "prepare", "timeout": 30.0, "driver": "lab"})]
     assert "vm1: prepared (hv1 → hv2)" in res.stdout
+
+
+def test_a_lab_move_driven_by_the_libvirt_hook(monkeypatch):
+    from roamnet.lab.libvirt import DRIVERS
+
+    assert cli_migrate.DRIVERS == DRIVERS  # the CLI's choices are the lab's drivers (the CLI does not import the lab)
+    asked = []
+    monkeypatch.setattr(cli_migrate, "_need_root", lambda: None)
+    monkeypatch.setattr(cli_migrate, "_ask", lambda lab, op, **args: asked.append(args) or {
+        "vm": "vm1", "from": "hv1", "to": "hv3", "dc_from": "dc1", "dc_to": "dc2", "mode": "libvirt",
+        "activated_by": "orchestrator", "dark_ms": 40.0, "mapped_ms": 3.0, "converged_ms": 900.0})
+    res = migrate("two-dc", "vm1", "--to", "hv3", "--driver", "libvirt-command", store="")
+    assert res.exit_code == 0, res.output
+    assert asked[0]["driver"] == "libvirt-command" and asked[0]["phase"] == "all"
+    assert "vm1: hv1 (dc1) → hv3 (dc2), libvirt, activated by orchestrator" in res.stdout
+    for args in (("two-dc", "vm1", "--to", "hv3", "--driver", "libvirt", "--no-prepare"),
+                 ("two-dc", "vm1", "--to", "hv3", "--driver", "libvirt", "--phase", "prepare"),
+                 ("vm1", "--to", "hv3", "--driver", "libvirt", "--phase", "prepare")):
+        res = migrate(*args)
+        assert res.exit_code == 2 and "--driver is for a whole, prepared move of a lab's VM" in res.stderr, res.output
+    res = migrate("two-dc", "vm1", "--to", "hv3", "--driver", "virsh")
+    assert res.exit_code == 2 and "'virsh' is not one of 'lab', 'libvirt', 'libvirt-command'" in res.stderr
 
 
 def test_over_etcd_prepare_activation_by_rarp_and_complete(etcd_server):  # noqa: F811

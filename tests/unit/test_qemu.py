@@ -1,5 +1,6 @@
 """QEMU guests: the model's `guest`/`memory`, the lab plan without their namespaces, and the pure parts of
-lab/qemu.py (the guest's kernel command line, QEMU's argv, QMP timestamps)."""
+lab/qemu.py (the guest's kernel command line, QEMU's argv, QMP timestamps, the guest's TCP log, the domain XML
+the libvirt hook reads)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import pytest
 
 from roamnet.intent.model import IntentError, parse_topology
 from roamnet.lab.plan import build_plan
-from roamnet.lab.qemu import Paths, event_time, guest_cmdline, guest_image, qemu_argv
+from roamnet.lab.qemu import (
+    Paths,
+    TcpSession,
+    domain_xml,
+    event_time,
+    guest_cmdline,
+    guest_image,
+    parse_tcp_log,
+    qemu_argv,
+)
 
 
 def topo(**vm1: Any) -> dict:
@@ -92,3 +102,32 @@ def test_event_time_and_missing_guest(monkeypatch, tmp_path):
     monkeypatch.setenv("ROAMNET_GUEST_DIR", str(tmp_path))
     with pytest.raises(Exception, match="make install"):
         guest_image()
+
+
+def test_the_guests_tcp_log_is_parsed_and_noise_skipped():
+    text = ("tcp 198.19.1.12:40312 closed 4800\r\n"
+            "cat: can't open '/run/x': No such file\n"
+            "tcp 198.19.1.12:40314 broken 32 Connection reset by peer\n"
+            "tcp 198.19.1.13:1 gone 3\ntcp 198.19.1.13:2 closed many\n")
+    assert parse_tcp_log(text) == [TcpSession("198.19.1.12:40312", "closed", 4800),
+                                   TcpSession("198.19.1.12:40314", "broken", 32, "Connection reset by peer")]
+    assert parse_tcp_log(text)[1].peer_ip == "198.19.1.12"
+    assert parse_tcp_log("") == []
+
+
+def test_the_domain_xml_leads_the_libvirt_hook_to_the_vms_interfaces():
+    """What the lab hands the hook on stdin names the VM's interfaces to the hook's own reading of it."""
+    from roamnet.intent.compile import compile_nves, compile_topology
+    from roamnet.mapping.records import Snapshot
+    from roamnet.orchestrator.libvirt import domain_ifaces, domain_nics
+
+    t = parse_topology(topo(guest="qemu", memory=192))
+    vteps = {n: node.vtep for n, node in build_plan(t).nodes.items() if node.vtep}
+    records = compile_topology(t, compile_nves(t, vteps))
+    snap = Snapshot(0, ports={p.iface_id: p for p in records.ports})
+    xml = domain_xml(t, "vm1")
+    nics = domain_nics(xml)
+    assert [(n.mac, n.target) for n in nics] == [("02:00:00:01:00:0b", "vm1-e0"), ("02:00:00:02:00:0b", "vm1-e1")]
+    assert domain_ifaces(nics, snap) == ["vm1/0", "vm1/1"]
+    assert "<name>vm1</name>" in xml and "<memory unit='MiB'>192</memory>" in xml
+    assert domain_ifaces(domain_nics(domain_xml(t, "vm2")), snap) == ["vm2/0"]

@@ -279,3 +279,58 @@ def test_cold_move_steps_stop_then_start() -> None:
 ])
 def test_bad_cold_move_steps(steps: list, path: str, fragment: str) -> None:
     assert_problem(refused(lambda d: d["steps"].extend(steps)), path, fragment)
+
+
+# ---------------------------------------------------------------- streams into QEMU guests
+
+
+def with_guest(d: dict[str, Any]) -> None:
+    d["topology"]["vms"]["vm1"]["guest"] = "qemu"
+
+
+def test_streams_into_a_qemu_guest_are_its_echos_round_trips() -> None:
+    from roamnet.experiments.runner import BASE_PORT, endpoints
+    from roamnet.lab.qemu import UDP_ECHO_PORT, UDP_REPLY_PORT
+
+    data = scenario()
+    with_guest(data)
+    s = parse_scenario(data, "s.yaml")
+    udp, tcp = s.streams
+    port, ends = endpoints(s.topology, udp, "198.19.1.12", "198.19.1.11", BASE_PORT, 100.0, 6)
+    assert port == UDP_ECHO_PORT and [(role, node) for role, node, _ in ends] == [("recv", "vm2"), ("send", "vm2")]
+    recv, send = ends[0][2], ends[1][2]
+    assert recv[recv.index("--bind") + 1] == "198.19.1.12" and recv[recv.index("--port") + 1] == str(UDP_REPLY_PORT)
+    assert send[send.index("--to") + 1] == "198.19.1.11" and send[send.index("--port") + 1] == str(UDP_ECHO_PORT)
+    port, ends = endpoints(s.topology, tcp, "198.19.1.13", "198.19.1.11", BASE_PORT + 1, 100.0, 6)
+    assert port == UDP_ECHO_PORT and [(role, node) for role, node, _ in ends] == [("echo", "vm3")]
+    # into a namespace VM: a receiver there, as ever
+    plain = parse_scenario(scenario(), "s.yaml")
+    port, ends = endpoints(plain.topology, plain.streams[0], "198.19.1.12", "198.19.1.11", BASE_PORT, 100.0, 6)
+    assert port == BASE_PORT and [(role, node) for role, node, _ in ends] == [("recv", "vm1"), ("send", "vm2")]
+
+
+def test_what_a_qemu_guest_cannot_do_in_a_scenario_is_refused_with_its_path() -> None:
+    def out_of_guest(d: dict[str, Any]) -> None:
+        with_guest(d)
+        d["streams"][1].update({"from": "vm1", "to": "vm3"})
+
+    assert_problem(refused(out_of_guest), "streams[1].from", "vm1 is a QEMU guest: it runs echoes only")
+
+    def with_port(d: dict[str, Any]) -> None:
+        with_guest(d)
+        d["streams"][0]["port"] = 5555
+
+    assert_problem(refused(with_port), "streams[0].port", "its echo listens on its own port; leave `port:` out")
+
+    def two_udp_from_one_sender(d: dict[str, Any]) -> None:
+        with_guest(d)
+        d["streams"].append({"name": "again", "from": "vm2", "to": "vm1", "proto": "udp"})
+
+    assert_problem(refused(two_udp_from_one_sender), "streams[2].to",
+                   "streams[0] already sends UDP from 198.19.1.12 into a QEMU guest")
+
+
+def test_packaged_qemu_demo_loads() -> None:
+    s = load_scenario(EXAMPLES / "qemu-demo.yaml")
+    assert s.topology.vms["vm1"].guest == "qemu" and {st.receiver(s.topology) for st in s.streams} == {"vm1"}
+    assert [(st.migrate, st.to) for st in s.steps] == [("vm1", "hv3")]

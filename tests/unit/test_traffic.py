@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -125,3 +126,82 @@ def test_sigterm_reports() -> None:
     recv.terminate()
     r_out = finish(recv, timeout=5)
     assert r_out["records"] == [] and r_out["error"] == "terminated"
+
+
+class EchoServer:
+    """A TCP echo on loopback in a thread; `misbehave(conn, data)` may answer differently (returns False
+    to end the connection)."""
+
+    def __init__(self, misbehave=None):
+        import threading
+
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.misbehave = misbehave
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.srv.settimeout(10)
+        conn, _ = self.srv.accept()
+        conn.settimeout(10)
+        with conn, contextlib.suppress(ConnectionError):  # the client's own reset, after it found the fault
+            while data := conn.recv(4096):
+                if self.misbehave is None:
+                    conn.sendall(data)
+                elif not self.misbehave(conn, data):
+                    return
+
+    def close(self) -> None:
+        self.thread.join(timeout=10)
+        self.srv.close()
+
+
+def run_echo(server: EchoServer, rate: float, duration: float) -> dict:
+    from roamnet.experiments.traffic import echo_argv
+
+    t = time.monotonic() + LEAD
+    try:
+        return finish(spawn(echo_argv("127.0.0.1", server.port, rate, t, duration, linger=0.5)), timeout=duration + 15)
+    finally:
+        server.close()
+
+
+def test_tcp_echo_client_survives_an_echo() -> None:
+    out = run_echo(EchoServer(), 200, 1.0)
+    assert out["role"] == "echo" and out["survived"] is True and out["error"] is None, out
+    assert 190 <= out["sent"] <= 200 and [s for s, _ in out["records"]] == list(range(out["sent"]))
+    r = summarize("e", "tcp", "a", "b", 200, out, out)  # the one line is both ends of the stream
+    assert r.lost == 0 and r.survived is True and r.received == out["sent"]
+
+
+def test_tcp_echo_client_detects_a_reset() -> None:
+    import struct
+
+    def reset_after_100(conn: socket.socket, data: bytes) -> bool:
+        conn.sendall(data)
+        reset_after_100.n = getattr(reset_after_100, "n", 0) + len(data)
+        if reset_after_100.n >= 100 * 16:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST
+            return False
+        return True
+
+    out = run_echo(EchoServer(reset_after_100), 200, 1.0)
+    assert out["survived"] is False and "ECONNRESET" in out["error"], out
+    assert len(out["records"]) == 100 and out["sent"] < 190  # it stopped at the reset
+    assert summarize("e", "tcp", "a", "b", 200, out, out).survived is False
+
+
+def test_tcp_echo_client_detects_a_lost_record() -> None:
+    def skip_record_3(conn: socket.socket, data: bytes) -> bool:
+        skip_record_3.buf = getattr(skip_record_3, "buf", b"") + data
+        while len(skip_record_3.buf) >= 16:
+            rec, skip_record_3.buf = skip_record_3.buf[:16], skip_record_3.buf[16:]
+            skip_record_3.k = getattr(skip_record_3, "k", -1) + 1
+            if skip_record_3.k != 3:
+                conn.sendall(rec)
+        return True
+
+    out = run_echo(EchoServer(skip_record_3), 200, 0.5)
+    assert out["survived"] is False and "record 4" in out["error"] and "record 3 was due" in out["error"], out
+    assert [s for s, _ in out["records"]] == [0, 1, 2]

@@ -112,7 +112,8 @@ def _hook_event(logger, event: str, domain: str, operation: str, suboperation: s
         logger.info("%s: %s (%s ms)", event, decision.why, took)
     else:
         lag = f"; not yet programmed by {', '.join(rec['lagging'])}" if rec.get("lagging") else ""
-        logger.info("%s: %s: %s %s %s -> %s (%s)%s, %s ms", event, decision.why, rec["vm"], rec["phase"], rec["from"],
-                    rec["to"], ",".join(rec["ifaces"]), lag, took)
+        by = f", activated by {rec['activated_by']}" if rec.get("activated_by") else ""
+        logger.info("%s: %s: %s %s %s -> %s (%s)%s%s, %s ms", event, decision.why, rec["vm"], rec["phase"], rec["from"],
+                    rec["to"], ",".join(rec["ifaces"]), by, lag, took)
     return 0
 

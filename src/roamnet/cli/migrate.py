@@ -10,6 +10,7 @@ import click
 from roamnet.cli.common import FORMAT, _ask, _close, _fail, _need_root, open_store, out, store_options
 
 PHASES = ("all", "prepare", "resume", "activate", "complete", "abort")
+DRIVERS = ("lab", "libvirt", "libvirt-command")  # lab/libvirt.DRIVERS (not imported: the CLI starts light)
 STORE_PHASES = ("prepare", "activate", "complete", "abort")  # through the store: the hypervisor resumes the VM
 
 
@@ -20,6 +21,11 @@ STORE_PHASES = ("prepare", "activate", "complete", "abort")  # through the store
               help="Lab only: the stop-and-copy pause, how long the VM is stopped between source and destination.")
 @click.option("--no-prepare", is_flag=True,
               help="Lab only: learn-driven move (no make-before-break), for comparison.")
+@click.option("--driver", type=click.Choice(DRIVERS), default="lab", show_default=True,
+              help="Lab only, a whole move: who does the mapping's side of it: the lab's orchestrator (lab), or "
+                   "libvirt's qemu hook run where and when libvirtd runs it during a migration (migrate begin on "
+                   "the destination prepares, release on the source completes), in the lab's process (libvirt) or "
+                   "as the `roamnet hook libvirt` command (libvirt-command).")
 @click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True,
               help="Run one phase of a make-before-break move, as an orchestrator's hook would: prepare "
                    "(destination ready, senders deliver to both servers), resume (lab only: the lab's hypervisor runs "
@@ -37,9 +43,9 @@ STORE_PHASES = ("prepare", "activate", "complete", "abort")  # through the store
                    "hypervisors create its port when the migration starts).")
 @store_options(required=False)
 @FORMAT
-def migrate(where: tuple[str, ...], to: str | None, pause_ms: int, no_prepare: bool, phase: str, timeout_s: float,
-            wait_s: float, port_ready: bool, store_url: str | None, cacert: str | None, cert: str | None,
-            key: str | None, fmt: str) -> None:
+def migrate(where: tuple[str, ...], to: str | None, pause_ms: int, no_prepare: bool, driver: str, phase: str,
+            timeout_s: float, wait_s: float, port_ready: bool, store_url: str | None, cacert: str | None,
+            cert: str | None, key: str | None, fmt: str) -> None:
     """Move a VM: one phase of a planned move through the mapping store (what an orchestrator calls; no
     lab), or a live migration in a running lab.
 
@@ -53,6 +59,9 @@ def migrate(where: tuple[str, ...], to: str | None, pause_ms: int, no_prepare: b
     if not within --wait), the destination's agent activates it when the VM's RARP arrives there (or
     rolls it back after --timeout), and complete refuses a move not activated.
     """
+    if driver != "lab" and (len(where) == 1 or phase != "all" or no_prepare):
+        raise click.UsageError("--driver is for a whole, prepared move of a lab's VM (LAB VM, no --phase or "
+                               "--no-prepare)")
     if len(where) == 1:
         _migrate_through_store(where[0], to, phase, timeout_s, wait_s, port_ready, (store_url, cacert, cert, key),
                                fmt, pause_ms=pause_ms, no_prepare=no_prepare)
@@ -68,14 +77,15 @@ def migrate(where: tuple[str, ...], to: str | None, pause_ms: int, no_prepare: b
     if no_prepare and phase != "all":
         raise click.UsageError("--no-prepare has no phases")
     args = {"vm": vm, "to": to, "pause_ms": pause_ms, "prepare": not no_prepare, "phase": phase,
-            "timeout": timeout_s}
+            "timeout": timeout_s, "driver": driver}
     rec = _ask(lab_name, "migrate", **args)
     if fmt == "json":
         click.echo(json.dumps(rec))
     elif phase != "all":
         out.print(f"{vm}: {rec['phase']}" + (f" ({rec['from']} → {rec['to']})" if "from" in rec else ""))
     else:
-        out.print(f"{vm}: {rec['from']} ({rec['dc_from']}) → {rec['to']} ({rec['dc_to']}), {rec['mode']}, "
+        by = f", activated by {rec['activated_by']}" if rec.get("activated_by") else ""
+        out.print(f"{vm}: {rec['from']} ({rec['dc_from']}) → {rec['to']} ({rec['dc_to']}), {rec['mode']}{by}, "
                   f"pause {pause_ms} ms (dark {rec['dark_ms']} ms); mapping moved {rec['mapped_ms']} ms and "
                   f"every NVE programmed {rec['converged_ms']} ms after the VM resumed")
 

@@ -1,4 +1,9 @@
-"""Run a scenario: build its lab, run traffic streams and timed steps, tear down, report."""
+"""Run a scenario: build its lab, run traffic streams and timed steps, tear down, report.
+
+A stream into a QEMU guest (`vms.<vm>.guest: qemu`) has no receiver in the guest: the guest's rnguest echoes
+it (lab/qemu.py), so it is measured on the round trip, from the sender's namespace. UDP datagrams go to the
+guest's echo port and come back to a receiver beside the sender (the echo answers at UDP_REPLY_PORT); a TCP
+stream is one connection to the guest's TCP echo, whose echo client is both ends of the stream (`endpoints`)."""
 
 from __future__ import annotations
 
@@ -14,10 +19,12 @@ from roamnet import names
 from roamnet.dataplane import netns
 from roamnet.experiments.paths import PathObserver, Watched, summarize_paths
 from roamnet.experiments.report import Report, resumed_after, summarize
-from roamnet.experiments.traffic import recv_argv, send_argv
-from roamnet.intent.scenario import Scenario
+from roamnet.experiments.traffic import echo_argv, recv_argv, send_argv
+from roamnet.intent.model import Topology
+from roamnet.intent.scenario import Scenario, Stream
 from roamnet.lab.engine import Lab
 from roamnet.lab.errors import LabError
+from roamnet.lab.qemu import UDP_ECHO_PORT, UDP_REPLY_PORT
 from roamnet.lab.state import JOURNAL, cleanup, journal_namespaces, make_state_dir
 
 BASE_PORT = 5001
@@ -63,6 +70,21 @@ def final(p: Proc, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+def endpoints(topo: Topology, st: Stream, src: str, dst: str, port: int, t0: float,
+              duration: float) -> tuple[int, list[tuple[str, str, list[str]]]]:
+    """The port one stream is sent to, and its processes: (role, node whose namespace runs it, argv), a
+    receiver ("recv", waited for until ready) first. Into a QEMU guest: the round trip through its echo (see
+    the module's docstring), sent to the echo's port."""
+    receiver = st.receiver(topo)
+    if receiver in topo.vms and topo.vms[receiver].guest == "qemu":
+        if st.proto == "tcp":
+            return UDP_ECHO_PORT, [("echo", st.from_, echo_argv(dst, UDP_ECHO_PORT, st.rate, t0, duration, LINGER_S))]
+        return UDP_ECHO_PORT, [("recv", st.from_, recv_argv("udp", src, UDP_REPLY_PORT, t0, duration, LINGER_S)),
+                               ("send", st.from_, send_argv("udp", dst, UDP_ECHO_PORT, st.rate, t0, duration))]
+    return port, [("recv", receiver, recv_argv(st.proto, dst, port, t0, duration, LINGER_S)),
+                  ("send", st.from_, send_argv(st.proto, dst, port, st.rate, t0, duration))]
+
+
 def counter_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict:
     """What the NVEs' filters counted during the run: per NVE and in total, by kind."""
     by_nve = {nve: {k: v - before.get(nve, {}).get(k, 0) for k, v in c.items()} for nve, c in sorted(after.items())}
@@ -91,23 +113,23 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
         stream_vm: dict[str, str] = {}
         for i, st in enumerate(scn.streams):
             src, dst, via = st.endpoints(topo)
-            port = st.port or BASE_PORT + i
-            plan.append((st, str(src), str(dst), port))
+            port, ends = endpoints(topo, st, str(src), str(dst), st.port or BASE_PORT + i, t0, scn.duration)
+            plan.append((st, ends))
             if via == "wan":  # a WAN client and a VM: watch which border the packets cross
                 vm_is_src = st.from_ in topo.vms
                 stream_vm[st.name] = st.from_ if vm_is_src else st.receiver(topo)
                 vm_ip, client_ip = (src, dst) if vm_is_src else (dst, src)
                 watched.append(Watched(st.name, str(vm_ip), str(client_ip), port, vm_is_src))
-            rp = Proc(st.name, "recv", spawn(names.netns(topo.name, st.receiver(topo)),
-                                             recv_argv(st.proto, str(dst), port, t0, scn.duration, LINGER_S)))
-            procs.append(rp)
-            wait_ready(rp, timeout=10)
+            for role, node, argv in ends[:-1]:  # the receiver, ready before anything is sent
+                rp = Proc(st.name, role, spawn(names.netns(topo.name, node), argv))
+                procs.append(rp)
+                wait_ready(rp, timeout=10)
         if watched:
             observer = PathObserver(lab.border_namespaces(), watched, max_seconds=scn.duration + 60)
             observer.start()
-        for st, src, dst, port in plan:
-            procs.append(Proc(st.name, "send", spawn(names.netns(topo.name, st.from_),
-                                                     send_argv(st.proto, dst, port, st.rate, t0, scn.duration))))
+        for st, ends in plan:
+            role, node, argv = ends[-1]
+            procs.append(Proc(st.name, role, spawn(names.netns(topo.name, node), argv)))
         progress(f"running {len(scn.streams)} streams for {scn.duration:g} s")
         counted_before = lab.filter_counters()
         migrations = []
@@ -130,9 +152,10 @@ def run_scenario(scn: Scenario, progress: Callable[[str], None] = lambda m: None
             left = t0 + scn.duration + LINGER_S + 15 - time.monotonic()
             results[(p.stream, p.role)] = final(p, timeout=max(1.0, left))
         streams = []
-        for st, src, dst, port in plan:
-            streams.append(summarize(st.name, st.proto, st.from_, st.to, st.rate, results[(st.name, "send")],
-                                     results[(st.name, "recv")], migrations, st.expect))
+        for st, _ in plan:
+            echo = results.get((st.name, "echo"))  # a TCP echo client is both ends
+            streams.append(summarize(st.name, st.proto, st.from_, st.to, st.rate, echo or results[(st.name, "send")],
+                                     echo or results[(st.name, "recv")], migrations, st.expect))
         paths = []
         if observer is not None:
             borders = {dc: topo.border_of(dc) for dc in topo.datacenters}

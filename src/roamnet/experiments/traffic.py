@@ -10,6 +10,12 @@ records ``(seq, recv_time)`` for every record it gets.  Protocol with the parent
 
 Wire format (UDP datagram head and TCP record alike): ``!Qd`` = uint64 seq, double send
 time.  UDP datagrams are zero-padded to ``--size``; TCP records are always 16 bytes.
+
+``echo`` is a TCP sender whose peer is an echo (a QEMU guest's ``rnguest tcp-echo``): one connection
+carries the paced records out and their echoes back, and its one final line (role ``echo``) has the
+sender's fields and the receiver's records, so that it is both lines of a stream's summary.  It holds
+the connection to survive if every record came back in order and unchanged and the echo closed cleanly
+after the sender's half-close; a reset, an error or records missing at the close break it.
 """
 
 from __future__ import annotations
@@ -18,16 +24,17 @@ import argparse
 import ctypes
 import errno
 import json
+import select
 import signal
 import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["recv_argv", "send_argv", "main"]
+__all__ = ["echo_argv", "recv_argv", "send_argv", "main"]
 
 HDR = struct.Struct("!Qd")  # seq, send time
 MAX_BURST = 4  # at most this many late packets are sent back to back before re-basing
@@ -65,6 +72,15 @@ def send_argv(
         sys.executable, "-m", "roamnet.experiments.traffic", "send", "--proto", proto, "--to", to,
         "--port", str(int(port)), "--rate", _f(rate), "--start-at", _f(start_at),
         "--duration", _f(duration), "--size", str(int(size)),
+    ]  # fmt: skip
+
+
+def echo_argv(to: str, port: int, rate: float, start_at: float, duration: float, linger: float = 2.0) -> list[str]:
+    """Full argv that starts a TCP echo client (``sys.executable -m roamnet.experiments.traffic echo ...``)."""
+    return [
+        sys.executable, "-m", "roamnet.experiments.traffic", "echo", "--proto", "tcp", "--to", to,
+        "--port", str(int(port)), "--rate", _f(rate), "--start-at", _f(start_at),
+        "--duration", _f(duration), "--linger", _f(linger),
     ]  # fmt: skip
 
 
@@ -109,6 +125,18 @@ class SendState:
             "survived": self.survived, "error": self.error,
         }  # fmt: skip
         return json.dumps(d, separators=(",", ":"))
+
+
+@dataclass
+class EchoState(SendState):
+    """A TCP echo client: what it sent, and the records that came back (as a receiver's)."""
+
+    seqs: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    def final_line(self) -> str:
+        recs = ",".join(f"[{s},{t:.6f}]" for s, t in zip(self.seqs, self.times))
+        return SendState.final_line(self).replace('"role":"send"', '"role":"echo"', 1)[:-1] + f',"records":[{recs}]}}'
 
 
 def _emit(line: str) -> None:
@@ -180,12 +208,13 @@ def _ready() -> None:
     _emit(json.dumps({"event": "ready"}))
 
 
-def _paced(start: float, end: float, rate: float) -> Iterator[float]:
+def _paced(start: float, end: float, rate: float, wait: Callable[[float], None] = _sleep_until) -> Iterator[float]:
     """Yield the current time once per packet slot, on an absolute schedule.
 
     Slot ``i`` is due at ``base + i / rate``; late slots go out at once, but when more
     than ``MAX_BURST`` slots behind, the schedule is re-based so that at most
-    ``MAX_BURST`` go out back to back (the rest are skipped, not burst out).
+    ``MAX_BURST`` go out back to back (the rest are skipped, not burst out).  ``wait(t)``
+    returns at monotonic time ``t`` (the echo client reads its echoes meanwhile).
     """
     base, i, late = start, 0, MAX_BURST / rate
     while True:
@@ -194,7 +223,7 @@ def _paced(start: float, end: float, rate: float) -> Iterator[float]:
             return
         now = mono()
         if now < due:
-            _sleep_until(due)
+            wait(due)
             now = mono()
         elif now - due > late:
             base = now - late - i / rate
@@ -353,6 +382,82 @@ def run_send_tcp(a: argparse.Namespace, st: SendState) -> None:
         st.survived = True
 
 
+class _Echoes:
+    """The echoed byte stream of an echo client: whole records, checked against what was sent."""
+
+    def __init__(self, st: EchoState, sent_at: list[float]):
+        self.st, self.sent_at, self.pending = st, sent_at, bytearray()
+
+    def take(self, data: bytes, t: float) -> None:
+        self.pending += data
+        k = len(self.pending) // HDR.size
+        for off in range(0, k * HDR.size, HDR.size):
+            seq, at = HDR.unpack_from(self.pending, off)
+            want = len(self.st.seqs)
+            if seq != want or want >= len(self.sent_at) or at != self.sent_at[want]:
+                raise OSError(f"the echo returned record {seq} (sent at {at:.6f}) where record {want} was due")
+            self.st.seqs.append(seq)
+            self.st.times.append(t)
+        del self.pending[: k * HDR.size]
+
+
+def _read_until(s: socket.socket, echoes: _Echoes, t: float) -> bool:
+    """Read echoes until monotonic time ``t``; False as soon as the echo closed (EOF)."""
+    while True:
+        left = t - mono()
+        if left <= 0:
+            return True
+        ready, _, _ = select.select([s], [], [], left)
+        if ready:
+            data = s.recv(1 << 16)
+            if not data:
+                return False
+            echoes.take(data, mono())
+
+
+def run_echo_tcp(a: argparse.Namespace, st: EchoState) -> None:
+    """One connection to a TCP echo: paced records out, their echoes read in between; then half-close
+    and read the rest until the echo closes (bounded by CLOSE_WAIT_S + linger)."""
+    st.survived = False
+    s = _connect(a, st)
+    if s is None:
+        return
+    sent_at: list[float] = []
+    echoes = _Echoes(st, sent_at)
+    open_ = True
+
+    def wait(t: float) -> None:
+        nonlocal open_
+        if open_:
+            open_ = _read_until(s, echoes, t)
+        if not open_:
+            raise OSError("the echo closed the connection before the sender did")
+
+    with s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(CLOSE_WAIT_S)  # bounds a blocked sendall
+        try:
+            wait(a.start_at)
+            for now in _paced(a.start_at, a.start_at + a.duration, a.rate, wait):
+                s.sendall(HDR.pack(st.sent, now))
+                sent_at.append(now)
+                if st.first is None:
+                    st.first = now
+                st.last = now
+                st.sent += 1
+            s.shutdown(socket.SHUT_WR)
+            if _read_until(s, echoes, mono() + CLOSE_WAIT_S + a.linger):
+                raise TimeoutError(f"the echo did not close within {CLOSE_WAIT_S + a.linger:g} s of the half-close")
+        except OSError as e:
+            st.send_errors += 1
+            st.error = _err(e)
+            return
+        if echoes.pending or len(st.seqs) != st.sent:
+            st.error = f"the echo closed after {len(st.seqs)} of {st.sent} records (+{len(echoes.pending)} bytes)"
+            return
+        st.survived = True
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -366,8 +471,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--to", required=True)
     s.add_argument("--rate", type=float, required=True)
     s.add_argument("--size", type=int, default=64)
-    for q in (r, s):
-        q.add_argument("--proto", choices=("udp", "tcp"), required=True)
+    e = sub.add_parser("echo", help="send a paced TCP stream to an echo and record what comes back")
+    e.add_argument("--to", required=True)
+    e.add_argument("--rate", type=float, required=True)
+    e.add_argument("--linger", type=float, default=2.0)
+    for q in (r, s, e):
+        q.add_argument("--proto", choices=("tcp",) if q is e else ("udp", "tcp"), required=True)
         q.add_argument("--port", type=int, required=True)
         q.add_argument("--start-at", type=float, required=True)
         q.add_argument("--duration", type=float, required=True)
@@ -378,12 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; always prints one final JSON line and returns 0 unless argv is bad."""
     global _finishing
     a = _parser().parse_args(argv)
-    if a.cmd == "send" and a.rate <= 0:
+    if a.cmd in ("send", "echo") and a.rate <= 0:
         raise SystemExit("--rate must be > 0")
-    st: RecvState | SendState = RecvState(a.proto) if a.cmd == "recv" else SendState(a.proto)
+    states = {"recv": RecvState, "send": SendState, "echo": EchoState}
+    st: RecvState | SendState = states[a.cmd](a.proto)
     run = {
         ("recv", "udp"): run_recv_udp, ("recv", "tcp"): run_recv_tcp,
-        ("send", "udp"): run_send_udp, ("send", "tcp"): run_send_tcp,
+        ("send", "udp"): run_send_udp, ("send", "tcp"): run_send_tcp, ("echo", "tcp"): run_echo_tcp,
     }[(a.cmd, a.proto)]  # fmt: skip
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

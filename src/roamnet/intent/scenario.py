@@ -237,6 +237,7 @@ def _check_scenario(s: Scenario) -> list[Problem]:
     problems: list[Problem] = []
     vms, servers, clients = s.topology.vms, s.topology.server_dc(), s.topology.wan_clients()
     names: dict[str, int] = {}
+    echoed: dict[str, int] = {}  # sender's address -> the UDP stream into a QEMU guest it already sends
     for i, st in enumerate(s.streams):
         path = f"streams[{i}]"
         if st.name in names:
@@ -262,9 +263,11 @@ def _check_scenario(s: Scenario) -> list[Problem]:
             problems.append((f"{path}.to", f"a stream needs two different nodes (from and to are both {receiver})"))
             continue
         try:
-            st.endpoints(s.topology)
+            src_ip = st.endpoints(s.topology)[0]
         except ValueError as e:
             problems.append((f"{path}.to", str(e)))
+            continue
+        problems += _guest_problems(s.topology, st, i, receiver, str(src_ip), echoed)
 
     placement: dict[str, str | None] = {name: vm.server for name, vm in vms.items()}  # None: stopped
     for i, step in sorted(enumerate(s.steps), key=lambda x: x[1].at):
@@ -303,6 +306,27 @@ def _check_scenario(s: Scenario) -> list[Problem]:
         placement[vm] = step.server
     problems.sort(key=lambda p: _order(p[0]))
     return problems
+
+
+def _guest_problems(topology: Topology, st: Stream, i: int, receiver: str, src_ip: str,
+                    echoed: dict[str, int]) -> list[Problem]:
+    """A QEMU guest (`guest: qemu`) runs echoes only: streams go into it and are measured on the round trip,
+    from the sender (the scenario runner); its UDP echo answers at one port of the sender's address."""
+    vms, out, path = topology.vms, [], f"streams[{i}]"
+    if st.from_ in vms and vms[st.from_].guest == "qemu":
+        out.append((f"{path}.from", f"{st.from_} is a QEMU guest: it runs echoes only, so a stream goes into it "
+                                    f"(from another VM or a WAN client), not out of it"))
+    if receiver in vms and vms[receiver].guest == "qemu":
+        if st.port is not None:
+            out.append((f"{path}.port", f"{receiver} is a QEMU guest: its echo listens on its own port; leave "
+                                        f"`port:` out"))
+        if st.proto == "udp":
+            if src_ip in echoed:
+                out.append((f"{path}.to", f"streams[{echoed[src_ip]}] already sends UDP from {src_ip} into a QEMU "
+                                          f"guest, whose echo answers at one port of that address: one such "
+                                          f"stream per sender address"))
+            echoed.setdefault(src_ip, i)
+    return out
 
 
 def _order(path: str) -> tuple[int, int]:

@@ -153,7 +153,8 @@ def serve(lab_name: str, in_process: bool = False, store_url: str | None = None)
         if op == "migrate":
             phase, vm = args.get("phase", "all"), args["vm"]
             if phase == "all":
-                return lab.migrate(vm, args["to"], int(args.get("pause_ms", 0)), prepare=bool(args.get("prepare", True)))
+                return lab.migrate(vm, args["to"], int(args.get("pause_ms", 0)), prepare=bool(args.get("prepare", True)),
+                                   driver=str(args.get("driver", "lab")))
             if phase == "prepare":
                 return lab.prepare(vm, args["to"], timeout=float(args.get("timeout", 30.0)))
             if phase == "resume":

@@ -33,6 +33,7 @@ from roamnet.dataplane.nft import Nft, filter_counters, read_filter_table
 from roamnet.intent.compile import compile_nves, compile_topology
 from roamnet.intent.model import Topology
 from roamnet.lab import inspect as inspection
+from roamnet.lab import libvirt
 from roamnet.lab.errors import LabError
 from roamnet.lab.etcd import EtcdServer
 from roamnet.lab.hypervisor import Hypervisor
@@ -160,8 +161,18 @@ class Lab:
     def migrations(self) -> list[dict]:
         return self.moves.migrations
 
-    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
-        return self.moves.migrate(vm, to, pause_ms, wait, prepare)
+    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True,
+                driver: str = "lab") -> dict:
+        """`driver`: who does the mapping's side of the move: the lab's orchestrator ("lab"), or libvirt's qemu
+        hook at libvirt's points of a migration (lab/libvirt.py), in this process ("libvirt") or as the
+        `roamnet hook libvirt` command ("libvirt-command")."""
+        if driver == "lab":
+            return self.moves.migrate(vm, to, pause_ms, wait, prepare)
+        if driver not in libvirt.DRIVERS:
+            raise LabError(f"no move driver {driver!r} (drivers: {', '.join(libvirt.DRIVERS)})")
+        runner = (libvirt.in_process(self.moves, wait) if driver == "libvirt"
+                  else libvirt.command(self.store_url, wait))
+        return self.moves.migrate(vm, to, pause_ms, wait, how=libvirt.Libvirt(self.moves, runner, driver))
 
     def prepare(self, vm: str, to: str, **kw) -> dict:
         return self.moves.prepare(vm, to, **kw)

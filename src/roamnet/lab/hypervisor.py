@@ -161,7 +161,7 @@ class Hypervisor:
     def switch(self, vm: str, server: str, up: bool) -> None:
         """Connect (up=True) or disconnect the VM's NICs to/from its ports on `server`: fast link flips."""
         if self.is_qemu(vm):
-            raise LabError(f"{vm} is a QEMU guest: stopping and starting it (cold moves) is not supported yet")
+            raise LabError(f"{vm} is a QEMU guest: its ports are its QEMU's taps, there are no links to flip")
         nic, srv_ns = nic_ns(self.lab, vm), self.plan.nodes[server].ns
         s, n = self._nl(srv_ns), self._nl(nic)
         for i in range(len(self.nics(vm))):

@@ -83,6 +83,12 @@ class Moves:
         self._lock = threading.Lock()
 
     # ---- helpers --------------------------------------------------------------------------------
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The orchestrator's phases over the lab's mapping: what `roamnet migrate --store` and the libvirt
+        hook run (the lab's mapping is replaced at up, so made when asked for)."""
+        return Orchestrator(self.lab.mapping)
+
     def ifaces(self, vm: str) -> list[str]:
         return [names.iface_id(vm, i) for i in range(len(self.lab.topo.vms[vm].interfaces))]
 
@@ -131,10 +137,12 @@ class Moves:
             return Steered(self) if getattr(cp, "steers_moves", False) else Located(self)
         return Prepared(self) if prepare else Learn(self)
 
-    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True) -> dict:
-        """Live-migrate `vm` to server `to`; returns the migration record."""
+    def migrate(self, vm: str, to: str, pause_ms: int = 0, wait: float = 10.0, prepare: bool = True,
+                how: Strategy | None = None) -> dict:
+        """Live-migrate `vm` to server `to` (by strategy `how`, else the one for the lab's control plane and
+        `prepare`); returns the migration record."""
         with self._lock:
-            how = self.strategy(prepare)
+            how = how or self.strategy(prepare)
             src = self.check(vm, to)
             rec = {"vm": vm, "from": src, "to": to, "pause_ms": pause_ms, "mode": how.mode}
             rec.update(how.ready(vm, src, to, wait))
@@ -171,13 +179,16 @@ class Moves:
                 raise LabError(f"{vm} is already stopped (on {self.stopped[vm][0]})")
             if vm in self.pending:
                 raise LabError(f"{vm}: a move to {self.pending[vm]['to']} is in progress")
-            if lab.hv.is_qemu(vm):
-                raise LabError(f"{vm} is a QEMU guest: stopping and starting it (cold moves) is not supported yet")
             server, at = lab.hv.location[vm], time.monotonic()
-            lab.hv.switch(vm, server, up=False)  # the VM stops
-            for iface in self.ifaces(vm):  # the orchestrator tells the mapping, then the tap goes
-                lab.mapping.stop(iface)
-            lab.hv.remove_port(vm, server)
+            if lab.hv.is_qemu(vm):  # the guest powers off: its QEMU ends, its taps with it
+                lab.hv.remove_port(vm, server)
+                for iface in self.ifaces(vm):  # then the orchestrator tells the mapping (libvirt's release)
+                    lab.mapping.stop(iface)
+            else:
+                lab.hv.switch(vm, server, up=False)  # the VM stops
+                for iface in self.ifaces(vm):  # the orchestrator tells the mapping, then the tap goes
+                    lab.mapping.stop(iface)
+                lab.hv.remove_port(vm, server)
             self.stopped[vm] = (server, at)
             converged = lab.wait_converged(10.0)
             return {"vm": vm, "phase": "stopped", "on": server, "at_mono": at,
@@ -196,17 +207,20 @@ class Moves:
                 raise LabError(f"no server {to!r} in lab {lab.name}" if node is None or node.kind != "tor"
                                else f"{to} is the ToR switch of domain {node.domain}: it hosts no VMs")
             src, at = self.stopped[vm]
-            lab.hv.create_port(vm, to)
-            try:
-                for iface in self.ifaces(vm):
-                    lab.mapping.start(iface, to)
-            except MoveRefused as exc:
-                lab.hv.remove_port(vm, to)
-                raise LabError(f"{vm}: start on {to} refused: {exc}") from None
+            if lab.hv.is_qemu(vm):
+                self._boot(vm, to)
+            else:
+                lab.hv.create_port(vm, to)
+                try:
+                    for iface in self.ifaces(vm):
+                        lab.mapping.start(iface, to)
+                except MoveRefused as exc:
+                    lab.hv.remove_port(vm, to)
+                    raise LabError(f"{vm}: start on {to} refused: {exc}") from None
+                lab.hv.cold_boot(vm)
+                lab.hv.switch(vm, to, up=True)
             del self.stopped[vm]
             lab.hv.location[vm] = to
-            lab.hv.cold_boot(vm)
-            lab.hv.switch(vm, to, up=True)
             resumed = time.monotonic()
             ifaces = self.ifaces(vm)
             attached = lab.mapping.wait_for(lambda s: all(not s.binding_of(i).detached for i in ifaces), wait)
@@ -216,6 +230,24 @@ class Moves:
                    "activated_mono": resumed, "mapped_ms": 0.0,
                    "converged_ms": round((done - resumed) * 1000, 1) if converged else None}
             return self._record(rec, at, resumed)
+
+    def _boot(self, vm: str, to: str) -> None:
+        """A stopped QEMU guest starts on `to` as libvirt starts a domain: the mapping first (the orchestrator's
+        start), then a fresh QEMU there, its taps up at once, waited for until the guest says ready (a cold
+        boot: nothing of its ARP cache or connections is left). A refused start boots nothing; a boot that
+        fails leaves the VM stopped, on `to`."""
+        try:
+            for iface in self.ifaces(vm):
+                self.lab.mapping.start(iface, to)
+        except MoveRefused as exc:
+            raise LabError(f"{vm}: start on {to} refused: {exc}") from None
+        try:
+            self.lab.hv.plug(vm, to)
+        except BaseException:
+            for iface in self.ifaces(vm):
+                self.lab.mapping.stop(iface)
+            self.stopped[vm] = (to, self.stopped[vm][1])
+            raise
 
     # ---- make-before-break phases (roamnet's control plane) -------------------------------------
     def prepare(self, vm: str, to: str, timeout: float = PREPARE_TIMEOUT_S, wait: float = 10.0) -> dict:
@@ -233,7 +265,7 @@ class Moves:
         started = time.monotonic()
         lab.hv.create_port(vm, to)
         try:  # the orchestrator's prepare, as through the store; the port exists: the destination must program it too
-            Orchestrator(lab.mapping).prepare_ifaces(self.ifaces(vm), to, timeout, wait, port_ready=True)
+            self.orchestrator.prepare_ifaces(self.ifaces(vm), to, timeout, wait, port_ready=True)
         except MoveError as exc:
             lab.hv.remove_port(vm, to)
             raise LabError(str(exc)) from None
@@ -258,12 +290,15 @@ class Moves:
         """Phase 3, explicitly (normally the VM's first announcement on its new port activates)."""
         with self._lock:
             p = self._pending(vm)
-            for iface in self.ifaces(vm):
-                try:
-                    self.lab.mapping.activate(iface)
-                except MoveRefused as exc:
-                    raise LabError(str(exc)) from None
+            self._activate(vm)
             return {"vm": vm, "to": p["to"], "phase": "activated"}
+
+    def _activate(self, vm: str) -> None:
+        """The mapping's side of an explicit activation, as the libvirt hook's (orchestrator/moves.py)."""
+        try:
+            self.orchestrator.activate(vm, wait=0)
+        except MoveError as exc:
+            raise LabError(str(exc)) from None
 
     def complete(self, vm: str, wait: float = 10.0) -> dict:
         """Phase 4: once every NVE programmed the activation, forget the move; the source tap goes."""
@@ -272,12 +307,12 @@ class Moves:
 
     def _complete(self, vm: str, wait: float) -> dict:
         p = self._pending(vm)
-        snap = self.lab.mapping.snapshot()
-        if not self.activated(snap, vm):
+        if not self.activated(self.lab.mapping.snapshot(), vm):
             raise LabError(f"{vm}: the move to {p['to']} is not activated yet")
-        converged = self.lab.wait_converged(wait, snap.revision)
-        for iface in self.ifaces(vm):
-            self.lab.mapping.complete(iface)
+        try:  # what the libvirt hook's release on the source does (orchestrator/moves.py)
+            converged = self.orchestrator.complete(vm, wait)["converged"]
+        except MoveError as exc:
+            raise LabError(str(exc)) from None
         p["timer"].cancel()
         del self.pending[vm]
         self.lab.hv.remove_port(vm, p["from"])
@@ -287,12 +322,15 @@ class Moves:
         """Roll back a prepared move that was not activated: the VM stays where it runs."""
         with self._lock:
             self._pending(vm)
-            try:
-                for iface in self.ifaces(vm):
-                    self.lab.mapping.abort(iface)
-            except MoveRefused as exc:
-                raise LabError(f"{vm}: cannot roll back: {exc}") from None
+            self._abort(vm)
             return self._undo(vm)
+
+    def _abort(self, vm: str) -> None:
+        """The mapping's side of a rollback, as the libvirt hook's abort (orchestrator/moves.py)."""
+        try:
+            self.orchestrator.abort(vm)
+        except MoveError as exc:
+            raise LabError(str(exc)) from None
 
     def _undo(self, vm: str) -> dict:
         """The lab's side of a rollback (the mapping's is done): the hypervisor's port goes."""
@@ -335,8 +373,7 @@ class Prepared:
         return self.moves._prepare(vm, src, to, PREPARE_TIMEOUT_S, wait)
 
     def rollback(self, vm: str, src: str, to: str) -> None:
-        for iface in self.moves.ifaces(vm):  # the mapping's side, then the lab's (the destination's port)
-            self.lab.mapping.abort(iface)
+        self.moves._abort(vm)  # the mapping's side, then the lab's (the destination's port)
         self.moves._undo(vm)
 
     def resumed(self, vm: str) -> None:
@@ -347,8 +384,7 @@ class Prepared:
         activated_by = "announcement"
         if snap is None:  # no announcement heard: the orchestrator knows the VM runs there
             activated_by = "explicit"
-            for iface in self.moves.ifaces(vm):
-                self.lab.mapping.activate(iface)
+            self.moves._activate(vm)
             snap = self.lab.mapping.snapshot()
         return time.monotonic(), snap, {"activated_by": activated_by}
 

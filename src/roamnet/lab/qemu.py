@@ -57,6 +57,7 @@ BOOT_TIMEOUT_S = 60.0  # a TCG boot on a busy machine
 PROBE_TIMEOUT_S = 10.0  # a KVM boot that works says ready within this
 MIGRATE_TIMEOUT_S = 60.0
 RESUME_WAIT_S = 5.0
+TCP_LOG = "/run/rnguest-tcp.log"  # the guest's TCP echo: how each connection ended (guest/init, rnguest.c)
 READY = "roamnet-guest: ready"
 CONSOLE_DONE = "RN-CONSOLE-DONE"
 
@@ -152,6 +153,44 @@ def qemu_argv(topo: Topology, vm: str, paths: Paths, accel: str, kernel: Path, i
     if incoming:
         argv += ["-incoming", incoming]
     return argv
+
+
+@dataclass(frozen=True)
+class TcpSession:
+    """One connection the guest's TCP echo served, as its log says it ended."""
+
+    peer: str  # "ip:port"
+    outcome: str  # "closed" (the peer closed: EOF) | "broken" (a reset, or a peer that stopped answering)
+    echoed: int  # bytes echoed
+    reason: str = ""  # why it broke
+
+    @property
+    def peer_ip(self) -> str:
+        return self.peer.rsplit(":", 1)[0]
+
+
+def parse_tcp_log(text: str) -> list[TcpSession]:
+    """The lines of the guest's TCP_LOG ("tcp PEER closed BYTES" / "tcp PEER broken BYTES REASON"); other
+    lines (a console's noise) are skipped."""
+    out = []
+    for line in text.splitlines():
+        w = line.split(maxsplit=4)
+        if len(w) >= 4 and w[0] == "tcp" and w[2] in ("closed", "broken") and w[3].isdigit():
+            out.append(TcpSession(w[1], w[2], int(w[3]), w[4] if len(w) > 4 else ""))
+    return out
+
+
+def domain_xml(topo: Topology, vm: str) -> str:
+    """The libvirt domain XML of `vm`'s QEMU as the hook reads it (libvirt hands it to /etc/libvirt/hooks/qemu
+    on stdin): its name and one `<interface>` per NIC, with the NIC's MAC and its tap (`names.port`)."""
+    from xml.sax.saxutils import quoteattr
+
+    spec = topo.vms[vm]
+    nics = "".join(f"<interface type='ethernet'><mac address={quoteattr(spec.interfaces[members[0]].mac)}/>"
+                   f"<target dev={quoteattr(names.port(vm, k))}/><model type='virtio'/></interface>"
+                   for k, members in enumerate(topo.nics(vm)))
+    return (f"<domain type='qemu'><name>{vm}</name><memory unit='MiB'>{spec.memory or DEFAULT_MEMORY_MIB}</memory>"
+            f"<devices>{nics}</devices></domain>")
 
 
 def event_time(event: dict) -> float:
@@ -401,6 +440,10 @@ class QemuGuests:
     def console(self, vm: str, server: str, command: str, timeout: float = 10.0) -> str:
         """Run a shell command on the guest's serial console; returns its output (stdout and stderr)."""
         return console_run(self.instance(vm, server).paths.console, command, timeout)
+
+    def tcp_sessions(self, vm: str, server: str) -> list[TcpSession]:
+        """The connections the guest's TCP echo served and how each ended (its log, read on the console)."""
+        return parse_tcp_log(self.console(vm, server, f"cat {TCP_LOG} 2>/dev/null"))
 
     def announce(self, vm: str, server: str) -> None:
         """QEMU's self-announcement again (QMP announce-self: RARP on every NIC, on QEMU's schedule)."""
