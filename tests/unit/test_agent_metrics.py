@@ -61,7 +61,7 @@ def test_the_collector_reads_the_live_counters(running):
     s = agent.stats
     assert s.reconciles == 1 and s.changes_applied > 0
     assert value(got, "roamnet_agent_reconciles_total") == 1
-    assert value(got, "roamnet_agent_kernel_reads_total") == s.kernel_reads == 1
+    assert value(got, "roamnet_agent_kernel_reads_total") == s.kernel_reads == 2  # before, and after its devices
     assert value(got, "roamnet_agent_changes_applied_total") == s.changes_applied
     assert value(got, "roamnet_agent_converged_revision") == m.revision
     assert value(got, "roamnet_agent_errors_total") == 0
@@ -80,7 +80,7 @@ def test_the_collector_reads_the_live_counters(running):
     got = samples(generate_latest(reg).decode())
     assert value(got, "roamnet_agent_reconciles_total") == 2
     assert value(got, "roamnet_agent_resyncs_total") == 1
-    assert value(got, "roamnet_agent_kernel_reads_total") == 2
+    assert value(got, "roamnet_agent_kernel_reads_total") == 3
     assert value(got, "roamnet_agent_errors_total") == 2
     assert value(got, "roamnet_agent_status_lease_alive") == 0
 

@@ -44,6 +44,7 @@ def test_moves_statuses_and_a_freeze_through_etcd(etcd_server):  # noqa: F811
 
         m.prepare("vm1/0", "hv2", timeout=30)
         kernels["hv2"].add_port("vm1/0")
+        agents["hv2"]._link_event()  # the hypervisor's tap appeared (a model kernel has no events of its own)
         agents["hv2"].reconcile()
         agents["hv2"]._announcement(ModelKernel.device("vm1/0"), MAC)  # it resumed on hv2
         b = m.snapshot().binding_of("vm1/0")
