@@ -264,6 +264,7 @@ class Agent:
                 self.stats.resyncs += 1
                 self._kernel_dirty = True
                 self.kernel.forget_filters()
+            refresh = False
             whole_pass = self._kernel_dirty or self._cache is None
             if whole_pass:
                 self._kernel_dirty = False  # before reading: an event during the read dirties it again
@@ -281,10 +282,8 @@ class Agent:
             errors = self.kernel.apply(changes) if changes else []
             if errors:
                 self._cache, self._kernel_dirty = None, True
-            elif any(c.op in STRUCTURAL for c in changes):  # devices changed: the cache reads them now, so
-                self._kernel_dirty = False                   # the next change's pass need not read first
-                self._cache = self.kernel.read()
-                self.stats.kernel_reads += 1
+            elif any(c.op in STRUCTURAL for c in changes):  # devices changed: read them once the pass is
+                self._cache, refresh = None, True            # published, so the next change's pass need not
             else:
                 self._cache = (apply_to(actual, changes), ports)
             self.stats.reconciles += 1
@@ -302,6 +301,10 @@ class Agent:
             with self._note:
                 self._whole = whole and not errors
             self._publish(force=resync)
+            if refresh:
+                self._kernel_dirty = False  # before reading: an event during the read dirties it again
+                self._cache = self.kernel.read()
+                self.stats.kernel_reads += 1
             spent = time.thread_time() - cpu
             self.stats.pass_cpu_s += spent
             if not scoped:
