@@ -10,6 +10,19 @@ as destination MAC; the egress NVE routes it again into the VM's CUG. Each serve
 points at its own data center's border; a border announces (over BGP, to the WAN) the tenant's
 subnets and the /32s of the VMs in its data center, and forwards to the others without announcing
 them (the "transit" table).
+
+Make-before-break for routed traffic (a prepared move, see desired.py for the L2 half): the
+destination NVE delivers the moving VM's addresses locally from prepare on (neighbour entries on the
+CUG's gateway interface, no /32 back to the source), every other NVE and border keeps its /32 on the
+source until activation, and the source keeps delivering locally. Routed into the CUG's bridge on
+either end, a packet for the VM meets the L2 "dual" state of the prepared move (no bridge entry for
+the VM's MAC): it goes to the local port AND over the CUG's VNI to the other end. So whatever NVE
+routes it, the packet reaches the VM before, during and after its pause, and activation, which
+switches the senders' /32s to the destination, can be applied by the NVEs in any order: the
+destination already delivers, and the source (local until its agent updates, then a /32 to the
+destination over the L3 VNI) forwards to it. Without the destination's local delivery, a sender that
+switched first met a destination still routing back to the source, which by then routed to the
+destination: a loop until the TTL ran out.
 """
 
 from __future__ import annotations
@@ -63,6 +76,7 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str
         if seg is not None and seg.tenant in of_tenant:
             of_tenant[seg.tenant].append(b)
     here = {n for n in snap.nves if snap.serving(n) == nve}  # its own VMs: neighbours, not routes
+    arriving = {m.key for m in snap.prepared() if m.dst in here}  # prepared moves to here: local already
     elsewhere = {n.name for n in snap.nves.values() if n.dc != me.dc} if is_border else set()  # transit
     out: dict[str, VrfDesired] = {}
     for name in sorted(present):
@@ -72,7 +86,7 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str
         neighbors: dict[str, tuple[int, str]] = {}
         routes: dict[tuple[str, str], str] = {}
         for b in of_tenant[name]:
-            if b.nve in here:
+            if b.nve in here or b.key in arriving:
                 for ip in b.ips:
                     neighbors[ip] = (b.vni, b.mac)
                 continue
