@@ -199,10 +199,11 @@ class Hypervisor:
                 s.link("del", index=idx)
 
     # ---- a live migration's switch-over ----------------------------------------------------------
-    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int) -> Switchover:
+    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int, announce: bool = True) -> Switchover:
         """The hypervisor's stop-and-copy: the VM stops on `src`, and after the pause runs on `to`
-        and announces itself. A QEMU guest: QEMU's live migration, `pause_ms` its downtime-limit
-        (qemu.MigrationFailed, a LabError, when it fails: the guest still runs on `src`)."""
+        and announces itself (unless announce=False; a namespace VM only). A QEMU guest: QEMU's live
+        migration, `pause_ms` its downtime-limit (qemu.MigrationFailed, a LabError, when it fails:
+        the guest still runs on `src`)."""
         if self.is_qemu(vm):
             figures = self.qemu.migrate(vm, src, to, pause_ms or DEFAULT_DOWNTIME_MS)
             self.location[vm] = to
@@ -213,7 +214,8 @@ class Hypervisor:
         self.switch(vm, to, up=True)
         resumed = time.monotonic()
         self.location[vm] = to
-        self.announce_async(vm)
+        if announce:
+            self.announce_async(vm)
         return Switchover(at, resumed)
 
     def announce_async(self, vm: str) -> None:
