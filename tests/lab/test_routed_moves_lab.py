@@ -2,15 +2,20 @@
 delivers the moving VM's address locally (a permanent neighbour on the CUG's gateway, no /32 back to
 the source), a routed stream's packets for the VM arrive at the destination server before activation,
 and once the VM runs there (its announcements lost, so the move stays prepared) every routed packet
-reaches it, from a peer on another server and from one on the destination itself."""
+reaches it, from a peer on another server and from one on the destination itself. Inbound from the WAN:
+the old data center's border keeps forwarding to the VM's new server while the WAN router still
+prefers it."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from conftest import Sniffer
+import pytest
+from conftest import Sniffer, lost_between
 from scapy.layers.inet import ICMP, IP
 from test_irb import ip_between, ping, routed_topology
+from test_wan import deltas, poll
 
 VM1, VM3, VM5 = "198.19.1.11", "198.19.2.13", "198.19.2.15"
 VM1_MAC = "02:00:00:01:00:11"
@@ -90,3 +95,47 @@ def test_routed_packets_reach_the_destination_before_activation(lab_name, lab_up
         for peer in ("vm3", "vm5"):
             got, out = ping(host, f"rn-{lab.name}-{peer}", VM1, count=10)
             assert got == 10, (peer, out)
+
+
+@pytest.mark.usefixtures("frr_required")
+def test_inbound_wan_stream_stays_on_the_old_border_until_the_wan_prefers_the_new_one(lab_name, lab_up, traffic):
+    """vm1 moves dc1 -> dc2 while the WAN router hears nothing from dc2's border (its sessions there shut
+    down: BGP that has not converged yet, held on purpose). The old border, which withdrew vm1's /32 at
+    activation, keeps taking the client's packets on the tenant's covering route and forwards them to
+    the new server; none is lost. Once the WAN router learns the /32 from dc2's border the stream enters
+    there, again without a loss."""
+    with lab_up(routed_topology(lab_name("t-wanhold"), clients=True)) as lab:
+        assert poll(lambda: lab.border.wan_routes().get(f"{VM1}/32") == "dc1br", 20) is not None
+        lab.border.set_wan_sessions("dc2br", up=False)
+        assert poll(lambda: "dc2br" not in {b for paths in lab.border.wan_paths().values() for b, _, _ in paths},
+                    10) is not None
+
+        start, duration = time.monotonic() + 1.0, 14.0
+        flow = traffic(lab, "in", "udp", "client1", "vm1", 5001, start, duration)
+        time.sleep(max(0.0, start + 0.5 - time.monotonic()))
+        assert through_in(deltas(lab), "dc1br", "dc2br")
+
+        rec = lab.migrate("vm1", "hv3")  # dc1 -> dc2, activated and completed
+        assert rec["dc_to"] == "dc2" and lab.mapping.snapshot().binding_of("vm1/0").nve == "hv3"
+        held_from = rec["resumed_mono"]
+        routes = lab.border.wan_routes()
+        assert f"{VM1}/32" not in routes and routes["198.19.1.0/24"] == "dc1br", routes  # dc1 withdrew the /32
+        held = deltas(lab)
+        assert through_in(held, "dc1br", "dc2br"), held  # still in through the old border
+        held_to = time.monotonic()
+
+        lab.border.set_wan_sessions("dc2br", up=True)
+        assert poll(lambda: lab.border.wan_routes().get(f"{VM1}/32") == "dc2br", 15) is not None
+        time.sleep(0.3)
+        after = deltas(lab)
+        assert through_in(after, "dc2br", "dc1br"), after
+        settled = time.monotonic()
+
+        result = flow.finish([rec])
+        assert lost_between(result, held_from, held_to) == [], "lost while the old border carried the stream"
+        assert lost_between(result, held_to, settled) == [], "lost while the WAN router switched borders"
+
+
+def through_in(d: dict[str, dict[str, int]], border: str, other: str) -> bool:
+    """About a second of a 1 kHz stream entered through `border`, (almost) nothing through `other`."""
+    return d[border]["in"] >= 800 and d[other]["in"] <= 20
