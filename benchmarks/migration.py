@@ -120,14 +120,15 @@ QEMU_STREAMS = (
     StreamSpec("l2-1k-remote", "L2 1 kHz remote, echoed", "p1", "hv3", 1000),
     StreamSpec("l2-1k-coloc", "L2 1 kHz colocated, echoed", "p3", "hv1", 1000),
 )
-ROUTED_STREAMS = (
+ROUTED_STREAMS = (  # with L2 1 kHz remote as the same lab's reference
+    STREAMS[0],
     StreamSpec("l3-1k-remote", "L3 1 kHz, other CUG, hv3", "q1", "hv3", 1000, "l3"),
     StreamSpec("l3-10k-remote", "L3 10 kHz, other CUG, hv3", "q2", "hv3", 10000, "l3"),
     StreamSpec("l3-1k-otherdc", "L3 1 kHz, other CUG, dc2 (hv5)", "q3", "hv5", 1000, "l3"),
     StreamSpec("wan-in", "WAN client → vm1 1 kHz", "c1", "", 1000, "wan-in"),
     StreamSpec("wan-out", "vm1 → WAN client 1 kHz (at the client)", "c1", "", 1000, "wan-out"),
 )
-STREAM_SETS = {"l2": STREAMS, "routed": ROUTED_STREAMS, "all": STREAMS + ROUTED_STREAMS}
+STREAM_SETS = {"l2": STREAMS, "routed": ROUTED_STREAMS, "all": STREAMS + ROUTED_STREAMS[1:]}
 TENANT, L3VNI, DB_CUG, DB_VNI, DB_SUBNET = "ten1", 50001, "db", 10200, "198.19.20.0/24"
 CLIENT_IP = "198.18.200.10"
 BGP_WAIT_S = 30.0  # the WAN router's route to the mover, before the streams start
@@ -493,6 +494,13 @@ def stop_streams(procs: list[Proc], at: float, end: float) -> dict[tuple[str, st
     return results
 
 
+def after_resume(lost: list[tuple[int, float, float, float]], move: dict[str, Any], stretch: list) -> list[float]:
+    """When the packets lost after the VM resumed were sent, in ms after the resume (at most 50):
+    to be read against the move's activation (`mapped_ms`) and convergence (`converged_ms`)."""
+    lo, hi = move["resumed_mono"] + SLACK_MS / 1000, stretch[1] if stretch[1] is not None else math.inf
+    return [round((t - move["resumed_mono"]) * 1000, 1) for _, t, _, _ in lost if lo < t < hi][:50]
+
+
 def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tuple[str, str], dict]) -> None:
     windows = [MoveWindow(m["at_mono"], m["resumed_mono"]) for m in res.moves]
     for m in res.moves:
@@ -521,8 +529,10 @@ def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tup
                   receiver_error=None if stopped["receiver"] else recv.get("error"),
                   stopped_by_benchmark=stopped["sender"])
         res.streams[st.key] = js
+        lost = send_time_estimates(records, int(send.get("sent") or 0), send.get("first"), st.rate, send.get("last"))
         for m, ml in zip(res.moves, per_move):
             m["loss"][st.key] = ml
+            ml["after_resume_ms"] = after_resume(lost, m, ml["stretch"])
         if res.plot is not None:
             lo, hi = res.plot["at"] + PLOT_WINDOW_MS[0] / 1000, res.plot["at"] + PLOT_WINDOW_MS[1] / 1000
             got = [(s, t) for s, t in records if lo <= t <= hi]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import Sniffer, lost_between
 from scapy.layers.inet import ICMP, IP
-from test_irb import ip_between, ping, routed_topology
+from test_irb import ip_between, ping, routed_topology, wait_gone
 from test_wan import deltas, poll
 
 VM1, VM3, VM5 = "198.19.1.11", "198.19.2.13", "198.19.2.15"
@@ -95,6 +95,23 @@ def test_routed_packets_reach_the_destination_before_activation(lab_name, lab_up
         for peer in ("vm3", "vm5"):
             got, out = ping(host, f"rn-{lab.name}-{peer}", VM1, count=10)
             assert got == 10, (peer, out)
+
+        # vm3, the tenant's only VM on hv2, moves to hv1: once activated, hv2 hosts nothing routed, yet
+        # its VRF stays (a /32 to hv1 on the L3 VNI, no gateway) for senders that have not switched,
+        # until the move completes
+        vrf2 = f"rn-{lab.name}-hv2.t-t1"
+        lab.prepare("vm3", "hv1", timeout=60)
+        lab.resume("vm3", pause_ms=0, announce=False)
+        lab.activate("vm3")
+        assert lab.wait_converged(10)
+        routes = {r["dst"]: r for r in host.ip_json(vrf2, "route", "show")}
+        assert routes[VM3]["gateway"] == lab.plan.nodes["hv1"].vtep and routes[VM3]["dev"] == "vx50001"
+        assert wait_gone(host, ns["hv2"], "g10200")  # no gateway: hv2 hosts no db VM any more
+        got, out = ping(host, f"rn-{lab.name}-vm1", VM3, count=10)
+        assert got == 10, out
+        lab.complete("vm3")
+        assert lab.wait_converged(10)
+        assert wait_gone(host, vrf2, "vx50001")  # completed: the VRF is emptied
 
 
 @pytest.mark.usefixtures("frr_required")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+import pytest
 from test_routing import BINDINGS, DB, NVES, WEB, b, snap
 
 from roamnet.mapping.records import ACTIVATED, PREPARED, Migration
@@ -29,8 +30,8 @@ def prepared_to(dst: str, state: str = PREPARED) -> Migration:
     return Migration("vm1/0", WEB, VM1_MAC, "hv1", dst, NVES[dst].vtep, state, 0.0)
 
 
-def moved_to(dst: str) -> list:
-    return [x if x.iface_id != "vm1/0" else b(WEB, VM1_MAC, dst, VM1_IP, "vm1/0") for x in BINDINGS]
+def moved_to(dst: str, bindings: list = BINDINGS) -> list:
+    return [x if x.iface_id != "vm1/0" else b(WEB, VM1_MAC, dst, VM1_IP, "vm1/0") for x in bindings]
 
 
 def states(s) -> dict[str, NveDesired]:
@@ -65,6 +66,7 @@ def walk(nves: dict[str, NveDesired], at: str, tenant: str = "t1") -> set[str]:
     while todo:
         nve, ttl = todo.pop()
         assert ttl > 0, f"routing loop for {VM1_IP} through {nve}"
+        assert tenant in nves[nve].vrfs, f"{nve} has no VRF of {tenant} any more: {VM1_IP} dropped there"
         v = nves[nve].vrfs[tenant]
         if VM1_IP in v.neighbors:  # routed into the CUG's bridge here
             for hop in bridge(nves[nve], from_vxlan=False):
@@ -119,14 +121,17 @@ def test_before_activation_a_routed_packet_reaches_the_vm_on_both_ends_from_ever
         assert walk(nves, sender) == {"hv1", "hv3"}, sender
 
 
-def test_an_activation_applied_in_any_order_never_loses_or_loops_a_routed_packet():
+@pytest.mark.parametrize("alone", [False, True], ids=["source-keeps-a-routed-vm", "vm-alone-on-the-source"])
+def test_an_activation_applied_in_any_order_never_loses_or_loops_a_routed_packet(alone):
     """Each NVE's L2 and VRF state is either the prepared one or the activated one (an agent applies
     a pass's changes one by one), in every combination: the VM, running on the destination by then,
     gets every packet routed from any NVE. (A segment the activation leaves unneeded, the source's,
     keeps its entries in the kernel until it is removed, at least 0.5 s later, after that pass's VRF
-    changes: agent/loop.py's prune hold; the state after that is checked last.)"""
-    old = states(snap(migrations=[prepared_to("hv3")]))
-    new = states(snap(moved_to("hv3"), [prepared_to("hv3", ACTIVATED)]))
+    changes: agent/loop.py's prune hold; the state after that is checked last.) `alone`: the moving
+    VM is the tenant's only VM on the source, whose VRF must still forward until the move completes."""
+    bindings = [x for x in BINDINGS if not (alone and x.iface_id == "vm2/0")]
+    old = states(snap(bindings, migrations=[prepared_to("hv3")]))
+    new = states(snap(moved_to("hv3", bindings), [prepared_to("hv3", ACTIVATED)]))
     assert WEB not in new["hv1"].segments  # the source's web segment goes once it is pruned
     held = {n: old[n] if WEB in old[n].segments - new[n].segments else new[n] for n in ALL}
     for mix in itertools.product((0, 1, 2, 3), repeat=len(ALL)):
@@ -145,3 +150,14 @@ def test_an_inter_dc_move_reaches_the_vm_through_either_border_while_bgp_converg
     new = states(snap(moved_to("hv3"), [prepared_to("hv3", ACTIVATED)]))
     for br in ("dc1br", "dc2br"):  # the WAN router may still send to the old border, or already to the new
         assert "hv3" in walk(new, br) and walk(old, br) == {"hv1", "hv3"}
+
+
+def test_the_source_keeps_its_vrf_until_the_move_completes():
+    """The moving VM was the tenant's only one on hv1: after activation hv1 hosts nothing routed of the
+    tenant, yet senders that have not switched still route to it; its VRF stays (no gateway, a /32 to
+    the destination) until the move completes."""
+    alone = [x for x in BINDINGS if x.iface_id != "vm2/0"]
+    v1 = compute_desired(snap(moved_to("hv3", alone), [prepared_to("hv3", ACTIVATED)]), "hv1").vrfs["t1"]
+    assert v1.gateways == {} and v1.neighbors == {}
+    assert v1.routes[(MAIN, VM1_IP + "/32")] == NVES["hv3"].vtep
+    assert compute_desired(snap(moved_to("hv3", alone)), "hv1").vrfs == {}  # completed: the VRF goes

@@ -22,7 +22,9 @@ switches the senders' /32s to the destination, can be applied by the NVEs in any
 destination already delivers, and the source (local until its agent updates, then a /32 to the
 destination over the L3 VNI) forwards to it. Without the destination's local delivery, a sender that
 switched first met a destination still routing back to the source, which by then routed to the
-destination: a loop until the TTL ran out.
+destination: a loop until the TTL ran out. The source keeps the tenant's VRF (a /32 to the
+destination, no gateway) until the move completes, even when the VM was the tenant's last one there:
+senders that have not switched yet still route to it, and completion waits until they all have.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from roamnet import names
-from roamnet.mapping.records import BORDER, Snapshot
+from roamnet.mapping.records import ACTIVATED, BORDER, Snapshot
 
 MAIN, TRANSIT = "main", "transit"  # a border's announced routes, and the ones it only forwards
 BLACKHOLE = ""  # a route with no next hop: a border's covering route for a subnet
@@ -68,14 +70,16 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int]) -> dict[str
     me = snap.nves[nve]
     is_border = me.role == BORDER
     routed = {vni: s for vni, s in snap.segments.items() if s.tenant and s.gateway and s.tenant in snap.tenants}
+    here = {n for n in snap.nves if snap.serving(n) == nve}  # its own VMs: neighbours, not routes
     present = set(snap.tenants) if is_border else {routed[v].tenant for v in segments if v in routed}
+    present |= {routed[m.vni].tenant for m in snap.migrations.values()  # a source forwards until complete
+                if m.state == ACTIVATED and m.src in here and m.vni in routed}
     border_vtep = next((n.vtep for n in snap.nves.values() if n.role == BORDER and n.dc == me.dc), None)
     of_tenant: dict[str, list] = {name: [] for name in present}  # each present tenant's bindings, in one scan
     for b in snap.bindings.values():
         seg = routed.get(b.vni)
         if seg is not None and seg.tenant in of_tenant:
             of_tenant[seg.tenant].append(b)
-    here = {n for n in snap.nves if snap.serving(n) == nve}  # its own VMs: neighbours, not routes
     arriving = {m.key for m in snap.prepared() if m.dst in here}  # prepared moves to here: local already
     elsewhere = {n.name for n in snap.nves.values() if n.dc != me.dc} if is_border else set()  # transit
     out: dict[str, VrfDesired] = {}
