@@ -19,9 +19,10 @@ centers (hv1→hv4→hv1), each with a pause of 0 and 100 ms, ~1.2 s apart, then
 `roamnet.experiments.loss` says, per move and stream, how many packets were lost beyond the VM's own pause.
 
 `--streams routed` (or `all`, with the L2 streams in the same lab) makes the CUG routed (a tenant, an
-anycast gateway, FRR at the borders and a WAN client c1) and measures routed streams instead: from
-q1 and q2 (another CUG, on hv3: 1 and 10 kHz) and q3 (another CUG, in dc2 on hv5), from the WAN
-client to vm1 and from vm1 to the client (the loss seen at the client); and, per inter-DC move, the
+anycast gateway, FRR at the borders and a WAN client c1) and measures, beside the L2 1 kHz stream
+from p1 as the same lab's reference, routed streams: from q1 and q2 (another CUG, on hv3: 1 and 10
+kHz) and q3 (another CUG, in dc2 on hv5), from the WAN client to vm1 and from vm1 to the client
+(the loss seen at the client); and, per inter-DC move, the
 inbound switch time: resume → the first packet of the WAN stream entering through the new data
 center's border (`roamnet.experiments.paths`). Only roamnet's planes run routed streams: the FRR-EVPN
 baseline has no symmetric IRB yet.
