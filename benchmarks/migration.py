@@ -256,8 +256,9 @@ def traffic_topology(name: str, streams: tuple[StreamSpec, ...]) -> dict[str, An
         out["cugs"][DB_CUG] = {"vni": DB_VNI, "subnet": DB_SUBNET, "gateway": DB_SUBNET.replace(".0/24", ".1"),
                                "tenant": TENANT}
         for i, st in enumerate(s for s in streams if s.kind == "l3"):
-            out["vms"][st.peer] = {"server": st.peer_server, "interfaces": [
-                {"cug": DB_CUG, "mac": f"02:00:00:14:00:{0x11 + i:02x}", "ip": DB_SUBNET.replace(".0/24", f".{11 + i}")}]}
+            ip = DB_SUBNET.replace(".0/24", f".{11 + i}")
+            out["vms"][st.peer] = {"server": st.peer_server,
+                                   "interfaces": [{"cug": DB_CUG, "mac": f"02:00:00:14:00:{0x11 + i:02x}", "ip": ip}]}
         out["wan"] = {"clients": {st.peer: {"ip": CLIENT_IP} for st in streams if st.kind.startswith("wan")}}
     return out
 
@@ -429,7 +430,9 @@ def run_traffic(plane: Plane, k: int, lab_name: str,
                 except Exception as exc:  # the moves so far are still analysed
                     res.error = f"move {i + 1} ({MOVER} → {to}): {type(exc).__name__}: {exc}"
                     res.skipped_moves = len(moves_plan) - i
-                    progress(f"{plane.key}: {res.error}; no more moves")
+                    kept = keep_agent_logs(bl.lab, lab_name)
+                    progress(f"{plane.key}: {res.error}; no more moves"
+                             + (f" (agents' logs in {kept})" if kept else ""))
                     break
                 last_end = time.monotonic()
                 longest = max(longest, last_end - due)
@@ -453,6 +456,21 @@ def run_traffic(plane: Plane, k: int, lab_name: str,
     analyze(res, streams, results)
     res.paths = wan_switches(crossings, [st.key for st in streams if st.kind == "wan-in"], res.moves)
     return res
+
+
+LOGS_DIR: Path | None = None  # main sets it: where a failed move's agent logs are kept
+
+
+def keep_agent_logs(lab: Lab, lab_name: str) -> Path | None:
+    """Copy the agents' logs of a lab whose move failed (its state directory goes with the lab)."""
+    src = getattr(lab, "agent_dir", None)
+    if LOGS_DIR is None or src is None or not Path(src).is_dir():
+        return None
+    dst = LOGS_DIR / f"{lab_name}-agents"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in Path(src).glob("*.log"):
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
 
 
 def wait_wan_route(lab: Lab, ip: str) -> None:
@@ -753,7 +771,8 @@ def render(doc: dict[str, Any]) -> None:
             t.add_section()
         prev = r["plane"]
         where = {"remote": "", "source": " (peer on src)", "destination": " (peer on dst)"}[r["peer_on"]]
-        t.add_row(labels[r["plane"]], slabels[r["stream"]] + where, str(r["pause_ms"]), r["scope"], _f(r["dark_p50_ms"]),
+        t.add_row(labels[r["plane"]], slabels[r["stream"]] + where, str(r["pause_ms"]), r["scope"],
+                  _f(r["dark_p50_ms"]),
                   str(r["moves"]), _f(r["beyond_p50"]), _f(r["beyond_p99"]), _f(r["beyond_max"]),
                   f"{100 * r['zero_beyond_share']:.0f}%", f"{_f(r['after_resume_p50'])}/{_f(r['after_resume_max'])}",
                   _f(r["gap_beyond_p50_ms"]), _f(r["in_pause_p50"]),
@@ -898,8 +917,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
 
-    global GUEST, STREAMS  # the run's configuration, read by the topology, the streams, the tables and the plot
-    GUEST = a.guest
+    global GUEST, STREAMS, LOGS_DIR  # the run's configuration: topology, streams, tables, plot, logs
+    GUEST, LOGS_DIR = a.guest, a.out
     STREAMS = STREAM_SETS[a.streams]
     if GUEST == "qemu":
         if a.streams != "l2":
