@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -462,7 +462,8 @@ LOGS_DIR: Path | None = None  # main sets it: where a failed move's agent logs a
 
 
 def keep_agent_logs(lab: Lab, lab_name: str) -> Path | None:
-    """Copy the agents' logs of a lab whose move failed (its state directory goes with the lab)."""
+    """Copy the agents' logs of a lab whose move failed (its state directory goes with the lab), and
+    write their published statuses (statuses.json)."""
     src = getattr(lab, "agent_dir", None)
     if LOGS_DIR is None or src is None or not Path(src).is_dir():
         return None
@@ -470,6 +471,11 @@ def keep_agent_logs(lab: Lab, lab_name: str) -> Path | None:
     dst.mkdir(parents=True, exist_ok=True)
     for f in Path(src).glob("*.log"):
         (dst / f.name).write_bytes(f.read_bytes())
+    try:
+        statuses = {n: asdict(s) for n, s in lab.mapping.statuses.all().items()}
+        (dst / "statuses.json").write_text(json.dumps(statuses, indent=1, default=str) + "\n")
+    except Exception as exc:  # the logs are still worth having
+        progress(f"statuses not kept: {type(exc).__name__}: {exc}")
     return dst
 
 

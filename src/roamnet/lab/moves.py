@@ -237,6 +237,7 @@ class Moves:
         except MoveError as exc:
             lab.hv.remove_port(vm, to)
             raise LabError(str(exc)) from None
+        lab.hv.port_up(vm, to)  # as libvirt's tap; its VM not there yet (a prepared move's port claims nothing)
         timer = threading.Timer(timeout + EXPIRE_MARGIN_S, self._expire, args=(vm,))
         timer.daemon = True
         self.pending[vm] = {"from": src, "to": to, "timer": timer, "resumed": False}
