@@ -54,6 +54,10 @@ def test_routed_packets_reach_the_destination_before_activation(lab_name, lab_up
         assert routes[VM1]["gateway"] == lab.plan.nodes["hv1"].vtep  # before: a /32 to vm1's server
 
         lab.prepare("vm1", "hv3", timeout=60)
+        # the destination's port is up already, as a real tap is for an incoming migration (vm1 is not
+        # behind it yet: its NIC's uplink joins only at the switch), and being up claims nothing
+        port = next(link for link in host.ip_json(ns["hv3"], "link", "show") if link["ifname"] == "vm1-e0")
+        assert "UP" in port["flags"] and port.get("master") == "br10100", port
         # the destination's VRF delivers vm1 locally: a permanent neighbour on web's gateway, no /32 to hv1
         assert VM1 not in {r["dst"] for r in host.ip_json(vrf3, "route", "show")}
         neigh = [n for n in host.ip_json(vrf3, "neigh", "show", "dev", "irb10100") if n.get("dst") == VM1]
@@ -67,6 +71,7 @@ def test_routed_packets_reach_the_destination_before_activation(lab_name, lab_up
         got, out = ping(host, f"rn-{lab.name}-vm3", VM1, count=30)
         assert got == 30, out
         assert len(at_dst.stop()) >= 30, "vm3's packets for vm1 did not reach the destination server"
+        assert lab.mapping.snapshot().binding_of("vm1/0").nve == "hv1"  # still prepared, the port up or not
 
         # from vm5 (db, on hv3 itself): routed on hv3 into its web bridge (not to hv1 on the L3 VNI),
         # which sends it on to hv1 over web's VNI, where vm1 still runs
