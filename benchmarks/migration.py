@@ -2,7 +2,8 @@
 """Live-migration benchmark: loss beyond the VM's own pause, roamnet vs FRR BGP-EVPN and OVN, in one run.
 
     .venv/bin/python benchmarks/migration.py [--moves K] [--quick] [--planes ...] [--sizes [N ...]]
-                                             [--guest namespace|qemu] [--out DIR] [-f table|json]
+                                             [--guest namespace|qemu] [--streams l2|routed|all]
+                                             [--out DIR] [-f table|json]
 
 Runs as root; builds its own namespace labs (one at a time, named bench-<pid>-<i>), never touches
 anything else. For each control plane in turn — roamnet with make-before-break ("roamnet"),
@@ -17,6 +18,15 @@ hv3 at 1 kHz, p2 on hv5 at 10 kHz, p3 on hv1 at 1 kHz — p3 sits on the mover's
 every outbound move), moves vm1 K times each way inside dc1 (hv1→hv2→hv1) and between the data
 centers (hv1→hv4→hv1), each with a pause of 0 and 100 ms, ~1.2 s apart, then tears the lab down.
 `roamnet.experiments.loss` says, per move and stream, how many packets were lost beyond the VM's own pause.
+
+`--streams routed` (or `all`, with the L2 streams in the same lab) makes the CUG routed (a tenant, an
+anycast gateway, FRR at the borders and a WAN client c1) and measures, beside the L2 1 kHz stream
+from p1 as the same lab's reference, routed streams: from q1 and q2 (another CUG, on hv3: 1 and 10
+kHz) and q3 (another CUG, in dc2 on hv5), from the WAN client to vm1 and from vm1 to the client
+(the loss seen at the client); and, per inter-DC move, the
+inbound switch time: resume → the first packet of the WAN stream entering through the new data
+center's border (`roamnet.experiments.paths`). Only roamnet's planes run routed streams: the FRR-EVPN
+baseline has no symmetric IRB yet.
 
 `--guest qemu` makes the mover a real QEMU guest (`vms.vm1.guest: qemu`, 128 MiB, built by `make install`),
 live-migrated by QEMU over the lab's underlay: its blackout is QEMU's (STOP on the source to RESUME on the
@@ -44,7 +54,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +63,7 @@ from roamnet.baselines import ovn
 from roamnet.baselines.evpn import FrrEvpn, kill_recorded, read_journal
 from roamnet.dataplane import netns
 from roamnet.experiments.loss import MoveWindow, analyze_stream, send_time_estimates
+from roamnet.experiments.paths import PathObserver, Watched, summarize_paths
 from roamnet.experiments.runner import Proc, final, spawn, wait_ready
 from roamnet.experiments.traffic import recv_argv, send_argv
 from roamnet.intent.model import parse_topology
@@ -85,9 +96,9 @@ PLOT_WINDOW_MS = (-50.0, 250.0)
 class StreamSpec:
     """One traffic stream to the mover.
 
-    `kind` "l2": the peer is a VM in the mover's CUG on `peer_server`. Routed peers in another CUG
-    ("l3") and clients behind the WAN router ("wan") need the routing issue; a kind is added by
-    teaching `add_peer` to place its peer and `endpoints` to give its addresses.
+    `kind` "l2": the peer is a VM in the mover's CUG on `peer_server`; "l3": a VM in another CUG of
+    the tenant (routed); "wan-in": `peer` is a WAN client sending to the mover; "wan-out": the mover
+    sends to the WAN client `peer` (the loss is counted at the client).
     """
 
     key: str
@@ -111,6 +122,18 @@ QEMU_STREAMS = (
     StreamSpec("l2-1k-remote", "L2 1 kHz remote, echoed", "p1", "hv3", 1000),
     StreamSpec("l2-1k-coloc", "L2 1 kHz colocated, echoed", "p3", "hv1", 1000),
 )
+ROUTED_STREAMS = (  # with L2 1 kHz remote as the same lab's reference
+    STREAMS[0],
+    StreamSpec("l3-1k-remote", "L3 1 kHz, other CUG, hv3", "q1", "hv3", 1000, "l3"),
+    StreamSpec("l3-10k-remote", "L3 10 kHz, other CUG, hv3", "q2", "hv3", 10000, "l3"),
+    StreamSpec("l3-1k-otherdc", "L3 1 kHz, other CUG, dc2 (hv5)", "q3", "hv5", 1000, "l3"),
+    StreamSpec("wan-in", "WAN client → vm1 1 kHz", "c1", "", 1000, "wan-in"),
+    StreamSpec("wan-out", "vm1 → WAN client 1 kHz (at the client)", "c1", "", 1000, "wan-out"),
+)
+STREAM_SETS = {"l2": STREAMS, "routed": ROUTED_STREAMS, "all": STREAMS + ROUTED_STREAMS[1:]}
+TENANT, L3VNI, DB_CUG, DB_VNI, DB_SUBNET = "ten1", 50001, "db", 10200, "198.19.20.0/24"
+CLIENT_IP = "198.18.200.10"
+BGP_WAIT_S = 30.0  # the WAN router's route to the mover, before the streams start
 GUEST = "namespace"  # what runs the mover (main sets it, and STREAMS with it, from --guest)
 QEMU_MEMORY_MIB = 128
 
@@ -222,13 +245,33 @@ def topology(name: str, dcs: dict[str, list[str]], vms: dict[str, str]) -> dict[
     return out
 
 
+def routed(streams: tuple[StreamSpec, ...]) -> bool:
+    return any(st.kind != "l2" for st in streams)
+
+
 def traffic_topology(name: str, streams: tuple[StreamSpec, ...]) -> dict[str, Any]:
     vms = {MOVER: HOME}
-    for st in streams:
-        if st.kind != "l2":
-            raise SystemExit(f"stream {st.key}: kind {st.kind!r} needs routing, which the lab lacks")
-        vms[st.peer] = st.peer_server
-    return topology(name, {"dc1": ["hv1", "hv2", "hv3"], "dc2": ["hv4", "hv5"]}, vms)
+    vms.update({st.peer: st.peer_server for st in streams if st.kind == "l2"})
+    out = topology(name, {"dc1": ["hv1", "hv2", "hv3"], "dc2": ["hv4", "hv5"]}, vms)
+    if routed(streams):  # the mover's CUG routed, peers in another CUG of the tenant, a WAN client
+        out["tenants"] = {TENANT: {"l3vni": L3VNI}}
+        out["cugs"][CUG].update(tenant=TENANT, gateway=SUBNET.replace(".0/24", ".1"))
+        out["cugs"][DB_CUG] = {"vni": DB_VNI, "subnet": DB_SUBNET, "gateway": DB_SUBNET.replace(".0/24", ".1"),
+                               "tenant": TENANT}
+        for i, st in enumerate(s for s in streams if s.kind == "l3"):
+            ip = DB_SUBNET.replace(".0/24", f".{11 + i}")
+            out["vms"][st.peer] = {"server": st.peer_server,
+                                   "interfaces": [{"cug": DB_CUG, "mac": f"02:00:00:14:00:{0x11 + i:02x}", "ip": ip}]}
+        out["wan"] = {"clients": {st.peer: {"ip": CLIENT_IP} for st in streams if st.kind.startswith("wan")}}
+    return out
+
+
+def endpoints(st: StreamSpec, topo: dict[str, Any]) -> tuple[str, str, str]:
+    """(receiver's node, sender's node, the receiver's address) of a stream."""
+    mover_ip = topo["vms"][MOVER]["interfaces"][0]["ip"]
+    if st.kind == "wan-out":
+        return st.peer, MOVER, topo["wan"]["clients"][st.peer]["ip"]
+    return MOVER, st.peer, mover_ip
 
 
 def schedule(k: int) -> list[tuple[str, int, str]]:
@@ -316,12 +359,15 @@ class PlaneResult:
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped_moves: int = 0
     plot: dict[str, Any] | None = None  # records around one inter-DC pause-0 move
+    paths: list[dict[str, Any]] = field(default_factory=list)  # per inter-DC move: the WAN stream's switch
+    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.plane.key, "label": self.plane.label, "datapath": self.plane.datapath,
                 "ovn_strategy": self.plane.ovn or None, "lab": self.lab, "error": self.error,
                 "up_s": self.up_s, "modes": sorted({str(m.get("mode")) for m in self.moves}),
-                "skipped_moves": self.skipped_moves, "streams": self.streams, "moves": self.moves}
+                "skipped_moves": self.skipped_moves, "streams": self.streams, "moves": self.moves,
+                "wan_paths": self.paths, "note": self.note}
 
 
 def _jsonable(rec: dict[str, Any]) -> dict[str, Any]:
@@ -331,15 +377,24 @@ def _jsonable(rec: dict[str, Any]) -> dict[str, Any]:
 def run_traffic(plane: Plane, k: int, lab_name: str,
                 streams: tuple[StreamSpec, ...] = STREAMS) -> PlaneResult:
     res = PlaneResult(plane, lab=lab_name)
+    if plane.baseline and routed(streams):
+        streams = tuple(st for st in streams if st.kind == "l2")
+        res.note = "routed streams not run: this baseline has no symmetric IRB yet"
+        if not streams:
+            progress(f"{plane.key}: skipped ({res.note})")
+            return res
     moves_plan = schedule(k)
     # an upper bound: moves slower than SPACING_S push the rest back; the streams are stopped early
     duration = LEAD_S + 2 * len(moves_plan) * SPACING_S + TAIL_S + 10
     topo = traffic_topology(lab_name, streams)
     mover_ip = topo["vms"][MOVER]["interfaces"][0]["ip"]
     procs: list[Proc] = []
+    observer = None
     try:
         with BenchLab(topo, plane) as bl:
             res.up_s = bl.up_s
+            if any(st.kind.startswith("wan") for st in streams):
+                wait_wan_route(bl.lab, mover_ip)
             progress(f"{plane.key}: lab {lab_name} up in {bl.up_s:.1f} s; {len(moves_plan)} moves under "
                      f"{len(streams)} streams (at most {duration:.0f} s)")
             t0 = time.monotonic() + START_DELAY_S + 0.2 * len(streams)
@@ -348,15 +403,22 @@ def run_traffic(plane: Plane, k: int, lab_name: str,
                     peer_ip = topo["vms"][st.peer]["interfaces"][0]["ip"]
                     where, argv = st.peer, recv_argv(st.proto, peer_ip, UDP_REPLY_PORT, t0, duration, LINGER_S)
                 else:
-                    where, argv = MOVER, recv_argv(st.proto, mover_ip, BASE_PORT + i, t0, duration, LINGER_S)
+                    where, _, dst_ip = endpoints(st, topo)
+                    argv = recv_argv(st.proto, dst_ip, BASE_PORT + i, t0, duration, LINGER_S)
                 p = Proc(st.key, "recv", spawn(names.netns(lab_name, where), argv))
                 procs.append(p)
                 wait_ready(p, timeout=10)
             for i, st in enumerate(streams):
                 port = UDP_ECHO_PORT if GUEST == "qemu" else BASE_PORT + i
-                procs.append(Proc(st.key, "send", spawn(names.netns(lab_name, st.peer),
-                                                        send_argv(st.proto, mover_ip, port, st.rate, t0,
+                _, sender, dst_ip = endpoints(st, topo)
+                procs.append(Proc(st.key, "send", spawn(names.netns(lab_name, sender),
+                                                        send_argv(st.proto, dst_ip, port, st.rate, t0,
                                                                   duration))))
+            watched = [Watched(st.key, mover_ip, CLIENT_IP, BASE_PORT + i, st.kind == "wan-out")
+                       for i, st in enumerate(streams) if st.kind.startswith("wan")]
+            if watched:
+                observer = PathObserver(bl.lab.border_namespaces(), watched, max_seconds=duration + 30)
+                observer.start()
             last_end, longest = t0 + LEAD_S - MIN_GAP_S, 1.5
             for i, (to, pause, scope) in enumerate(moves_plan):
                 due = max(t0 + LEAD_S + i * SPACING_S, last_end + MIN_GAP_S)
@@ -371,7 +433,9 @@ def run_traffic(plane: Plane, k: int, lab_name: str,
                 except Exception as exc:  # the moves so far are still analysed
                     res.error = f"move {i + 1} ({MOVER} → {to}): {type(exc).__name__}: {exc}"
                     res.skipped_moves = len(moves_plan) - i
-                    progress(f"{plane.key}: {res.error}; no more moves")
+                    kept = keep_agent_logs(bl.lab, lab_name)
+                    progress(f"{plane.key}: {res.error}; no more moves"
+                             + (f" (agents' logs in {kept})" if kept else ""))
                     break
                 last_end = time.monotonic()
                 longest = max(longest, last_end - due)
@@ -391,8 +455,55 @@ def run_traffic(plane: Plane, k: int, lab_name: str,
             if p.popen.poll() is None:
                 p.popen.kill()
                 p.popen.wait(timeout=5)
+        crossings = observer.stop() if observer is not None else []
     analyze(res, streams, results)
+    res.paths = wan_switches(crossings, [st.key for st in streams if st.kind == "wan-in"], res.moves)
     return res
+
+
+LOGS_DIR: Path | None = None  # main sets it: where a failed move's agent logs are kept
+
+
+def keep_agent_logs(lab: Lab, lab_name: str) -> Path | None:
+    """Copy the agents' logs of a lab whose move failed (its state directory goes with the lab), and
+    write their published statuses (statuses.json)."""
+    src = getattr(lab, "agent_dir", None)
+    if LOGS_DIR is None or src is None or not Path(src).is_dir():
+        return None
+    dst = LOGS_DIR / f"{lab_name}-agents"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in Path(src).glob("*.log"):
+        (dst / f.name).write_bytes(f.read_bytes())
+    try:
+        statuses = {n: asdict(s) for n, s in lab.mapping.statuses.all().items()}
+        (dst / "statuses.json").write_text(json.dumps(statuses, indent=1, default=str) + "\n")
+    except Exception as exc:  # the logs are still worth having
+        progress(f"statuses not kept: {type(exc).__name__}: {exc}")
+    return dst
+
+
+def wait_wan_route(lab: Lab, ip: str) -> None:
+    """Until the WAN router has a BGP route to the mover (bounded: BGP_WAIT_S)."""
+    deadline = time.monotonic() + BGP_WAIT_S
+    while lab.border.wan_routes().get(f"{ip}/32") is None:
+        if time.monotonic() > deadline:
+            raise LabError(f"the WAN router has no route to {ip}/32 after {BGP_WAIT_S:.0f} s")
+        time.sleep(0.1)
+
+
+def wan_switches(crossings: list, streams: list[str], moves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per inter-DC move and inbound WAN stream: the border before and after, and the time from the
+    VM's stop and from its resume to the first packet entering through the new data center's border."""
+    out = []
+    borders = {"dc1": "dc1br", "dc2": "dc2br"}
+    for p in summarize_paths(crossings, dict.fromkeys(streams, MOVER), moves, borders):
+        m = moves[p.move]
+        if m.get("scope") != "inter":
+            continue
+        dark = (m["resumed_mono"] - m["at_mono"]) * 1000
+        out.append(dict(p.to_json(), pause_ms=m["pause_ms"], dark_ms=round(dark, 1),
+                        from_resume_ms=None if p.inbound_switch_ms is None else round(p.inbound_switch_ms - dark, 1)))
+    return out
 
 
 def stop_streams(procs: list[Proc], at: float, end: float) -> dict[tuple[str, str], dict[str, Any]]:
@@ -409,6 +520,13 @@ def stop_streams(procs: list[Proc], at: float, end: float) -> dict[tuple[str, st
         left = end + LINGER_S + 15 - time.monotonic()
         results[(p.stream, p.role)] = final(p, timeout=max(2.0, min(left, 20.0)))
     return results
+
+
+def after_resume(lost: list[tuple[int, float, float, float]], move: dict[str, Any], stretch: list) -> list[float]:
+    """When the packets lost after the VM resumed were sent, in ms after the resume (at most 50):
+    to be read against the move's activation (`mapped_ms`) and convergence (`converged_ms`)."""
+    lo, hi = move["resumed_mono"] + SLACK_MS / 1000, stretch[1] if stretch[1] is not None else math.inf
+    return [round((t - move["resumed_mono"]) * 1000, 1) for _, t, _, _ in lost if lo < t < hi][:50]
 
 
 def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tuple[str, str], dict]) -> None:
@@ -439,8 +557,10 @@ def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tup
                   receiver_error=None if stopped["receiver"] else recv.get("error"),
                   stopped_by_benchmark=stopped["sender"])
         res.streams[st.key] = js
+        lost = send_time_estimates(records, int(send.get("sent") or 0), send.get("first"), st.rate, send.get("last"))
         for m, ml in zip(res.moves, per_move):
             m["loss"][st.key] = ml
+            ml["after_resume_ms"] = after_resume(lost, m, ml["stretch"])
         if res.plot is not None:
             lo, hi = res.plot["at"] + PLOT_WINDOW_MS[0] / 1000, res.plot["at"] + PLOT_WINDOW_MS[1] / 1000
             got = [(s, t) for s, t in records if lo <= t <= hi]
@@ -570,17 +690,19 @@ def stream_views() -> list[tuple[StreamSpec, str, Callable[[dict[str, Any]], boo
 
 
 def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
-    loss_rows, lat_rows = [], []
+    loss_rows, lat_rows, wan_rows = [], [], []
     for pr in planes:
         for st, where, sel in stream_views():
-            for pause in PAUSES_MS:
-                mv = [m for m in pr.moves if m["pause_ms"] == pause and st.key in m["loss"] and sel(m)]
+            for pause, scope in ((p, s) for p in PAUSES_MS for s in ("intra", "inter")):
+                mv = [m for m in pr.moves if m["pause_ms"] == pause and m["scope"] == scope and st.key in m["loss"]
+                      and sel(m)]
                 ms = [m["loss"][st.key] for m in mv]
                 if not ms:
                     continue
                 beyond = [x["lost_beyond_pause"] for x in ms]
                 loss_rows.append({
-                    "plane": pr.plane.key, "stream": st.key, "peer_on": where, "pause_ms": pause, "moves": len(ms),
+                    "plane": pr.plane.key, "stream": st.key, "peer_on": where, "pause_ms": pause, "scope": scope,
+                    "moves": len(ms),
                     "dark_p50_ms": pct([x["dark_ms"] for x in ms], 50),
                     "beyond_p50": pct(beyond, 50), "beyond_p99": pct(beyond, 99), "beyond_max": max(beyond),
                     "zero_beyond_share": sum(1 for b in beyond if b == 0) / len(beyond),
@@ -604,9 +726,19 @@ def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
                              "converged_timeouts": len(conv) - len(ok_c),
                              "programmed_timeouts": None if pr.plane.baseline else len(prog) - len(ok_p),
                              "programmed_p50_ms": pct(ok_p, 50), "programmed_p99_ms": pct(ok_p, 99)})
-    ref = {(r["stream"], r["peer_on"], r["pause_ms"]): r for r in loss_rows if r["plane"] == REF}
+        for pause in PAUSES_MS:
+            sw = [p for p in pr.paths if p["pause_ms"] == pause]
+            if not sw:
+                continue
+            stop = [p["inbound_switch_ms"] for p in sw if p["inbound_switch_ms"] is not None]
+            res = [p["from_resume_ms"] for p in sw if p["from_resume_ms"] is not None]
+            wan_rows.append({"plane": pr.plane.key, "pause_ms": pause, "moves": len(sw),
+                             "never": len(sw) - len(stop), "from_resume_p50_ms": pct(res, 50),
+                             "from_resume_p99_ms": pct(res, 99), "from_resume_max_ms": max(res, default=None),
+                             "from_stop_p50_ms": pct(stop, 50)})
+    ref = {(r["stream"], r["peer_on"], r["pause_ms"], r["scope"]): r for r in loss_rows if r["plane"] == REF}
     for r in loss_rows:
-        base = ref.get((r["stream"], r["peer_on"], r["pause_ms"]))
+        base = ref.get((r["stream"], r["peer_on"], r["pause_ms"], r["scope"]))
         if r["plane"] == REF:
             r["vs_roamnet"] = "ref"
         elif base is None:
@@ -617,7 +749,7 @@ def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
         else:
             ratio = r["beyond_p50"] / base["beyond_p50"]
             r["vs_roamnet"] = f"×{ratio:.2f}" if ratio < 1 else f"×{ratio:.1f}" if ratio < 10 else f"×{ratio:.0f}"
-    return {"loss": loss_rows, "latency": lat_rows}
+    return {"loss": loss_rows, "latency": lat_rows, "wan_switch": wan_rows}
 
 
 def _f(v: Any, nd: int = 1) -> str:
@@ -638,17 +770,18 @@ def render(doc: dict[str, Any]) -> None:
     t = Table(title="packets lost beyond the VM's own pause, per move: p50 / p99 / max over moves; share of "
                     "moves with none; of them after the VM resumed (the rest: before it stopped); longest gap beyond "
                     "the pause; lost in the pause; the issue's formula")
-    for col in ("control plane", "stream to vm1", "pause ms", "dark ms p50", "moves", "p50", "p99", "max",
+    for col in ("control plane", "stream", "pause ms", "scope", "dark ms p50", "moves", "p50", "p99", "max",
                 "=0", "after resume p50/max", "gap ms p50", "in pause p50", "lost−dark×rate p50", "vs roamnet p50"):
-        t.add_column(col, justify="left" if col in ("control plane", "stream to vm1", "vs roamnet p50") else "right",
-                     no_wrap=col in ("control plane", "stream to vm1", "vs roamnet p50"))
+        t.add_column(col, justify="left" if col in ("control plane", "stream", "vs roamnet p50") else "right",
+                     no_wrap=col in ("control plane", "stream", "vs roamnet p50"))
     prev = None
     for r in doc["summary"]["loss"]:
         if prev is not None and r["plane"] != prev:
             t.add_section()
         prev = r["plane"]
         where = {"remote": "", "source": " (peer on src)", "destination": " (peer on dst)"}[r["peer_on"]]
-        t.add_row(labels[r["plane"]], slabels[r["stream"]] + where, str(r["pause_ms"]), _f(r["dark_p50_ms"]),
+        t.add_row(labels[r["plane"]], slabels[r["stream"]] + where, str(r["pause_ms"]), r["scope"],
+                  _f(r["dark_p50_ms"]),
                   str(r["moves"]), _f(r["beyond_p50"]), _f(r["beyond_p99"]), _f(r["beyond_max"]),
                   f"{100 * r['zero_beyond_share']:.0f}%", f"{_f(r['after_resume_p50'])}/{_f(r['after_resume_max'])}",
                   _f(r["gap_beyond_p50_ms"]), _f(r["in_pause_p50"]),
@@ -663,6 +796,16 @@ def render(doc: dict[str, Any]) -> None:
         t.add_row(labels[r["plane"]], str(r["moves"]), r["scope"], _f(r["converged_p50_ms"]),
                   _f(r["converged_p99_ms"]), str(r["converged_timeouts"]), _f(r["programmed_p50_ms"]), _f(r["programmed_p99_ms"]))
     con.print(t)
+    if doc["summary"].get("wan_switch"):
+        t = Table(title="inbound switch after an inter-DC move (ms): the VM resumed → the WAN stream's first packet "
+                        "in through the new data center's border")
+        for col in ("control plane", "pause ms", "moves", "never", "p50", "p99", "max", "from the stop p50"):
+            t.add_column(col, justify="left" if col == "control plane" else "right")
+        for r in doc["summary"]["wan_switch"]:
+            t.add_row(labels[r["plane"]], str(r["pause_ms"]), str(r["moves"]), str(r["never"]),
+                      _f(r["from_resume_p50_ms"]), _f(r["from_resume_p99_ms"]), _f(r["from_resume_max_ms"]),
+                      _f(r["from_stop_p50_ms"]))
+        con.print(t)
     if doc.get("sizes"):
         t = Table(title="control-plane latency at size (ms), no traffic")
         for col in ("control plane", "servers", "VMs", "lab up s", "moves", "resume→converged p50", "p99",
@@ -681,6 +824,8 @@ def render(doc: dict[str, Any]) -> None:
     for pl in doc["planes"]:
         if pl["error"]:
             notes.append(f"{pl['label']}: {pl['error']}")
+        if pl.get("note"):
+            notes.append(f"{pl['label']}: {pl['note']}")
         if pl.get("skipped_moves"):
             notes.append(f"{pl['label']}: {pl['skipped_moves']} moves skipped")
         for key, s in pl["streams"].items():
@@ -765,6 +910,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guest", choices=("namespace", "qemu"), default="namespace",
                     help="what the moving VM is: the lab's namespace VM, or a real QEMU guest migrated by QEMU "
                          "(`make install` builds it; 1 kHz streams echoed by the guest; OVN planes are skipped)")
+    ap.add_argument("--streams", choices=sorted(STREAM_SETS), default="l2",
+                    help="l2: peers in the mover's CUG (default); routed: peers in another CUG and a WAN client "
+                         "(roamnet's planes only: FRR-EVPN has no symmetric IRB here yet); all: both in one lab")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("-f", "--format", choices=("table", "json"), default="table")
     a = ap.parse_args(argv)
@@ -779,9 +927,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
 
-    global GUEST, STREAMS  # the run's configuration, read by the topology, the streams, the tables and the plot
-    GUEST = a.guest
+    global GUEST, STREAMS, LOGS_DIR  # the run's configuration: topology, streams, tables, plot, logs
+    GUEST, LOGS_DIR = a.guest, a.out
+    STREAMS = STREAM_SETS[a.streams]
     if GUEST == "qemu":
+        if a.streams != "l2":
+            ap.error("--guest qemu: L2 streams only")
         STREAMS = QEMU_STREAMS
     started = time.time()
     chosen = [p for p in PLANES if p.key in a.planes and not (GUEST == "qemu" and p.ovn)]

@@ -89,9 +89,11 @@ def test_a_move_to_another_dc_moves_the_announcement():
 
 def test_prepared_move_keeps_routes_on_the_source_until_activation():
     mig = Migration("vm1/0", WEB, "02:00:00:01:00:11", "hv1", "hv3", "198.18.2.1", PREPARED, 0.0)
+    v2 = compute_desired(snap(migrations=[mig]), "hv2").vrfs["t1"]
+    assert v2.routes[(MAIN, "198.19.1.11/32")] == "198.18.1.1"
     v3 = compute_desired(snap(migrations=[mig]), "hv3").vrfs["t1"]
-    assert v3.routes[(MAIN, "198.19.1.11/32")] == "198.18.1.1"
-    assert WEB in v3.gateways  # the destination already has the CUG's gateway for the VM
+    assert WEB in v3.gateways  # the destination already has the CUG's gateway for the VM, and delivers
+    assert v3.neighbors["198.19.1.11"] == (WEB, "02:00:00:01:00:11")  # to it locally (test_routed_moves.py)
 
 
 def plan_ops(want, have):

@@ -177,8 +177,8 @@ class Lab:
     def prepare(self, vm: str, to: str, **kw) -> dict:
         return self.moves.prepare(vm, to, **kw)
 
-    def resume(self, vm: str, pause_ms: int = 0) -> dict:
-        return self.moves.resume(vm, pause_ms)
+    def resume(self, vm: str, pause_ms: int = 0, announce: bool = True) -> dict:
+        return self.moves.resume(vm, pause_ms, announce)
 
     def activate(self, vm: str) -> dict:
         return self.moves.activate(vm)

@@ -158,6 +158,18 @@ class Hypervisor:
         if self._port_created is not None:
             self._port_created(vm, server)
 
+    def port_up(self, vm: str, server: str) -> None:
+        """Bring the VM's ports on `server` up before the VM runs there, their uplinks still out of the
+        NIC bridge: a prepared move's destination, as libvirt's tap is up from the start of an incoming
+        migration. The bridge port then forwards long before the switch, which only has to attach the
+        uplinks (a port brought up at the switch forwards once the kernel's linkwatch has run, a few
+        ms later on a busy machine: packets lost right after the resume). A QEMU guest: its own taps."""
+        if self.is_qemu(vm):
+            return
+        s = self._nl(self.plan.nodes[server].ns)
+        for i in range(len(self.nics(vm))):
+            s.link("set", index=s.link_lookup(ifname=names.port(vm, i))[0], state="up")
+
     def switch(self, vm: str, server: str, up: bool) -> None:
         """Connect (up=True) or disconnect the VM's NICs to/from its ports on `server`: fast link flips."""
         if self.is_qemu(vm):
@@ -199,10 +211,11 @@ class Hypervisor:
                 s.link("del", index=idx)
 
     # ---- a live migration's switch-over ----------------------------------------------------------
-    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int) -> Switchover:
+    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int, announce: bool = True) -> Switchover:
         """The hypervisor's stop-and-copy: the VM stops on `src`, and after the pause runs on `to`
-        and announces itself. A QEMU guest: QEMU's live migration, `pause_ms` its downtime-limit
-        (qemu.MigrationFailed, a LabError, when it fails: the guest still runs on `src`)."""
+        and announces itself (unless announce=False; a namespace VM only). A QEMU guest: QEMU's live
+        migration, `pause_ms` its downtime-limit (qemu.MigrationFailed, a LabError, when it fails:
+        the guest still runs on `src`)."""
         if self.is_qemu(vm):
             figures = self.qemu.migrate(vm, src, to, pause_ms or DEFAULT_DOWNTIME_MS)
             self.location[vm] = to
@@ -213,7 +226,8 @@ class Hypervisor:
         self.switch(vm, to, up=True)
         resumed = time.monotonic()
         self.location[vm] = to
-        self.announce_async(vm)
+        if announce:
+            self.announce_async(vm)
         return Switchover(at, resumed)
 
     def announce_async(self, vm: str) -> None:

@@ -269,19 +269,21 @@ class Moves:
         except MoveError as exc:
             lab.hv.remove_port(vm, to)
             raise LabError(str(exc)) from None
+        lab.hv.port_up(vm, to)  # as libvirt's tap; its VM not there yet (a prepared move's port claims nothing)
         timer = threading.Timer(timeout + EXPIRE_MARGIN_S, self._expire, args=(vm,))
         timer.daemon = True
         self.pending[vm] = {"from": src, "to": to, "timer": timer, "resumed": False}
         timer.start()
         return {"prepared_ms": round((time.monotonic() - started) * 1000, 1)}
 
-    def resume(self, vm: str, pause_ms: int = 0) -> dict:
-        """Phase 2 (the hypervisor's part): stop on the source, pause, run on the destination, announce."""
+    def resume(self, vm: str, pause_ms: int = 0, announce: bool = True) -> dict:
+        """Phase 2 (the hypervisor's part): stop on the source, pause, run on the destination, announce
+        (announce=False: a VM whose announcements are lost; the move stays prepared until activated)."""
         with self._lock:
             p = self._pending(vm)
             if p["resumed"]:
                 raise LabError(f"{vm} already runs on {p['to']}")
-            sw = self.lab.hv.stop_and_resume(vm, p["from"], p["to"], pause_ms)
+            sw = self.lab.hv.stop_and_resume(vm, p["from"], p["to"], pause_ms, announce)
             p["resumed"] = True
             return {"vm": vm, "from": p["from"], "to": p["to"], "phase": "resumed", "pause_ms": pause_ms,
                     "dark_ms": round((sw.resumed - sw.stopped) * 1000, 1), **sw.figures}

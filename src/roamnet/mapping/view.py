@@ -105,6 +105,7 @@ class MappingView:
         self.at_nve: dict[str, dict[tuple[int, str], Binding]] = {}  # binding.nve -> key -> binding
         self.migrations_by_vni: dict[int, dict[str, Migration]] = {}  # vni -> iface -> migration
         self.prepared_to: dict[str, dict[str, Migration]] = {}  # dst -> iface -> prepared migration
+        self.moving_from: dict[str, dict[str, Migration]] = {}  # src -> iface -> migration (any state)
         self.ports_by_vm: dict[str, dict[str, LogicalPort]] = {}  # vm -> iface -> port
 
     # ---- loading ---------------------------------------------------------------------------------
@@ -163,10 +164,12 @@ class MappingView:
             if old is not None:
                 _drop(self.migrations_by_vni, old.vni, rest)
                 _drop(self.prepared_to, old.dst, rest)
+                _drop(self.moving_from, old.src, rest)
                 del self.migrations[rest]
             if new is not None:
                 self.migrations[rest] = new
                 _add(self.migrations_by_vni, new.vni, rest, new)
+                _add(self.moving_from, new.src, rest, new)
                 if new.state == PREPARED:
                     _add(self.prepared_to, new.dst, rest, new)
         elif attr == "ports":

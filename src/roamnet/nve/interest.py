@@ -7,8 +7,9 @@ says which later changes could alter it. The part is:
   * the bindings and moves of the NVE itself, and of the servers behind it when it is a ToR (`served`);
   * every binding and move of the VNIs it hosts or is the destination of a prepared move in (`hosted`):
     its flood lists, remote MACs, ARP entries, and the moves it delivers to both ends of;
-  * every binding of the routed CUGs of the tenants it has a VRF for (a border: every tenant): the
-    host routes;
+  * every binding of the routed CUGs of the tenants it has a VRF for (a border: every tenant; a
+    server: the tenants of the routed CUGs it hosts, and of its activated moves away, whose VRF it
+    keeps until they complete): the host routes;
   * the ports of every VM with a port here (port security binds all of a VM's addresses), and the
     ports and bindings of the VM interfaces whose port exists in its kernel (`ifaces`: a claimant
     port, a port that just arrived: what the agent claims by).
@@ -30,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from roamnet.mapping.records import BORDER, Snapshot
+from roamnet.mapping.records import ACTIVATED, BORDER, Snapshot
 from roamnet.mapping.view import MappingView, Touched
 
 
@@ -102,7 +103,8 @@ def project(view: MappingView, nve: str, ifaces: Iterable[str] = (),
     if me is not None and me.role == BORDER:
         tenants = set(view.tenants)
     else:
-        tenants = {routed[v] for v in hosted if v in routed}
+        leaving = {m.vni for s in served for m in view.moving_from.get(s, {}).values() if m.state == ACTIVATED}
+        tenants = {routed[v] for v in hosted | leaving if v in routed}
     vnis = hosted | {v for v, t in routed.items() if t in tenants}
 
     take = vnis if within is None else vnis & within

@@ -10,6 +10,21 @@ as destination MAC; the egress NVE routes it again into the VM's CUG. Each serve
 points at its own data center's border; a border announces (over BGP, to the WAN) the tenant's
 subnets and the /32s of the VMs in its data center, and forwards to the others without announcing
 them (the "transit" table).
+
+Make-before-break for routed traffic (a prepared move, see desired.py for the L2 half): the
+destination NVE delivers the moving VM's addresses locally from prepare on (neighbour entries on the
+CUG's gateway interface, no /32 back to the source), every other NVE and border keeps its /32 on the
+source until activation, and the source keeps delivering locally. Routed into the CUG's bridge on
+either end, a packet for the VM meets the L2 "dual" state of the prepared move (no bridge entry for
+the VM's MAC): it goes to the local port AND over the CUG's VNI to the other end. So whatever NVE
+routes it, the packet reaches the VM before, during and after its pause, and activation, which
+switches the senders' /32s to the destination, can be applied by the NVEs in any order: the
+destination already delivers, and the source (local until its agent updates, then a /32 to the
+destination over the L3 VNI) forwards to it. Without the destination's local delivery, a sender that
+switched first met a destination still routing back to the source, which by then routed to the
+destination: a loop until the TTL ran out. The source keeps the tenant's VRF (a /32 to the
+destination, no gateway) until the move completes, even when the VM was the tenant's last one there:
+senders that have not switched yet still route to it, and completion waits until they all have.
 """
 
 from __future__ import annotations
@@ -17,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from roamnet import names
-from roamnet.mapping.records import BORDER, Snapshot
+from roamnet.mapping.records import ACTIVATED, BORDER, Snapshot
 
 MAIN, TRANSIT = "main", "transit"  # a border's announced routes, and the ones it only forwards
 BLACKHOLE = ""  # a route with no next hop: a border's covering route for a subnet
@@ -53,11 +68,14 @@ class VrfDesired:
 def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int],
                  only: frozenset[str] | None = None) -> dict[str, VrfDesired]:
     """The tenant VRFs NVE `nve` has, given the L2 segments it hosts (`only`: of those tenants alone; each
-    depends on the bindings of its own routed CUGs, nothing else of the bindings). Pure."""
+    depends on the bindings and moves of its own routed CUGs, nothing else of them). Pure."""
     me = snap.nves[nve]
     is_border = me.role == BORDER
     routed = {vni: s for vni, s in snap.segments.items() if s.tenant and s.gateway and s.tenant in snap.tenants}
+    here = {n for n in snap.nves if snap.serving(n) == nve}  # its own VMs: neighbours, not routes
     present = set(snap.tenants) if is_border else {routed[v].tenant for v in segments if v in routed}
+    present |= {routed[m.vni].tenant for m in snap.migrations.values()  # a source forwards until complete
+                if m.state == ACTIVATED and m.src in here and m.vni in routed}
     if only is not None:
         present &= only
     border_vtep = next((n.vtep for n in snap.nves.values() if n.role == BORDER and n.dc == me.dc), None)
@@ -66,7 +84,7 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int],
         seg = routed.get(b.vni)
         if seg is not None and seg.tenant in of_tenant:
             of_tenant[seg.tenant].append(b)
-    here = {n for n in snap.nves if snap.serving(n) == nve}  # its own VMs: neighbours, not routes
+    arriving = {m.key for m in snap.prepared() if m.dst in here}  # prepared moves to here: local already
     elsewhere = {n.name for n in snap.nves.values() if n.dc != me.dc} if is_border else set()  # transit
     out: dict[str, VrfDesired] = {}
     for name in sorted(present):
@@ -76,7 +94,7 @@ def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int],
         neighbors: dict[str, tuple[int, str]] = {}
         routes: dict[tuple[str, str], str] = {}
         for b in of_tenant[name]:
-            if b.nve in here:
+            if b.nve in here or b.key in arriving:
                 for ip in b.ips:
                     neighbors[ip] = (b.vni, b.mac)
                 continue

@@ -386,6 +386,17 @@ class BorderBgp(FrrProcesses):
         table = self.show(wan, "bgpd", "show ip bgp json", timeout=10.0)
         return best_paths(table, {p.address: p.border for p in wan.peers})
 
+    def set_wan_sessions(self, border: str, up: bool) -> None:
+        """Shut down (up=False) or bring back the WAN router's BGP sessions to `border`'s tenant
+        namespaces (`neighbor ... shutdown`): the WAN router withdraws, or learns again, what that
+        border announces. What a slow BGP convergence looks like, on demand."""
+        wan = self._wan()
+        peers = [p for p in wan.peers if p.border == border]
+        if not peers:
+            raise BorderError(f"{self.name}: the WAN router has no session to {border!r}")
+        no = "" if not up else "no "
+        self.configure(wan, "bgpd", [f"router bgp {wan.asn}"] + [f"{no}neighbor {p.address} shutdown" for p in peers])
+
     def wan_paths(self) -> dict[str, list[tuple[str, str, bool]]]:
         """{prefix: [(border, tenant, best)]}: every path the WAN router has, from which handoff."""
         wan = self._wan()

@@ -468,9 +468,17 @@ class FrrProcesses:
         except ValueError:
             raise self.error(f"{daemon} in {inst.ns}: `{command}` gave no JSON: {out[-300:]!r}") from None
 
-    def vtysh(self, inst: Instance, daemon: str, command: str, timeout: float = 5.0) -> str:
-        """The output of `vtysh -c COMMAND` against one instance's daemon (its own vty socket only)."""
+    def configure(self, inst: Instance, daemon: str, lines: list[str], timeout: float = 5.0) -> str:
+        """Apply configuration `lines` (entered after `configure terminal`) to one instance's running
+        daemon; FrrError naming the instance when vtysh fails."""
+        return self.vtysh(inst, daemon, "configure terminal", timeout, more=lines)
+
+    def vtysh(self, inst: Instance, daemon: str, command: str, timeout: float = 5.0,
+              more: Sequence[str] = ()) -> str:
+        """The output of `vtysh -c COMMAND [-c MORE...]` against one instance's daemon (its own vty
+        socket only)."""
         argv = [self.vtysh_bin, "--vty_socket", str(self.instdir(inst)), "-d", daemon, "-c", command]
+        argv += [arg for line in more for arg in ("-c", line)]
         try:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
