@@ -66,13 +66,16 @@ class FabricHypervisor:
             self.f.kernels[server].add_port(i, up=False)
         self.f.agents[server]._link_event()
 
+    def port_up(self, vm: str, server: str) -> None:
+        """Nothing, as `Hypervisor.port_up` for a QEMU guest: its taps are its QEMU's."""
+
     def remove_port(self, vm: str, server: str) -> None:
         self.did.append(("remove", server))
         for i in ("vm1/0", "vm1/1"):
             self.f.kernels[server].remove_port(i)
         self.f.agents[server]._link_event()
 
-    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int):
+    def stop_and_resume(self, vm: str, src: str, to: str, pause_ms: int, announce: bool = True):
         import time
 
         from roamnet.lab.hypervisor import Switchover
@@ -84,7 +87,7 @@ class FabricHypervisor:
         for i in ("vm1/0", "vm1/1"):
             self.f.kernels[to].set_up(i, True)
         self.location[vm] = to
-        self.f.arrive(to, announce=self.announce)
+        self.f.arrive(to, announce=self.announce and announce)
         return Switchover(stopped, time.monotonic(), {"blackout_ms": 1.0})
 
 
