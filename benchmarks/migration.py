@@ -802,8 +802,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(`make install` builds it; 1 kHz streams echoed by the guest; OVN planes are skipped)")
     ap.add_argument("--ovn-rt", action="store_true",
                     help="run every ovs-vswitchd's main thread (which forwards the lab's packets: OVN's userspace "
-                         "datapath) under SCHED_RR, as the kernel's datapath runs ahead of every task; it then "
-                         "takes CPU from the stream senders instead of dropping their packets")
+                         "datapath) under SCHED_RR, as the kernel's datapath runs ahead of every task: for "
+                         "diagnosis, not for comparing (it then takes the CPU the stream senders and the lab's "
+                         "link flips need, and the VM's pause grows)")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("-f", "--format", choices=("table", "json"), default="table")
     a = ap.parse_args(argv)
