@@ -2,6 +2,7 @@
 #
 #   make demo      install what is missing, then run the two-data-center demo
 #   make test      install what is missing, then unit tests and lab tests
+#   make bench     install what is missing, then the migration benchmark: roamnet, FRR-EVPN and OVN
 #
 # Other targets: install, guest, unit, lab-test, clean. `make install` is idempotent and
 # fast once done: Debian packages are installed only when missing, the virtualenv
@@ -165,7 +166,9 @@ lab-test: install
 	fi
 	exit $$rc
 
-# Live-migration benchmark (root; about 3 minutes): loss beyond the VM's pause, roamnet vs FRR BGP-EVPN.
+# Live-migration benchmark (root; about 8 minutes): loss beyond the VM's pause for all four control planes in
+# one run, one after the other: roamnet (prepared and learn; kernel datapath), FRR BGP-EVPN (kernel datapath)
+# and OVN with its three move strategies (Open vSwitch's userspace datapath: the packages from DEB_BENCH).
 bench: install
 	$(PY) benchmarks/migration.py --out $(OUT)/bench
 

@@ -82,7 +82,7 @@ HOME, INTRA, INTER = "hv1", "hv2", "hv4"
 PAUSES_MS = (0, 100)
 SPACING_S = 1.2  # between the starts of two moves
 MIN_GAP_S = 0.5  # at least this long between one move's return and the next one's start
-LEAD_S = 1.5  # streams run this long before the first move
+LEAD_S = 3.0  # streams run this long before the first move (with the tail: the loss away from moves)
 TAIL_S = 1.5  # ... and after the last one returned; then the benchmark stops them (SIGTERM)
 START_DELAY_S = 1.0  # receivers and senders start this long after the lab is up (+0.2 s per stream)
 LINGER_S = 2.0
@@ -135,6 +135,7 @@ TENANT, L3VNI, DB_CUG, DB_VNI, DB_SUBNET = "ten1", 50001, "db", 10200, "198.19.2
 CLIENT_IP = "198.18.200.10"
 BGP_WAIT_S = 30.0  # the WAN router's route to the mover, before the streams start
 GUEST = "namespace"  # what runs the mover (main sets it, and STREAMS with it, from --guest)
+OVN_RT = False  # --ovn-rt: every ovs-vswitchd's main thread (OVN's datapath here) under SCHED_RR
 QEMU_MEMORY_MIB = 128
 
 
@@ -150,8 +151,14 @@ class Plane:
 
     @property
     def baseline(self) -> bool:
-        """Another control plane than roamnet's (no activation → last NVE programmed figure)."""
+        """Another control plane than roamnet's."""
         return self.frr or bool(self.ovn)
+
+    @property
+    def activates(self) -> bool:
+        """Has an activation → every node programmed figure: roamnet (the mapping's activation) and OVN
+        (the destination delivers → every chassis caught up, hv_cfg); FRR-EVPN has no such moment."""
+        return not self.frr
 
     @property
     def datapath(self) -> str:
@@ -300,7 +307,7 @@ class BenchLab:
         if plane.frr:
             kw["control_plane"] = FrrEvpn()
         elif plane.ovn:
-            kw["control_plane"] = ovn.Ovn(plane.ovn)
+            kw["control_plane"] = ovn.Ovn(plane.ovn, datapath_rt=OVN_RT)
         elif plane.in_process:
             kw["etcd"] = False
         journal = make_state_dir(name) / JOURNAL
@@ -361,13 +368,14 @@ class PlaneResult:
     plot: dict[str, Any] | None = None  # records around one inter-DC pause-0 move
     paths: list[dict[str, Any]] = field(default_factory=list)  # per inter-DC move: the WAN stream's switch
     note: str | None = None
+    datapath_counters: dict[str, Any] | None = None  # OVN: what its userspace datapath dropped during the streams
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.plane.key, "label": self.plane.label, "datapath": self.plane.datapath,
                 "ovn_strategy": self.plane.ovn or None, "lab": self.lab, "error": self.error,
                 "up_s": self.up_s, "modes": sorted({str(m.get("mode")) for m in self.moves}),
-                "skipped_moves": self.skipped_moves, "streams": self.streams, "moves": self.moves,
-                "wan_paths": self.paths, "note": self.note}
+                "skipped_moves": self.skipped_moves, "datapath_counters": self.datapath_counters,
+                "streams": self.streams, "moves": self.moves, "wan_paths": self.paths, "note": self.note}
 
 
 def _jsonable(rec: dict[str, Any]) -> dict[str, Any]:
@@ -398,6 +406,9 @@ def run_traffic(plane: Plane, k: int, lab_name: str,
             progress(f"{plane.key}: lab {lab_name} up in {bl.up_s:.1f} s; {len(moves_plan)} moves under "
                      f"{len(streams)} streams (at most {duration:.0f} s)")
             t0 = time.monotonic() + START_DELAY_S + 0.2 * len(streams)
+            cp = bl.lab.control_plane
+            counters = getattr(cp, "datapath_counters", None)  # OVN: what its userspace datapath drops
+            dp_before = counters() if counters else None
             for i, st in enumerate(streams):
                 if GUEST == "qemu":  # the guest echoes to the peer's receiver
                     peer_ip = topo["vms"][st.peer]["interfaces"][0]["ip"]
@@ -446,6 +457,8 @@ def run_traffic(plane: Plane, k: int, lab_name: str,
                          f"{pause} ms, {rec['mode']}): dark {(rec['resumed_mono'] - rec['at_mono']) * 1000:.1f} ms,"
                          f" converged {'TIMEOUT' if conv is None else f'{conv:.1f} ms'}")
             results = stop_streams(procs, max(t0, last_end) + TAIL_S, t0 + duration)
+            if counters:
+                res.datapath_counters = ovn.counters_delta(dp_before, counters())
     except Exception as exc:  # LabError, EvpnError, OSError...: this plane failed, the next one runs
         res.error = res.error or f"{type(exc).__name__}: {exc}"
         progress(f"{plane.key}: FAILED: {res.error}")
@@ -580,7 +593,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def control_processes(bl: BenchLab) -> dict[str, tuple[str, int]]:
     """label -> (the NVE it serves, or "" for a central one; pid) of every control-plane process of the
     lab: roamnet's agent processes and its etcd; FRR's zebra and bgpd per server and its route
-    reflector; OVN's daemons per chassis and central."""
+    reflector; OVN's daemons per chassis (ovs-vswitchd, its datapath here, included) and central."""
     lab, out = bl.lab, {}
     for nve, agent in lab.agents.items():
         if getattr(agent, "pid", None):
@@ -595,6 +608,9 @@ def control_processes(bl: BenchLab) -> dict[str, tuple[str, int]]:
             node = Path(e["instdir"]).name
             out[f"{e['daemon']}@{node}"] = (node if node in lab.plan.nodes and lab.plan.nodes[node].kind == "server"
                                             else "", int(e["pid"]))
+    if cp is not None and bl.plane.ovn:  # per chassis ovsdb-server, ovs-vswitchd, ovn-controller; central NB/SB, northd
+        for p in cp.processes():
+            out[p.label] = (p.node if p.node in cp.chassis else "", p.popen.pid)
     return out
 
 
@@ -664,7 +680,7 @@ def run_size(plane: Plane, n_servers: int, k: int, lab_name: str) -> dict:
         out["error"] = f"{type(exc).__name__}: {exc}"
         progress(f"size {n_servers} {plane.key}: FAILED: {out['error']}")
     for key in ("converged_ms", "programmed_ms"):
-        if key == "programmed_ms" and plane.baseline:  # roamnet's activation → last NVE: no counterpart
+        if key == "programmed_ms" and not plane.activates:  # activation → last NVE: no counterpart
             out[key] = {"p50": None, "p99": None, "n": 0, "timeouts": None}
             continue
         vals = [m.get(key) for m in out["moves"]]
@@ -700,6 +716,10 @@ def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
                 if not ms:
                     continue
                 beyond = [x["lost_beyond_pause"] for x in ms]
+                whole = pr.streams.get(st.key) or {}
+                away = (whole["lost_outside"] / whole["outside_s"]) if whole.get("outside_s") else None
+                stretch = pct([x["stretch"][1] - x["stretch"][0] for x in ms
+                               if None not in (x.get("stretch") or [None])], 50)
                 loss_rows.append({
                     "plane": pr.plane.key, "stream": st.key, "peer_on": where, "pause_ms": pause, "scope": scope,
                     "moves": len(ms),
@@ -713,6 +733,10 @@ def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
                     "zero_after_resume_share": sum(1 for x in ms if x["lost_after_resume"] == 0) / len(ms),
                     "simple_p50": pct([x["simple"] for x in ms], 50),
                     "uncertain": sum(x["uncertain"] for x in ms),
+                    # the data plane's loss with nothing moving (lead and tail of the stream), per second and
+                    # over a move's median stretch: what a move would have lost anyway, not subtracted
+                    "away_lost_per_s": None if away is None else round(away, 2),
+                    "away_per_move": None if away is None or stretch is None else round(away * stretch, 1),
                 })
         for scope in ("intra", "inter", "all"):
             ms = [m for m in pr.moves if scope == "all" or m["scope"] == scope]
@@ -724,7 +748,7 @@ def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
             lat_rows.append({"plane": pr.plane.key, "scope": scope, "moves": len(ms),
                              "converged_p50_ms": pct(ok_c, 50), "converged_p99_ms": pct(ok_c, 99),
                              "converged_timeouts": len(conv) - len(ok_c),
-                             "programmed_timeouts": None if pr.plane.baseline else len(prog) - len(ok_p),
+                             "programmed_timeouts": len(prog) - len(ok_p) if pr.plane.activates else None,
                              "programmed_p50_ms": pct(ok_p, 50), "programmed_p99_ms": pct(ok_p, 99)})
         for pause in PAUSES_MS:
             sw = [p for p in pr.paths if p["pause_ms"] == pause]
@@ -769,9 +793,11 @@ def render(doc: dict[str, Any]) -> None:
     slabels = {s.key: s.label for s in STREAMS}
     t = Table(title="packets lost beyond the VM's own pause, per move: p50 / p99 / max over moves; share of "
                     "moves with none; of them after the VM resumed (the rest: before it stopped); longest gap beyond "
-                    "the pause; lost in the pause; the issue's formula")
+                    "the pause; lost in the pause; the issue's formula; lost away from every move (per s, and "
+                    "over a move's stretch: lost anyway, included in the figures beyond the pause)")
     for col in ("control plane", "stream", "pause ms", "scope", "dark ms p50", "moves", "p50", "p99", "max",
-                "=0", "after resume p50/max", "gap ms p50", "in pause p50", "lost−dark×rate p50", "vs roamnet p50"):
+                "=0", "after resume p50/max", "gap ms p50", "in pause p50", "lost−dark×rate p50",
+                "away from moves /s (per move)", "vs roamnet p50"):
         t.add_column(col, justify="left" if col in ("control plane", "stream", "vs roamnet p50") else "right",
                      no_wrap=col in ("control plane", "stream", "vs roamnet p50"))
     prev = None
@@ -785,10 +811,11 @@ def render(doc: dict[str, Any]) -> None:
                   str(r["moves"]), _f(r["beyond_p50"]), _f(r["beyond_p99"]), _f(r["beyond_max"]),
                   f"{100 * r['zero_beyond_share']:.0f}%", f"{_f(r['after_resume_p50'])}/{_f(r['after_resume_max'])}",
                   _f(r["gap_beyond_p50_ms"]), _f(r["in_pause_p50"]),
-                  _f(r["simple_p50"]), r["vs_roamnet"] or "—")
+                  _f(r["simple_p50"]), f"{_f(r.get('away_lost_per_s'))} ({_f(r.get('away_per_move'))})",
+                  r["vs_roamnet"] or "—")
     con.print(t)
     t = Table(title="control-plane latency (ms): resume → converged (all), activation → last NVE programmed "
-                    "(roamnet)")
+                    "(roamnet; OVN: the destination delivers → every chassis caught up)")
     for col in ("control plane", "moves", "scope", "resume→converged p50", "p99", "timeouts",
                 "activation→programmed p50", "p99"):
         t.add_column(col, justify="left" if col in ("control plane", "scope") else "right")
@@ -832,7 +859,13 @@ def render(doc: dict[str, Any]) -> None:
             if "error" in s and len(s) == 1:
                 notes.append(f"{pl['label']} {key}: {s['error']}")
             elif s.get("lost_outside"):
-                notes.append(f"{pl['label']} {key}: {s['lost_outside']} lost away from any move")
+                notes.append(f"{pl['label']} {key}: {s['lost_outside']} lost away from any move "
+                             f"(in {s.get('outside_s', 0):.1f} s)")
+        dp = pl.get("datapath_counters")
+        if dp:
+            notes.append(f"{pl['label']}: Open vSwitch's packet sockets dropped {dp['socket_drops']} frames it did not "
+                         f"read in time; its main threads (the datapath) used {dp['cpu_ms'] / 1000:.1f} s of CPU and "
+                         f"waited {dp['runq_wait_ms'] / 1000:.1f} s for one" + (" (SCHED_RR)" if OVN_RT else ""))
     for pl in doc["planes"]:
         unc = sum(x["uncertain"] for m in pl["moves"] for x in m["loss"].values())
         lost = sum(x["lost"] for m in pl["moves"] for x in m["loss"].values())
@@ -841,8 +874,13 @@ def render(doc: dict[str, Any]) -> None:
                          "(the sender slipped inside their gap; see roamnet.experiments.loss)")
     if any(pl.get("ovn_strategy") for pl in doc["planes"]):
         notes.append("* OVN runs on Open vSwitch's userspace (netdev) datapath here (this kernel has no openvswitch "
-                     "module); roamnet and FRR-EVPN forward in the kernel. OVN's 'converged' is resume → the "
-                     "destination's copy of the port passes traffic (bound there, flows installed, activated)")
+                     "module); roamnet and FRR-EVPN forward in the kernel. OVN's activation is the destination's "
+                     "copy of the port passing traffic (bound there, flows installed, activated); 'converged' is "
+                     "resume → every chassis caught up after that (hv_cfg)")
+    load = doc.get("loadavg") or {}
+    if load:
+        notes.append(f"load average (1 / 5 / 15 min) {' / '.join(map(str, load['start']))} when the run started, "
+                     f"{' / '.join(map(str, load['end']))} at its end ({doc['machine'].get('cpu_count')} CPUs)")
     for n in notes:
         con.print(f"• {n}", highlight=False)
 
@@ -913,6 +951,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", choices=sorted(STREAM_SETS), default="l2",
                     help="l2: peers in the mover's CUG (default); routed: peers in another CUG and a WAN client "
                          "(roamnet's planes only: FRR-EVPN has no symmetric IRB here yet); all: both in one lab")
+    ap.add_argument("--ovn-rt", action="store_true",
+                    help="run every ovs-vswitchd's main thread (which forwards the lab's packets: OVN's userspace "
+                         "datapath) under SCHED_RR, as the kernel's datapath runs ahead of every task: for "
+                         "diagnosis, not for comparing (it then takes the CPU the stream senders and the lab's "
+                         "link flips need, and the VM's pause grows)")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("-f", "--format", choices=("table", "json"), default="table")
     a = ap.parse_args(argv)
@@ -927,14 +970,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
 
-    global GUEST, STREAMS, LOGS_DIR  # the run's configuration: topology, streams, tables, plot, logs
-    GUEST, LOGS_DIR = a.guest, a.out
+    global GUEST, STREAMS, LOGS_DIR, OVN_RT  # the run's configuration: topology, streams, tables, plot, logs
+    GUEST, LOGS_DIR, OVN_RT = a.guest, a.out, a.ovn_rt
     STREAMS = STREAM_SETS[a.streams]
     if GUEST == "qemu":
         if a.streams != "l2":
             ap.error("--guest qemu: L2 streams only")
         STREAMS = QEMU_STREAMS
     started = time.time()
+    load_start = [round(x, 2) for x in os.getloadavg()]  # the machine may be shared: say how busy it was
     chosen = [p for p in PLANES if p.key in a.planes and not (GUEST == "qemu" and p.ovn)]
 
     results: list[PlaneResult] = []
@@ -952,12 +996,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "roamnet live migration: loss beyond the VM's pause", "version": 1,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "runtime_s": round(time.time() - started, 1),
+        "loadavg": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},  # 1 / 5 / 15 min
         "machine": machine(),
         "config": {"moves_per_scope_and_pause": k, "pauses_ms": list(PAUSES_MS), "spacing_s": SPACING_S,
                    "slack_ms": SLACK_MS, "migrate_wait_s": MIGRATE_WAIT_S,
                    "streams": [{"key": s.key, "label": s.label, "kind": s.kind, "proto": s.proto,
                                 "peer": s.peer, "peer_server": s.peer_server, "rate": s.rate} for s in STREAMS],
-                   "mover": MOVER, "home": HOME, "intra": INTRA, "inter": INTER, "guest": GUEST,
+                   "mover": MOVER, "home": HOME, "intra": INTRA, "inter": INTER, "guest": GUEST, "ovn_rt": OVN_RT,
                    "qemu": {"accel": qemu_accel(), "memory_mib": QEMU_MEMORY_MIB} if GUEST == "qemu" else None},
         "planes": [r.to_json() for r in results],
         "summary": summarize(results),

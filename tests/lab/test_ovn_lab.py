@@ -106,6 +106,15 @@ def test_ovn_move_under_stream(strategy: str, host: Any, lab_name: Any, make_top
         there = lab.migrate("vm1", "hv3", pause_ms=0, wait=10)
         assert there["mode"] == f"ovn-{strategy}"
         assert there["converged_ms"] is not None, f"OVN never delivered vm1's traffic on hv3: {there}"
+        # activation (hv3 delivers) came first, then every chassis caught up: read back with OVN's own tools
+        assert there["mapped_ms"] is not None and there["programmed_ms"] is not None, there
+        assert there["mapped_ms"] <= there["converged_ms"], there
+        nb_cfg = int(host.run(["ovn-nbctl", f"--db=unix:{cp.central / 'nb.sock'}", "get", "NB_Global", ".",
+                               "nb_cfg"]).stdout)
+        hv_cfg = json.loads(host.run(["ovn-sbctl", f"--db=unix:{cp.central / 'sb.sock'}", "-f", "json",
+                                      "--columns=name,nb_cfg", "list", "Chassis_Private"]).stdout)["data"]
+        assert sorted(n for n, _ in hv_cfg) == ["hv1", "hv2", "hv3"] and all(c >= nb_cfg > 0 for _, c in hv_cfg), \
+            (nb_cfg, hv_cfg)
         assert cp.located(lab, "vm1", "hv3") and not cp.located(lab, "vm1", "hv1")
         assert br_int_ports(host, cp, "hv1") == [] and br_int_ports(host, cp, "hv3") == ["vm1-e0"]
         time.sleep(max(0.0, start_at + 2.5 - time.monotonic()))
@@ -117,6 +126,14 @@ def test_ovn_move_under_stream(strategy: str, host: Any, lab_name: Any, make_top
               f"prepared {there.get('prepared_ms')} / {back.get('prepared_ms')} ms)", file=sys.stderr)
         assert result.survived, f"the stream did not survive the moves: {result.to_json()}"
         assert result.received > 0.5 * result.sent, result.to_json()
+        # what the userspace datapath dropped, per chassis and port: every port it reads has a counter
+        dp = cp.datapath_counters()
+        assert sorted(dp) == ["hv1", "hv2", "hv3"], dp
+        assert {"uplink", "vm1-e0"} <= set(dp["hv1"]["socket_drops"]) and "vm2-e0" in dp["hv2"]["socket_drops"], dp
+        assert all(v >= 0 for row in dp.values() for v in row["socket_drops"].values()), dp
+        assert dp["hv2"]["cpu_ms"] > 0 and dp["hv2"]["runq_wait_ms"] >= 0, dp  # vm2's sender is on hv2
+        print(f"OVN {strategy}: datapath drops {dict((n, r['socket_drops']) for n, r in dp.items())}",
+              file=sys.stderr)
         ping(host, name, "vm2", ip1)  # reachable after the moves
         assert cp.located(lab, "vm1", "hv1")
     left = [r["label"] for r in rows if still_runs(r)]

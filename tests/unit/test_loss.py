@@ -10,6 +10,7 @@ from roamnet.experiments.loss import (
     MoveWindow,
     analyze_stream,
     loss_beyond_pause,
+    outside_time,
     send_time_estimates,
     windows_from_migrations,
 )
@@ -160,6 +161,27 @@ def test_edge_leaves_far_losses_outside() -> None:
     res = analyze_stream(*stream(6000, drop={100, 5900})[:3], 1000.0, [W], last=stream(6000)[3],
                          edge_s=1.0)
     assert res.lost_outside == 2 and res.moves[0].lost == 0
+
+
+def test_time_outside_the_moves_stretches() -> None:
+    # 6 s of stream (seq 0 at T0, seq 5999 at T0 + 5.999); one move owns [2.0005, 4.0505] (edge 1 s)
+    recs, sent, first, last = stream(6000, drop={100, 5900})
+    res = analyze_stream(recs, sent, first, 1000.0, [W], last=last, edge_s=1.0)
+    assert res.outside_s == pytest.approx(5.999 - 2.05, abs=1e-9)
+    assert res.to_json()["outside_s"] == pytest.approx(3.949, abs=1e-6)
+    # with no edge the move owns the whole stream
+    assert analyze_stream(recs, sent, first, 1000.0, [W], last=last).outside_s == 0.0
+    # no moves at all: the whole stream is outside, every loss too
+    quiet = analyze_stream(recs, sent, first, 1000.0, [], last=last)
+    assert quiet.outside_s == pytest.approx(5.999) and quiet.lost_outside == 2
+
+
+def test_outside_time() -> None:
+    assert outside_time(0.0, 10.0, []) == 10.0
+    assert outside_time(0.0, 10.0, [(2.0, 3.0), (3.0, 5.0)]) == 7.0
+    assert outside_time(0.0, 10.0, [(-5.0, 1.0), (9.0, 20.0)]) == 8.0
+    assert outside_time(4.0, 4.0, [(0.0, 1.0)]) == 0.0
+    assert outside_time(0.0, 10.0, [(-float("inf"), float("inf"))]) == 0.0
 
 
 def test_nothing_received() -> None:

@@ -18,6 +18,7 @@ from roamnet.baselines.ovn import (
     ROLES,
     STRATEGIES,
     Ovn,
+    counters_delta,
     daemon_argv,
     daemon_env,
     is_recorded_process,
@@ -27,8 +28,10 @@ from roamnet.baselines.ovn import (
     nb_commands,
     ovsdb_map,
     ovsdb_set,
+    packet_socket_drops,
     plan_chassis,
     set_options_args,
+    thread_schedstat,
 )
 from roamnet.intent.model import load_topology, parse_topology
 from roamnet.intent.scenario import packaged_example
@@ -154,3 +157,57 @@ def test_kill_recorded_ends_only_recorded_processes(tmp_path: Path):
         for p in (ours, other):
             p.kill()
             p.wait(5)
+
+
+# ---- what the userspace datapath dropped (ss -0 -m), and its main thread's scheduling
+
+SS = """\
+Netid Recv-Q Send-Q Local Address:Port Peer Address:Port Process
+p_raw 0      0                  *:uplink             *     users:(("ovs-vswitchd",pid=20628,fd=37)) skmem:(r0,rb212992,t0,tb212992,f0,w0,o176,bl0,d4768)
+p_raw 0      0                  *:vm1-e0             *     users:(("ovs-vswitchd",pid=20628,fd=46)) skmem:(r0,rb212992,t0,tb212992,f0,w0,o176,bl0,d0)
+p_raw 0      0                [0]:*                  *     users:(("ovs-vswitchd",pid=20628,fd=48)) skmem:(r0,rb212992,t0,tb212992,f0,w0,o0,bl0,d3)
+p_raw 0      0                  *:p3-e0              *     users:(("tcpdump",pid=999,fd=3))
+\tskmem:(r0,rb212992,t0,tb212992,f0,w0,o0,bl0,d77)
+p_raw 0      0                  *:p3-e0              *     users:(("ovs-vswitchd",pid=20628,fd=47))
+\t skmem:(r0,rb212992,t0,tb212992,f0,w0,o176,bl0,d12)
+"""
+
+
+def test_packet_socket_drops_per_interface_of_one_process() -> None:
+    assert packet_socket_drops(SS, 20628) == {"uplink": 4768, "vm1-e0": 0, "*": 3, "p3-e0": 12}
+    assert packet_socket_drops(SS, 999) == {"p3-e0": 77}  # another process's socket, wrapped by ss
+    assert packet_socket_drops(SS, 2062) == {}  # pid=2062 is not pid=20628
+    assert packet_socket_drops("", 1) == {}
+
+
+def test_thread_schedstat_of_this_process() -> None:
+    import os
+
+    before = thread_schedstat(os.getpid())
+    assert before is not None
+    x = 0
+    for i in range(200_000):  # some CPU of the main thread's own
+        x += i
+    after = thread_schedstat(os.getpid())
+    assert after is not None and after[0] > before[0] and after[1] >= before[1] >= 0
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert thread_schedstat(gone.pid) is None
+
+
+def test_counters_delta() -> None:
+    before = {"hv1": {"socket_drops": {"uplink": 10, "vm1-e0": 0}, "cpu_ms": 100.0, "runq_wait_ms": 50.0},
+              "hv2": {"socket_drops": {"uplink": 0}, "cpu_ms": 10.0, "runq_wait_ms": 1.0},
+              "hv3": {"error": "ss in rn-x-hv3: ss exited 1"},
+              "hv4": {"socket_drops": {}, "cpu_ms": 1.0, "runq_wait_ms": 1.0}}
+    after = {"hv1": {"socket_drops": {"uplink": 4778, "vm1-e0": 0, "p3-e0": 5}, "cpu_ms": 3500.5,
+                     "runq_wait_ms": 5590.0},
+             "hv2": {"socket_drops": {"uplink": 0}, "cpu_ms": 12.0, "runq_wait_ms": 1.5},
+             "hv3": {"socket_drops": {"uplink": 3}, "cpu_ms": 1.0, "runq_wait_ms": 1.0}}
+    d = counters_delta(before, after)  # hv4's vswitchd was gone at the second reading: left out
+    assert d["chassis"] == {"hv1": {"socket_drops": {"uplink": 4768, "p3-e0": 5}, "cpu_ms": 3400.5,
+                                    "runq_wait_ms": 5540.0},
+                            "hv2": {"socket_drops": {}, "cpu_ms": 2.0, "runq_wait_ms": 0.5},
+                            "hv3": {"error": "ss in rn-x-hv3: ss exited 1"}}
+    assert (d["socket_drops"], d["cpu_ms"], d["runq_wait_ms"]) == (4773, 3402.5, 5540.5)
+    assert counters_delta({}, after) == {"chassis": {}, "socket_drops": 0, "cpu_ms": 0.0, "runq_wait_ms": 0.0}

@@ -23,6 +23,16 @@ the `move_*` hooks around the hypervisor's actions):
   multichassis       the same without activation: both copies pass traffic from the start;
   after a move: requested-chassis=dst alone, the source's port removed.
 
+Convergence: `delivering` (the destination's copy of the port passes traffic) and `programmed_everywhere`
+(every chassis has processed the Southbound database as it was then: NB_Global.nb_cfg bumped, every
+Chassis_Private.nb_cfg caught up, which ovn-controller reports once the flows are in Open vSwitch).
+
+The userspace datapath forwards the ports of this lab (veths, read through packet sockets) in
+ovs-vswitchd's main thread, which runs its whole main loop per wake-up. On a loaded machine that thread
+waits for a CPU and the kernel drops what no longer fits in the packet sockets' receive buffers
+(`datapath_counters` reads those drops and the thread's run-queue wait); `datapath_rt` runs that thread
+under SCHED_RR, as the kernel's datapath runs in softirq ahead of every task.
+
 Every process is recorded in `<workdir>/ovn-pids.json` the moment it exists and stopped by its own pid
 (`kill_recorded` after a crash, after /proc/<pid>/cmdline shows that daemon with its pid file in that
 workdir). Errors name the daemon and its namespace and show the tail of its log.
@@ -352,6 +362,61 @@ def ovsdb_map(value: Any) -> dict:
     return dict(value[1]) if isinstance(value, list) and value and value[0] == "map" else {}
 
 
+def packet_socket_drops(ss_text: str, pid: int) -> dict[str, int]:
+    """Interface -> frames dropped by the packet sockets process `pid` holds, from `ss -0 -m -n -p`
+    (skmem's `d<N>`: the kernel found the socket's receive buffer full); "*" for a socket bound to no
+    interface. Lines ss wraps (skmem on a line of its own) are joined first. Pure."""
+    rows: list[str] = []
+    for line in ss_text.splitlines():
+        if line[:1].isspace() and rows:
+            rows[-1] += " " + line.strip()
+        elif line.strip():
+            rows.append(line.strip())
+    out: dict[str, int] = {}
+    for row in rows:
+        if f"pid={pid}," not in row or "skmem:(" not in row:
+            continue
+        fields = row.split()
+        local = fields[3] if len(fields) > 3 else ""  # Netid Recv-Q Send-Q Local Peer ...
+        iface = local.rsplit(":", 1)[-1] if ":" in local else local
+        mem = row.split("skmem:(", 1)[1].split(")", 1)[0]
+        drops = next((int(f[1:]) for f in mem.split(",") if f[:1] == "d" and f[1:].isdigit()), 0)
+        out[iface] = out.get(iface, 0) + drops
+    return out
+
+
+def thread_schedstat(pid: int, tid: int | None = None) -> tuple[float, float] | None:
+    """(CPU ms, ms waited on a run queue) of thread `tid` (default: the main thread) of `pid` so far,
+    from /proc/<pid>/task/<tid>/schedstat; None when it is gone."""
+    try:
+        run_ns, wait_ns, _ = Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()[:3]
+    except (OSError, ValueError):
+        return None
+    return int(run_ns) / 1e6, int(wait_ns) / 1e6
+
+
+def counters_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What `Ovn.datapath_counters` counted between two readings: per chassis (those read both times,
+    without error) the socket drops per port, CPU and run-queue wait (ms); and the totals over
+    chassis (`socket_drops`, `cpu_ms`, `runq_wait_ms`). Pure."""
+    chassis: dict[str, dict[str, Any]] = {}
+    for node in sorted(set(before) & set(after)):
+        b, a = before[node], after[node]
+        if "error" in b or "error" in a:
+            chassis[node] = {"error": a.get("error") or b.get("error")}
+            continue
+        drops = {i: n - b.get("socket_drops", {}).get(i, 0) for i, n in a.get("socket_drops", {}).items()}
+        row: dict[str, Any] = {"socket_drops": {i: n for i, n in drops.items() if n}}
+        for k in ("cpu_ms", "runq_wait_ms"):
+            if k in a and k in b:
+                row[k] = round(a[k] - b[k], 1)
+        chassis[node] = row
+    ok = [r for r in chassis.values() if "error" not in r]
+    return {"chassis": chassis, "socket_drops": sum(sum(r["socket_drops"].values()) for r in ok),
+            "cpu_ms": round(sum(r.get("cpu_ms", 0.0) for r in ok), 1),
+            "runq_wait_ms": round(sum(r.get("runq_wait_ms", 0.0) for r in ok), 1)}
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -406,13 +471,14 @@ class Ovn:
     """OVN as the lab's control plane (see the module's docstring).
 
     strategy: how VMs move (STRATEGIES). workdir: default /run/roamnet/<lab>/ovn (0700, removed by stop()
-    when start() created it, unless keep_workdir)."""
+    when start() created it, unless keep_workdir). datapath_rt: run every ovs-vswitchd's main thread, which
+    forwards the lab's packets, under SCHED_RR priority 1 (the kernel's RT throttling still bounds it)."""
 
     name = "ovn"
     workdir_name = "ovn"
 
     def __init__(self, strategy: str = "multichassis-rarp", workdir: Path | None = None,
-                 ready_timeout: float = READY_TIMEOUT_S, keep_workdir: bool = False):
+                 ready_timeout: float = READY_TIMEOUT_S, keep_workdir: bool = False, datapath_rt: bool = False):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown OVN move strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
         self.strategy = strategy
@@ -421,12 +487,14 @@ class Ovn:
         self.workdir: Path | None = workdir
         self.ready_timeout = ready_timeout
         self.keep_workdir = keep_workdir
+        self.datapath_rt = datapath_rt  # ovs-vswitchd's main thread (the datapath here) under SCHED_RR
         self.chassis: dict[str, Chassis] = {}
         self.central_ns = ""
         self._procs: list[Proc] = []
         self._lock = threading.Lock()
         self._own_workdir: list[Path] = []
         self._sb: Ovsdb | None = None
+        self._nb: Ovsdb | None = None
         self._local: dict[str, Ovsdb] = {}  # chassis -> its Open_vSwitch database
         self._chassis_uuid: dict[str, str] = {}
 
@@ -615,6 +683,7 @@ class Ovn:
         northd = self._spawn("northd", self.central_ns, CENTRAL)
         self._wait_socket(northd, d / "northd.ctl")
         self._sb = Ovsdb(d / "sb.sock", "OVN_Southbound")
+        self._nb = Ovsdb(d / "nb.sock", "OVN_Northbound")
 
     def _start_chassis(self, lab: Lab, ch: Chassis) -> None:
         d = self.dir(ch.node)
@@ -643,6 +712,11 @@ class Ovn:
         phy = ipr.link_lookup(ifname="br-phy")
         if not phy:
             raise self.failure(vswitchd, "made no br-phy device")
+        if self.datapath_rt:  # its main thread only (tid = pid): the one that polls these ports
+            try:
+                os.sched_setscheduler(vswitchd.popen.pid, os.SCHED_RR, os.sched_param(1))
+            except OSError as exc:
+                raise self.failure(vswitchd, f"cannot run its main thread under SCHED_RR: {exc}") from None
         ipr.addr("del", index=up_idx, address=ch.vtep, prefixlen=ch.prefixlen)
         ipr.link("set", index=phy[0], state="up", mtu=mtu)
         ipr.addr("add", index=phy[0], address=ch.vtep, prefixlen=ch.prefixlen)
@@ -773,6 +847,51 @@ class Ovn:
                     return False
         return self._installed(server, vm, len(lab.topo.nics(vm)))
 
+    def programmed_everywhere(self, lab: Lab, wait: float) -> bool:
+        """True once every chassis has processed the Southbound database as it is now (OVN's hv_cfg):
+        NB_Global.nb_cfg is bumped, and every chassis's Chassis_Private.nb_cfg must reach that value,
+        which ovn-controller writes only after the flows for everything before it are in Open vSwitch.
+        Called once the destination delivers, it bounds from above when every chassis sends the VM's
+        traffic there (the bump's own trip through northd is included). False after `wait` s."""
+        assert self._nb is not None and self._sb is not None
+        res = self._nb.transact({"op": "mutate", "table": "NB_Global", "where": [],
+                                 "mutations": [["nb_cfg", "+=", 1]]},
+                                {"op": "select", "table": "NB_Global", "where": [], "columns": ["nb_cfg"]})
+        target = max(int(r["nb_cfg"]) for r in res[1]["rows"])
+        want = set(self.chassis)
+
+        def caught_up() -> bool:
+            rows = self._sb.select("Chassis_Private", [], ["name", "nb_cfg"])
+            done = {r["name"] for r in rows if int(r["nb_cfg"]) >= target}
+            return want <= done
+
+        return _poll(caught_up, wait, 0.005)
+
+    def datapath_counters(self) -> dict[str, dict[str, Any]]:
+        """Per chassis, what its userspace datapath lost and why, so far: `socket_drops` (per port:
+        frames the kernel dropped because ovs-vswitchd had not read its packet socket in time, from
+        `ss -0 -m`), and its main thread's `cpu_ms` and `runq_wait_ms` (time it was runnable but waited
+        for a CPU, from schedstat). A chassis whose ss fails gets an `error` instead of drops."""
+        out: dict[str, dict[str, Any]] = {}
+        for node, ch in sorted(self.chassis.items()):
+            p = self._proc(node, "vswitchd")
+            if p is None or p.popen.poll() is not None:
+                continue
+            row: dict[str, Any] = {}
+            try:
+                ss = subprocess.run(netns.command(ch.ns, ["ss", "-0", "-m", "-n", "-p"]), capture_output=True,
+                                    text=True, timeout=CLI_TIMEOUT_S, stdin=subprocess.DEVNULL)
+                if ss.returncode != 0:
+                    raise OSError(f"ss exited {ss.returncode}: {ss.stderr.strip()[-200:]}")
+                row["socket_drops"] = packet_socket_drops(ss.stdout, p.popen.pid)
+            except (OSError, subprocess.SubprocessError) as exc:
+                row["error"] = f"ss in {ch.ns}: {exc}"
+            st = thread_schedstat(p.popen.pid)
+            if st is not None:
+                row["cpu_ms"], row["runq_wait_ms"] = round(st[0], 1), round(st[1], 1)
+            out[node] = row
+        return out
+
     # ---- moves (lab.moves.Steered drives them) --------------------------------------------------
     steers_moves = True
 
@@ -811,10 +930,10 @@ class Ovn:
         """End every process this object started, by its own pid, ovn-controllers first, the databases
         last; SIGTERM, SIGKILL after a bounded wait. Returns their labels. The central namespace goes
         with the lab's other namespaces."""
-        for db in [self._sb, *self._local.values()]:
+        for db in [self._sb, self._nb, *self._local.values()]:
             if db is not None:
                 db.close()
-        self._sb, self._local = None, {}
+        self._sb, self._nb, self._local = None, None, {}
         stopped = []
         for role in reversed(ROLES):
             group = [p for p in self.processes() if p.role == role and p.popen.poll() is None]

@@ -32,7 +32,9 @@ Attribution:
     ``edge_s`` is None). A lost packet whose estimated send time lies within
     ``[at - slack, resumed + slack]`` is lost *in the pause*; elsewhere in the move's stretch it is
     lost *beyond the pause*. The slack (default 1 ms) absorbs a packet in flight when the link
-    flips and the estimate's error.
+    flips and the estimate's error. What falls in no move's stretch is ``lost_outside``, over
+    ``outside_s`` seconds of the stream: the data plane's own loss with nothing moving, which a
+    reader needs beside the per-move figures to tell a move's loss from the background.
 """
 
 from __future__ import annotations
@@ -96,11 +98,13 @@ class StreamLoss:
     latency_ms: float  # the base one-way latency subtracted from receive times
     slip_ms: float  # how far behind `first + seq / rate` the sender got (max over the stream)
     moves: list[MoveLoss] = field(default_factory=list)
+    outside_s: float = 0.0  # how long the stream ran in no move's stretch (`lost_outside` happened there)
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "moves"}
         d["latency_ms"] = round(self.latency_ms, 3)
         d["slip_ms"] = round(self.slip_ms, 3)
+        d["outside_s"] = round(self.outside_s, 6)
         d["moves"] = [m.to_json() for m in self.moves]
         return d
 
@@ -203,6 +207,12 @@ def _estimates(seen: dict[int, float], sent: int, first: float, last: float | No
 # ---------------------------------------------------------------- per-move attribution
 
 
+def outside_time(start: float, end: float, stretches: Sequence[tuple[float, float]]) -> float:
+    """How much of [start, end] lies in none of `stretches` (disjoint, in time order). Pure."""
+    covered = sum(max(0.0, min(hi, end) - max(lo, start)) for lo, hi in stretches)
+    return max(0.0, end - start - covered)
+
+
 def _stretches(windows: Sequence[MoveWindow], edge_s: float | None) -> list[tuple[float, float]]:
     out = []
     for i, w in enumerate(windows):
@@ -290,9 +300,13 @@ def analyze_stream(records: Iterable[Sequence[float]], sent: int, first: float |
     close_run()
     for m in moves:
         m.simple = m.lost - m.dark_ms / 1000 * rate
+    span = 0.0
+    if sent > 0 and first is not None:
+        end = last if last is not None else first + (sent - 1) / rate
+        span = outside_time(first, max(first, end), stretches)
     return StreamLoss(sent=sent, received=len(seen), duplicates=dups, reordered=reordered,
                       lost=len(est), lost_outside=outside, latency_ms=latency * 1000,
-                      slip_ms=slip * 1000, moves=moves)
+                      slip_ms=slip * 1000, moves=moves, outside_s=span)
 
 
 def loss_beyond_pause(records: Iterable[Sequence[float]], sent: int, first: float | None, rate: float,

@@ -445,13 +445,15 @@ class Steered(Located):
     """Another control plane that the orchestrator steers through a move (OVN: the logical port's
     options), with the same hypervisor actions: its hooks `move_ready(lab, vm, src, to, wait)` before the
     VM stops (returns a dict for the record), `move_resumed(lab, vm, src, to)` once it runs on `to`,
-    `delivering(lab, vm, to)` (converged: `to` passes the VM's traffic) and `move_finish(lab, vm, src, to,
-    wait)` before the source's port goes (the control plane's own part of removing it included)."""
+    `delivering(lab, vm, to)` (its activation: `to` passes the VM's traffic), `programmed_everywhere(lab,
+    wait)` (converged: every node has caught up since) and `move_finish(lab, vm, src, to, wait)` before the
+    source's port goes (the control plane's own part of removing it included)."""
 
     def __init__(self, moves: Moves):
         super().__init__(moves)
         self.cp = moves.lab.control_plane
         self.src = self.to = ""
+        self.delivered = False
 
     def ready(self, vm: str, src: str, to: str, wait: float) -> dict:
         self.src, self.to = src, to
@@ -461,8 +463,12 @@ class Steered(Located):
     def resumed(self, vm: str) -> None:
         self.cp.move_resumed(self.lab, vm, self.src, self.to)
 
+    def activation(self, vm: str, to: str, wait: float) -> tuple[float | None, Snapshot | None, dict]:
+        self.delivered = poll(lambda: self.cp.delivering(self.lab, vm, to), wait, step=0.002)
+        return (time.monotonic() if self.delivered else None), None, {}
+
     def programmed(self, vm: str, to: str, snap: Snapshot | None, wait: float) -> bool:
-        return poll(lambda: self.cp.delivering(self.lab, vm, to), wait, step=0.002)
+        return self.delivered and self.cp.programmed_everywhere(self.lab, wait)
 
     def finish(self, vm: str, src: str, wait: float) -> None:
         self.cp.move_finish(self.lab, vm, src, self.to, wait)
