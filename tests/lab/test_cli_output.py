@@ -257,7 +257,8 @@ def test_every_command_on_example(example: str, tmp_path: Path, host: Any, lab_n
         # migrate: a whole move in table form, and back in json
         p = cli("migrate", name, mover, "--to", dst, *([] if even else ["--no-prepare"]))
         assert p.stdout.startswith(f"{mover}: {home} ({dcs[home]}) → {dst} ({dcs[dst]}), "
-                                   f"{'prepared' if even else 'learn'}, pause 0 ms"), p.stdout
+                                   f"{'prepared' if even else 'learn'}"), p.stdout
+        assert ", pause 0 ms (dark " in p.stdout and (not even or ", activated by announcement, " in p.stdout), p.stdout
         assert "every NVE programmed" in p.stdout, p.stdout
         rec = cli_json("migrate", name, mover, "--to", home, "--pause-ms", "20", "-f", "json")
         assert (rec["vm"], rec["from"], rec["to"], rec["dc_from"], rec["dc_to"]) == (mover, dst, home, dcs[dst],
