@@ -6,16 +6,14 @@ or prepared again meanwhile."""
 from __future__ import annotations
 
 import pytest
-from mapping_fixtures import NVES, Clock
+from mapping_fixtures import NVES, VM1, WEB, Clock, web_mapping
 from test_store import etcd_server, store  # noqa: F401 - the memory / etcd store fixture
 
 from roamnet.agent.loop import Agent
 from roamnet.dataplane.model import ModelKernel
 from roamnet.mapping.client import MappingClient
-from roamnet.mapping.records import ACTIVATED, Binding, LogicalPort, Segment
+from roamnet.mapping.records import ACTIVATED
 from roamnet.mapping.system import MappingSystem
-
-WEB, VM1, VM2 = 10100, "02:00:00:01:00:01", "02:00:00:01:00:02"
 
 
 @pytest.fixture
@@ -25,15 +23,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def mapping(store, clock) -> MappingSystem:  # noqa: F811
-    m = MappingSystem(store, clock=clock)
-    m.register_segment(Segment(WEB, "web", "198.19.1.0/24"))
-    for nve in NVES.values():
-        m.register_nve(nve)
-    for iface, mac, ip, nve in (("vm1/0", VM1, "198.19.1.11", "hv1"), ("vm2/0", VM2, "198.19.1.12", "hv2")):
-        port = LogicalPort(iface, iface.split("/")[0], WEB, mac, (ip,))
-        m.register_port(port)
-        m.advertise(Binding(WEB, mac, nve, NVES[nve].vtep, 0, port.ips, iface))
-    return m
+    return web_mapping(store, clock)
 
 
 def agent(mapping: MappingSystem, nve: str) -> tuple[ModelKernel, Agent]:

@@ -5,30 +5,19 @@ through its MappingClient, and convergence is read from the status it publishes.
 from __future__ import annotations
 
 import pytest
-from mapping_fixtures import NVES, Clock
+from mapping_fixtures import NVES, VM1, VM2, WEB, Clock, web_mapping
 
 from roamnet.agent.loop import PRUNE_HOLD_S, Agent
 from roamnet.dataplane.model import ModelKernel
 from roamnet.mapping.client import MappingClient
-from roamnet.mapping.records import ACTIVATED, Binding, LogicalPort, Nve, Segment
+from roamnet.mapping.records import ACTIVATED, Binding, LogicalPort, Nve
 from roamnet.mapping.store import MemoryStore
 from roamnet.mapping.system import MappingSystem
-
-WEB = 10100
-VM1, VM2 = "02:00:00:01:00:01", "02:00:00:01:00:02"
 
 
 @pytest.fixture
 def mapping() -> MappingSystem:
-    m = MappingSystem(MemoryStore())
-    m.register_segment(Segment(WEB, "web", "198.19.1.0/24"))
-    for nve in NVES.values():
-        m.register_nve(nve)
-    for iface, mac, ip, nve in (("vm1/0", VM1, "198.19.1.11", "hv1"), ("vm2/0", VM2, "198.19.1.12", "hv2")):
-        port = LogicalPort(iface, iface.split("/")[0], WEB, mac, (ip,))
-        m.register_port(port)
-        m.advertise(Binding(WEB, mac, nve, NVES[nve].vtep, 0, port.ips, iface))
-    return m
+    return web_mapping(MemoryStore())
 
 
 def agent(mapping: MappingSystem, nve: str, kernel: ModelKernel, clock: Clock | None = None) -> Agent:
