@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from roamnet.mapping.records import ACTIVATED, BORDER, Snapshot
 from roamnet.mapping.view import MappingView, Touched
+from roamnet.nve.vrf import routed_cugs
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,6 @@ class Scope:
     tenants: frozenset[str]
 
 
-_ROUTED: list = [None, None, {}]  # (CUG table, tenant table, routed VNIs): the view replaces a table that changes
-
-
-def routed_segments(view: MappingView) -> dict[int, str]:
-    """Routed VNI -> its tenant (a CUG with a gateway, of a known tenant); remembered while the view's
-    CUG and tenant tables are the very same objects (do not change the result)."""
-    segments, tenants, routed = _ROUTED
-    if segments is view.segments and tenants is view.tenants:
-        return routed
-    routed = {vni: s.tenant for vni, s in view.segments.items() if s.tenant and s.gateway and s.tenant in view.tenants}
-    _ROUTED[:] = [view.segments, view.tenants, routed]
-    return routed
-
-
 def scope_of(view: MappingView, vnis: Iterable[int], ifaces: Iterable[str] = ()) -> Scope:
     """What a batch that touched `vnis` and `ifaces` (a port's filter binds its VM's every address, so
     the VNIs of the ports of `ifaces` count) can change on any NVE: those VNIs and their tenants, with
@@ -80,9 +67,9 @@ def scope_of(view: MappingView, vnis: Iterable[int], ifaces: Iterable[str] = ())
         port = view.ports.get(iface)
         if port is not None:
             touched.add(port.vni)
-    routed = routed_segments(view)
-    tenants = frozenset(routed[v] for v in touched if v in routed)
-    return Scope(frozenset(touched | {v for v, t in routed.items() if t in tenants}), tenants)
+    routed = routed_cugs(view.segments, view.tenants)
+    tenants = frozenset(routed[v].tenant for v in touched if v in routed)
+    return Scope(frozenset(touched | {v for v, s in routed.items() if s.tenant in tenants}), tenants)
 
 
 def served_by(view: MappingView, nve: str) -> frozenset[str]:
@@ -99,13 +86,13 @@ def project(view: MappingView, nve: str, ifaces: Iterable[str] = (),
     local = [b for s in served for b in view.at_nve.get(s, {}).values()]
     incoming = [m for s in served for m in view.prepared_to.get(s, {}).values()]
     hosted = {b.vni for b in local} | {m.vni for m in incoming}
-    routed = routed_segments(view)
+    routed = routed_cugs(view.segments, view.tenants)
     if me is not None and me.role == BORDER:
         tenants = set(view.tenants)
     else:
         leaving = {m.vni for s in served for m in view.moving_from.get(s, {}).values() if m.state == ACTIVATED}
-        tenants = {routed[v] for v in hosted | leaving if v in routed}
-    vnis = hosted | {v for v, t in routed.items() if t in tenants}
+        tenants = {routed[v].tenant for v in hosted | leaving if v in routed}
+    vnis = hosted | {v for v, s in routed.items() if s.tenant in tenants}
 
     take = vnis if within is None else vnis & within
     bindings = {(vni, mac): b for vni in take for mac, b in view.by_vni.get(vni, {}).items()}

@@ -65,13 +65,29 @@ class VrfDesired:
         }
 
 
+_ROUTED: list = [None, None, 0, 0, {}]  # (CUG table, tenant table, their sizes, the routed CUGs)
+
+
+def routed_cugs(segments: dict, tenants: dict) -> dict:
+    """VNI -> CUG of the routed CUGs (a gateway, a known tenant). Remembered while both tables are the very
+    same objects (a view of the mapping replaces a table that changes, and every pass asks): do not change
+    the result."""
+    seen_segments, seen_tenants, n_segments, n_tenants, routed = _ROUTED
+    if (seen_segments is segments and seen_tenants is tenants and n_segments == len(segments)
+            and n_tenants == len(tenants)):
+        return routed
+    routed = {vni: s for vni, s in segments.items() if s.tenant and s.gateway and s.tenant in tenants}
+    _ROUTED[:] = [segments, tenants, len(segments), len(tenants), routed]
+    return routed
+
+
 def compute_vrfs(snap: Snapshot, nve: str, segments: frozenset[int],
                  only: frozenset[str] | None = None) -> dict[str, VrfDesired]:
     """The tenant VRFs NVE `nve` has, given the L2 segments it hosts (`only`: of those tenants alone; each
     depends on the bindings and moves of its own routed CUGs, nothing else of them). Pure."""
     me = snap.nves[nve]
     is_border = me.role == BORDER
-    routed = {vni: s for vni, s in snap.segments.items() if s.tenant and s.gateway and s.tenant in snap.tenants}
+    routed = routed_cugs(snap.segments, snap.tenants)
     here = {n for n in snap.nves if snap.serving(n) == nve}  # its own VMs: neighbours, not routes
     present = set(snap.tenants) if is_border else {routed[v].tenant for v in segments if v in routed}
     present |= {routed[m.vni].tenant for m in snap.migrations.values()  # a source forwards until complete
