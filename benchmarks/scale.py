@@ -19,8 +19,9 @@ consecutive CUGs are a routed tenant. Written straight into the store in transac
 A move: the destination's hypervisor plugs the VM's port (its agent sees a link event), the VM is
 reported there (`report_move`, what its announcement does), then the source unplugs it. Moves alternate
 inside one DC and between the DCs, to random servers. Per move:
-  * involved agents: the NVEs whose desired state the move can change (the hosts of the CUGs of the
-    VM's tenant before and after, the source and destination, the borders of a routed tenant);
+  * involved agents: the NVEs the move concerns (`Orchestrator.concerned`, what a move's phases wait
+    for: the hosts of the CUGs of the VM's tenant, the source and destination, the borders of a routed
+    tenant);
     CPU = their passes' thread CPU (the plug and unplug passes included), per involved agent;
   * uninvolved agents: everybody else; CPU = their passes plus their idle advances (a change that
     concerns them not at all only advances their converged revision), per uninvolved agent;
@@ -28,6 +29,8 @@ inside one DC and between the DCs, to random servers. Per move:
     programmed), p50 / p99;
   * events: watch events the mapping's feed applied per move (per process: one watch each), agents that
     ran a pass per move;
+  * status writes per move, by every agent (after passes, and the waiter's request: mapping/status.py),
+    and in brackets what they would be if every idle advance were published at once (as before);
   * per process: the feed's CPU per move (receiving and applying events; it is shared by the agents
     of a process), RSS (the view, the agents and their model kernels) and RSS per agent;
   * the store: bytes per VM interface (keys + values under /mapping/ / VMs; etcd: also its db size).
@@ -36,8 +39,8 @@ nothing) on the path before issue 18: every mapping change runs a pass over the 
 decoded afresh by each agent (one agent per process shares nothing).
 
 Settings that make the numbers about moves: the agents' periodic resync (2 s: a kernel read and a
-pass) is set to an hour, and agents publish converged revisions advanced without a pass only with
-their next pass (`Agent(publish_idle=False)`). The lab keeps both defaults.
+pass) is set to an hour; agents publish converged revisions advanced without a pass only with their
+next pass or when a waiter asks (the default, as in the lab).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ from roamnet.mapping.records import (
     dump,
 )
 from roamnet.mapping.system import MappingSystem
+from roamnet.orchestrator.moves import Orchestrator
 
 BENCH_VERSION = 1
 STORE_TIMEOUT_S = 30.0  # etcd requests on a machine shared with other work (the store's default: 2 s)
@@ -178,7 +182,7 @@ class AgentHost:
             k = self.kernels[n] = ModelKernel(n)
             for iface in placed[n]:
                 k.add_port(iface)
-            self.agents[n] = Agent(MappingClient(self.mapping), nves[n], k, publish_idle=False)
+            self.agents[n] = Agent(MappingClient(self.mapping), nves[n], k)
         self.shadows: dict[str, Agent] = {}
         self.shadow_kernels: dict[str, ModelKernel] = {}
         for n in shadows:
@@ -206,6 +210,7 @@ class AgentHost:
         def one(a: Agent) -> dict:
             s = a.stats
             return {"passes": s.reconciles, "idle": s.idle_advances, "cpu": s.pass_cpu_s + s.idle_cpu_s,
+                    "published": s.statuses_published,
                     "programmed_at": s.programmed_at, "converged": s.converged_revision}
         feed = self.mapping.feed
         return {"agents": {n: one(a) for n, a in self.agents.items()},
@@ -271,14 +276,6 @@ class Local:
 
 # ---- one run -------------------------------------------------------------------------------------
 
-def involved(view, lay_segments: dict, vni: int, src: str, dst: str, borders: list[str]) -> set[str]:
-    """The NVEs a move of a VM of CUG `vni` from `src` to `dst` concerns (from the view after it)."""
-    seg = lay_segments[vni]
-    cugs = [v for v, s in lay_segments.items() if s.tenant == seg.tenant] if seg.tenant else [vni]
-    out = {b.nve for v in cugs for b in view.by_vni.get(v, {}).values()} | {src, dst}
-    return out | (set(borders) if seg.tenant else set())
-
-
 def pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -321,8 +318,6 @@ class Moves:
         self.names = [n.name for n in lay["nves"]]
         self.where = {n: h for h in hosts for n in h.names}
         self.shadow_where = {n: h for h in hosts for n in h.shadows}
-        self.segs = {s.vni: s for s in lay["segments"]}
-        self.borders = [n.name for n in lay["nves"] if n.role == BORDER]
         self.dc = {s: (0 if i < lay["half"] else 1) for i, s in enumerate(lay["servers"])}
         self.before = collect(hosts)
         self.shadows_on = False
@@ -350,7 +345,7 @@ class Moves:
         t0 = time.monotonic()
         m.report_move(port.iface_id, dst)
         rev = m.revision
-        inv = m.feed.read(lambda v: involved(v, self.segs, port.vni, src, dst, self.borders))
+        inv = set(Orchestrator(m).concerned([port.iface_id], [src, dst]))  # what a move's phases wait for
         done = m.statuses.wait_converged(sorted(inv), timeout=args.move_timeout, revision=rev)
         if self.shadows_on:  # the baseline's passes take long: wait for them, or they count in the next move
             until(lambda: all(s["converged"] >= rev for s in collect(self.hosts)[1].values()), args.move_timeout)
@@ -444,7 +439,7 @@ def measure(before, after, inv: set[str], names: list[str], updated: list[float]
             dst: str, port) -> dict:
     a0, s0, p0 = before
     a1, s1, p1 = after
-    d = {n: {k: a1[n][k] - a0[n][k] for k in ("passes", "idle", "cpu")} for n in names}
+    d = {n: {k: a1[n][k] - a0[n][k] for k in ("passes", "idle", "cpu", "published")} for n in names}
     unin = [n for n in names if n not in inv]
     inv_borders = [n for n in inv if n.startswith("br")]
     bystanders = [n for n in inv if n not in (src, dst) and n not in inv_borders]  # involved servers that
@@ -460,6 +455,8 @@ def measure(before, after, inv: set[str], names: list[str], updated: list[float]
             "cpu_border_ms": round(sum(d[n]["cpu"] for n in inv_borders) * 1000 / len(inv_borders), 3)
             if inv_borders else None,
             "passes_uninvolved": sum(d[n]["passes"] for n in unin),
+            "status_writes": sum(d[n]["published"] for n in names),
+            "status_writes_at_once": sum(d[n]["published"] + d[n]["idle"] for n in names),
             "agents_with_pass": sum(1 for n in names if d[n]["passes"]),
             "events_per_proc": [q1["feed"]["events"] - q0["feed"]["events"] for q0, q1 in zip(p0, p1)],
             "feed_cpu_ms_per_proc": [round((q1["feed"]["cpu"] - q0["feed"]["cpu"]) * 1000, 3)
@@ -484,6 +481,8 @@ def summarize(r: dict) -> dict:
            "involved_agents": summary([m["involved"] for m in ms]),
            "agents_with_pass": summary([m["agents_with_pass"] for m in ms]),
            "passes_uninvolved_total": sum(m["passes_uninvolved"] for m in ms),
+           "status_writes_per_move": summary([m["status_writes"] for m in ms]),
+           "status_writes_at_once_per_move": summary([m["status_writes_at_once"] for m in ms]),
            "events_per_move_per_proc": summary([e for m in ms for e in m["events_per_proc"]]),
            "feed_cpu_ms_per_move_per_proc": summary([c for m in ms for c in m["feed_cpu_ms_per_proc"]]),
            "rss_mb_per_agent": round(sum(r["rss_mb"]) / r["nves"], 2)}
@@ -522,8 +521,9 @@ def fmt(x, nd=2) -> str:
 def table(results: list[dict]) -> str:
     head = ("| store | NVEs | VMs | involved | CPU/involved agent ms (baseline) | of which: src+dst / other servers / "
             "borders | CPU/uninvolved agent ms (baseline) | passes on uninvolved | update p50 / p99 ms (timeouts) "
-            "| events/move/proc | feed CPU ms/move/proc | bytes/VM | RSS MB/agent |")
-    rows = [head, "|" + "---|" * 13]
+            "| status writes/move (each idle advance at once) | events/move/proc | feed CPU ms/move/proc | bytes/VM "
+            "| RSS MB/agent |")
+    rows = [head, "|" + "---|" * 14]
     for r in results:
         s = r["summary"]
         db = f" (etcd db {r['etcd_db_bytes_per_vm']:,.0f})" if "etcd_db_bytes_per_vm" in r else ""
@@ -535,6 +535,8 @@ def table(results: list[dict]) -> str:
             f"| {fmt(s['cpu_uninvolved_ms'].get('median'), 4)} ({fmt(s['baseline_cpu_uninvolved_ms'].get('median'))}) "
             f"| {s['passes_uninvolved_total']} | {fmt(s['update_ms']['p50'])} / {fmt(s['update_ms']['p99'])} "
             f"({s['update_ms']['timeouts']}) "
+            f"| {fmt(s['status_writes_per_move'].get('median'), 0)} "
+            f"({fmt(s['status_writes_at_once_per_move'].get('median'), 0)}) "
             f"| {fmt(s['events_per_move_per_proc'].get('median'), 0)} "
             f"| {fmt(s['feed_cpu_ms_per_move_per_proc'].get('median'), 3)} "
             f"| {r['store_bytes_per_vm']:,.0f}{db} "

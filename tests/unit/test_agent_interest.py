@@ -98,10 +98,10 @@ def test_a_move_into_a_new_segment_concerns_the_destination(agents):
     assert hv3.stats.reconciles > passes
 
 
-def test_an_idle_advance_waits_for_the_next_pass_to_be_published_when_asked(agents):
+def test_an_idle_advance_is_published_at_the_next_pass_or_when_a_waiter_asks(agents):
     m, kernels, running = agents
     hv3 = running["hv3"]
-    hv3.publish_idle = False  # (Agent(publish_idle=False)): no store write for a change hv3 has no part in
+    assert not hv3.publish_idle  # the default: no store write for a change hv3 has no part in
     published = m.statuses.all()["hv3"].converged_revision
     plug(running, kernels, "hv2", "vm1/0")
     m.report_move("vm1/0", "hv2")
@@ -110,3 +110,13 @@ def test_an_idle_advance_waits_for_the_next_pass_to_be_published_when_asked(agen
     assert m.statuses.all()["hv3"].converged_revision == published < m.revision
     hv3.reconcile(resync=True)  # the periodic resync publishes it
     assert m.statuses.all()["hv3"].converged_revision == m.revision
+    # another change hv3 has no part in; a waiter that waits for hv3 asks it (a SyncRequest), and it answers
+    idle = hv3.stats.idle_advances
+    plug(running, kernels, "hv1", "vm1/0")
+    m.report_move("vm1/0", "hv1")
+    assert m.statuses.wait_converged(["hv1", "hv2"], timeout=20)
+    assert until(lambda: hv3.stats.idle_advances > idle and hv3.stats.converged_revision == m.revision)
+    assert m.statuses.all()["hv3"].converged_revision < m.revision
+    rev = m.revision
+    assert m.statuses.wait_converged(["hv3"], timeout=20)
+    assert m.statuses.all()["hv3"].converged_revision == rev and m.revision == rev  # asking changed no record

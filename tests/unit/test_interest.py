@@ -127,21 +127,33 @@ def kernel_ifaces(rng: random.Random, ports: list[LogicalPort]) -> list[str]:
     return [p.iface_id for p in rng.sample(ports, 2)]
 
 
+class History:
+    """A seeded random history of `step`s over `build()`'s mapping, with a view that follows its watch."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        self.m, self.ports = build()
+        self.view = MappingView()
+        items, rev = self.m.store.range(ROOT)
+        self.view.load(items)
+        self._next = rev + 1
+
+    def steps(self, n: int):
+        """(index, operation, what its events touched) per step, the view caught up with it."""
+        for i in range(n):
+            op = step(self.m, self.ports, self.rng)
+            events, self._next = self.m.store.watch(ROOT, self._next, timeout=0)
+            yield i, op, self.view.apply(events)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_projection_and_skipping_equal_the_reference_on_random_histories(seed):
-    rng = random.Random(seed)
-    m, ports = build()
-    view = MappingView()
-    items, rev = m.store.range(ROOT)
-    view.load(items)
-    nxt = rev + 1
+    h = History(seed)
+    rng, m, ports, view = h.rng, h.m, h.ports, h.view
     kernels = {n.name: kernel_ifaces(rng, ports) for n in NVES}
     before = m.snapshot()
     interests = {n.name: project(view, n.name, kernels[n.name])[1] for n in NVES}
-    for i in range(60):
-        op = step(m, ports, rng)
-        events, nxt = m.store.watch(ROOT, nxt, timeout=0)
-        touched = view.apply(events)
+    for i, op, touched in h.steps(60):
         full = m.snapshot()
         assert view.snapshot() == full, f"seed {seed} step {i} ({op}): the view drifted from the store"
         for n in NVES:

@@ -157,6 +157,17 @@ def test_prepare_needs_the_destinations_agent(fabric):
     assert m.snapshot().migrations == {}
 
 
+def test_phases_wait_only_for_the_nves_the_move_concerns(fabric):
+    m = fabric.mapping
+    m.register_nve(Nve("hv4", "198.18.2.3", "dc2"))  # no agent runs there, and it hosts nothing of vm1's CUGs
+    rec = fabric.orch.prepare("vm1", "hv3", wait=5)
+    assert rec["waited_for"] == ["hv1", "hv2"]  # not hv4: its desired state does not change
+    assert fabric.orch.concerned(["vm2/0"], ["hv2"]) == ["hv1", "hv2", "hv3"]  # web's hosts, and hv3 (prepared)
+    fabric.arrive("hv3")
+    done = fabric.orch.complete("vm1", wait=5)
+    assert done["converged"] and done["lagging"] == []
+
+
 def test_prepare_rolls_back_when_an_nve_does_not_program_it(fabric):
     m = fabric.mapping
     fabric.agents["hv2"].stop()  # hv2's agent is down: the move would not be delivered to both ends there

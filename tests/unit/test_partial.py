@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_interest import NVES, build, kernel_ifaces, step
+from test_interest import NVES, History, build, kernel_ifaces, step
 
 from roamnet.agent import loop
 from roamnet.agent.loop import Agent
@@ -36,20 +36,13 @@ def programmed(want: NveDesired, ifaces: list[str]) -> Actual:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_merged_scope_and_its_plan_equal_the_whole_on_random_histories(seed):
-    rng = random.Random(seed)
-    m, ports = build()
+    h = History(seed)
+    rng, m, ports, view = h.rng, h.m, h.ports, h.view
     every = [p.iface_id for p in ports]
-    view = MappingView()
-    items, rev = m.store.range(ROOT)
-    view.load(items)
-    nxt = rev + 1
     kernels = {n: kernel_ifaces(rng, ports) for n in NVE_NAMES}
     last = {n: compute_desired(m.snapshot(), n) for n in NVE_NAMES}
     scoped = 0
-    for i in range(60):
-        op = step(m, ports, rng)
-        events, nxt = m.store.watch(ROOT, nxt, timeout=0)
-        touched = view.apply(events)
+    for i, op, touched in h.steps(60):
         full = m.snapshot()
         for n in NVE_NAMES:
             want = compute_desired(full, n)

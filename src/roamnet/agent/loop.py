@@ -88,6 +88,7 @@ class AgentStats:
     converged_revision: int = 0
     idle_advances: int = 0  # mapping changes that concerned none of this NVE's part: no pass, only the revision
     scoped_passes: int = 0  # passes that recomputed only the VNIs and tenants their changes touched
+    statuses_published: int = 0  # status writes
     pass_cpu_s: float = 0.0  # CPU time (of the pass's thread) spent in passes
     whole_pass_cpu_s: float = 0.0  # CPU time of the last whole pass (it sets the resync period)
     idle_cpu_s: float = 0.0  # CPU time spent advancing the converged revision without a pass
@@ -106,10 +107,10 @@ class Agent:
     """One NVE's agent. `start()` runs it in threads; `reconcile()` is one synchronous pass."""
 
     def __init__(self, client: MappingClient, nve: Nve, kernel: KernelLike,
-                 clock: Callable[[], float] = time.monotonic, publish_idle: bool = True):
-        """`publish_idle`: publish a converged revision advanced without a pass at once (what waits on
-        every NVE's convergence need); False leaves it to the next pass or resync, so a change that
-        concerns an NVE not at all costs it no store write either."""
+                 clock: Callable[[], float] = time.monotonic, publish_idle: bool = False):
+        """`publish_idle`: publish a converged revision advanced without a pass at once; False (the
+        default) publishes it when a waiter asks (a SyncRequest naming this NVE: mapping/status.py), at
+        the next pass or at the resync, so a change that concerns an NVE not at all costs it no store write."""
         self.client, self.nve, self.kernel = client, nve, kernel
         self.publish_idle = publish_idle
         self.ns = kernel.ns
@@ -128,6 +129,7 @@ class Agent:
         self._interest: Interest | None = None
         self._need_pass = True
         self._idle_revision = 0
+        self._sync_to = 0  # the highest revision a waiter asked this NVE to publish its status at
         self._whole = False  # the last pass made this NVE whole (converged at its revision)
         # what the batches since the last pass touched (the next pass's scope), or a whole pass needed
         # (start, a change of NVEs, tenants, CUGs or policy, a reload, a kernel read)
@@ -319,6 +321,9 @@ class Agent:
     def _mapping_changed(self, touched: Touched) -> None:
         """The feed applied a batch (called under the view's lock: note and wake only)."""
         with self._note:
+            for req in touched.syncs:
+                if req.names(self.nve.name):
+                    self._sync_to = max(self._sync_to, req.revision)
             if self._interest is None or self._interest.concerns(touched):
                 self._need_pass = True
                 if touched.general or touched.reloaded:
@@ -350,9 +355,24 @@ class Agent:
                     return False
                 self.stats.converged_revision = self._idle_revision
             self.stats.idle_advances += 1
-            if self.publish_idle:
+            if self.publish_idle or self._sync_to > self._published_revision:
                 self._publish()
             self.stats.idle_cpu_s += time.thread_time() - cpu
+            return True
+
+    @property
+    def _published_revision(self) -> int:
+        return self._published.converged_revision if self._published is not None else -1
+
+    def answer_sync(self) -> bool:
+        """A waiter asked for a status this NVE has not published yet (its converged revision advanced
+        without a pass since): publish it."""
+        with self._lock:
+            with self._note:
+                wanted = self._sync_to
+            if wanted <= self._published_revision or self.stats.converged_revision <= self._published_revision:
+                return False
+            self._publish()
             return True
 
     def _hold_prunes(self, changes: list[Change], scope: Scope | None = None) -> list[Change]:
@@ -397,6 +417,7 @@ class Agent:
         try:
             self.client.publish_status(st)
             self._published = st
+            self.stats.statuses_published += 1
         except Exception as exc:  # the store is away: the kernel keeps forwarding, retry next pass
             log.warning("%s: cannot publish status: %s", self.nve.name, exc)
 
@@ -433,8 +454,8 @@ class Agent:
             try:
                 if needed or resync:
                     self.reconcile(resync=resync)
-                else:
-                    self.advance_idle()
+                elif not self.advance_idle():
+                    self.answer_sync()
             except Exception as exc:  # keep the agent alive; the next pass retries
                 log.exception("%s: reconcile failed", self.nve.name)
                 self.stats.error(repr(exc))

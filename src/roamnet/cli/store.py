@@ -55,15 +55,20 @@ def apply_cmd(topology: Path, store_url: str, cacert: str | None, cert: str | No
         render_apply(res, str(topology), out)
 
 
-def _read_store(store_url: str, cacert: str | None, cert: str | None, key: str | None):
-    """(snapshot, statuses) of the store at `store_url`."""
+def _read_store(store_url: str, cacert: str | None, cert: str | None, key: str | None, sync_s: float = 0.0):
+    """(snapshot, statuses) of the store at `store_url`; with `sync_s`, the live NVEs behind the snapshot's
+    revision are first asked to publish (an agent publishes a change that concerned nothing of its NVE only
+    when asked: mapping/status.py) and waited for, at most `sync_s` s."""
     from roamnet.mapping.store.etcd import StoreError
     from roamnet.mapping.system import MappingSystem
 
     store = open_store(store_url, cacert, cert, key)
     try:
         m = MappingSystem(store)
-        return m.snapshot(), m.statuses.all()
+        snap = m.snapshot()
+        if sync_s > 0:
+            m.statuses.wait_converged(sorted(set(snap.nves) & set(m.statuses.all())), sync_s, snap.revision)
+        return snap, m.statuses.all()
     except StoreError as exc:
         _fail(exc)
     finally:
@@ -72,13 +77,18 @@ def _read_store(store_url: str, cacert: str | None, cert: str | None, key: str |
 
 @click.command("status")
 @store_options
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Ask the live NVEs behind the mapping's revision to publish their status, and wait at most "
+                   "this many seconds for them (0: show what is published). An agent publishes a change that "
+                   "concerns nothing of its NVE only when asked, at its next pass or at its resync.")
 @FORMAT
-def status_cmd(store_url: str, cacert: str | None, cert: str | None, key: str | None, fmt: str) -> None:
+def status_cmd(store_url: str, cacert: str | None, cert: str | None, key: str | None, wait_s: float,
+               fmt: str) -> None:
     """Every NVE: alive (its agent's status key exists), the mapping revision it has programmed and
     whether it lags, its pid, last pass and errors; the bindings' states; the moves in progress."""
     from roamnet.mapview import render_status, status_data
 
-    data = status_data(*_read_store(store_url, cacert, cert, key))
+    data = status_data(*_read_store(store_url, cacert, cert, key, wait_s))
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     else:

@@ -14,6 +14,9 @@ Keys in the store (values are JSON); the records live under /mapping/ (shown wit
                                   is one compare-and-swap, so two CUGs can never get one VLAN)
   /revision                    -> written in the same transaction as every change of the records
                                   above: its mod_revision is the mapping's revision
+  /sync                        -> SyncRequest: a waiter asks these NVEs (all: none named) to publish their
+                                  status once converged at that revision (status.py); not a record:
+                                  writing it leaves the mapping's revision as it is
 and outside it:
   /status/<nve>                -> NveStatus: what that NVE's agent published (converged revision,
                                   counters, errors), like OVN's Chassis_Private.nb_cfg; not part of
@@ -31,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 ROOT = "/mapping/"  # every record; what agents watch and snapshots read
 NVES, PORTS, BINDINGS, MIGRATIONS = ROOT + "nves/", ROOT + "ports/", ROOT + "bindings/", ROOT + "migrations/"
 TENANTS, SEGMENTS, DOMAINS, VLANS = ROOT + "tenants/", ROOT + "cugs/", ROOT + "domains/", ROOT + "vlans/"
-POLICY, REVISION = ROOT + "policy", ROOT + "revision"
+POLICY, REVISION, SYNC = ROOT + "policy", ROOT + "revision", ROOT + "sync"
 STATUS = "/status/"  # the agents' statuses: outside ROOT, so publishing one wakes no agent
 SERVER, BORDER, TOR = "server", "border", "tor"
 PREPARED, ACTIVATED = "prepared", "activated"
@@ -211,6 +214,27 @@ class NveStatus:
     errors: tuple[str, ...] = ()  # the last few
     pid: int = 0  # the process the agent runs in
     claims_refused: int = 0  # its reports the mobility rules refused (a frozen or sticky MAC)
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """A waiter's request (/mapping/sync): NVEs `nves` (None: every NVE) publish their status once they are
+    converged at `revision` or later, even if no change since their last status concerned them."""
+
+    revision: int
+    nves: frozenset[str] | None = None
+
+    def names(self, nve: str) -> bool:
+        return self.nves is None or nve in self.nves
+
+    def to_json(self) -> str:
+        return json.dumps({"revision": self.revision, "nves": None if self.nves is None else sorted(self.nves)})
+
+    @classmethod
+    def from_json(cls, value: str) -> SyncRequest:
+        data = json.loads(value)
+        nves = data.get("nves")
+        return cls(int(data["revision"]), None if nves is None else frozenset(nves))
 
 
 @dataclass(frozen=True)

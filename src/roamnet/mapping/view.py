@@ -27,11 +27,13 @@ from roamnet.mapping.records import (
     PREPARED,
     REVISION,
     ROOT,
+    SYNC,
     Binding,
     LogicalPort,
     Migration,
     PolicySet,
     Snapshot,
+    SyncRequest,
     decode_record,
     record_kind,
 )
@@ -55,10 +57,11 @@ class Touched:
     #                                       every interface of a VM whose port changed: its filter)
     general: bool = False  # NVEs, tenants, CUGs, domains, VLANs or the policy changed: anybody may care
     reloaded: bool = False  # the view was read afresh (start, compaction): anybody may care
+    syncs: tuple[SyncRequest, ...] = ()  # waiters' requests that NVEs publish their status (no record changed)
 
     @property
     def empty(self) -> bool:
-        return not (self.vnis or self.nves or self.ifaces or self.general or self.reloaded)
+        return not (self.vnis or self.nves or self.ifaces or self.general or self.reloaded or self.syncs)
 
 
 def _ident(attr: str, rest: str):
@@ -125,12 +128,17 @@ class MappingView:
         nves: set[str] = set()
         ifaces: set[str] = set()
         seen = {"general": False}
+        syncs = []
         for e in events:
             if e.key == REVISION:
                 self.revision = max(self.revision, e.revision)
+            elif e.key == SYNC:
+                if e.value is not None:
+                    syncs.append(SyncRequest.from_json(e.value))
             elif e.key.startswith(ROOT):
                 self._set(e.key, e.value, (vnis, nves, ifaces, seen))
-        return Touched(self.revision, frozenset(vnis), frozenset(nves), frozenset(ifaces), seen["general"])
+        return Touched(self.revision, frozenset(vnis), frozenset(nves), frozenset(ifaces), seen["general"],
+                       syncs=tuple(syncs))
 
     def _set(self, key: str, value: str | None, touched) -> None:
         kind = record_kind(key)

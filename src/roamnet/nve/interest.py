@@ -24,6 +24,10 @@ under "same tenant" (`scope_of`: a tenant's VRF depends on every routed CUG of t
 `compute_desired(..., tenants=scope.tenants)` computes from it is exactly the desired state's part
 for those VNIs and tenants (nve/partial.py merges it into the last whole one). The Interest it returns
 is still the whole part's: it costs the NVE's own records and the table of CUGs, not the bindings.
+
+`concerned(view, touched)` is the same definition read the other way: the NVEs whose part holds
+something a change touched, found from the touched VNIs' records without projecting any NVE. A waiter
+waits for those (orchestrator/moves.py), not for every NVE: at 1,000 NVEs a move concerns a few dozen.
 """
 
 from __future__ import annotations
@@ -115,3 +119,33 @@ def project(view: MappingView, nve: str, ifaces: Iterable[str] = (),
     snap = Snapshot(view.revision, view.nves, ports, bindings, migrations, view.tenants, view.segments,
                     view.domains, view.vlans, view.policy)
     return snap, Interest(view.revision, frozenset(vnis), served, frozenset(here | kernel | set(ports)))
+
+
+def concerned(view: MappingView, touched: Touched) -> frozenset[str]:
+    """The NVEs whose part (`project`) a change that touched `touched` may alter, read from `view` after the
+    change (`touched.nves` names the NVEs a changed record was on before it: a binding's old NVE, a move's
+    ends): every NVE if it touched the small tables. A superset: an NVE outside it computes the same
+    desired state before and after (tests/unit/test_concern.py checks it over random histories). Not
+    counted: an NVE concerned only because a VM port the mapping does not place there is in its kernel."""
+    if touched.general or touched.reloaded:
+        return frozenset(view.nves)
+    vnis = set(touched.vnis)
+    nves = set(touched.nves)
+    for iface in touched.ifaces:
+        port = view.ports.get(iface)
+        if port is not None:
+            vnis.add(port.vni)
+        b = view.binding_of(iface)
+        if b is not None:
+            nves.add(b.nve)
+    routed = routed_cugs(view.segments, view.tenants)
+    tenants = {routed[v].tenant for v in vnis if v in routed}
+    if tenants:  # every holder of those tenants' VRFs: the borders and the servers of their routed CUGs
+        nves.update(n.name for n in view.nves.values() if n.role == BORDER)
+        vnis.update(v for v, s in routed.items() if s.tenant in tenants)
+    for v in vnis:
+        nves.update(b.nve for b in view.by_vni.get(v, {}).values())
+        for m in view.migrations_by_vni.get(v, {}).values():  # an incoming move; a VRF kept until completion
+            nves.update((m.src, m.dst))
+    nves.update(view.nves[n].tor for n in list(nves) if n in view.nves and view.nves[n].tor)  # what ToRs serve
+    return frozenset(n for n in nves if n in view.nves)

@@ -4,11 +4,13 @@ hook do, over a `MappingSystem` and the statuses the NVEs' agents publish.
 A VM is the set of its interfaces in the mapping (`LogicalPort.vm`); every phase acts on all of them:
 
     prepare   record the move of every interface to NVE `to` (all or none), then wait (bounded)
-              until every NVE has programmed it (their published converged revisions); on a refusal
+              until every NVE it concerns has programmed it (their published converged revisions:
+              `concerned`, the NVEs whose part of the mapping holds the VM's CUGs, its tenant's VRF
+              or its ends; the others' desired state does not change); on a refusal
               or a timeout, roll back what this call prepared
     activate  the VM runs on the destination (normally its RARP on its new port activates the move,
               by the destination's agent): move the bindings there explicitly
-    complete  the move was activated: wait (bounded) until every NVE programmed the activation, then
+    complete  the move was activated: wait (bounded) until every NVE concerned programmed the activation, then
               forget the move
     abort     roll back a move never activated (the VM still runs where it was)
 
@@ -18,7 +20,7 @@ A prepared move nobody activates is rolled back after its deadline by the destin
 The destination's own port: an NVE reports itself converged only once every VM port the mapping puts
 on it exists, and a hypervisor creates the destination's port only when the migration starts (libvirt
 creates the tap when it spawns the incoming QEMU, after its hook ran). So `prepare` waits for every
-NVE but the destination unless `port_ready` (the port exists already, as in the lab), and asks only
+NVE concerned but the destination unless `port_ready` (the port exists already, as in the lab), and asks only
 that the destination's agent has published a status (something will program the port when it comes).
 """
 
@@ -31,6 +33,8 @@ from collections.abc import Iterable
 
 from roamnet.mapping.records import ACTIVATED, Migration, Snapshot
 from roamnet.mapping.system import MappingSystem, MoveRefused
+from roamnet.mapping.view import Touched
+from roamnet.nve.interest import concerned
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,16 @@ class Orchestrator:
         self.mapping = mapping
 
     # ---- convergence -------------------------------------------------------------------------------
+    def concerned(self, ifaces: Iterable[str], ends: Iterable[str]) -> list[str]:
+        """The NVEs a change of `ifaces`' bindings or moves (between NVEs `ends`) concerns, from the mapping now
+        (nve/interest.concerned): what a phase waits for. At 1,000 NVEs a move concerns a few dozen."""
+        ifaces = list(ifaces)
+
+        def read(view) -> frozenset[str]:
+            vnis = frozenset(view.ports[i].vni for i in ifaces if i in view.ports)
+            return concerned(view, Touched(view.revision, vnis, frozenset(ends), frozenset(ifaces)))
+        return sorted(self.mapping.feed.read(read))
+
     def _lagging(self, nves: list[str], revision: int, wait: float) -> list[str]:
         """Wait (at most `wait` s) until every NVE of `nves` programmed `revision`; the ones behind."""
         st = self.mapping.statuses
@@ -112,7 +126,7 @@ class Orchestrator:
             if mig.state == ACTIVATED:
                 raise MoveError(f"{label}: the move of {i} to {to} is already activated: complete it")
             held[i] = mig
-        if not port_ready and to not in m.statuses.all():
+        if not port_ready and to not in m.statuses.of([to]):
             raise MoveError(f"{label}: no agent has published a status for NVE {to}: nothing would program the "
                             f"VM's port there (is `roamnet agent --nve {to}` running?)")
         started = time.monotonic()
@@ -122,7 +136,8 @@ class Orchestrator:
                 if i not in held:
                     done.append(m.prepare(i, to, timeout))
             revision = m.revision
-            nves = sorted(n for n in snap.nves if port_ready or n != to)
+            ends = {b.nve for i in ifaces if (b := snap.binding_of(i)) is not None} | {to}
+            nves = [n for n in self.concerned(ifaces, ends) if port_ready or n != to]
             lagging = self._lagging(nves, revision, wait)
             if lagging:
                 raise MoveError(f"the NVEs did not program it within {wait:g} s: {self._behind(lagging, revision)}")
@@ -163,6 +178,10 @@ class Orchestrator:
         return ifaces, migs
 
     @staticmethod
+    def _ends(migs: dict[str, Migration]) -> set[str]:
+        return {n for mg in migs.values() for n in (mg.src, mg.dst)}
+
+    @staticmethod
     def _record(vm: str, migs: dict[str, Migration], phase: str, **extra) -> dict:
         first = next(iter(migs.values()))
         return {"vm": vm, "ifaces": sorted(migs, key=natural_key), "from": ",".join(sorted({mg.src for mg in migs.values()})),
@@ -182,7 +201,7 @@ class Orchestrator:
             except MoveRefused as exc:
                 raise MoveError(f"{vm}: activation on {migs[i].dst} refused: {exc}") from None
         revision = self.mapping.revision
-        lagging = self._lagging(sorted(self.mapping.snapshot().nves), revision, wait)
+        lagging = self._lagging(self.concerned(migs, self._ends(migs)), revision, wait)
         log.info("%s: activated on %s at revision %d%s", vm, migs[sorted(migs)[0]].dst, revision,
                  f"; not yet programmed by {', '.join(lagging)}" if lagging else "")
         return self._record(vm, migs, "activated", already_activated=was, revision=revision,
@@ -203,8 +222,8 @@ class Orchestrator:
                                 f"VM has not announced itself there); activate it if it runs there, or abort it")
             self._activate(vm, migs, 0)
             by = "orchestrator"
-        revision = self.mapping.snapshot().revision
-        lagging = self._lagging(sorted(self.mapping.snapshot().nves), revision, wait)
+        revision = self.mapping.revision
+        lagging = self._lagging(self.concerned(migs, self._ends(migs)), revision, wait)
         if lagging:
             log.warning("%s: completing although not every NVE programmed the activation within %g s: %s", vm, wait,
                         self._behind(lagging, revision))
