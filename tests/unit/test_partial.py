@@ -49,7 +49,7 @@ def test_merged_scope_and_its_plan_equal_the_whole_on_random_histories(seed):
             if not (touched.general or touched.reloaded):
                 scope = scope_of(view, touched.vnis, touched.ifaces)
                 snap = project(view, n, kernels[n], scope.vnis)[0]
-                part = compute_desired(snap, n, scope.tenants)
+                part = compute_desired(snap, n, scope.tenants, scope.l2)
                 assert merge(last[n], part, scope) == want, f"seed {seed} step {i} ({op}): {n}'s merge differs"
                 have = programmed(last[n], every)
                 narrow = restrict(have, scope, part)
@@ -70,8 +70,8 @@ def test_a_move_scopes_its_cug_and_the_whole_of_its_tenant():
     m.report_move(web.iface_id, "hv5")
     touched = view.apply(m.store.watch(ROOT, rev + 1, timeout=0)[0])
     scope = scope_of(view, touched.vnis, touched.ifaces)
-    # web and db are t1's; web's VM has its other interface in db: both t1, app (t2) and l2 stay out
-    assert scope == Scope(frozenset({10100, 10200}), frozenset({"t1"}))
+    # web and db are t1's: t1's VRF needs both; the L2 pieces of web alone; app (t2) and l2 stay out
+    assert scope == Scope(frozenset({10100, 10200}), frozenset({"t1"}), frozenset({10100}))
     l2 = next(p for p in ports if p.vni == 10400)
     m.report_move(l2.iface_id, "hv5")
     touched = view.apply(m.store.watch(ROOT, touched.revision + 1, timeout=0)[0])
@@ -93,6 +93,26 @@ def test_a_scope_leaves_a_border_s_other_tenants_alone():
     assert set(part.vrfs) == {"t2"}
     assert part.vrfs["t2"].routes[("transit", app.ips[0] + "/32")] == "198.18.2.1"
     assert touched.vnis >= {10300}
+
+
+def tamper(rng: random.Random, kernels: list) -> str:
+    """The same change to each of `kernels` (`Actual`s holding the same): a remote MAC, a flood list, a
+    bridge port or a VRF's host route removed."""
+    a = kernels[0]
+    choices = [("remote_macs", k) for k in a.remote_macs] + [("flood", v) for v in a.flood]
+    choices += [("ports", p) for p, v in a.ports.items() if v is not None]
+    choices += [("route", (t, r)) for t, vrf in a.vrfs.items() for r in vrf.routes]
+    if not choices:
+        return "nothing to change"
+    what, key = rng.choice(sorted(choices, key=repr))
+    for k in kernels:
+        if what == "ports":
+            k.ports[key] = None
+        elif what == "route":
+            del k.vrfs[key[0]].routes[key[1]]
+        else:
+            del getattr(k, what)[key]
+    return f"{what} {key} removed"
 
 
 def settle(agents: list[Agent], rounds: int = 6) -> None:
@@ -135,10 +155,23 @@ def test_scoped_agents_program_what_whole_passes_program(seed):
         settle(agents)
         for i in range(40):
             op = step(m, ports, rng)
+            if rng.random() < 0.4:  # the hypervisor plugs or unplugs a VM port on one NVE: a kernel event
+                n = rng.choice(NVE_NAMES)
+                iface = rng.choice(ports).iface_id
+                for a in pairs[n]:
+                    (a.kernel.remove_port if iface in a.kernel.actual.devices else a.kernel.add_port)(iface)
+                    a._link_event()
+                op += f"; {n}'s port {iface} plugged or unplugged"
+            elif rng.random() < 0.3:  # somebody else changed an NVE's kernel (then a kernel event): undone
+                n = rng.choice(NVE_NAMES)
+                op += f"; {n}'s kernel: {tamper(rng, [a.kernel.actual for a in pairs[n]])}"
+                for a in pairs[n]:
+                    a._link_event()
             settle(agents)
             for n, (inc, ref) in pairs.items():
                 assert inc.kernel.actual == ref.kernel.actual, f"seed {seed} step {i} ({op}): {n}'s kernels differ"
         assert sum(pairs[n][0].stats.scoped_passes for n in pairs) > 0
+        assert sum(pairs[n][0].stats.drift_scoped_passes for n in pairs) > 0  # kernel events stayed scoped
         assert sum(pairs[n][1].stats.scoped_passes for n in pairs) == 0
     finally:
         for u in unfollow:

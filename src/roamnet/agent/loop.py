@@ -34,7 +34,7 @@ from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
 from roamnet.mapping.view import Touched
 from roamnet.nve.desired import NveDesired, compute_desired, is_trunk
 from roamnet.nve.interest import Interest, Scope, project, scope_of
-from roamnet.nve.partial import merge, restrict
+from roamnet.nve.partial import Drift, drift, merge, restrict
 from roamnet.nve.plan import (
     STRUCTURAL,
     Actual,
@@ -88,6 +88,7 @@ class AgentStats:
     converged_revision: int = 0
     idle_advances: int = 0  # mapping changes that concerned none of this NVE's part: no pass, only the revision
     scoped_passes: int = 0  # passes that recomputed only the VNIs and tenants their changes touched
+    drift_scoped_passes: int = 0  # of them, passes after a kernel event (scoped by where the kernel differed)
     statuses_published: int = 0  # status writes
     pass_cpu_s: float = 0.0  # CPU time (of the pass's thread) spent in passes
     whole_pass_cpu_s: float = 0.0  # CPU time of the last whole pass (it sets the resync period)
@@ -155,7 +156,7 @@ class Agent:
             want = part = compute_desired(snap, self.nve.name)
             have, scope = actual, None
         else:
-            part = compute_desired(snap, self.nve.name, scope.tenants)
+            part = compute_desired(snap, self.nve.name, scope.tenants, scope.l2)
             want = merge(self._want, part, scope)
             have = restrict(actual, scope, part)
         self._want = want
@@ -237,10 +238,11 @@ class Agent:
 
     scoped = True  # passes woken by the mapping alone may recompute only what it touched
 
-    def _part(self, actual: Actual, ports: list[str], whole: bool,
-              scope: Scope | None = None) -> tuple[Snapshot, Scope | None]:
+    def _part(self, actual: Actual, ports: list[str], whole: bool, scope: Scope | None = None,
+              drifted: Drift | None = None) -> tuple[Snapshot, Scope | None]:
         """This NVE's part of the mapping now (its VM ports in the kernel included), and its interest;
-        unless `whole`, only the part the batches since the last pass touched (with `scope`: and that)."""
+        unless `whole`, only the part the batches since the last pass touched (with `scope`: and that; with
+        `drifted`: and where a fresh kernel read differs from what the agent held)."""
         ifaces = set(actual.devices) | set(actual.ports) | set(ports)
 
         def take(view):
@@ -248,9 +250,11 @@ class Agent:
                 full = whole or self._full or not self.scoped or self._unfollow is None or self._want is None
                 vnis, touched_ifaces = self._touched_vnis, self._touched_ifaces
                 self._full, self._touched_vnis, self._touched_ifaces = False, set(), set()
-            now = None if full else scope_of(view, vnis | self.pending_prunes, touched_ifaces)
+            extra = drifted or Drift(frozenset(), frozenset(), frozenset())
+            now = None if full else scope_of(view, vnis | self.pending_prunes | extra.vnis,
+                                             touched_ifaces | extra.ifaces, extra.tenants)
             if now is not None and scope is not None:
-                now = Scope(now.vnis | scope.vnis, now.tenants | scope.tenants)
+                now = now | scope
             snap, interest = project(view, self.nve.name, ifaces, None if now is None else now.vnis)
             with self._note:  # no batch is judged against the interest it changed
                 self._interest = interest
@@ -267,20 +271,28 @@ class Agent:
                 self._kernel_dirty = True
                 self.kernel.forget_filters()
             refresh = False
-            whole_pass = self._kernel_dirty or self._cache is None
-            if whole_pass:
+            drifted = None
+            read = self._kernel_dirty or self._cache is None
+            if read:
                 self._kernel_dirty = False  # before reading: an event during the read dirties it again
+                held = self._cache
                 actual, ports = self.kernel.read()
                 self.stats.kernel_reads += 1
+                # a kernel event (a VM port came or went): scoped to where the kernel differs from what was held
+                drifted = None if resync or held is None else drift(held, (actual, ports))
+                if drifted is not None:
+                    self._planned_in = None  # the claimant chains and filters: planned over the fresh read
             else:
                 actual, ports = self._cache
-            snap, scope = self._part(actual, ports, whole_pass)
+            whole_pass = read and drifted is None
+            snap, scope = self._part(actual, ports, whole_pass, drifted=drifted)
             if self._claim_arrivals(snap, ports) | self._expire_prepared(snap):
                 snap, scope = self._part(actual, ports, scope is None, scope)
             changes, whole = self._changes(snap, actual, scope)
             scoped = scope is not None
             if scoped:
                 self.stats.scoped_passes += 1
+                self.stats.drift_scoped_passes += drifted is not None
             errors = self.kernel.apply(changes) if changes else []
             if errors:
                 self._cache, self._kernel_dirty = None, True
@@ -380,7 +392,7 @@ class Agent:
         its VNIs; the others stay pending as they were)."""
         now = self._clock()
         prunes = {c.vni for c in changes if c.op == "del-segment"}
-        kept = {} if scope is None else {v: t for v, t in self._unneeded_since.items() if v not in scope.vnis}
+        kept = {} if scope is None else {v: t for v, t in self._unneeded_since.items() if v not in scope.l2}
         self._unneeded_since = kept | {v: self._unneeded_since.get(v, now) for v in prunes}
         held = {v for v, since in self._unneeded_since.items() if now - since < PRUNE_HOLD_S}
         if held and self._threads and not (self._prune_timer and self._prune_timer.is_alive()):
@@ -468,7 +480,7 @@ class Agent:
 
     def _link_event(self) -> None:
         self._kernel_dirty = True
-        self._wake_pass()
+        self._wake_pass(whole=False)  # the pass reads the kernel; where it differs from what was held is its scope
 
     def _announcement(self, ifname: str, mac: str) -> None:
         # any VM port of the last read: the frame proves it is up even if no pass has seen it up yet

@@ -44,6 +44,8 @@ COUNTERS = (  # roamnet_agent_<name>_total, AgentStats field, what it counts
     ("pass_cpu_seconds", "pass_cpu_s", "CPU time spent in passes."),
     ("scoped_passes", "scoped_passes", "Passes that recomputed only the VNIs and tenants their mapping changes "
      "touched."),
+    ("drift_scoped_passes", "drift_scoped_passes", "Scoped passes after a kernel event: scoped by where the "
+     "kernel's fresh read differed from what the agent held."),
     ("statuses_published", "statuses_published", "Status writes (after passes, at resyncs, when a waiter asked)."),
 )
 

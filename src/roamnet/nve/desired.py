@@ -104,8 +104,10 @@ class NveDesired:
         }
 
 
-def compute_desired(snap: Snapshot, nve: str, tenants: frozenset[str] | None = None) -> NveDesired:
-    """NVE `nve`'s desired state (`tenants`: only those tenants' VRFs; a scoped pass, nve/partial.py). Pure."""
+def compute_desired(snap: Snapshot, nve: str, tenants: frozenset[str] | None = None,
+                    l2: frozenset[int] | None = None) -> NveDesired:
+    """NVE `nve`'s desired state (a scoped pass, nve/partial.py: `tenants`, only those tenants' VRFs; `l2`,
+    only those VNIs' segments, ports, entries and filters). Pure."""
     snap = snap.running()  # a stopped VM (cold move): no port, no entries, no ARP answer, no flood-list place
     me = snap.nves[nve]
     prepared = snap.prepared()
@@ -130,8 +132,15 @@ def compute_desired(snap: Snapshot, nve: str, tenants: frozenset[str] | None = N
         if (p := port_at(m.dst, m.iface_id, m.vni, m.mac)) is not None:
             local.setdefault(p.iface_id, p)  # a move inside one ToR: the binding's port stays the local one
             attachments[p.attachment] = p.vni
+    vrfs = compute_vrfs(snap, nve, frozenset(attachments.values()), tenants)  # every segment here counts
+    bindings = snap.bindings.values()
+    if l2 is not None:
+        local = {i: p for i, p in local.items() if p.vni in l2}
+        attachments = {a: v for a, v in attachments.items() if v in l2}
+        bindings = [b for b in bindings if b.vni in l2]
+        prepared = [m for m in prepared if m.vni in l2]
     segments = frozenset(attachments.values())
-    remote = {b.key: b.vtep for b in snap.bindings.values() if b.vtep != me.vtep and b.vni in segments}
+    remote = {b.key: b.vtep for b in bindings if b.vtep != me.vtep and b.vni in segments}
     replicated, dual = set(), set()
     for m in prepared:
         src = snap.bindings.get(m.key)
@@ -146,14 +155,14 @@ def compute_desired(snap: Snapshot, nve: str, tenants: frozenset[str] | None = N
         elif m.vni in segments:  # everybody else: to both, through the segment's flood list
             remote.pop(m.key, None)
             replicated.add(m.key)
-    hosts = [(b.vni, b.vtep) for b in snap.bindings.values()] + [(m.vni, m.dst_vtep) for m in prepared]
+    hosts = [(b.vni, b.vtep) for b in bindings] + [(m.vni, m.dst_vtep) for m in prepared]
     flood = {vni: frozenset(t for v, t in hosts if v == vni and t != me.vtep) for vni in segments}
-    arp = {(b.vni, ip): b.mac for b in snap.bindings.values() if b.vni in segments for ip in b.ips}
+    arp = {(b.vni, ip): b.mac for b in bindings if b.vni in segments for ip in b.ips}
     filters = port_filters(snap, [p.iface_id for p in local.values() if p.attachment == p.iface_id])
     #         (a VM port here, not one behind a trunk: that one's server filters it)
     arp_flood = {vni: snap.segments[vni].flood_unknown_arp if vni in snap.segments else True for vni in segments}
     return NveDesired(nve, me.vtep, segments, local, remote, flood, frozenset(replicated), frozenset(dual),
-                      compute_vrfs(snap, nve, segments, tenants), attachments, arp, filters, arp_flood, allowed_vteps(snap))
+                      vrfs, attachments, arp, filters, arp_flood, allowed_vteps(snap))
 
 
 def port_filters(snap: Snapshot, ifaces: list[str]) -> dict[str, PortFilter]:

@@ -55,25 +55,31 @@ class Interest:
 
 @dataclass(frozen=True)
 class Scope:
-    """The VNIs and tenants a pass recomputes (closed: every routed VNI of each of `tenants` is in `vnis`,
-    and the tenant of every routed VNI of `vnis` is in `tenants`)."""
+    """The VNIs and tenants a pass recomputes: the L2 pieces of `l2` (the VNIs the changes touched) and the
+    VRFs of `tenants`, from the records of `vnis` (closed: every routed VNI of each of `tenants` is in
+    `vnis`, and the tenant of every routed VNI of `vnis` is in `tenants`; `l2` is part of `vnis`)."""
 
     vnis: frozenset[int]
     tenants: frozenset[str]
+    l2: frozenset[int]
+
+    def __or__(self, other: Scope) -> Scope:
+        return Scope(self.vnis | other.vnis, self.tenants | other.tenants, self.l2 | other.l2)
 
 
-def scope_of(view: MappingView, vnis: Iterable[int], ifaces: Iterable[str] = ()) -> Scope:
+def scope_of(view: MappingView, vnis: Iterable[int], ifaces: Iterable[str] = (), tenants: Iterable[str] = ()) -> Scope:
     """What a batch that touched `vnis` and `ifaces` (a port's filter binds its VM's every address, so
     the VNIs of the ports of `ifaces` count) can change on any NVE: those VNIs and their tenants, with
-    every routed VNI of those tenants."""
+    every routed VNI of those tenants (and of `tenants`)."""
     touched = set(vnis)
     for iface in ifaces:
         port = view.ports.get(iface)
         if port is not None:
             touched.add(port.vni)
     routed = routed_cugs(view.segments, view.tenants)
-    tenants = frozenset(routed[v].tenant for v in touched if v in routed)
-    return Scope(frozenset(touched | {v for v, s in routed.items() if s.tenant in tenants}), tenants)
+    tenants = frozenset(routed[v].tenant for v in touched if v in routed) | frozenset(tenants)
+    return Scope(frozenset(touched | {v for v, s in routed.items() if s.tenant in tenants}), tenants,
+                 frozenset(touched))
 
 
 def served_by(view: MappingView, nve: str) -> frozenset[str]:

@@ -8,9 +8,17 @@ An NVE's desired state falls apart into pieces that depend on disjoint parts of 
   * the VTEPs VXLAN is accepted from: the NVEs alone (a change of an NVE is `general`: a whole pass).
 So after a batch that touched a `Scope`, the agent computes the desired state of the scope alone from
 a projection restricted to it (`interest.project(..., within=scope.vnis)`,
-`compute_desired(..., tenants=scope.tenants)`), `merge`s it into the last whole desired state, and
+`compute_desired(..., tenants=scope.tenants, l2=scope.l2)`: the VRFs of the touched tenants, which
+need every routed CUG of theirs, and the L2 pieces of the touched VNIs alone, so a server that hosts
+another CUG of the moved VM's tenant recomputes its VRF and nothing of its L2), `merge`s it into the
+last whole desired state, and
 plans against the kernel's state `restrict`ed to the scope: what lies outside it is already as
 wanted, since the last pass made it so and nothing outside the scope changed.
+
+A pass after a kernel event (a VM port came or went: every move's source and destination) reads the
+kernel again, then `drift` says where the fresh read differs from what the agent held: those VNIs,
+tenants and VM interfaces join the scope. Outside them the kernel is as the last pass left it, so the
+pass stays scoped (the claimant chains, filters and VXLAN guard are planned whole in such a pass).
 
 `merge(last, part, scope)` equals `compute_desired` of the whole part, and the plan of a restricted pass
 equals the whole plan's changes to the scope: the property tests in tests/unit/test_partial.py check
@@ -21,6 +29,7 @@ what the NVE holds (a border: every tenant's host routes).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 from roamnet.nve.desired import NveDesired
 from roamnet.nve.interest import Scope
@@ -29,7 +38,7 @@ from roamnet.nve.plan import Actual
 
 def merge(last: NveDesired, part: NveDesired, scope: Scope) -> NveDesired:
     """`last` with its pieces of `scope` replaced by `part`'s (computed for the scope alone)."""
-    vnis, tenants = scope.vnis, scope.tenants
+    vnis, tenants = scope.l2, scope.tenants
 
     def by_vni(old: dict, new: dict, vni_of) -> dict:
         out = {k: v for k, v in old.items() if vni_of(k) not in vnis}
@@ -61,11 +70,48 @@ def merge(last: NveDesired, part: NveDesired, scope: Scope) -> NveDesired:
     )
 
 
+class Drift(NamedTuple):
+    """Where a fresh kernel read differs from the state an agent held."""
+
+    vnis: frozenset[int]
+    tenants: frozenset[str]
+    ifaces: frozenset[str]  # bridge ports (VM interfaces, trunk attachments) and VM ports up or gone
+
+
+def drift(held: tuple[Actual, list[str]], read: tuple[Actual, list[str]]) -> Drift | None:
+    """What differs between `held` and `read` (each: the kernel's state and its VM ports that are up), or
+    None when a whole pass is needed (orphan VLAN ports are left to whole passes)."""
+    (a, up_a), (b, up_b) = held, read
+    if a.orphans != b.orphans:
+        return None
+    vnis: set[int] = set(a.segments ^ b.segments)
+    ifaces: set[str] = set(up_a) ^ set(up_b)
+
+    def by_key(x: dict, y: dict, vni_of) -> None:
+        for k in x.keys() | y.keys():
+            if x.get(k) != y.get(k):
+                vnis.add(vni_of(k))
+
+    by_key(a.arp, b.arp, lambda k: k[0])
+    by_key(a.bridge_fdb, b.bridge_fdb, lambda k: k[0])
+    by_key(a.remote_macs, b.remote_macs, lambda k: k[0])
+    by_key(a.flood, b.flood, lambda k: k)
+    for port in a.ports.keys() | b.ports.keys():
+        if a.ports.get(port, -1) != b.ports.get(port, -1):
+            ifaces.add(port)
+            vnis.update(v for v in (a.ports.get(port), b.ports.get(port)) if v is not None)
+    for iface in a.devices.keys() | b.devices.keys():
+        if a.devices.get(iface) != b.devices.get(iface):
+            ifaces.add(iface)
+    tenants = frozenset(t for t in a.vrfs.keys() | b.vrfs.keys() if a.vrfs.get(t) != b.vrfs.get(t))
+    return Drift(frozenset(vnis), tenants, frozenset(ifaces))
+
+
 def restrict(have: Actual, scope: Scope, part: NveDesired) -> Actual:
     """What the kernel holds of `scope` (`part`: the scope's desired state; a VM port it attaches counts
     wherever it is now). The bridge-port map, the filters, the VXLAN guard and the claimant chains stay
     whole (they are planned over the whole desired state); orphan VLAN ports are left to whole passes."""
-    vnis = scope.vnis
+    vnis = scope.l2
     return Actual(
         segments={v for v in have.segments if v in vnis},
         ports={a: v for a, v in have.ports.items() if v in vnis or a in part.attachments},
