@@ -253,6 +253,7 @@ class FrrEvpnIrb(FrrEvpn):
         super().__init__(*args, **kw)
         self.wan: wan_border.BorderInstance | None = None
         self._wan_peers: dict[str, str] = {}  # handoff address -> border
+        self.not_located = ""  # why the last located() said no (for a move that never converged)
 
     # ---- start ----------------------------------------------------------------------------------
     def start(self, lab: Lab) -> None:
@@ -424,6 +425,7 @@ class FrrEvpnIrb(FrrEvpn):
         other VTEP's and every border's VRF routes the VM's IP to `server`'s VTEP, and `server`'s VRF
         to the CUG's bridge (its own anycast gateway)."""
         if not super().located(lab, vm, server):
+            self.not_located = f"{vm}: {self._last_miss.get((vm, server), '?')}'s FDB does not point at {server}"
             return False
         routed = routed_cugs(lab.topo)
         vtep = lab.plan.nodes[server].vtep
@@ -437,7 +439,9 @@ class FrrEvpnIrb(FrrEvpn):
                 ns = next(t.ns for t in inst.tenants if t.name == cug.tenant)
                 via = self._route_via(lab, ns, str(itf.ip))
                 if via != (None if inst.node == server else vtep):
+                    self.not_located = f"{vm}: {inst.node} routes {itf.ip} via {via or 'its own bridge'}"
                     return False
+        self.not_located = ""
         return True
 
     @staticmethod
