@@ -8,15 +8,14 @@ Needs FRR (Debian `frr`) and scapy; skipped without them unless the lab is requi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import Sniffer, frr_still_runs, recorded_frr  # noqa: E402
+from test_evpn_lab import evpn_lab  # the same lab fixture as FRR-EVPN's, with this control plane
 
 from roamnet import names
 from roamnet.baselines.evpn_irb import FrrEvpnIrb
@@ -36,23 +35,6 @@ def _topology(name: str) -> dict[str, Any]:
             "mobility": {"max_moves": 100, "window_s": 60},
             "vms": {"vm1": {"server": "hv1", "interfaces": [{"cug": "web", "mac": "02:00:00:01:00:11", "ip": VM1_IP}]},
                     "vm2": {"server": "hv2", "interfaces": [{"cug": "db", "mac": "02:00:00:02:00:12", "ip": VM2_IP}]}}}
-
-
-@contextlib.contextmanager
-def irb_lab(topo: dict[str, Any], lab_namespaces: Any, host: Any) -> Iterator[tuple[Any, FrrEvpnIrb]]:
-    from roamnet.intent.model import parse_topology
-    from roamnet.lab.engine import Lab
-
-    planned = lab_namespaces(topo)
-    cp = FrrEvpnIrb()
-    lab = Lab(parse_topology(topo, f"<{topo['name']}>"), control_plane=cp)
-    try:
-        lab.up(converge_timeout=30)
-        yield lab, cp
-    finally:
-        lab.down()
-        left = sorted(set(planned) & set(host.netns_list()))
-        assert not left, f"namespaces left after lab.down(): {left}"
 
 
 def _vxlan_sniffer(ns: str, inner_src: str, inner_dst: str) -> Sniffer:
@@ -101,7 +83,7 @@ def _poll(cond: Any, seconds: float) -> bool:
 def test_routed_traffic_crosses_the_l3vni_and_follows_a_move(host: Any, lab_name: Any, lab_namespaces: Any) -> None:
     name = lab_name("t-irb")
     topo = _topology(name)
-    with irb_lab(topo, lab_namespaces, host) as (lab, cp):
+    with evpn_lab(topo, lab_namespaces, host, FrrEvpnIrb()) as (lab, cp):
         vtep = {s: lab.plan.nodes[s].vtep for s in ("hv1", "hv2", "hv3")}
         recorded = recorded_frr(cp.workdir)
         # each VTEP's and border's zebra runs in netns-VRF mode and sees, as /run/netns, only its own

@@ -139,8 +139,17 @@ def frr_config(daemon: str, inst: FrrInstance, *, log_file: str | None = None, a
         return "\n".join(lines + ["end", ""])
     if debug:
         lines += ["debug bgp zebra", "debug bgp updates", "debug bgp neighbor-events", "!"]
-    group = "RR" if inst.role == "vtep" else "VTEPS"
-    lines += [f"router bgp {asn}",
+    lines += evpn_instance(inst, asn=asn, keepalive=keepalive, holdtime=holdtime, connect_retry=connect_retry)
+    return "\n".join(lines + ["end", ""])
+
+
+def evpn_instance(inst: Any, *, asn: int, keepalive: int, holdtime: int, connect_retry: int,
+                  vtep_lines: tuple[str, ...] = ()) -> list[str]:
+    """The bgpd `router bgp <asn>` block of a VTEP or route reflector `inst` (role "rr", or any other role
+    for a VTEP): iBGP over a peer-group with the l2vpn evpn family only; the RR reflects, a VTEP
+    `advertise-all-vni`s with duplicate detection off, after `vtep_lines` (in its address family). Pure."""
+    group = "RR" if inst.role != "rr" else "VTEPS"
+    lines = [f"router bgp {asn}",
               f" bgp router-id {inst.address}",
               " bgp log-neighbor-changes",
               " no bgp default ipv4-unicast",
@@ -157,9 +166,8 @@ def frr_config(daemon: str, inst: FrrInstance, *, log_file: str | None = None, a
     if inst.role == "rr":
         lines.append(f"  neighbor {group} route-reflector-client")
     else:
-        lines += ["  advertise-all-vni", "  no dup-addr-detection"]
-    lines += [" exit-address-family", "exit", "!", "end", ""]
-    return "\n".join(lines)
+        lines += [*vtep_lines, "  advertise-all-vni", "  no dup-addr-detection"]
+    return lines + [" exit-address-family", "exit", "!"]
 
 
 # ---------------------------------------------------------------- the pid journal (roamnet.frr's)

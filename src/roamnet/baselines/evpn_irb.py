@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from roamnet import names
-from roamnet.baselines.evpn import EvpnError, FrrEvpn, FrrInstance, Lab, Segment, rr_address
+from roamnet.baselines.evpn import EvpnError, FrrEvpn, FrrInstance, Lab, Segment, evpn_instance, rr_address
 from roamnet.dataplane import netns
 from roamnet.dataplane.kernel import ensure_segment
 from roamnet.names import DCI_NODE
@@ -175,28 +175,9 @@ def irb_config(daemon: str, inst: IrbInstance, *, log_file: str | None = None, a
         lines += [f"bgp community-list standard RN-OWN-BORDER seq 5 permit {asn}:{inst.dc_index}", "!",
                   "route-map RN-EXIT permit 10", " match evpn route-type prefix", " match community RN-OWN-BORDER",
                   f" set local-preference {EXIT_LOCAL_PREF}", "exit", "route-map RN-EXIT permit 20", "exit", "!"]
-    group = "RR" if inst.role != "rr" else "VTEPS"
-    lines += [f"router bgp {asn}",
-              f" bgp router-id {inst.address}",
-              " bgp log-neighbor-changes",
-              " no bgp default ipv4-unicast",
-              f" timers bgp {keepalive} {holdtime}"]
-    if inst.role == "rr":
-        lines.append(f" bgp cluster-id {inst.address}")
-    lines += [f" neighbor {group} peer-group",
-              f" neighbor {group} remote-as {asn}",
-              f" neighbor {group} update-source {inst.address}",
-              f" neighbor {group} timers connect {connect_retry}",
-              f" neighbor {group} advertisement-interval 0"]
-    lines += [f" neighbor {p} peer-group {group}" for p in inst.peers]
-    lines += [" !", " address-family l2vpn evpn", f"  neighbor {group} activate"]
-    if inst.role == "rr":
-        lines.append(f"  neighbor {group} route-reflector-client")
-    else:
-        if inst.role == "vtep" and inst.tenants:
-            lines.append(f"  neighbor {group} route-map RN-EXIT in")
-        lines += ["  advertise-all-vni", "  no dup-addr-detection"]
-    lines += [" exit-address-family", "exit", "!"]
+    exit_map = ("  neighbor RR route-map RN-EXIT in",) if inst.role == "vtep" and inst.tenants else ()
+    lines += evpn_instance(inst, asn=asn, keepalive=keepalive, holdtime=holdtime, connect_retry=connect_retry,
+                           vtep_lines=exit_map)
     for t in inst.tenants:
         lines += [f"router bgp {asn} vrf {t.name}",
                   f" bgp router-id {inst.address}",
@@ -207,10 +188,7 @@ def irb_config(daemon: str, inst: IrbInstance, *, log_file: str | None = None, a
             w = t.wan_peer
             lines += [f" neighbor {w} remote-as {wan_border.WAN_ASN}",
                       f" neighbor {w} local-as {t.wan_asn} no-prepend replace-as",
-                      f" neighbor {w} update-source {t.wan_local}",
-                      f" neighbor {w} timers {wan_border.KEEPALIVE_S} {wan_border.HOLDTIME_S}",
-                      f" neighbor {w} timers connect {wan_border.CONNECT_RETRY_S}",
-                      f" neighbor {w} advertisement-interval 0"]
+                      *wan_border.session_lines(w, t.wan_local)]
         lines += [" !", " address-family ipv4 unicast"]
         if inst.role == "vtep":
             lines.append(f"  redistribute connected route-map RN-CONNECTED-{t.name}")
