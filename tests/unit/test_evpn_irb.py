@@ -172,7 +172,7 @@ def _has_group(name: str) -> bool:
 def test_private_netns_script_binds_only_this_nodes_tenants(tmp_path: Path):
     v = _instances()["hv2"]
     argv = ["/usr/lib/frr/zebra", "-f", "/x y/zebra.conf", "-n"]
-    script = private_netns_script(v.ns, tmp_path, v.tenants, argv)
+    script = private_netns_script(tmp_path, v.tenants, argv)
     parts = script.split("; ")
     assert parts[0] == "set -e"
     assert parts[1] == f"mount --bind /run/netns/rn-routed-hv2.t-t1 {tmp_path}/netns/t1"

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from roamnet import names
-from roamnet.baselines.evpn import EvpnError, FrrEvpn, FrrInstance, Lab, Segment, evpn_instance, rr_address
+from roamnet.baselines.evpn import EvpnError, FrrEvpn, Lab, Segment, evpn_instance, rr_address
 from roamnet.dataplane import netns
 from roamnet.dataplane.kernel import ensure_segment
 from roamnet.names import DCI_NODE
@@ -202,7 +202,7 @@ def irb_config(daemon: str, inst: IrbInstance, *, log_file: str | None = None, a
     return "\n".join(lines + ["end", ""])
 
 
-def private_netns_script(node_ns: str, instdir: Path, tenants: Iterable[TenantVrf], argv: list[str]) -> str:
+def private_netns_script(instdir: Path, tenants: Iterable[TenantVrf], argv: list[str]) -> str:
     """The shell script (run by `unshare --mount` inside the node's namespace) that gives the daemon a
     /run/netns of its own, holding one file per tenant bound to that tenant's namespace on this node,
     then execs the daemon. Pure."""
@@ -235,9 +235,9 @@ class FrrEvpnIrb(FrrEvpn):
 
     # ---- start ----------------------------------------------------------------------------------
     def start(self, lab: Lab) -> None:
-        """As FrrEvpn.start, with the tenants' devices made first, the borders and the WAN router's
-        FRR started too, and also awaited: every border's and VTEP's L3 VNIs up in zebra and every
-        border's WAN session Established with the WAN's default route."""
+        """As FrrEvpn.start (every VTEP's zebra knowing the L3 VNIs too), with the tenants' devices made
+        first, the borders' and the WAN router's FRR started too, and also awaited: every border's zebra
+        has each L3 VNI up and the WAN router's session to every border is Established."""
         if self.running():
             raise EvpnError(f"{self.name} is already running ({', '.join(self.running())})")
         progress = getattr(lab, "progress", None) or (lambda msg: None)
@@ -288,7 +288,7 @@ class FrrEvpnIrb(FrrEvpn):
             return super().command(inst, daemon, argv)
         if daemon == "zebra":
             argv = [*argv, "-n"]
-        script = private_netns_script(inst.ns, self.instdir(inst), inst.tenants, argv)
+        script = private_netns_script(self.instdir(inst), inst.tenants, argv)
         unshare = shutil.which("unshare") or "unshare"
         return netns.command(inst.ns, [unshare, "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
                                        script])
@@ -441,5 +441,5 @@ class FrrEvpnIrb(FrrEvpn):
         return stopped
 
 
-__all__ = ["FrrEvpnIrb", "FrrInstance", "IrbInstance", "TenantVrf", "irb_config", "plan_irb_instances",
+__all__ = ["FrrEvpnIrb", "IrbInstance", "TenantVrf", "irb_config", "plan_irb_instances",
            "private_netns_script"]
