@@ -25,8 +25,10 @@ from p1 as the same lab's reference, routed streams: from q1 and q2 (another CUG
 kHz) and q3 (another CUG, in dc2 on hv5), from the WAN client to vm1 and from vm1 to the client
 (the loss seen at the client); and, per inter-DC move, the
 inbound switch time: resume → the first packet of the WAN stream entering through the new data
-center's border (`roamnet.experiments.paths`). Only roamnet's planes run routed streams: the FRR-EVPN
-baseline has no symmetric IRB yet.
+center's border (`roamnet.experiments.paths`). Of the baselines, only "frr-irb" (FRR BGP-EVPN with
+symmetric IRB, `roamnet.baselines.evpn_irb`: an L3 VNI, type-2 MAC+IP and type-5 routes, an anycast
+gateway on every VTEP, the same borders and WAN router) runs routed streams; it runs nothing else
+(its lab needs a tenant), and the other baselines run only the L2 streams of a routed run.
 
 `--guest qemu` makes the mover a real QEMU guest (`vms.vm1.guest: qemu`, 128 MiB, built by `make install`),
 live-migrated by QEMU over the lab's underlay: its blackout is QEMU's (STOP on the source to RESUME on the
@@ -61,6 +63,7 @@ from typing import Any
 from roamnet import names
 from roamnet.baselines import ovn
 from roamnet.baselines.evpn import FrrEvpn, kill_recorded, read_journal
+from roamnet.baselines.evpn_irb import FrrEvpnIrb
 from roamnet.dataplane import netns
 from roamnet.experiments.loss import MoveWindow, analyze_stream, send_time_estimates
 from roamnet.experiments.paths import PathObserver, Watched, summarize_paths
@@ -148,6 +151,7 @@ class Plane:
     ovn: str = ""  # an OVN move strategy (roamnet.baselines.ovn.STRATEGIES): OVN is this plane's control plane
     in_process: bool = False  # roamnet with its mapping in the lab's memory and its agents as threads (no etcd)
     driver: str = "lab"  # who does the mapping's side of a move (Lab.migrate): the lab, or libvirt's hook
+    irb: bool = False  # FRR-EVPN with symmetric IRB (routed streams only)
 
     @property
     def baseline(self) -> bool:
@@ -171,13 +175,14 @@ PLANES = (
     Plane("inproc", "roamnet (prepared, in-process)", in_process=True),
     Plane("libvirt", "roamnet (libvirt hook)", driver="libvirt-command"),
     Plane("frr", "FRR BGP-EVPN", frr=True),
+    Plane("frr-irb", "FRR BGP-EVPN, symmetric IRB", frr=True, irb=True),
     Plane("ovn-classic", "OVN classic port move*", ovn="classic"),
     Plane("ovn-rarp", "OVN multi-chassis, rarp*", ovn="multichassis-rarp"),
     Plane("ovn-mc", "OVN multi-chassis*", ovn="multichassis"),
 )
 REF = "roamnet"  # the reference plane of the ratio column
 DEFAULT_PLANES = [p.key for p in PLANES if not p.in_process and p.driver == "lab"]
-SHORT = {"roamnet": "roamnet", "learn": "learn", "inproc": "in-process", "libvirt": "libvirt hook", "frr": "FRR", "ovn-classic": "OVN classic", "ovn-rarp": "OVN rarp",
+SHORT = {"roamnet": "roamnet", "learn": "learn", "inproc": "in-process", "libvirt": "libvirt hook", "frr": "FRR", "frr-irb": "FRR IRB", "ovn-classic": "OVN classic", "ovn-rarp": "OVN rarp",
          "ovn-mc": "OVN multi-chassis"}
 
 
@@ -305,7 +310,7 @@ class BenchLab:
             raise LabError(f"lab {name!r} already has namespaces; not touching them")
         kw: dict[str, Any] = {}
         if plane.frr:
-            kw["control_plane"] = FrrEvpn()
+            kw["control_plane"] = FrrEvpnIrb() if plane.irb else FrrEvpn()
         elif plane.ovn:
             kw["control_plane"] = ovn.Ovn(plane.ovn, datapath_rt=OVN_RT)
         elif plane.in_process:
@@ -385,12 +390,15 @@ def _jsonable(rec: dict[str, Any]) -> dict[str, Any]:
 def run_traffic(plane: Plane, k: int, lab_name: str,
                 streams: tuple[StreamSpec, ...] = STREAMS) -> PlaneResult:
     res = PlaneResult(plane, lab=lab_name)
-    if plane.baseline and routed(streams):
+    if plane.irb and not routed(streams):
+        streams = ()
+        res.note = "not run: symmetric IRB needs routed streams (--streams routed|all)"
+    elif plane.baseline and not plane.irb and routed(streams):
         streams = tuple(st for st in streams if st.kind == "l2")
-        res.note = "routed streams not run: this baseline has no symmetric IRB yet"
-        if not streams:
-            progress(f"{plane.key}: skipped ({res.note})")
-            return res
+        res.note = "routed streams not run: this baseline has no symmetric IRB (the frr-irb plane has)"
+    if not streams:
+        progress(f"{plane.key}: skipped ({res.note})")
+        return res
     moves_plan = schedule(k)
     # an upper bound: moves slower than SPACING_S push the rest back; the streams are stopped early
     duration = LEAD_S + 2 * len(moves_plan) * SPACING_S + TAIL_S + 10
@@ -498,7 +506,8 @@ def keep_agent_logs(lab: Lab, lab_name: str) -> Path | None:
 def wait_wan_route(lab: Lab, ip: str) -> None:
     """Until the WAN router has a BGP route to the mover (bounded: BGP_WAIT_S)."""
     deadline = time.monotonic() + BGP_WAIT_S
-    while lab.border.wan_routes().get(f"{ip}/32") is None:
+    bgp = lab.border or lab.control_plane  # roamnet's border BGP, or FRR-EVPN IRB's borders
+    while bgp.wan_routes().get(f"{ip}/32") is None:
         if time.monotonic() > deadline:
             raise LabError(f"the WAN router has no route to {ip}/32 after {BGP_WAIT_S:.0f} s")
         time.sleep(0.1)
@@ -950,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(`make install` builds it; 1 kHz streams echoed by the guest; OVN planes are skipped)")
     ap.add_argument("--streams", choices=sorted(STREAM_SETS), default="l2",
                     help="l2: peers in the mover's CUG (default); routed: peers in another CUG and a WAN client "
-                         "(roamnet's planes only: FRR-EVPN has no symmetric IRB here yet); all: both in one lab")
+                         "(roamnet's planes and frr-irb); all: both in one lab")
     ap.add_argument("--ovn-rt", action="store_true",
                     help="run every ovs-vswitchd's main thread (which forwards the lab's packets: OVN's userspace "
                          "datapath) under SCHED_RR, as the kernel's datapath runs ahead of every task: for "
@@ -988,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_traffic(plane, k, f"bench-{pid}-{i}", STREAMS))
     sizes_out = []
     for n in sizes or []:
-        for j, plane in enumerate(p for p in chosen if p.key != "learn"):
+        for j, plane in enumerate(p for p in chosen if p.key != "learn" and not p.irb):
             progress(f"=== size {n}: {plane.label}")
             sizes_out.append(run_size(plane, n, a.size_moves or 4 * k, f"bsz-{pid}-{n}-{j}"))
 

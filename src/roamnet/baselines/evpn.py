@@ -72,6 +72,15 @@ class EvpnError(FrrError):
     pass
 
 
+class Segment(NamedTuple):
+    """Where one VNI's devices are on a VTEP: the namespace holding its bridge and VXLAN port (the
+    server's own, or with symmetric IRB its tenant's) and their ifindexes there."""
+
+    ns: str
+    bridge: int
+    vxlan: int
+
+
 # ---------------------------------------------------------------- pure: who runs, with which config
 
 
@@ -130,8 +139,17 @@ def frr_config(daemon: str, inst: FrrInstance, *, log_file: str | None = None, a
         return "\n".join(lines + ["end", ""])
     if debug:
         lines += ["debug bgp zebra", "debug bgp updates", "debug bgp neighbor-events", "!"]
-    group = "RR" if inst.role == "vtep" else "VTEPS"
-    lines += [f"router bgp {asn}",
+    lines += evpn_instance(inst, asn=asn, keepalive=keepalive, holdtime=holdtime, connect_retry=connect_retry)
+    return "\n".join(lines + ["end", ""])
+
+
+def evpn_instance(inst: Any, *, asn: int, keepalive: int, holdtime: int, connect_retry: int,
+                  vtep_lines: tuple[str, ...] = ()) -> list[str]:
+    """The bgpd `router bgp <asn>` block of a VTEP or route reflector `inst` (role "rr", or any other role
+    for a VTEP): iBGP over a peer-group with the l2vpn evpn family only; the RR reflects, a VTEP
+    `advertise-all-vni`s with duplicate detection off, after `vtep_lines` (in its address family). Pure."""
+    group = "RR" if inst.role != "rr" else "VTEPS"
+    lines = [f"router bgp {asn}",
               f" bgp router-id {inst.address}",
               " bgp log-neighbor-changes",
               " no bgp default ipv4-unicast",
@@ -148,9 +166,8 @@ def frr_config(daemon: str, inst: FrrInstance, *, log_file: str | None = None, a
     if inst.role == "rr":
         lines.append(f"  neighbor {group} route-reflector-client")
     else:
-        lines += ["  advertise-all-vni", "  no dup-addr-detection"]
-    lines += [" exit-address-family", "exit", "!", "end", ""]
-    return "\n".join(lines)
+        lines += [*vtep_lines, "  advertise-all-vni", "  no dup-addr-detection"]
+    return lines + [" exit-address-family", "exit", "!"]
 
 
 # ---------------------------------------------------------------- the pid journal (roamnet.frr's)
@@ -251,8 +268,8 @@ class FrrEvpn(FrrProcesses):
         self.ready_timeout = ready_timeout
         self.debug = debug
         self.instances: list[FrrInstance] = []
-        # for located(): per server namespace, VNI -> (bridge ifindex, vxlan ifindex), and the readers
-        self._segments: dict[str, dict[int, tuple[int, int]]] = {}
+        # for located(): per server namespace, VNI -> its Segment, and the readers (one per namespace)
+        self._segments: dict[str, dict[int, Segment]] = {}
         self._readers: dict[str, FdbReader] = {}
         self._readers_lock = threading.Lock()
         self._last_miss: dict[tuple[str, str], str] = {}
@@ -285,12 +302,16 @@ class FrrEvpn(FrrProcesses):
             self.stop(lab)
             raise
 
-    @staticmethod
-    def _make_segments(lab: Lab, inst: FrrInstance, vnis: Iterable[int]) -> dict[int, tuple[int, int]]:
+    def _make_segments(self, lab: Lab, inst: FrrInstance, vnis: Iterable[int]) -> dict[int, Segment]:
         """The standard FRR L2VNI devices: the same segments roamnet's agent makes (local VTEP, no
-        learning on the VXLAN port; neigh_suppress stays off, the kernel's default)."""
+        learning and ARP suppression on the VXLAN port), in the server's namespace."""
         ipr = lab.netlink(inst.ns)
-        return {vni: ensure_segment(ipr, vni, inst.address) for vni in vnis}
+        return {vni: Segment(inst.ns, *ensure_segment(ipr, vni, inst.address)) for vni in vnis}
+
+    def port_namespace(self, lab: Lab, vm: str, server: str, nic: int) -> str:
+        """The namespace the hypervisor puts the VM's port `nic` on `server` in: the server's own (the
+        L2VNI bridges are there)."""
+        return lab.plan.nodes[server].ns
 
     # ---- readiness ------------------------------------------------------------------------------
     def _rr_sessions(self, rr: FrrInstance) -> dict[str, str]:
@@ -309,11 +330,13 @@ class FrrEvpn(FrrProcesses):
         if n_vteps < 2 or not vnis:
             return None
         flood: dict[int, set[str]] = {}
-        vx_to_vni = {vx: vni for vni, (_, vx) in self._segments[inst.ns].items()}
-        for e in self._reader(inst.ns).dump([ZERO_MAC]):
-            if e.ifindex in vx_to_vni and e.mac == ZERO_MAC and e.dst:
-                flood.setdefault(vx_to_vni[e.ifindex], set()).add(e.dst)
-        short = [v for v in vnis if len(flood.get(v, ())) < n_vteps - 1]
+        segs = self._segments[inst.ns]
+        for ns in sorted({seg.ns for seg in segs.values()}):
+            vx_to_vni = {seg.vxlan: vni for vni, seg in segs.items() if seg.ns == ns}
+            for e in self._reader(ns).dump([ZERO_MAC]):
+                if e.ifindex in vx_to_vni and e.mac == ZERO_MAC and e.dst:
+                    flood.setdefault(vx_to_vni[e.ifindex], set()).add(e.dst)
+        short = [v for v in vnis if v in segs and len(flood.get(v, ())) < n_vteps - 1]
         if short:
             return f"VNI {short[0]} floods to {len(flood.get(short[0], ()))} of {n_vteps - 1} other VTEPs"
         return None
@@ -365,16 +388,17 @@ class FrrEvpn(FrrProcesses):
     def attach_port(self, lab: Lab, vm: str, server: str) -> None:
         """Enslave the VM's ports on `server` to their segments' bridges (as libvirt does). The ports
         keep MAC learning on (FRR learns local MACs from the bridge); their state is the lab's."""
-        node = lab.plan.nodes[server]
-        ipr = lab.netlink(node.ns)
-        for i, itf in enumerate(lab.topo.vms[vm].interfaces):
-            vni = lab.topo.cugs[itf.cug].vni
+        interfaces = lab.topo.vms[vm].interfaces
+        for i, members in enumerate(lab.topo.nics(vm)):
+            ns = self.port_namespace(lab, vm, server, i)
+            ipr = lab.netlink(ns)
+            vni = lab.topo.cugs[interfaces[members[0]].cug].vni
             port, br = names.port(vm, i), names.bridge(vni)
             p_idx, b_idx = ipr.link_lookup(ifname=port), ipr.link_lookup(ifname=br)
             if not p_idx:
-                raise EvpnError(f"{node.ns}: no port {port} for {vm}")
+                raise EvpnError(f"{ns}: no port {port} for {vm}")
             if not b_idx:
-                raise EvpnError(f"{node.ns}: no bridge {br} for VNI {vni} (was {self.name} started?)")
+                raise EvpnError(f"{ns}: no bridge {br} for VNI {vni} (was {self.name} started?)")
             ipr.link("set", index=p_idx[0], master=b_idx[0])
 
     def _reader(self, ns: str) -> FdbReader:
@@ -401,12 +425,14 @@ class FrrEvpn(FrrProcesses):
             segs = self._segments.get(node.ns)
             if segs is None:
                 return False
-            bridges = {segs[vni][0] for vni, _ in macs}
-            entries = self._reader(node.ns).dump(wanted, master=next(iter(bridges)) if len(bridges) == 1 else None)
+            entries: dict[str, list[FdbEntry]] = {}
+            for ns in sorted({segs[vni].ns for vni, _ in macs}):
+                bridges = {segs[vni].bridge for vni, _ in macs if segs[vni].ns == ns}
+                entries[ns] = self._reader(ns).dump(wanted, master=next(iter(bridges)) if len(bridges) == 1 else None)
             for vni, mac in macs:
-                br_idx, vx_idx = segs[vni]
+                seg_ns, br_idx, vx_idx = segs[vni]
                 dsts, ports = set(), set()
-                for e in entries:
+                for e in entries[seg_ns]:
                     if e.mac != mac:
                         continue
                     if e.ifindex == vx_idx and e.dst and e.flags & NTF_SELF:

@@ -52,3 +52,11 @@ def rarp_frame(mac: str) -> bytes:
     m = bytes.fromhex(mac.replace(":", ""))
     return (b"\xff" * 6 + m + struct.pack("!H", ETH_P_RARP)
             + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 3) + m + b"\0" * 4 + m + b"\0" * 4 + b"\0" * 18)
+
+
+def garp_frame(mac: str, ip: str) -> bytes:
+    """A gratuitous ARP request (spa = tpa = `ip`, sha = `mac`, broadcast): what a guest with virtio's
+    guest-announce feature sends for each of its addresses after a migration."""
+    m, a = bytes.fromhex(mac.replace(":", "")), socket.inet_aton(ip)
+    return (b"\xff" * 6 + m + struct.pack("!H", ETH_P_ARP)
+            + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + m + a + b"\0" * 6 + a + b"\0" * 18)

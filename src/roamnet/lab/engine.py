@@ -118,9 +118,13 @@ class Lab:
         self.progress = progress or (lambda msg: None)
         self._handles: dict[str, IPRoute] = {}
         qemu_dir = self._qemu_dir() if any(v.guest == "qemu" for v in topo.vms.values()) else None
+        port_namespace = getattr(control_plane, "port_namespace", None)
         self.hv = Hypervisor(topo, self.plan, self.netlink, self._new_ns,
                              port_created=self._port_created if control_plane is not None else None,
-                             qemu_dir=qemu_dir)
+                             qemu_dir=qemu_dir,
+                             port_namespace=(lambda vm, server, i: port_namespace(self, vm, server, i))
+                             if port_namespace is not None else None)
+        self.hv.garp = bool(getattr(control_plane, "guest_announces_arp", False))
         self.moves = Moves(self)
 
     def _qemu_dir(self) -> Path:

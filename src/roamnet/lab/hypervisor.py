@@ -30,7 +30,7 @@ from pyroute2 import IPRoute
 
 from roamnet import names
 from roamnet.dataplane import netns, vlan
-from roamnet.dataplane.announce import rarp_frame
+from roamnet.dataplane.announce import garp_frame, rarp_frame
 from roamnet.intent.model import Topology
 from roamnet.lab.errors import LabError
 from roamnet.lab.plan import LabPlan, nic_ns
@@ -58,10 +58,14 @@ class Hypervisor:
 
     def __init__(self, topo: Topology, plan: LabPlan, netlink: Callable[[str], IPRoute],
                  new_namespace: Callable[[str], None], port_created: Callable[[str, str], None] | None = None,
-                 qemu_dir: Path | None = None):
+                 qemu_dir: Path | None = None, port_namespace: Callable[[str, str, int], str] | None = None):
         self.topo, self.plan = topo, plan
         self._nl, self._new_ns = netlink, new_namespace
         self._port_created = port_created  # another control plane's bridge hook (libvirt's job)
+        self._port_namespace = port_namespace  # another control plane's: where a port's bridge is
+        # announcements also carry a gratuitous ARP per untagged address (a guest with virtio's guest
+        # announce, which another control plane needs to learn a moved VM's IP: FRR-EVPN with IRB)
+        self.garp = False
         self.location: dict[str, str] = {vm: v.server for vm, v in topo.vms.items()}
         self._uplink_index = UPLINK_INDEX_BASE
         # QEMU guests' processes (lab/qemu.py), their files in `qemu_dir` (the lab's state directory)
@@ -130,6 +134,13 @@ class Hypervisor:
     def uplink(i: int, server: str) -> str:
         return f"u{i}-{server}"
 
+    def port_ns(self, vm: str, server: str, i: int) -> str:
+        """The namespace of the VM's port `i` on `server`: the server's, unless the control plane keeps
+        that port's bridge elsewhere (FRR-EVPN with symmetric IRB: in the tenant's namespace)."""
+        if self._port_namespace is not None:
+            return self._port_namespace(vm, server, i)
+        return self.plan.nodes[server].ns
+
     def create_port(self, vm: str, server: str) -> None:
         """Create the VM's ports on `server`, down, and their uplinks in the NIC namespace, detached.
         A QEMU guest's: its QEMU there, waiting for a migration, its taps up (as libvirt does)."""
@@ -138,7 +149,7 @@ class Hypervisor:
             if self._port_created is not None:
                 self._port_created(vm, server)
             return
-        nic, srv_ns = nic_ns(self.lab, vm), self.plan.nodes[server].ns
+        nic = nic_ns(self.lab, vm)
         n = self._nl(nic)
         spec = self.topo.vms[vm]
         for i, members in enumerate(self.nics(vm)):
@@ -153,7 +164,7 @@ class Hypervisor:
             pidx = n.link_lookup(ifname=port)[0]
             n.link("set", index=pidx, ifalias=names.port_alias(
                 [(names.iface_id(vm, j), spec.interfaces[j].vlan or 0) for j in members]))
-            n.link("set", index=pidx, net_ns_fd=srv_ns)
+            n.link("set", index=pidx, net_ns_fd=self.port_ns(vm, server, i))
             n.link("set", index=n.link_lookup(ifname=up)[0], state="up")
         if self._port_created is not None:
             self._port_created(vm, server)
@@ -166,17 +177,17 @@ class Hypervisor:
         ms later on a busy machine: packets lost right after the resume). A QEMU guest: its own taps."""
         if self.is_qemu(vm):
             return
-        s = self._nl(self.plan.nodes[server].ns)
         for i in range(len(self.nics(vm))):
+            s = self._nl(self.port_ns(vm, server, i))
             s.link("set", index=s.link_lookup(ifname=names.port(vm, i))[0], state="up")
 
     def switch(self, vm: str, server: str, up: bool) -> None:
         """Connect (up=True) or disconnect the VM's NICs to/from its ports on `server`: fast link flips."""
         if self.is_qemu(vm):
             raise LabError(f"{vm} is a QEMU guest: its ports are its QEMU's taps, there are no links to flip")
-        nic, srv_ns = nic_ns(self.lab, vm), self.plan.nodes[server].ns
-        s, n = self._nl(srv_ns), self._nl(nic)
+        n = self._nl(nic_ns(self.lab, vm))
         for i in range(len(self.nics(vm))):
+            s = self._nl(self.port_ns(vm, server, i))
             uidx = n.link_lookup(ifname=self.uplink(i, server))[0]
             pidx = s.link_lookup(ifname=names.port(vm, i))[0]
             if up:
@@ -205,8 +216,8 @@ class Hypervisor:
         if self.is_qemu(vm):  # its QEMU there ends (by its pid), and its taps with it
             self.qemu.stop(vm, server)
             return
-        s = self._nl(self.plan.nodes[server].ns)
         for i in range(len(self.nics(vm))):
+            s = self._nl(self.port_ns(vm, server, i))
             for idx in s.link_lookup(ifname=names.port(vm, i)):
                 s.link("del", index=idx)
 
@@ -240,19 +251,22 @@ class Hypervisor:
             self.qemu.announce(vm, self.location[vm])
             return
         spec = self.topo.vms[vm]
-        socks, macs = [], []
+        socks, frames = [], []
         for i, members in enumerate(self.nics(vm)):  # one per NIC, untagged, as QEMU does
             s = netns.socket_in(nic_ns(self.lab, vm), socket.AF_PACKET, socket.SOCK_RAW)
             s.bind((self.uplink(i, self.location[vm]), 0))
             socks.append(s)
-            macs.append(spec.interfaces[members[0]].mac)
+            mac = spec.interfaces[members[0]].mac
+            frames.append([rarp_frame(mac)] + [garp_frame(mac, str(spec.interfaces[j].ip)) for j in members
+                                               if self.garp and not spec.interfaces[j].vlan])
         t0 = time.monotonic()
         try:
             for at in ANNOUNCE_AT_MS:
                 time.sleep(max(0.0, t0 + at / 1000 - time.monotonic()))
-                for s, mac in zip(socks, macs):
+                for s, nic_frames in zip(socks, frames):
                     try:
-                        s.send(rarp_frame(mac))
+                        for frame in nic_frames:
+                            s.send(frame)
                     except OSError as exc:  # the VM moved again meanwhile
                         log.info("announce %s: %s", vm, exc)
         finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 from roamnet import names
 from roamnet.baselines import ovn
 from roamnet.baselines.evpn import FrrEvpn
+from roamnet.baselines.evpn_irb import FrrEvpnIrb
 from roamnet.dataplane import netns
 from roamnet.wan.border import BorderBgp
 from roamnet.wan.frr import kill_recorded
@@ -90,8 +91,8 @@ def cleanup(lab: str) -> list[str]:
             if not Path(f"/proc/{pid}").exists():
                 break
             time.sleep(0.05)
-    for workdir in (FrrEvpn.workdir_name, BorderBgp.workdir_name):  # FRR daemons the lab started
-        kill_recorded(state_dir(lab) / workdir)                     # (pids verified, never by name)
+    for workdir in (FrrEvpn.workdir_name, FrrEvpnIrb.workdir_name, BorderBgp.workdir_name):  # FRR daemons the
+        kill_recorded(state_dir(lab) / workdir)  # lab started (pids verified, never by name)
     ovn.kill_recorded(state_dir(lab) / ovn.Ovn.workdir_name)  # OVN/OVS daemons (pids verified, never by name)
     kill_pidfiles(state_dir(lab) / "qemu")  # its QEMU guests (lab/qemu.py)
     kill_pidfiles(state_dir(lab) / "agents")  # its agent processes, then its etcd members

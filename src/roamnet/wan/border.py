@@ -196,10 +196,7 @@ def border_config(daemon: str, inst: BorderInstance, *, log_file: str | None = N
     for p in inst.peers:
         lines += [f" neighbor {p.address} remote-as {p.asn}",
                   f" neighbor {p.address} description {p.name}",
-                  f" neighbor {p.address} update-source {p.local}",
-                  f" neighbor {p.address} timers {keepalive} {holdtime}",
-                  f" neighbor {p.address} timers connect {connect_retry}",
-                  f" neighbor {p.address} advertisement-interval 0"]
+                  *session_lines(p.address, p.local, keepalive, holdtime, connect_retry)]
     lines += [" !", " address-family ipv4 unicast"]
     if inst.role == "border":
         lines.append(f"  redistribute kernel route-map {ANNOUNCE_MAP}")
@@ -213,6 +210,15 @@ def border_config(daemon: str, inst: BorderInstance, *, log_file: str | None = N
                       f"  neighbor {p.address} route-map {FROM_BORDERS_MAP} in"]
     lines += [" exit-address-family", "exit", "!", "end", ""]
     return "\n".join(lines)
+
+
+def session_lines(address: str, local: str, keepalive: int = KEEPALIVE_S, holdtime: int = HOLDTIME_S,
+                  connect_retry: int = CONNECT_RETRY_S) -> list[str]:
+    """A WAN eBGP session's neighbor settings: update-source, fast timers, advertisement interval 0. Pure."""
+    return [f" neighbor {address} update-source {local}",
+            f" neighbor {address} timers {keepalive} {holdtime}",
+            f" neighbor {address} timers connect {connect_retry}",
+            f" neighbor {address} advertisement-interval 0"]
 
 
 def _peers(summary: Any) -> dict[str, dict]:

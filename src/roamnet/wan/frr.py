@@ -367,7 +367,7 @@ class FrrProcesses:
         for f in (*sockets(d, daemon), d / f"{daemon}.pid"):  # a crashed run's: would look like ours
             f.unlink(missing_ok=True)
         with open(d / f"{daemon}.out", "ab") as out:
-            popen = subprocess.Popen(netns.command(inst.ns, argv), stdin=subprocess.DEVNULL, stdout=out,
+            popen = subprocess.Popen(self.command(inst, daemon, argv), stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         proc = Proc(inst, daemon, popen, d, argv, time.time())
         with self._lock:
@@ -375,6 +375,11 @@ class FrrProcesses:
         self.write_journal()  # at once: a crash from here on still knows this pid
         log.info("started %s (pid %d): %s", proc.label, popen.pid, " ".join(argv))
         return proc
+
+    def command(self, inst: Instance, daemon: str, argv: list[str]) -> list[str]:
+        """The command line that runs `argv` (the daemon's) in the instance's namespace. The pid it starts
+        must become the daemon's (each wrapper execs): the journal and stop() go by that pid."""
+        return netns.command(inst.ns, argv)
 
     def running(self) -> list[str]:
         """Labels of the processes this object started that have not been seen to end."""
