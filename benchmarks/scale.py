@@ -150,7 +150,7 @@ class FullDecodeAgent(Agent):
 
     scoped = False
 
-    def _part(self, actual, ports, whole=True, scope=None):
+    def _part(self, actual, ports, whole=True, scope=None, drifted=None):
         return self._decoder.snapshot(), None
 
     def _mapping_changed(self, touched) -> None:
