@@ -81,7 +81,7 @@ def _poll(cond: Any, seconds: float) -> bool:
 
 
 def test_routed_traffic_crosses_the_l3vni_and_follows_a_move(host: Any, lab_name: Any, lab_namespaces: Any) -> None:
-    name = lab_name("t-irb")
+    name = lab_name("t-eirb")
     topo = _topology(name)
     with evpn_lab(topo, lab_namespaces, host, FrrEvpnIrb()) as (lab, cp):
         vtep = {s: lab.plan.nodes[s].vtep for s in ("hv1", "hv2", "hv3")}
