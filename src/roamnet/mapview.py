@@ -138,7 +138,7 @@ def _migration_row(snap: Snapshot, m) -> dict:
 def _deadline(r: dict) -> str:
     if not r.get("at_deadline"):
         return "-"
-    return f"{r['at_deadline']} at {time.strftime('%H:%M:%S', time.gmtime(r['deadline']))} UTC"
+    return f"{'completes' if r['at_deadline'] == 'completed' else 'rolls back'} {time.strftime('%H:%M:%S', time.gmtime(r['deadline']))}"
 
 
 Rows = tuple[list[dict], list[tuple[str, ...]], str]  # rows, the names each answers to, what a name is
@@ -224,7 +224,7 @@ _COLUMNS: dict[str, list[Column]] = {
                  ("moves", lambda r: len(r["moves"])), ("state", _binding_state)],
     "migrations": [("interface", lambda r: r["iface_id"]), ("VNI", lambda r: r["vni"]), ("MAC", lambda r: r["mac"]),
                    ("from", lambda r: r["src"]), ("to", lambda r: r["dst"]), ("state", lambda r: r["state"]),
-                   ("unless done first", _deadline)],
+                   ("expiry (UTC)", _deadline)],
     "segments": [("CUG", lambda r: r["name"]), ("VNI", lambda r: r["vni"]), ("subnet", lambda r: r["subnet"]),
                  ("gateway", lambda r: r["gateway"] or "-"), ("tenant", lambda r: r["tenant"] or "-"),
                  ("flood unknown ARP", lambda r: "yes" if r["flood_unknown_arp"] else "no"),
