@@ -50,6 +50,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -478,11 +479,20 @@ LOGS_DIR: Path | None = None  # main sets it: where a failed move's agent logs a
 
 
 def keep_agent_logs(lab: Lab, lab_name: str) -> Path | None:
-    """Copy the agents' logs of a lab whose move failed (its state directory goes with the lab), and
-    write their published statuses (statuses.json)."""
+    """Copy the agents' logs of a lab whose move failed (its state directory goes with the lab), each with
+    its threads' stacks at that moment (what a lagging agent was doing), and write their published
+    statuses (statuses.json)."""
     src = getattr(lab, "agent_dir", None)
     if LOGS_DIR is None or src is None or not Path(src).is_dir():
         return None
+    pids = [a.pid for a in lab.agents.values() if getattr(a, "pid", None)]
+    for pid in pids:  # each agent process writes every thread's stack to its log (agentd: faulthandler)
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except OSError:
+            pass
+    if pids:
+        time.sleep(0.5)
     dst = LOGS_DIR / f"{lab_name}-agents"
     dst.mkdir(parents=True, exist_ok=True)
     for f in Path(src).glob("*.log"):
