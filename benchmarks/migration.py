@@ -52,6 +52,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -486,11 +487,20 @@ LOGS_DIR: Path | None = None  # main sets it: where a failed move's agent logs a
 
 
 def keep_agent_logs(lab: Lab, lab_name: str) -> Path | None:
-    """Copy the agents' logs of a lab whose move failed (its state directory goes with the lab), and
-    write their published statuses (statuses.json)."""
+    """Copy the agents' logs of a lab whose move failed (its state directory goes with the lab), each with
+    its threads' stacks at that moment (what a lagging agent was doing), and write their published
+    statuses (statuses.json)."""
     src = getattr(lab, "agent_dir", None)
     if LOGS_DIR is None or src is None or not Path(src).is_dir():
         return None
+    pids = [a.pid for a in lab.agents.values() if getattr(a, "pid", None)]
+    for pid in pids:  # each agent process writes every thread's stack to its log (agentd: faulthandler)
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except OSError:
+            pass
+    if pids:
+        time.sleep(0.5)
     dst = LOGS_DIR / f"{lab_name}-agents"
     dst.mkdir(parents=True, exist_ok=True)
     for f in Path(src).glob("*.log"):
@@ -567,9 +577,9 @@ def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tup
         if errors or not send or not recv:
             res.streams[st.key] = {"error": "; ".join(errors) or "no result"}
             continue
-        records = recv.get("records") or []
+        records, sent_at = recv.get("records") or [], recv.get("sent_at")  # sent_at: the carried send times
         sl = analyze_stream(records, int(send.get("sent") or 0), send.get("first"), st.rate, windows,
-                            slack_ms=SLACK_MS, last=send.get("last"), edge_s=SPACING_S / 2)
+                            slack_ms=SLACK_MS, last=send.get("last"), edge_s=SPACING_S / 2, sent_at=sent_at)
         js = sl.to_json()
         per_move = js.pop("moves")
         stopped = {"sender": send.get("error") == "terminated", "receiver": recv.get("error") == "terminated"}
@@ -579,15 +589,21 @@ def analyze(res: PlaneResult, streams: tuple[StreamSpec, ...], results: dict[tup
                   receiver_error=None if stopped["receiver"] else recv.get("error"),
                   stopped_by_benchmark=stopped["sender"])
         res.streams[st.key] = js
-        lost = send_time_estimates(records, int(send.get("sent") or 0), send.get("first"), st.rate, send.get("last"))
-        for m, ml in zip(res.moves, per_move):
+        lost = send_time_estimates(records, int(send.get("sent") or 0), send.get("first"), st.rate, send.get("last"),
+                                   sent_at)
+        # the same records counted as before the receivers recorded send times (all estimated): the old column
+        was = analyze_stream(records, int(send.get("sent") or 0), send.get("first"), st.rate, windows,
+                             slack_ms=SLACK_MS, last=send.get("last"), edge_s=SPACING_S / 2).moves
+        for m, ml, old in zip(res.moves, per_move, was):
             m["loss"][st.key] = ml
+            ml["lost_beyond_pause_estimated"] = old.lost_beyond_pause
             ml["after_resume_ms"] = after_resume(lost, m, ml["stretch"])
         if res.plot is not None:
             lo, hi = res.plot["at"] + PLOT_WINDOW_MS[0] / 1000, res.plot["at"] + PLOT_WINDOW_MS[1] / 1000
             got = [(s, t) for s, t in records if lo <= t <= hi]
             lost = [(s, t) for s, t, _, _ in send_time_estimates(records, int(send.get("sent") or 0),
-                                                                 send.get("first"), st.rate, send.get("last"))
+                                                                 send.get("first"), st.rate, send.get("last"),
+                                                                 sent_at)
                     if lo <= t <= hi]
             res.plot["streams"][st.key] = {"received": got, "lost": lost}
     res.moves = [dict(_jsonable(m), loss=m["loss"]) for m in res.moves]
@@ -740,6 +756,15 @@ def summarize(planes: list[PlaneResult]) -> dict[str, list[dict[str, Any]]]:
                     "after_resume_p50": pct([x["lost_after_resume"] for x in ms], 50),
                     "after_resume_max": max(x["lost_after_resume"] for x in ms),
                     "zero_after_resume_share": sum(1 for x in ms if x["lost_after_resume"] == 0) / len(ms),
+                    # with the send times the datagrams carried (loss.py): packets sent inside the pause
+                    # that arrived anyway, and the slowest delivery of those sent just before the stop
+                    "received_in_pause": sum(x.get("received_in_pause") or 0 for x in ms),
+                    "before_stop": sum(x.get("lost_before_stop", 0) for x in ms),
+                    "in_flight": sum(x.get("lost_in_flight") or 0 for x in ms),
+                    "zero_beyond_share_estimated": sum(1 for x in ms if x.get("lost_beyond_pause_estimated",
+                                                                            x["lost_beyond_pause"]) == 0) / len(ms),
+                    "latency_before_stop_max_ms": max((x["latency_before_stop_ms"] for x in ms
+                                                       if x.get("latency_before_stop_ms") is not None), default=None),
                     "simple_p50": pct([x["simple"] for x in ms], 50),
                     "uncertain": sum(x["uncertain"] for x in ms),
                     # the data plane's loss with nothing moving (lead and tail of the stream), per second and
@@ -801,11 +826,13 @@ def render(doc: dict[str, Any]) -> None:
     labels = {p.key: p.label for p in PLANES}
     slabels = {s.key: s.label for s in STREAMS}
     t = Table(title="packets lost beyond the VM's own pause, per move: p50 / p99 / max over moves; share of "
-                    "moves with none; of them after the VM resumed (the rest: before it stopped); longest gap beyond "
+                    "moves with none (in brackets: with every send time estimated, as before the receivers "
+                    "recorded the ones the datagrams carry); of them after the VM resumed (the rest: before it "
+                    "stopped); longest gap beyond "
                     "the pause; lost in the pause; the issue's formula; lost away from every move (per s, and "
                     "over a move's stretch: lost anyway, included in the figures beyond the pause)")
     for col in ("control plane", "stream", "pause ms", "scope", "dark ms p50", "moves", "p50", "p99", "max",
-                "=0", "after resume p50/max", "gap ms p50", "in pause p50", "lost−dark×rate p50",
+                "=0 (estimated)", "after resume p50/max", "gap ms p50", "in pause p50", "lost−dark×rate p50",
                 "away from moves /s (per move)", "vs roamnet p50"):
         t.add_column(col, justify="left" if col in ("control plane", "stream", "vs roamnet p50") else "right",
                      no_wrap=col in ("control plane", "stream", "vs roamnet p50"))
@@ -818,7 +845,8 @@ def render(doc: dict[str, Any]) -> None:
         t.add_row(labels[r["plane"]], slabels[r["stream"]] + where, str(r["pause_ms"]), r["scope"],
                   _f(r["dark_p50_ms"]),
                   str(r["moves"]), _f(r["beyond_p50"]), _f(r["beyond_p99"]), _f(r["beyond_max"]),
-                  f"{100 * r['zero_beyond_share']:.0f}%", f"{_f(r['after_resume_p50'])}/{_f(r['after_resume_max'])}",
+                  f"{100 * r['zero_beyond_share']:.0f}% ({100 * r.get('zero_beyond_share_estimated', 0):.0f}%)",
+                  f"{_f(r['after_resume_p50'])}/{_f(r['after_resume_max'])}",
                   _f(r["gap_beyond_p50_ms"]), _f(r["in_pause_p50"]),
                   _f(r["simple_p50"]), f"{_f(r.get('away_lost_per_s'))} ({_f(r.get('away_per_move'))})",
                   r["vs_roamnet"] or "—")

@@ -2,7 +2,9 @@
  *
  *   rnguest udp-echo PORT [REPLY_PORT]   every datagram received on PORT goes back unchanged to its
  *                                        sender's address, at REPLY_PORT if given (else its source port);
- *                                        payloads carry roamnet's sequence numbers (experiments/traffic.py)
+ *                                        payloads carry roamnet's sequence numbers and send times
+ *                                        (experiments/traffic.py), which go back unchanged: the peer's
+ *                                        receiver records the original send time
  *   rnguest tcp-echo PORT [LOG]          every connection to PORT gets back what it sends; one process each.
  *                                        It detects a broken connection: a reset, or a peer that stopped
  *                                        answering (keepalive probes and TCP_USER_TIMEOUT: unacknowledged

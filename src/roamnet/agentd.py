@@ -4,7 +4,8 @@ It reads its NVE's record from the store, builds the kernel side for that NVE (a
 with its tenants' VRF namespaces `<netns>.t-<tenant>`, or a hypervisor switch for a server behind a
 ToR), runs `agent.loop.Agent` until SIGTERM or SIGINT, then stops its threads and leaves every kernel
 object in place: the agent is headless, the data plane keeps forwarding without it, and a restarted
-agent finds its state by name and changes nothing.
+agent finds its state by name and changes nothing. SIGUSR1 writes every thread's stack to stderr and
+changes nothing (what a stuck agent is doing: `kill -USR1 <pid>`).
 
 Its status (/status/<nve>) lives on a lease of the store that a thread of its own renews
 (`mapping.liveness.StatusLease`): the status is the agent's liveness. A clean stop revokes the lease
@@ -17,6 +18,7 @@ the Prometheus text format (`agent.metrics`) over HTTP and/or in a file, as aske
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -85,6 +87,7 @@ def run(nve_name: str, store, ns: str, stop: threading.Event | None = None, *, s
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # SIGUSR1: every thread's stack to stderr
     log.info("agent of %s (%s, VTEP %s) in %s starting; status on a %d s lease", nve.name, nve.role, nve.vtep, ns,
              status_ttl)
     lease.start()

@@ -6,6 +6,7 @@ functions; the rich tables are drawn from that same data, so both formats always
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -14,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from roamnet.mapping.apply import ADDED, CHANGED, KINDS, REMOVED, ApplyResult
-from roamnet.mapping.records import NveStatus, Snapshot
+from roamnet.mapping.records import ACTIVATED, NveStatus, Snapshot
 
 # KIND for `roamnet get`, and its aliases
 GET_KINDS = ("nves", "ports", "bindings", "migrations", "segments", "tenants", "domains", "policy", "statuses")
@@ -64,6 +65,7 @@ def status_data(snap: Snapshot, statuses: dict[str, NveStatus]) -> dict:
             "pid": st.pid if st else None,
             "last_pass_ms": st.last_pass_ms if st else None,
             "errors": list(st.errors) if st else [],
+            "expired": list(st.expired) if st else [],  # moves to it the mapping's expiry ended, and why
         })
     bs = snap.bindings.values()
     return {
@@ -128,7 +130,15 @@ def _vm_of(snap: Snapshot, iface: str) -> str:
 
 
 def _migration_row(snap: Snapshot, m) -> dict:
-    return {**asdict(m), "vm": _vm_of(snap, m.iface_id)}
+    """A move in progress, with what the mapping's expiry does at its deadline if nobody acts first."""
+    at_deadline = "completed" if m.state == ACTIVATED else "rolled back"
+    return {**asdict(m), "vm": _vm_of(snap, m.iface_id), "at_deadline": at_deadline if m.deadline else None}
+
+
+def _deadline(r: dict) -> str:
+    if not r.get("at_deadline"):
+        return "-"
+    return f"{'completes' if r['at_deadline'] == 'completed' else 'rolls back'} {time.strftime('%H:%M:%S', time.gmtime(r['deadline']))}"
 
 
 Rows = tuple[list[dict], list[tuple[str, ...]], str]  # rows, the names each answers to, what a name is
@@ -213,7 +223,8 @@ _COLUMNS: dict[str, list[Column]] = {
                  ("IPs", _ips), ("NVE", lambda r: r["nve"]), ("VTEP", lambda r: r["vtep"]), ("seq", lambda r: r["seq"]),
                  ("moves", lambda r: len(r["moves"])), ("state", _binding_state)],
     "migrations": [("interface", lambda r: r["iface_id"]), ("VNI", lambda r: r["vni"]), ("MAC", lambda r: r["mac"]),
-                   ("from", lambda r: r["src"]), ("to", lambda r: r["dst"]), ("state", lambda r: r["state"])],
+                   ("from", lambda r: r["src"]), ("to", lambda r: r["dst"]), ("state", lambda r: r["state"]),
+                   ("expiry (UTC)", _deadline)],
     "segments": [("CUG", lambda r: r["name"]), ("VNI", lambda r: r["vni"]), ("subnet", lambda r: r["subnet"]),
                  ("gateway", lambda r: r["gateway"] or "-"), ("tenant", lambda r: r["tenant"] or "-"),
                  ("flood unknown ARP", lambda r: "yes" if r["flood_unknown_arp"] else "no"),

@@ -46,7 +46,8 @@ def test_agent_processes_over_etcd_move_crash_and_restart(make_topology, lab_nam
         result = flow.finish([there, back])
         from roamnet.experiments.loss import loss_beyond_pause, windows_from_migrations
         beyond = loss_beyond_pause(result.records, result.sent, result.first, result.rate,
-                                   windows_from_migrations([there, back]), last=result.last)
+                                   windows_from_migrations([there, back]), last=result.last,
+                                   sent_at=result.sent_at)
         headless = lost_between(result, killed_at, restarted_at)
         print(f"agents as processes over etcd: pids {pids}; move hv1->hv3 converged {there['converged_ms']} ms, "
               f"back {back['converged_ms']} ms; hv2's agent killed -9 and restarted (pid {restarted['pid']}) with "

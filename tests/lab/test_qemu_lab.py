@@ -113,7 +113,8 @@ def test_qemu_guest_moves_to_another_dc_under_a_stream(make_topology, lab_name, 
         tcp_out = tcp.result(30)
         tcp_result = summarize("tcp-echo", "tcp", "vm2", "vm1", 200, tcp_out, tcp_out, [rec])
         beyond = loss_beyond_pause(result.records, result.sent, result.first, result.rate,
-                                   windows_from_migrations([rec]), last=result.last)[0]
+                                   windows_from_migrations([rec]), last=result.last,
+                                   sent_at=result.sent_at)[0]
         print(f"QEMU guest vm1 hv1 (dc1) -> hv3 (dc2), {rec['accel']}: QEMU total {rec['qemu_total_ms']} ms, "
               f"downtime {rec['qemu_downtime_ms']} ms (limit {rec['downtime_limit_ms']}), STOP->RESUME blackout "
               f"{rec['blackout_ms']} ms, {rec['transferred_bytes']} bytes; activated by {rec['activated_by']} "

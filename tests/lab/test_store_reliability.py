@@ -21,7 +21,7 @@ from roamnet.lab.errors import LabError
 def _beyond(result: Any, moves: list[dict]) -> list[tuple[int, int]]:
     """(lost in the pause, lost beyond it) per move."""
     per = loss_beyond_pause(result.records, result.sent, result.first, result.rate, windows_from_migrations(moves),
-                            last=result.last)
+                            last=result.last, sent_at=result.sent_at)
     return [(m.lost_in_pause, m.lost_beyond_pause) for m in per]
 
 

@@ -86,3 +86,86 @@ def test_several_callers_expire_a_move_once_and_spare_one_prepared_again(mapping
     again = mapping.prepare("vm1/0", "hv3", timeout=30)
     assert mapping._abort("vm1/0", past=old.deadline + 1) is None
     assert mapping.snapshot().migrations["vm1/0"] == again
+
+
+def activate_on_hv3(mapping: MappingSystem, clock, complete_within: float = 0.0):
+    """vm1 prepared to hv3 and activated there by its announcement (hv3's agent) at clock.now."""
+    k3, a3 = agent(mapping, "hv3")
+    mapping.prepare("vm1/0", "hv3", timeout=30, complete_within=complete_within)
+    k3.add_port("vm1/0")
+    a3._link_event()
+    a3.reconcile()
+    a3._announcement(ModelKernel.device("vm1/0"), VM1)
+    return k3, a3
+
+
+def test_an_activated_move_nobody_completes_is_completed_by_the_destination_after_its_completion_time(
+        mapping, clock):
+    (_, a1), (_, a2) = agent(mapping, "hv1"), agent(mapping, "hv2")
+    activated_at = clock.now = clock.now + 5
+    _, a3 = activate_on_hv3(mapping, clock, complete_within=60)
+    mig = mapping.snapshot().migrations["vm1/0"]
+    assert mig.state == ACTIVATED and mig.deadline == activated_at + 60, "the deadline starts at the activation"
+    clock.now = activated_at + 59
+    for a in (a1, a2, a3):
+        a.reconcile()
+    assert mapping.snapshot().migrations["vm1/0"].state == ACTIVATED, "not before its deadline"
+    clock.now = activated_at + 61
+    a1.reconcile()  # the source (whose release never came) and the others do not end it
+    a2.reconcile()
+    assert "vm1/0" in mapping.snapshot().migrations
+    a3.reconcile()
+    snap = mapping.snapshot()
+    assert snap.migrations == {}
+    assert (snap.binding_of("vm1/0").nve, snap.binding_of("vm1/0").seq) == ("hv3", 1), "the VM stays where it runs"
+    [why] = a3.status().expired
+    assert "vm1/0" in why and "hv1" in why and "not completed within 60 s" in why and "completed by expiry" in why
+    a2.reconcile()
+    assert a2.kernel.actual.remote_macs[(WEB, VM1)] == {NVES["hv3"].vtep}, "hv2 sends to the destination alone"
+
+
+def test_an_activated_move_without_its_own_completion_time_gets_the_mappings(mapping, clock):
+    from roamnet.mapping.records import COMPLETE_TIMEOUT_S
+
+    activate_on_hv3(mapping, clock)
+    mig = mapping.snapshot().migrations["vm1/0"]
+    assert mig.complete_within == 0.0 and mig.deadline == clock.now + COMPLETE_TIMEOUT_S
+    assert mapping.expire(now=clock.now + COMPLETE_TIMEOUT_S - 1) == []
+    assert mapping.expire(now=clock.now + COMPLETE_TIMEOUT_S + 1) == [mig]
+    assert mapping.snapshot().migrations == {}
+
+
+def test_an_explicit_activation_starts_the_completion_time_too(mapping, clock):
+    mapping.prepare("vm1/0", "hv3", timeout=30, complete_within=10)
+    clock.now += 20
+    mapping.activate("vm1/0")  # the orchestrator's, at +20 s: the prepare deadline (+30 s) no longer counts
+    mig = mapping.snapshot().migrations["vm1/0"]
+    assert mig.state == ACTIVATED and mig.deadline == clock.now + 10
+
+
+def test_expiry_of_an_activated_move_spares_one_completed_and_prepared_again(mapping, clock):
+    other = MappingSystem(mapping.store, clock=clock)
+    activate_on_hv3(mapping, clock, complete_within=10)
+    old = mapping.snapshot().migrations["vm1/0"]
+    clock.now = old.deadline + 1
+    assert [mapping.expire(dst="hv3"), other.expire(dst="hv3")] == [[old], []], "once, by one caller"
+    # completed by its orchestrator and prepared back to hv1 between a caller's read and its completion
+    mapping.prepare("vm1/0", "hv1", timeout=30)
+    assert mapping._complete_expired("vm1/0", past=old.deadline + 1) is None
+    assert mapping.snapshot().migrations["vm1/0"].state == "prepared"
+
+
+def test_a_bad_completion_time_is_refused_and_changes_nothing(mapping):
+    with pytest.raises(ValueError, match="complete_within is >= 0"):
+        mapping.prepare("vm1/0", "hv3", timeout=30, complete_within=-1)
+    assert mapping.snapshot().migrations == {}
+
+
+def test_a_move_recorded_before_completion_times_existed_loads_with_the_default():
+    import json
+
+    from roamnet.mapping.records import COMPLETE_TIMEOUT_S, Migration, load
+    old = {"iface_id": "vm1/0", "vni": WEB, "mac": VM1, "src": "hv1", "dst": "hv3", "dst_vtep": "198.18.2.1",
+           "state": "activated", "deadline": 5.0}
+    mig = load(Migration, json.dumps(old))
+    assert mig.complete_within == 0.0 and mig.completion_s == COMPLETE_TIMEOUT_S

@@ -163,3 +163,24 @@ def test_get_filters_by_name_and_says_what_exists(etcd, tmp_path):
 def test_an_unreachable_store_is_a_clear_error(tmp_path):
     code, text = run("status", "--store", f"unix://{tmp_path}/nothing.sock")
     assert code == 1 and "etcd at unix://" in text
+
+
+def test_status_and_get_say_what_the_expiry_does_at_a_moves_deadline(etcd, tmp_path):
+    url, store = etcd
+    run("apply", write(tmp_path, BASE), "--store", url)
+    m = MappingSystem(store, clock=lambda: 1_800_000_000.0)  # 2027-01-15 08:00:00 UTC
+    m.prepare("vm1/0", "hv2", timeout=60, complete_within=300)
+    m.prepare("vm3/0", "hv1", timeout=60)
+    m.activate("vm1/0")
+    m.statuses.publish(NveStatus("hv2", expired=("vm9/0: activated move from hv3 not completed within 120 s: "
+                                                 "completed by expiry",)))
+    data = json.loads(run("status", "--store", url, "-f", "json")[1])
+    rows = {g["vm"]: (g["state"], g["at_deadline"], g["deadline"], g["complete_within"]) for g in data["migrations"]}
+    assert rows == {"vm1": ("activated", "completed", 1_800_000_300.0, 300.0),
+                    "vm3": ("prepared", "rolled back", 1_800_000_060.0, 0.0)}
+    assert {n["name"]: n["expired"] for n in data["nves"]}["hv2"] == [
+        "vm9/0: activated move from hv3 not completed within 120 s: completed by expiry"]
+    code, text = run("get", "migrations", "--store", url)
+    assert code == 0 and "expiry (UTC)" in text, text
+    vm1, vm3 = text[text.index("vm1/0"):text.index("vm3/0")], text[text.index("vm3/0"):]  # a cell may wrap
+    assert "completes" in vm1 and "08:05:00" in vm1 and "rolls back" in vm3 and "08:01:00" in vm3

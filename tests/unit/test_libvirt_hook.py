@@ -216,6 +216,23 @@ def test_a_domain_the_mapping_does_not_know_is_left_alone(memory_fabric):
     assert memory_fabric.mapping.revision == rev
 
 
+def test_a_move_whose_source_never_releases_it_is_completed_after_the_complete_timeout(memory_fabric):
+    f = memory_fabric
+    res = hook(["vm1", "migrate", "begin", "-"], domain_xml(), {**env_of("hv3"), "ROAMNET_COMPLETE_TIMEOUT": "45"})
+    assert res.exit_code == 0, res.output
+    assert {mg.complete_within for mg in f.mapping.snapshot().migrations.values()} == {45.0}
+    f.arrive("hv3", announce=True)  # the VM resumes on hv3; then hv1 dies: no `release end migrated` comes
+    migs = f.mapping.snapshot().migrations
+    assert {mg.state for mg in migs.values()} == {ACTIVATED}
+    deadline = max(mg.deadline for mg in migs.values())
+    assert f.mapping.expire(now=deadline - 1, dst="hv3") == []
+    assert sorted(mg.iface_id for mg in f.mapping.expire(now=deadline + 1, dst="hv3")) == ["vm1/0", "vm1/1"]
+    snap = f.mapping.snapshot()
+    assert snap.migrations == {} and {snap.binding_of(i).nve for i in ("vm1/0", "vm1/1")} == {"hv3"}
+    res = hook(["vm1", "release", "end", "migrated"], domain_xml(), env_of("hv1"))  # a late release: nothing left
+    assert res.exit_code == 0 and "no move in progress" in res.stderr, res.output
+
+
 # ---- against a real etcd member ---------------------------------------------------------------------
 
 @pytest.fixture

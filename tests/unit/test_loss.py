@@ -215,3 +215,98 @@ def test_json_is_plain() -> None:
     d = json.loads(json.dumps(res.to_json()))
     assert d["moves"][0]["lost_beyond_pause"] == 7
     assert d["moves"][0]["stretch"] == [None, None]
+
+
+# ---------------------------------------------------------------- send times carried by the datagrams
+
+
+def carried(n: int, rate: float = 1000.0, drop=frozenset(), delay: dict[int, float] | None = None,
+            slip: dict[int, float] | None = None):
+    """(records, sent, first, last, sent_at) as the receiver records them now: each record's carried
+    send time beside it; packet s takes LAT + delay[s] to arrive."""
+    recs, sent, first, last = stream(n, rate, slip=slip)
+    sent_at = [t - LAT for _, t in recs]
+    delay = delay or {}
+    keep = [(s, t + delay.get(s, 0.0), u) for (s, t), u in zip(recs, sent_at) if s not in drop]
+    return [[s, t] for s, t, _ in keep], sent, first, last, [u for _, _, u in keep]
+
+
+def test_carried_send_times_give_the_same_figures_as_the_estimate_when_nothing_is_late() -> None:
+    recs, sent, first, last, sent_at = carried(6000, drop=set(range(2998, 3059)) | {4500})
+    old = analyze_stream(recs, sent, first, 1000.0, [W], last=last)
+    new = analyze_stream(recs, sent, first, 1000.0, [W], last=last, sent_at=sent_at)
+    assert (old.send_times, new.send_times) == ("estimated", "carried")
+    keys = ("lost", "lost_in_pause", "lost_beyond_pause", "lost_after_resume", "lost_before_stop", "uncertain")
+    assert [getattr(old.moves[0], k) for k in keys] == [getattr(new.moves[0], k) for k in keys] == [62, 52, 10, 8, 2, 0]
+    assert new.latency_ms == pytest.approx(LAT * 1000, abs=1e-6)
+
+
+def test_a_late_delivery_after_the_resume_is_not_loss_beyond_the_pause() -> None:
+    # 10 kHz; everything sent in the pause is lost, and the first packets after it arrive 3 ms late
+    # (a queue at the destination). From receive times, the gap seems to last into those 3 ms.
+    rate, w = 10_000.0, win(1.00005, 1.00505)  # with 1 ms slack: seqs 10000..10060
+    late = {s: 0.003 for s in range(10_061, 10_090)}
+    recs, sent, first, last, sent_at = carried(20_000, rate, drop=set(range(10_000, 10_061)), delay=late)
+    [est] = loss_beyond_pause(recs, sent, first, rate, [w], last=last)
+    [exact] = loss_beyond_pause(recs, sent, first, rate, [w], last=last, sent_at=sent_at)
+    assert est.lost_beyond_pause > 0  # the artefact: estimated send times stretched over the late arrival
+    assert (exact.lost_in_pause, exact.lost_beyond_pause, exact.uncertain) == (61, 0, 0)
+
+
+def test_beyond_ms_says_when_each_packet_lost_beyond_the_pause_was_sent() -> None:
+    recs, sent, first, last, sent_at = carried(6000, drop=set(range(2998, 3055)))
+    [m] = one(recs, sent, first, last, sent_at=sent_at)
+    assert (m.lost_before_stop, m.lost_in_pause, m.lost_after_resume) == (2, 52, 3)
+    # seqs 2998, 2999 were sent 2.5 and 1.5 ms before the stop; 3052..3054 1.5 to 3.5 ms after the resume
+    assert m.beyond_ms == pytest.approx([-2.5, -1.5, 1.5, 2.5, 3.5], abs=1e-6)
+    assert m.to_json()["beyond_ms"] == [-2.5, -1.5, 1.5, 2.5, 3.5]
+
+
+def test_packets_sent_in_the_pause_that_arrived_and_the_delay_before_the_stop() -> None:
+    # the pause recorded is [3.0005, 3.0505] but the VM really stopped receiving only at 3.010: what
+    # was sent before that arrived (3001..3009, seq 3000 and 3001 lie within the slack), the rest is lost
+    delay = {2990: 0.0015}  # one packet sent 10.5 ms before the stop took 1.6 ms
+    recs, sent, first, last, sent_at = carried(6000, drop=set(range(3010, 3052)), delay=delay)
+    [m] = one(recs, sent, first, last, sent_at=sent_at)
+    assert m.received_in_pause == len(range(3002, 3010)) and m.lost_beyond_pause == 0
+    assert m.latency_before_stop_ms == pytest.approx((LAT + 0.0015) * 1000, abs=1e-6)
+    assert m.lost_in_flight == 0
+    # without recorded send times these figures are unknown, not zero
+    [old] = one(recs, sent, first, last)
+    assert old.received_in_pause is None and old.latency_before_stop_ms is None and old.lost_in_flight is None
+
+
+def test_packets_lost_just_before_the_stop_while_deliveries_were_slow_may_have_been_in_flight() -> None:
+    # deliveries before the stop take up to 2.6 ms; 2996..2999 (sent 4.5 to 1.5 ms before the stop) are lost:
+    # the last two within 2.6 ms of the stop, the first two earlier than any delivery took
+    delay = {2990: 0.0025}
+    recs, sent, first, last, sent_at = carried(6000, drop=set(range(2996, 3052)), delay=delay)
+    [m] = one(recs, sent, first, last, sent_at=sent_at)
+    assert m.latency_before_stop_ms == pytest.approx(2.6, abs=1e-6)
+    assert (m.lost_before_stop, m.lost_in_flight, m.lost_beyond_pause) == (4, 2, 4)  # reported, not subtracted
+
+
+def test_two_moves_get_their_own_edge_figures() -> None:
+    w2 = win(6.0005, 6.1005)
+    recs, sent, first, last, sent_at = carried(9000, drop=set(range(3000, 3052)) | set(range(6000, 6102)),
+                                               delay={2999: 0.002, 5990: 0.004})
+    m1, m2 = analyze_stream(recs, sent, first, 1000.0, [W, w2], last=last, sent_at=sent_at).moves
+    assert m1.latency_before_stop_ms == pytest.approx((LAT + 0.002) * 1000, abs=1e-6)
+    assert m2.latency_before_stop_ms == pytest.approx((LAT + 0.004) * 1000, abs=1e-6)
+    assert (m1.received_in_pause, m2.received_in_pause) == (0, 0)
+    assert (m1.lost_beyond_pause, m2.lost_beyond_pause) == (0, 0)
+
+
+def test_sent_at_must_be_parallel_to_the_records() -> None:
+    recs, sent, first, last, sent_at = carried(100)
+    with pytest.raises(ValueError, match="sent_at has 99 send times for 100 records"):
+        analyze_stream(recs, sent, first, 1000.0, [], last=last, sent_at=sent_at[:-1])
+    with pytest.raises(ValueError, match="parallel"):
+        send_time_estimates(recs, sent, first, 1000.0, last, sent_at=sent_at + [1.0])
+
+
+def test_duplicates_with_carried_send_times() -> None:
+    recs, sent, first, last, sent_at = carried(6000, drop=set(range(3000, 3059)))
+    recs2, sent_at2 = recs + [recs[10], recs[-1]], sent_at + [sent_at[10], sent_at[-1]]
+    res = analyze_stream(recs2, sent, first, 1000.0, [W], last=last, sent_at=sent_at2)
+    assert res.duplicates == 2 and (res.moves[0].lost_in_pause, res.moves[0].lost_beyond_pause) == (52, 7)

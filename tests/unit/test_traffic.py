@@ -98,6 +98,19 @@ def test_udp_1khz() -> None:
     r = summarize("u", "udp", "a", "b", 1000, s_out, r_out)
     assert r.received == s_out["sent"] and r.lost == 0 and r.survived is True
     assert all(rt >= t for _, rt in r.records)  # nothing arrives before T: ready preceded sending
+    carried_send_times_agree(s_out, r_out)
+    assert r.sent_at == r_out["sent_at"]
+
+
+def carried_send_times_agree(s_out: dict, r_out: dict) -> None:
+    """Each record's carried send time: one per record, the sender's own first and last, in seq order,
+    never after the record's arrival."""
+    sent_at = dict(zip((q for q, _ in r_out["records"]), r_out["sent_at"]))
+    assert len(r_out["sent_at"]) == len(r_out["records"])
+    assert sent_at[0] == s_out["first"] and sent_at[s_out["sent"] - 1] == s_out["last"]
+    times = [sent_at[q] for q in sorted(sent_at)]
+    assert times == sorted(times)
+    assert all(u <= rt for (_, rt), u in zip(r_out["records"], r_out["sent_at"]))
 
 
 def test_tcp_200() -> None:
@@ -108,6 +121,7 @@ def test_tcp_200() -> None:
     assert seqs == list(range(s_out["sent"])) and 190 <= s_out["sent"] <= 200
     r = summarize("t", "tcp", "a", "b", 200, s_out, r_out)
     assert r.lost == 0 and r.survived is True
+    carried_send_times_agree(s_out, r_out)
 
 
 def test_udp_sender_without_listener() -> None:
@@ -173,6 +187,7 @@ def test_tcp_echo_client_survives_an_echo() -> None:
     assert 190 <= out["sent"] <= 200 and [s for s, _ in out["records"]] == list(range(out["sent"]))
     r = summarize("e", "tcp", "a", "b", 200, out, out)  # the one line is both ends of the stream
     assert r.lost == 0 and r.survived is True and r.received == out["sent"]
+    carried_send_times_agree(out, out)  # an echoed record carries its first send time
 
 
 def test_tcp_echo_client_detects_a_reset() -> None:

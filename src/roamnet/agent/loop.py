@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from roamnet.mapping.client import ANNOUNCED, PORT_UP, MappingClient, MoveRefused, Refused
-from roamnet.mapping.records import PREPARED, Nve, NveStatus, Snapshot
+from roamnet.mapping.records import ACTIVATED, PREPARED, Nve, NveStatus, Snapshot
 from roamnet.mapping.view import Touched
 from roamnet.nve.desired import NveDesired, compute_desired, is_trunk
 from roamnet.nve.interest import Interest, Scope, project, scope_of
@@ -98,6 +98,7 @@ class AgentStats:
     last_changes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # the last KEEP_ERRORS
     error_count: int = 0  # every error so far (a counter for the metrics: agent/metrics.py)
+    expired: list[str] = field(default_factory=list)  # the last KEEP_ERRORS moves to here the expiry ended, and why
 
     def error(self, *msgs: str) -> None:
         self.errors = (self.errors + list(msgs))[-KEEP_ERRORS:]
@@ -198,13 +199,15 @@ class Agent:
                 changed |= self._report(iface, PORT_UP)
         return changed
 
-    def _expire_prepared(self, snap: Snapshot) -> bool:
-        """Roll back the prepared moves to this NVE past their deadline (the mapping's clock): the VM
-        never came. The destination's agent owns this (no lab, no orchestrator needed); each rollback
-        is a compare-and-swap that leaves a move activated or prepared again meanwhile. Checked every
-        pass, so within one resync period (`resync_s`) of the deadline."""
+    def _expire_moves(self, snap: Snapshot) -> bool:
+        """End the moves to this NVE past their deadline (the mapping's clock): a prepared move is rolled
+        back (the VM never came); an activated one is completed (its completion never came: the source
+        died before libvirt's release, say). The destination's agent owns this (no lab, no orchestrator
+        needed); each is a compare-and-swap that leaves a move activated, completed or prepared again
+        meanwhile. Checked every pass, so within one resync period (`resync_s`) of the deadline; each
+        expiry is logged and kept in the status (`NveStatus.expired`)."""
         now = self.client.now()
-        if not any(m.dst == self.nve.name and m.deadline and m.deadline < now for m in snap.prepared()):
+        if not any(m.dst == self.nve.name and m.deadline and m.deadline < now for m in snap.migrations.values()):
             return False
         try:
             expired = self.client.expire(self.nve.name)
@@ -212,8 +215,14 @@ class Agent:
             self.stats.error(str(exc))
             return False
         for m in expired:
-            log.info("%s: prepared move of %s from %s expired unactivated: rolled back", self.nve.name, m.iface_id,
-                     m.src)
+            if m.state == ACTIVATED:
+                why = (f"{m.iface_id}: activated move from {m.src} not completed within {m.completion_s:g} s: "
+                       f"completed by expiry")
+                log.warning("%s: %s", self.nve.name, why)
+            else:
+                why = f"{m.iface_id}: prepared move from {m.src} not activated by its deadline: rolled back"
+                log.info("%s: %s", self.nve.name, why)
+            self.stats.expired = (self.stats.expired + [why])[-KEEP_ERRORS:]
         return bool(expired)
 
     def _set_detached(self, iface: str, detached: bool) -> bool:
@@ -286,7 +295,7 @@ class Agent:
                 actual, ports = self._cache
             whole_pass = read and drifted is None
             snap, scope = self._part(actual, ports, whole_pass, drifted=drifted)
-            if self._claim_arrivals(snap, ports) | self._expire_prepared(snap):
+            if self._claim_arrivals(snap, ports) | self._expire_moves(snap):
                 snap, scope = self._part(actual, ports, scope is None, scope)
             changes, whole = self._changes(snap, actual, scope)
             scoped = scope is not None
@@ -413,7 +422,7 @@ class Agent:
         return NveStatus(self.nve.name, s.converged_revision, s.reconciles, s.resyncs, s.kernel_reads,
                          s.changes_applied, s.moves_reported, s.announcements_seen,
                          tuple(sorted(self._unneeded_since)), s.last_pass_ms, tuple(s.last_changes),
-                         tuple(s.errors[-5:]), os.getpid(), s.claims_refused)
+                         tuple(s.errors[-5:]), os.getpid(), s.claims_refused, tuple(s.expired[-5:]))
 
     def _publish(self, force: bool = False) -> None:
         """Publish the status when what a reader waits on changed (converged revision, errors, moves,
@@ -422,9 +431,9 @@ class Agent:
         last = self._published
         if not force and last is not None and (
                 (st.converged_revision, st.errors, st.moves_reported, st.announcements_seen, st.pending_prunes,
-                 st.changes_applied, st.claims_refused)
+                 st.changes_applied, st.claims_refused, st.expired)
                 == (last.converged_revision, last.errors, last.moves_reported, last.announcements_seen,
-                    last.pending_prunes, last.changes_applied, last.claims_refused)):
+                    last.pending_prunes, last.changes_applied, last.claims_refused, last.expired)):
             return
         try:
             self.client.publish_status(st)

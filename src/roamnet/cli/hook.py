@@ -29,6 +29,11 @@ def hook() -> None:
               show_default=True, type=click.FloatRange(1, 86400),
               help="A move prepared at `migrate begin` is rolled back by the destination's agent if the VM has "
                    "not announced itself there within this many seconds (longer than a migration takes).")
+@click.option("--complete-timeout", "complete_s", envvar="ROAMNET_COMPLETE_TIMEOUT", show_envvar=True,
+              default=None, type=click.FloatRange(1, 86400),
+              help="A move activated on this host is completed by its agent if the source's `release` never "
+                   "comes (the source host died) within this many seconds of the activation [default: the "
+                   "mapping's, 120].")
 @click.option("--wait", "wait_s", envvar="ROAMNET_HOOK_WAIT", show_envvar=True, default=10.0, show_default=True,
               type=click.FloatRange(0, 600),
               help="The longest the hook waits for the NVEs to program a phase (libvirt waits for the hook).")
@@ -36,7 +41,7 @@ def hook() -> None:
               help="Also log to syslog (/dev/log, ident roamnet-hook): libvirt logs a hook's stderr only when it fails.")
 def hook_libvirt(domain: str, operation: str, suboperation: str, extra: str, nve: str | None,
                  store_url: str | None, cacert: str | None, cert: str | None, key: str | None, timeout_s: float,
-                 wait_s: float, syslog: bool) -> None:
+                 complete_s: float | None, wait_s: float, syslog: bool) -> None:
     """libvirt's qemu hook, as libvirtd runs /etc/libvirt/hooks/qemu: DOMAIN OPERATION SUBOPERATION
     EXTRA, the domain's XML on stdin (contrib/libvirt/qemu execs this).
 
@@ -72,7 +77,7 @@ def hook_libvirt(domain: str, operation: str, suboperation: str, extra: str, nve
         if (operation, suboperation) not in ACTIVE_EVENTS:
             return
         code = _hook_event(logger, event, domain, operation, suboperation, extra, xml, nve,
-                           (store_url, cacert, cert, key), timeout_s, wait_s)
+                           (store_url, cacert, cert, key), timeout_s, wait_s, complete_s or 0.0)
     finally:
         for h in handlers:
             logger.removeHandler(h)
@@ -82,7 +87,7 @@ def hook_libvirt(domain: str, operation: str, suboperation: str, extra: str, nve
 
 
 def _hook_event(logger, event: str, domain: str, operation: str, suboperation: str, extra: str, xml: str,
-                nve: str | None, store_args: tuple, timeout_s: float, wait_s: float) -> int:
+                nve: str | None, store_args: tuple, timeout_s: float, wait_s: float, complete_s: float = 0.0) -> int:
     """One event of libvirt's that may touch the mapping; the exit code (1: failed, said on stderr)."""
     import time
 
@@ -101,7 +106,7 @@ def _hook_event(logger, event: str, domain: str, operation: str, suboperation: s
     try:
         store = open_store(*store_args)
         decision, rec = run_hook(Orchestrator(MappingSystem(store)), nve, domain, operation, suboperation, extra, xml,
-                                 timeout_s, wait_s)
+                                 timeout_s, wait_s, complete_s)
     except (HookError, StoreError, click.ClickException) as exc:
         logger.error("%s: failed on %s: %s", event, nve, exc.message if isinstance(exc, click.ClickException) else exc)
         return 1

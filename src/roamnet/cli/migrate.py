@@ -34,6 +34,10 @@ STORE_PHASES = ("prepare", "activate", "complete", "abort")  # through the store
                    "activated). With --store, one of prepare, activate, complete, abort is required.")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=click.FloatRange(0.1, 86400),
               help="With --phase prepare: roll the move back if it is not activated within this many seconds.")
+@click.option("--complete-timeout", "complete_s", default=None, type=click.FloatRange(1, 86400),
+              help="With --store --phase prepare: once activated, the move is completed by the destination's agent "
+                   "if nobody completes it within this many seconds (the source died before its release) "
+                   "[default: the mapping's, 120].")
 @click.option("--wait", "wait_s", default=10.0, show_default=True, type=click.FloatRange(0, 3600),
               help="With --store: how long a phase waits for every NVE to program it (prepare rolls back if they "
                    "do not; activate and complete say which NVEs are behind).")
@@ -44,8 +48,8 @@ STORE_PHASES = ("prepare", "activate", "complete", "abort")  # through the store
 @store_options(required=False)
 @FORMAT
 def migrate(where: tuple[str, ...], to: str | None, pause_ms: int, no_prepare: bool, driver: str, phase: str,
-            timeout_s: float, wait_s: float, port_ready: bool, store_url: str | None, cacert: str | None,
-            cert: str | None, key: str | None, fmt: str) -> None:
+            timeout_s: float, complete_s: float | None, wait_s: float, port_ready: bool, store_url: str | None,
+            cacert: str | None, cert: str | None, key: str | None, fmt: str) -> None:
     """Move a VM: one phase of a planned move through the mapping store (what an orchestrator calls; no
     lab), or a live migration in a running lab.
 
@@ -57,15 +61,18 @@ def migrate(where: tuple[str, ...], to: str | None, pause_ms: int, no_prepare: b
     One argument is a VM of the mapping (its interfaces are the mapping's ports of that VM); two are a
     lab and its VM. Through the store, prepare waits until every NVE programmed the move (rolled back
     if not within --wait), the destination's agent activates it when the VM's RARP arrives there (or
-    rolls it back after --timeout), and complete refuses a move not activated.
+    rolls it back after --timeout), and complete refuses a move not activated. An activated move
+    nobody completes is completed by the destination's agent after --complete-timeout.
     """
     if driver != "lab" and (len(where) == 1 or phase != "all" or no_prepare):
         raise click.UsageError("--driver is for a whole, prepared move of a lab's VM (LAB VM, no --phase or "
                                "--no-prepare)")
     if len(where) == 1:
         _migrate_through_store(where[0], to, phase, timeout_s, wait_s, port_ready, (store_url, cacert, cert, key),
-                               fmt, pause_ms=pause_ms, no_prepare=no_prepare)
+                               fmt, pause_ms=pause_ms, no_prepare=no_prepare, complete_s=complete_s)
         return
+    if complete_s is not None:
+        raise click.UsageError("--complete-timeout is for --store --phase prepare (a lab completes its moves itself)")
     if len(where) != 2:
         raise click.UsageError(f"give VM (with --store) or LAB VM, not {len(where)} arguments")
     lab_name, vm = where
@@ -91,7 +98,8 @@ def migrate(where: tuple[str, ...], to: str | None, pause_ms: int, no_prepare: b
 
 
 def _migrate_through_store(vm: str, to: str | None, phase: str, timeout_s: float, wait_s: float, port_ready: bool,
-                           store_args: tuple, fmt: str, pause_ms: int, no_prepare: bool) -> None:
+                           store_args: tuple, fmt: str, pause_ms: int, no_prepare: bool,
+                           complete_s: float | None = None) -> None:
     """`roamnet migrate VM --store URL --phase ...`: orchestrator.moves over the store."""
     from rich.markup import escape
 
@@ -111,6 +119,8 @@ def _migrate_through_store(vm: str, to: str | None, phase: str, timeout_s: float
         raise click.UsageError("--to NVE is required for --phase prepare")
     if port_ready and phase != "prepare":
         raise click.UsageError("--port-ready is for --phase prepare")
+    if complete_s is not None and phase != "prepare":
+        raise click.UsageError("--complete-timeout is for --phase prepare (it is recorded with the move)")
     orch = Orchestrator(MappingSystem(open_store(*store_args)))
     try:
         if phase != "prepare" and to:
@@ -119,7 +129,7 @@ def _migrate_through_store(vm: str, to: str | None, phase: str, timeout_s: float
             if dsts != {to}:
                 raise MoveError(f"{vm}: its move in progress goes to {', '.join(sorted(dsts))}, not {to}")
         if phase == "prepare":
-            rec = orch.prepare(vm, to, timeout_s, wait_s, port_ready)
+            rec = orch.prepare(vm, to, timeout_s, wait_s, port_ready, complete_within=complete_s or 0.0)
         elif phase == "activate":
             rec = orch.activate(vm, wait_s)
         elif phase == "complete":
@@ -137,7 +147,8 @@ def _migrate_through_store(vm: str, to: str | None, phase: str, timeout_s: float
     if phase == "prepare":
         who = "every NVE" + ("" if port_ready else f" but {to} (it programs the VM's port when it appears)")
         line += (f"; {who} programmed it in {rec['prepared_ms']} ms; rolled back by {to}'s agent unless activated "
-                 f"within {timeout_s:g} s")
+                 f"within {timeout_s:g} s, completed by it unless completed within {rec['complete_within_s']:g} s of "
+                 f"the activation")
     elif "converged" in rec:
         line += "; every NVE programmed it" if rec["converged"] else \
             f"; not yet programmed by {', '.join(rec['lagging'])} after {wait_s:g} s"

@@ -154,7 +154,8 @@ class _StreamData:
     def of(cls, s: StreamResult) -> _StreamData:
         arrivals = sorted((t, q) for q, t in s.records)
         placed = s.first is not None and s.rate > 0
-        lost = sorted((est, q) for q, est, _, _ in send_time_estimates(s.records, s.sent, s.first, s.rate, s.last)) \
+        lost = sorted((est, q) for q, est, _, _ in send_time_estimates(s.records, s.sent, s.first, s.rate, s.last,
+                                                                               s.sent_at)) \
             if placed else []
         return cls(s, arrivals, [t for t, _ in arrivals], lost, placed)
 
@@ -375,7 +376,7 @@ def _what_was_lost(d: _StreamData, mv: Move, window_s: float, got: int, lost: in
         return f"lost {lost}{quiet}"
     # the moving VM is an end of the stream: its own pause explains part of the loss
     [m] = analyze_stream(s.records, s.sent, s.first, s.rate, [MoveWindow(mv.at, mv.resumed)], last=s.last,
-                         edge_s=window_s).moves
+                         edge_s=window_s, sent_at=s.sent_at).moves
     return f"lost {m.lost} ({m.lost_in_pause} while dark, {m.lost_beyond_pause} beyond){quiet}"
 
 

@@ -41,6 +41,8 @@ class StreamResult:
     expect: Expectation = "delivered"  # the scenario's `expect:`
     first: float | None = field(default=None, repr=False)  # the sender's first and last send times
     last: float | None = field(default=None, repr=False)  # (monotonic s), for send-time estimates
+    sent_at: list[float] | None = field(default=None, repr=False)  # the send time each record carried
+    #   (parallel to `records`; None from a receiver that did not record them)
 
     def __post_init__(self) -> None:
         if self.expect not in EXPECTATIONS:
@@ -109,6 +111,8 @@ def summarize(
       by the schedule lower bound ``first + seq / rate`` of its send time (the sender
       never runs ahead of its schedule); with no migrations, ``received > 0``.
     * ``expect``: what the scenario expects of the stream (``StreamResult.met``).
+    * ``sent_at``: the send times the records carried, when the receiver recorded them (parallel to
+      ``records``; a line whose ``sent_at`` does not match its records is read as one without).
     """
     raw = recv_out.get("records") or []
     first_seen: dict[int, float] = {}
@@ -136,9 +140,11 @@ def summarize(
         else:  # no schedule info: fall back to receive time
             survived = max(first_seen.values()) > max(steps)
     records = [(int(a), float(b)) for a, b in raw]
+    carried = recv_out.get("sent_at")
+    sent_at = [float(u) for u in carried] if carried is not None and len(carried) == len(records) else None
     return StreamResult(
         name, proto, src, dst, rate, sent, received, max(0, sent - received), gap, survived,
-        records, expect, first, last,
+        records, expect, first, last, sent_at,
     )  # fmt: skip
 
 

@@ -3,13 +3,21 @@
 Both ends agree on an absolute start time ``T`` (a ``time.monotonic()`` value;
 CLOCK_MONOTONIC is the same in every network namespace of a machine) and a duration
 ``D``.  The sender paces records at a fixed rate from ``T`` to ``T + D``; the receiver
-records ``(seq, recv_time)`` for every record it gets.  Protocol with the parent:
+records ``(seq, recv_time)`` for every record it gets, and the send time the record carries (the
+sender's ``time.monotonic()`` when it sent it: the same clock).  Protocol with the parent:
 
 * the receiver prints ``{"event": "ready"}`` once its socket is bound / listening;
 * both ends print exactly one final JSON line, also on SIGTERM / SIGINT (exit code 0).
 
 Wire format (UDP datagram head and TCP record alike): ``!Qd`` = uint64 seq, double send
-time.  UDP datagrams are zero-padded to ``--size``; TCP records are always 16 bytes.
+time.  UDP datagrams are zero-padded to ``--size``; TCP records are always 16 bytes.  An echo (a
+guest's ``rnguest udp-echo``/``tcp-echo``) returns them unchanged, so an echoed record carries its
+first send time.
+
+Receiver's final line: ``"records": [[seq, recv_time], ...]`` in arrival order and, beside it,
+``"sent_at": [send_time, ...]``, the send time each of those records carried (same order and length;
+6 decimals, as the receive times). Readers that know only ``records`` keep working; a line without
+``sent_at`` (an older receiver) is still read by ``roamnet.experiments.loss``, which then estimates.
 
 ``echo`` is a TCP sender whose peer is an echo (a QEMU guest's ``rnguest tcp-echo``): one connection
 carries the paced records out and their echoes back, and its one final line (role ``echo``) has the
@@ -94,15 +102,21 @@ class RecvState:
     proto: str
     seqs: list[int] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # the send time each record carried
     survived: bool | None = None
     error: str | None = None
 
     def final_line(self) -> str:
-        recs = ",".join(f"[{s},{t:.6f}]" for s, t in zip(self.seqs, self.times))
         return (
-            f'{{"role":"recv","proto":{json.dumps(self.proto)},"records":[{recs}],'
+            f'{{"role":"recv","proto":{json.dumps(self.proto)},{_records_json(self.seqs, self.times, self.sent_at)},'
             f'"survived":{json.dumps(self.survived)},"error":{json.dumps(self.error)}}}'
         )
+
+
+def _records_json(seqs: list[int], times: list[float], sent_at: list[float]) -> str:
+    """``"records":[[seq,recv],...],"sent_at":[...]`` (the lists are parallel)."""
+    recs = ",".join(f"[{s},{t:.6f}]" for s, t in zip(seqs, times))
+    return f'"records":[{recs}],"sent_at":[{",".join(f"{t:.6f}" for t in sent_at)}]'
 
 
 @dataclass
@@ -133,10 +147,11 @@ class EchoState(SendState):
 
     seqs: list[int] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
 
     def final_line(self) -> str:
-        recs = ",".join(f"[{s},{t:.6f}]" for s, t in zip(self.seqs, self.times))
-        return SendState.final_line(self).replace('"role":"send"', '"role":"echo"', 1)[:-1] + f',"records":[{recs}]}}'
+        recs = _records_json(self.seqs, self.times, self.sent_at)
+        return SendState.final_line(self).replace('"role":"send"', '"role":"echo"', 1)[:-1] + f",{recs}}}"
 
 
 def _emit(line: str) -> None:
@@ -237,7 +252,7 @@ def _paced(start: float, end: float, rate: float, wait: Callable[[float], None] 
 
 
 def run_recv_udp(a: argparse.Namespace, st: RecvState) -> None:
-    """Record (seq, recv time) of every datagram until T + D + linger."""
+    """Record (seq, recv time, the send time it carries) of every datagram until T + D + linger."""
     deadline = a.start_at + a.duration + a.linger
     with socket.socket(_family(a.bind), socket.SOCK_DGRAM) as sock:
         _big_rcvbuf(sock)
@@ -245,7 +260,7 @@ def run_recv_udp(a: argparse.Namespace, st: RecvState) -> None:
         sock.settimeout(POLL_S)
         _ready()
         buf = bytearray(65536)
-        unpack, add_s, add_t = HDR.unpack_from, st.seqs.append, st.times.append
+        unpack, add_s, add_t, add_u = HDR.unpack_from, st.seqs.append, st.times.append, st.sent_at.append
         while mono() < deadline:
             try:
                 n = sock.recv_into(buf)
@@ -255,8 +270,10 @@ def run_recv_udp(a: argparse.Namespace, st: RecvState) -> None:
                 continue  # e.g. a stray ICMP error; keep listening
             t = mono()
             if n >= HDR.size:
-                add_s(unpack(buf)[0])
+                seq, at = unpack(buf)
+                add_s(seq)
                 add_t(t)
+                add_u(at)
 
 
 def run_recv_tcp(a: argparse.Namespace, st: RecvState) -> None:
@@ -300,8 +317,10 @@ def run_recv_tcp(a: argparse.Namespace, st: RecvState) -> None:
                 pending += data
                 k = len(pending) // HDR.size
                 for off in range(0, k * HDR.size, HDR.size):
-                    st.seqs.append(HDR.unpack_from(pending, off)[0])
+                    seq, at = HDR.unpack_from(pending, off)
+                    st.seqs.append(seq)
                     st.times.append(t)
+                    st.sent_at.append(at)
                 del pending[: k * HDR.size]
         if eof and pending:
             st.error = f"truncated record ({len(pending)} trailing bytes)"
@@ -398,6 +417,7 @@ class _Echoes:
                 raise OSError(f"the echo returned record {seq} (sent at {at:.6f}) where record {want} was due")
             self.st.seqs.append(seq)
             self.st.times.append(t)
+            self.st.sent_at.append(at)
         del self.pending[: k * HDR.size]
 
 

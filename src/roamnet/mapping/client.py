@@ -59,5 +59,6 @@ class MappingClient:
         return self._system.clock()
 
     def expire(self, nve: str) -> list[Migration]:
-        """Roll back the prepared moves to `nve` past their deadline (never activated); returns them."""
+        """End the moves to `nve` past their deadline: roll back the prepared ones (never activated), complete
+        the activated ones (never completed); returns them as they were (`MappingSystem.expire`)."""
         return self._system.expire(dst=nve)

@@ -138,6 +138,10 @@ class Binding:
         return self.frozen and (not self.frozen_until or now < self.frozen_until)
 
 
+COMPLETE_TIMEOUT_S = 120.0  # an activated move whose completion never came (the source died before libvirt's
+#   release) is completed by the mapping's expiry this long after its activation (`Migration.complete_within`)
+
+
 @dataclass(frozen=True)
 class Migration:
     """A planned move of one VM interface from NVE `src` to NVE `dst`."""
@@ -149,11 +153,18 @@ class Migration:
     dst: str
     dst_vtep: str
     state: str = PREPARED  # prepared | activated
-    deadline: float = 0.0  # wall-clock time (time.time()) after which a prepared move is rolled back
+    deadline: float = 0.0  # wall-clock time (time.time()) after which the mapping's expiry ends the move: a
+    #   prepared move is rolled back; an activated one (set at its activation) is completed
+    complete_within: float = 0.0  # s an activated move waits for its completion (0: COMPLETE_TIMEOUT_S)
 
     @property
     def key(self) -> tuple[int, str]:
         return (self.vni, self.mac)
+
+    @property
+    def completion_s(self) -> float:
+        """How long after its activation the mapping completes this move if nobody else has."""
+        return self.complete_within or COMPLETE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,7 @@ class NveStatus:
     errors: tuple[str, ...] = ()  # the last few
     pid: int = 0  # the process the agent runs in
     claims_refused: int = 0  # its reports the mobility rules refused (a frozen or sticky MAC)
+    expired: tuple[str, ...] = ()  # the last few moves to it the mapping's expiry ended, and why
 
 
 @dataclass(frozen=True)
@@ -252,7 +264,7 @@ class MappingRecords:
 
 # ---- codec ------------------------------------------------------------------------------------
 
-_TUPLES = ("ips", "servers", "pending_prunes", "last_changes", "errors", "moves")  # JSON has no tuples; the
+_TUPLES = ("ips", "servers", "pending_prunes", "last_changes", "errors", "moves", "expired")  # JSON has no tuples; the
 #                                                   records are frozen and hashable
 
 

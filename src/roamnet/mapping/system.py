@@ -285,7 +285,7 @@ class MappingSystem:
             seen["new"] = new = replace(move(current, port, nve), moves=moves, stable=stable)  # not frozen, attached
             self._claim_vlan(nve.name, port.vni)  # refuses the move if the domain has no VLAN left
             if planned and mig.state == PREPARED:  # the move's activation, in the same transaction
-                seen["activated"] = replace(mig, state=ACTIVATED)
+                seen["activated"] = replace(mig, state=ACTIVATED, deadline=now + mig.completion_s)
             return dump(new)
 
         def also() -> dict[str, str]:
@@ -453,8 +453,12 @@ class MappingSystem:
         self._update(MIGRATIONS + iface_id, step)
         return seen.get("mig")
 
-    def prepare(self, iface_id: str, dst: str, timeout: float) -> Migration:
-        """Record a planned move of `iface_id` to NVE `dst`; the binding stays where it is."""
+    def prepare(self, iface_id: str, dst: str, timeout: float, complete_within: float = 0.0) -> Migration:
+        """Record a planned move of `iface_id` to NVE `dst`; the binding stays where it is. Unless
+        activated within `timeout` s it is rolled back (`expire`); once activated, unless completed
+        within `complete_within` s (0: COMPLETE_TIMEOUT_S) it is completed (`expire`)."""
+        if not complete_within >= 0:
+            raise ValueError(f"a move's complete_within is >= 0 (0: the default), not {complete_within}")
         port, nve = self._port_and_nve(iface_id, dst)
         kv = self.store.get(binding_key(port.vni, port.mac))
         if kv is None:
@@ -462,7 +466,8 @@ class MappingSystem:
         current = load(Binding, kv.value)
         if current.nve == dst:
             raise MoveRefused(f"{iface_id} is already on {dst}")
-        mig = Migration(iface_id, port.vni, port.mac, current.nve, dst, nve.vtep, PREPARED, self.clock() + timeout)
+        mig = Migration(iface_id, port.vni, port.mac, current.nve, dst, nve.vtep, PREPARED, self.clock() + timeout,
+                        complete_within)
         self._claim_vlan(dst, port.vni)  # the destination's ToR and switch need it before activation
         try:
             self._write({MIGRATIONS + iface_id: dump(mig)}, expect={MIGRATIONS + iface_id: 0})
@@ -473,7 +478,8 @@ class MappingSystem:
         return mig
 
     def _mark_activated(self, iface_id: str, nve: str) -> None:
-        self._change_migration(iface_id, lambda m: replace(m, state=ACTIVATED)
+        now = self.clock()
+        self._change_migration(iface_id, lambda m: replace(m, state=ACTIVATED, deadline=now + m.completion_s)
                                if m.state == PREPARED and m.dst == nve else m)
 
     def activate(self, iface_id: str) -> tuple[Binding, bool]:
@@ -518,18 +524,46 @@ class MappingSystem:
             self._sync_vlans(dropped[0].dst)  # the destination's VLAN, if this move was its only reason
         return dropped[0] if dropped else None
 
+    def _complete_expired(self, iface_id: str, past: float) -> Migration | None:
+        """Complete an activated move whose deadline is before `past` (compare-and-swap: not one completed
+        and prepared again meanwhile). Returns the record it deleted, if any."""
+        dropped: list[Migration] = []
+
+        def drop(mig: Migration) -> Migration | None:
+            dropped.clear()
+            if mig.state != ACTIVATED or not (mig.deadline and mig.deadline < past):
+                return mig
+            dropped[:] = [mig]
+            return None
+
+        self._change_migration(iface_id, drop)
+        return dropped[0] if dropped else None
+
     def expire(self, now: float | None = None, dst: str | None = None) -> list[Migration]:
-        """Abort every prepared move past its deadline (the mapping's clock; only the moves to NVE
-        `dst` if given: the destination's agent expires its own); returns them. Safe with several
-        callers: each abort is a compare-and-swap that refuses a move activated meanwhile or prepared
-        again, and a move two callers expire is returned by one of them only."""
+        """End every move past its deadline (the mapping's clock; only the moves to NVE `dst` if given: the
+        destination's agent expires its own) and return them as they were:
+          * a prepared move never activated is rolled back (the VM never came);
+          * an activated move whose completion never came within its `completion_s` (the source died before
+            libvirt's release, say) is completed: the VM runs at the destination, and the source stops
+            holding state for it (a routed CUG's VRF, a /32 towards the destination).
+        Safe with several callers: each is a compare-and-swap that leaves a move activated, completed or
+        prepared again meanwhile, and a move two callers expire is returned by one of them only."""
         now = self.clock() if now is None else now
         out = []
-        for mig in self.snapshot().prepared():
-            if mig.deadline and mig.deadline < now and (dst is None or mig.dst == dst):
-                try:
-                    if self._abort(mig.iface_id, past=now):
-                        out.append(mig)
-                except MoveRefused:
-                    pass  # activated meanwhile
+        for mig in list(self.snapshot().migrations.values()):
+            if not (mig.deadline and mig.deadline < now and (dst is None or mig.dst == dst)):
+                continue
+            if mig.state == ACTIVATED:
+                if self._complete_expired(mig.iface_id, past=now):
+                    log.warning("%s: the move %s -> %s was activated but not completed within %g s: completed by "
+                                "the mapping's expiry", mig.iface_id, mig.src, mig.dst, mig.completion_s)
+                    out.append(mig)
+                continue
+            try:
+                if self._abort(mig.iface_id, past=now):
+                    log.info("%s: the move %s -> %s was prepared but not activated by its deadline: rolled back "
+                             "by the mapping's expiry", mig.iface_id, mig.src, mig.dst)
+                    out.append(mig)
+            except MoveRefused:
+                pass  # activated meanwhile
         return out

@@ -148,7 +148,7 @@ def decide(domain: str, op: str, subop: str, extra: str, ifaces: list[str], snap
 
 
 def run_hook(orch: Orchestrator, nve: str, domain: str, op: str, subop: str, extra: str, xml: str,
-             timeout: float, wait: float) -> tuple[Decision, dict | None]:
+             timeout: float, wait: float, complete_within: float = 0.0) -> tuple[Decision, dict | None]:
     """Carry out one event (`decide`, then the phase over the mapping); HookError if it fails."""
     snap = orch.mapping.snapshot()
     if nve not in snap.nves:
@@ -157,7 +157,7 @@ def run_hook(orch: Orchestrator, nve: str, domain: str, op: str, subop: str, ext
     d = decide(domain, op, subop, extra, domain_ifaces(domain_nics(xml), snap), snap, nve)
     try:
         if d.action == PREPARE:
-            return d, orch.prepare(d.vm, nve, timeout, wait)
+            return d, orch.prepare(d.vm, nve, timeout, wait, complete_within=complete_within)
         if d.action == COMPLETE:
             return d, orch.complete(d.vm, wait, activate=True)
         if d.action == ABORT:

@@ -15,7 +15,8 @@ A VM is the set of its interfaces in the mapping (`LogicalPort.vm`); every phase
     abort     roll back a move never activated (the VM still runs where it was)
 
 A prepared move nobody activates is rolled back after its deadline by the destination's agent
-(`agent.loop.Agent._expire_prepared`).
+(`agent.loop.Agent._expire_moves`); an activated move nobody completes (the source died before libvirt's
+release) is completed by it `complete_within` s after its activation (`COMPLETE_TIMEOUT_S` by default).
 
 The destination's own port: an NVE reports itself converged only once every VM port the mapping puts
 on it exists, and a hypervisor creates the destination's port only when the migration starts (libvirt
@@ -100,12 +101,13 @@ class Orchestrator:
 
     # ---- prepare -----------------------------------------------------------------------------------
     def prepare(self, vm: str, to: str, timeout: float = PREPARE_TIMEOUT_S, wait: float = WAIT_S,
-                port_ready: bool = False) -> dict:
+                port_ready: bool = False, complete_within: float = 0.0) -> dict:
         """Prepare the move of every interface of `vm` to NVE `to` (see the module's docstring)."""
         return {"vm": vm, **self.prepare_ifaces(vm_ifaces(self.mapping.snapshot(), vm), to, timeout, wait,
-                                                port_ready)}
+                                                port_ready, complete_within)}
 
-    def prepare_ifaces(self, ifaces: list[str], to: str, timeout: float, wait: float, port_ready: bool) -> dict:
+    def prepare_ifaces(self, ifaces: list[str], to: str, timeout: float, wait: float, port_ready: bool,
+                       complete_within: float = 0.0) -> dict:
         """Prepare the move of `ifaces` (one VM's) to `to`, all or none; wait (at most `wait` s) until
         every NVE programmed it (all but `to` unless `port_ready`). MoveError, after rolling back what
         this call prepared, on a refusal or a timeout. Interfaces already prepared to `to` (a retried
@@ -134,7 +136,7 @@ class Orchestrator:
         try:
             for i in ifaces:
                 if i not in held:
-                    done.append(m.prepare(i, to, timeout))
+                    done.append(m.prepare(i, to, timeout, complete_within))
             revision = m.revision
             ends = {b.nve for i in ifaces if (b := snap.binding_of(i)) is not None} | {to}
             nves = [n for n in self.concerned(ifaces, ends) if port_ready or n != to]
@@ -149,6 +151,7 @@ class Orchestrator:
         src = sorted({mg.src for mg in migs})
         log.info("%s: prepared %s -> %s (%s) at revision %d", label, ",".join(src), to, ",".join(ifaces), revision)
         return {"ifaces": ifaces, "from": ",".join(src), "to": to, "phase": "prepared", "timeout_s": timeout,
+                "complete_within_s": min(mg.completion_s for mg in migs),
                 "deadline": min(mg.deadline for mg in migs), "revision": revision,
                 "already_prepared": sorted(held), "waited_for": nves,
                 "prepared_ms": round((time.monotonic() - started) * 1000, 1)}
