@@ -329,3 +329,24 @@ def test_the_memory_store_expires_leases_on_time_by_itself():
     assert not t.is_alive(), "the watch was not woken by the lease's expiry"
     events, _ = got["w"]
     assert [(e.key, e.value) for e in events] == [("/status/hv1", None)]
+
+
+def test_a_silent_watch_stream_reconnects_and_loses_nothing(etcd_server, monkeypatch):
+    from roamnet.mapping.store import etcd
+
+    monkeypatch.setattr(etcd, "WATCH_SILENT_S", 0.3)  # the lab's etcd notifies progress every 5 s: silent
+    s = etcd.EtcdStore(etcd_server.url)
+    try:
+        prefix = f"/silent{time.monotonic_ns()}/"
+        start = s.revision + 1
+        assert s.watch(prefix, start, timeout=0.1) == ([], start)  # opens the long-lived stream
+        watcher = s._watchers[prefix]
+        deadline = time.monotonic() + 10
+        while watcher.reconnects < 2 and time.monotonic() < deadline:  # bounded
+            time.sleep(0.1)
+        assert watcher.reconnects >= 2 and not watcher.broken
+        rev = s.put(prefix + "k", "v")
+        events, nxt = s.watch(prefix, start, timeout=5)
+        assert [(e.key, e.value, e.revision) for e in events] == [(prefix + "k", "v", rev)] and nxt == rev + 1
+    finally:
+        s.close()

@@ -23,6 +23,7 @@ from roamnet.mapping.store.etcd import EtcdStore, StoreError
 ETCD = "etcd"
 READY_S = 15.0
 MAX_TXN_OPS = 4096  # what a lab's intent is loaded with in one transaction (etcd's default: 128)
+PROGRESS_NOTIFY = "5s"  # etcd's default is 10 min: far above the watch's silence limit (WATCH_SILENT_S)
 CLIENT_PORT, PEER_PORT = 2379, 2380  # only names of unix sockets here: no TCP port is opened
 
 
@@ -72,7 +73,9 @@ class EtcdServer:
                 f"unix://{m}:{CLIENT_PORT}", "--listen-peer-urls", f"unix://{m}:{PEER_PORT}",
                 "--initial-advertise-peer-urls", f"unix://{m}:{PEER_PORT}", "--initial-cluster", cluster,
                 "--initial-cluster-state", "new", "--initial-cluster-token", self.name,
-                "--max-txn-ops", str(MAX_TXN_OPS), "--log-level", "warn", "--logger", "zap"]
+                "--max-txn-ops", str(MAX_TXN_OPS), "--log-level", "warn", "--logger", "zap",
+                # a watch stream hears from etcd at least this often (EtcdStore reconnects a silent one)
+                "--experimental-watch-progress-notify-interval", PROGRESS_NOTIFY]
 
     def start(self) -> EtcdStore:
         """Start every member and wait (bounded) until the cluster answers; returns a store on it."""

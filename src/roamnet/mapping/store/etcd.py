@@ -12,7 +12,8 @@ How etcd's model maps onto `base.Store` (which was made after it):
   * `watch(prefix, from_revision, timeout)` opens a watch stream from `from_revision`, returns the
     first batch of events (or none at the timeout) and closes it: a broken stream loses nothing,
     since the next call starts again from the last revision seen + 1; a compacted history raises
-    `Compacted` (the caller re-reads everything, as `MappingSystem` does);
+    `Compacted` (the caller re-reads everything, as `MappingSystem` does); a long-lived stream silent
+    for WATCH_SILENT_S reconnects from the last revision seen (a stalled stream loses nothing either);
   * leases are etcd's (`/v3/lease/grant`, `/v3/lease/revoke`; a put's `lease`); `keepalive` is one
     request on `/v3/lease/keepalive` (the gateway ends the stream once the request body ends, after
     one answer), so the caller's own thread decides when to refresh; an answer without a TTL, or
@@ -49,6 +50,9 @@ SINGLE_MEMBER_TIMEOUT_S = 10.0  # one member: nothing to fail over to; a loaded 
 WAIT_S = 0.5  # iter_watch's wait on a stream between looks at its stop event (>= MIN_WATCH_S: no polling)
 MIN_WATCH_S = 0.3  # a watch that must not wait still reads what the history has (etcd syncs a watcher
 #                   that starts in the past every 100 ms)
+WATCH_SILENT_S = 30.0  # a long-lived watch stream silent this long reconnects from the last revision seen: a
+#   stalled stream would otherwise hold a process's view back unnoticed (the lab's etcd sends progress
+#   notifications every 5 s; one with etcd's default, 10 min, costs a reconnect per idle 30 s)
 
 
 UNAVAILABLE = ("no leader", "leader changed", "timed out", "unavailable", "not capable", "stopped")  # try another member
@@ -89,6 +93,7 @@ class _Watcher:
         self.events: list[Event] = []
         self.next = self.start  # the revision the stream is at: every event before it is in `events`
         self.broken = False
+        self.reconnects = 0  # streams opened again after a silence
         self.error: Exception | None = None
         self._cond = threading.Condition()
         threading.Thread(target=self._run, name=f"etcd-watch:{prefix}", daemon=True).start()
@@ -96,7 +101,7 @@ class _Watcher:
     def _run(self) -> None:
         while not self.store.closed:
             try:
-                with self.store._open(self.prefix, self.next, None) as stream:
+                with self.store._open(self.prefix, self.next, WATCH_SILENT_S) as stream:
                     if stream.status_code != 200:
                         raise StoreError(f"etcd at {self.store.url}: watch refused ({stream.status_code})")
                     for line in stream.iter_lines():
@@ -115,6 +120,10 @@ class _Watcher:
                     self.error, self.broken = exc, True
                     self._cond.notify_all()
                 return
+            except httpx.ReadTimeout:  # silent for WATCH_SILENT_S: a new stream from where this one was
+                self.reconnects += 1
+                log.debug("etcd watch on %s silent for %.0f s; reconnecting from revision %d", self.prefix,
+                          WATCH_SILENT_S, self.next)
             except Exception as exc:  # a broken stream (or the store closing): reconnect from self.next
                 if self.store.closed:
                     return
