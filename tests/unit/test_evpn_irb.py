@@ -138,7 +138,7 @@ def test_rr_bgpd_config():
 def test_config_refuses_bad_input():
     v = _instances()["hv1"]
     with pytest.raises(ValueError, match="outside the lab range"):
-        irb_config("bgpd", v.__class__(**{**v.__dict__, "address": "10.0.0.1"}))
+        irb_config("bgpd", v.__class__(**{**v.__dict__, "address": "192.0.2.1"}))
     with pytest.raises(ValueError, match="no configuration for daemon"):
         irb_config("ospfd", v)
 
