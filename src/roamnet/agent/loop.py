@@ -376,7 +376,7 @@ class Agent:
                     return False
                 self.stats.converged_revision = self._idle_revision
             self.stats.idle_advances += 1
-            if self.publish_idle or self._sync_to > self._published_revision:
+            if self.publish_idle:
                 self._publish()
             self.stats.idle_cpu_s += time.thread_time() - cpu
             return True
@@ -387,7 +387,7 @@ class Agent:
 
     def answer_sync(self) -> bool:
         """A waiter asked for a status this NVE has not published yet (its converged revision advanced
-        without a pass since): publish it."""
+        without a pass since, as `advance_idle` leaves it): publish it."""
         with self._lock:
             with self._note:
                 wanted = self._sync_to
@@ -475,7 +475,8 @@ class Agent:
             try:
                 if needed or resync:
                     self.reconcile(resync=resync)
-                elif not self.advance_idle():
+                else:
+                    self.advance_idle()
                     self.answer_sync()
             except Exception as exc:  # keep the agent alive; the next pass retries
                 log.exception("%s: reconcile failed", self.nve.name)
