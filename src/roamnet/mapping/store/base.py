@@ -64,6 +64,45 @@ class Compacted(Exception):
     """A watch asked for history the store no longer keeps."""
 
 
+class WatchLost(Compacted):
+    """A watch set's stream broke (the store went away, a member failed over): what it delivered is
+    still right, but events may be missing after it; the caller adds its prefixes again (reads them
+    afresh), as after a compaction."""
+
+
+class WatchSet(ABC):
+    """Several prefixes watched as one stream, as etcd's clients multiplex watchers on one gRPC watch
+    stream: the events of every prefix come in revision order, all of one revision together, so the
+    revision of the last event delivered is a position in the whole stream (every watched prefix's
+    events up to it were delivered). Prefixes come and go while it runs.
+
+    `add(prefix)` starts watching `prefix` *now* and returns its keys read at the revision the watch
+    starts after: no event of the prefix at or below that revision is delivered, every one above it
+    is. (Watch first, then read at the watch's start: a watcher etcd must create in the past would
+    catch up out of order with the others.)"""
+
+    @abstractmethod
+    def add(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Watch `prefix` from now on: (its keys at revision H, H); events of it above H follow."""
+
+    @abstractmethod
+    def remove(self, prefix: str) -> None:
+        """Stop watching `prefix` (no event of it is delivered after this returns)."""
+
+    @abstractmethod
+    def next(self, timeout: float) -> tuple[list[Event], int]:
+        """The next events of the watched prefixes in revision order (waits up to `timeout` s while
+        there is none), and a revision up to which every watched prefix's events have been delivered
+        (at least the last event's; 0 if not known yet). Raises WatchLost when the stream broke."""
+
+    @property
+    @abstractmethod
+    def prefixes(self) -> frozenset[str]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
 class LeaseNotFound(Exception):
     """The lease does not exist (any more): it expired or was revoked, and its keys are gone."""
 
@@ -97,6 +136,10 @@ class Store(ABC):
         """Events under `prefix` with revision >= from_revision, and the revision to watch from next.
 
         Waits up to `timeout` s while there is none (writes elsewhere do not end the wait)."""
+
+    def watch_set(self) -> WatchSet:
+        """A new, empty set of prefixes watched as one stream (a process's interest in the mapping)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot watch a set of prefixes")
 
     @property
     @abstractmethod

@@ -17,7 +17,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from roamnet.mapping.store.base import CasConflict, Compacted, Event, KeyValue, Lease, LeaseNotFound, Store
+from roamnet.mapping.store.base import (
+    CasConflict,
+    Compacted,
+    Event,
+    KeyValue,
+    Lease,
+    LeaseNotFound,
+    Store,
+    WatchLost,
+    WatchSet,
+)
 
 
 @dataclass
@@ -36,7 +46,7 @@ class MemoryStore(Store):
         self._history = history
         self._rev = 0
         self._cond = threading.Condition()  # guards everything (a Condition: a lock that other methods name)
-        self._watchers: dict[threading.Event, str] = {}  # a waiting watch -> its prefix
+        self._watchers: dict[threading.Event, tuple[str, ...]] = {}  # a waiting watch -> its prefixes
         self._clock, self._reaper = clock, reaper
         self._leases: dict[int, _Lease] = {}
         self._next_lease = 0x7E57_0000
@@ -92,8 +102,8 @@ class MemoryStore(Store):
                     self._leases[lease].keys.add(key)
         if len(self._events) > self._history:
             del self._events[: len(self._events) - self._history]
-        for woken, prefix in self._watchers.items():  # only the watches these keys concern: status
-            if any(key.startswith(prefix) for key, _ in changes):  # writes must not wake every agent
+        for woken, prefixes in self._watchers.items():  # only the watches these keys concern: status
+            if any(key.startswith(prefixes) for key, _ in changes):  # writes must not wake every agent
                 woken.set()
         return self._rev
 
@@ -162,7 +172,7 @@ class MemoryStore(Store):
             if events or timeout <= 0:
                 return events, nxt
             woken = threading.Event()
-            self._watchers[woken] = prefix
+            self._watchers[woken] = (prefix,)
         try:
             woken.wait(timeout)
         finally:
@@ -177,3 +187,69 @@ class MemoryStore(Store):
             raise Compacted(f"revision {from_revision} is compacted")
         start = bisect.bisect_left(self._events, from_revision, key=lambda e: e.revision)
         return [e for e in self._events[start:] if e.key.startswith(prefix)], max(from_revision, self._rev + 1)
+
+    def watch_set(self) -> WatchSet:
+        return _MemoryWatchSet(self)
+
+
+class _MemoryWatchSet(WatchSet):
+    """`WatchSet` on the embedded store: a read position in its history, and the prefixes with the
+    revision each was added at (the store's lock makes add's read and the watch's start one instant)."""
+
+    def __init__(self, store: MemoryStore):
+        self._store = store
+        self._start: dict[str, int] = {}  # prefix -> the revision it was read at (its events follow)
+        self._next = 0  # the history read from next (0: at the store's revision on the first add)
+        self._closed = False
+
+    @property
+    def prefixes(self) -> frozenset[str]:
+        return frozenset(self._start)
+
+    def add(self, prefix: str) -> tuple[list[KeyValue], int]:
+        with self._store._cond:
+            self._store._expire()
+            items, rev = [kv for k, kv in sorted(self._store._data.items()) if k.startswith(prefix)], self._store._rev
+            self._start[prefix] = rev
+            if not self._next:
+                self._next = rev + 1
+        return items, rev
+
+    def remove(self, prefix: str) -> None:
+        with self._store._cond:
+            self._start.pop(prefix, None)
+
+    def _take(self) -> tuple[list[Event], int]:
+        """Under the store's lock: the events from the read position on, and the new position."""
+        st = self._store
+        if not self._start:
+            return [], st._rev
+        if st._events and self._next < st._events[0].revision:
+            raise WatchLost(f"revision {self._next} is compacted")
+        first = bisect.bisect_left(st._events, self._next, key=lambda e: e.revision)
+        prefixes = tuple(self._start)
+        out = [e for e in st._events[first:] if e.key.startswith(prefixes)
+               and e.revision > max(s for p, s in self._start.items() if e.key.startswith(p))]
+        self._next = st._rev + 1
+        return out, st._rev
+
+    def next(self, timeout: float) -> tuple[list[Event], int]:
+        st = self._store
+        with st._cond:
+            st._expire()
+            events, pos = self._take()
+            if events or timeout <= 0 or self._closed:
+                return events, pos
+            woken = threading.Event()
+            st._watchers[woken] = tuple(self._start)
+        try:
+            woken.wait(timeout)
+        finally:
+            with st._cond:
+                del st._watchers[woken]
+        with st._cond:
+            st._expire()
+            return self._take()
+
+    def close(self) -> None:
+        self._closed = True
