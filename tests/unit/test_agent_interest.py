@@ -76,7 +76,7 @@ def test_an_unconcerned_nve_runs_no_pass_but_converges(agents):
         kernels["hv1"].actual.remote_macs[(WEB, VMS["vm1/0"][1])] == {NVES["hv2"].vtep}
     assert hv3.stats.reconciles == passes, "a move in a CUG hv3 does not host ran a pass there"
     assert hv3.stats.idle_advances > idle
-    assert hv3.stats.converged_revision == m.revision
+    assert hv3.stats.converged_revision >= m.revision  # the stream's position: the sync request is after it
 
 
 def test_a_move_into_a_new_segment_concerns_the_destination(agents):
@@ -106,17 +106,17 @@ def test_an_idle_advance_is_published_at_the_next_pass_or_when_a_waiter_asks(age
     plug(running, kernels, "hv2", "vm1/0")
     m.report_move("vm1/0", "hv2")
     assert m.statuses.wait_converged(["hv1", "hv2"], timeout=20)
-    assert until(lambda: hv3.stats.converged_revision == m.revision)
+    assert until(lambda: hv3.stats.converged_revision >= m.revision)  # (the stream's position: status writes count)
     assert m.statuses.all()["hv3"].converged_revision == published < m.revision
     hv3.reconcile(resync=True)  # the periodic resync publishes it
-    assert m.statuses.all()["hv3"].converged_revision == m.revision
+    assert m.statuses.all()["hv3"].converged_revision >= m.revision
     # another change hv3 has no part in; a waiter that waits for hv3 asks it (a SyncRequest), and it answers
     idle = hv3.stats.idle_advances
     plug(running, kernels, "hv1", "vm1/0")
     m.report_move("vm1/0", "hv1")
     assert m.statuses.wait_converged(["hv1", "hv2"], timeout=20)
-    assert until(lambda: hv3.stats.idle_advances > idle and hv3.stats.converged_revision == m.revision)
+    assert until(lambda: hv3.stats.idle_advances > idle and hv3.stats.converged_revision >= m.revision)
     assert m.statuses.all()["hv3"].converged_revision < m.revision
     rev = m.revision
     assert m.statuses.wait_converged(["hv3"], timeout=20)
-    assert m.statuses.all()["hv3"].converged_revision == rev and m.revision == rev  # asking changed no record
+    assert m.statuses.all()["hv3"].converged_revision >= rev and m.revision == rev  # asking changed no record

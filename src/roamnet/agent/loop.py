@@ -33,7 +33,7 @@ from roamnet.mapping.client import ANNOUNCED, PORT_UP, MappingClient, MoveRefuse
 from roamnet.mapping.records import ACTIVATED, PREPARED, Nve, NveStatus, Snapshot
 from roamnet.mapping.view import Touched
 from roamnet.nve.desired import NveDesired, compute_desired, is_trunk
-from roamnet.nve.interest import Interest, Scope, project, scope_of
+from roamnet.nve.interest import Interest, Scope, project, scope_of, watched
 from roamnet.nve.partial import Drift, drift, merge, restrict
 from roamnet.nve.plan import (
     STRUCTURAL,
@@ -268,7 +268,7 @@ class Agent:
             with self._note:  # no batch is judged against the interest it changed
                 self._interest = interest
             return snap, now
-        return self.client.read(take)
+        return self.client.read(take, self.nve.name, lambda view: watched(view, self.nve.name, ifaces))
 
     def reconcile(self, resync: bool = False) -> list[Change]:
         """One pass; `resync` reads the kernel (filters included) whatever the cache holds."""
@@ -444,7 +444,7 @@ class Agent:
 
     # ---- threads -------------------------------------------------------------------------------
     def start(self) -> None:
-        self._unfollow = self.client.follow(self._mapping_changed)
+        self._unfollow = self.client.follow(self._mapping_changed, self.nve.name)
         for target in (self._loop, self._watch_kernel):
             t = threading.Thread(target=target, name=f"agent:{self.nve.name}:{target.__name__}", daemon=True)
             t.start()

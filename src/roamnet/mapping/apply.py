@@ -93,16 +93,26 @@ class ApplyPlan:
             out[w.key] = w.value
         return out
 
-    def batches(self, size: int | None) -> list[dict[str, str | None]]:
+    def batches(self, size: int | None,
+                extra: Callable[[Write], dict[str, str | None]] | None = None) -> list[dict[str, str | None]]:
         """The writes as transactions of at most `size` keys each (None: one), in order; a key written
-        twice inside one transaction is written once, with its last value."""
-        if size is None or len(self.net()) <= size:
-            return [self.net()] if self.writes else []
+        twice inside one transaction is written once, with its last value. `extra(write)`: keys written
+        with that write in its transaction (the /at/ index of a binding), counted in `size`."""
+        more = [extra(w) if extra else {} for w in self.writes]
+        if size is None or len(self.net()) + sum(map(len, more)) <= size:
+            if not self.writes:
+                return []
+            one: dict[str, str | None] = {}
+            for w, m in zip(self.writes, more):
+                one[w.key] = w.value
+                one.update(m)
+            return [one]
         out: list[dict[str, str | None]] = [{}]
-        for w in self.writes:
-            if w.key not in out[-1] and len(out[-1]) >= size:
+        for w, m in zip(self.writes, more):
+            if w.key not in out[-1] and len(out[-1]) + 1 + len(m) > size:
                 out.append({})
             out[-1][w.key] = w.value
+            out[-1].update(m)
         return out
 
     def summary(self) -> dict[str, dict[str, list[str]]]:

@@ -8,7 +8,7 @@ an agent becomes a process of its own (the client then talks to the shared store
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from roamnet.mapping.liveness import StatusLease
 from roamnet.mapping.records import Binding, Migration, NveStatus, Snapshot
@@ -29,15 +29,26 @@ class MappingClient:
     def snapshot(self) -> Snapshot:
         return self._system.snapshot()
 
-    def follow(self, fn: Callable[[Touched], None]) -> Callable[[], None]:
-        """Call `fn(touched)` after every batch of mapping changes the process's view applies (only to
-        note and wake: it runs under the view's lock); returns the function that stops it."""
-        return self._system.feed.subscribe(fn)
+    def follow(self, fn: Callable[[Touched], None], owner: str = "") -> Callable[[], None]:
+        """Call `fn(touched)` after every batch of mapping changes the process's agents' view applies
+        (only to note and wake: it runs under the view's lock); returns the function that stops it
+        (and forgets what `owner` wanted watched)."""
+        feed = self._system.agent_feed
+        unsubscribe = feed.subscribe(fn)
 
-    def read(self, fn: Callable[[MappingView], object]):
-        """`fn(view)` on the process's view of the mapping, caught up with the store, under its lock
-        (`fn` copies what it keeps: nve/interest.py's `project`)."""
-        return self._system.feed.read(fn)
+        def unfollow() -> None:
+            unsubscribe()
+            if owner:
+                feed.want(owner, ())
+        return unfollow
+
+    def read(self, fn: Callable[[MappingView], object], owner: str = "",
+             wants: Callable[[MappingView], Iterable[str]] | None = None):
+        """`fn(view)` on the process's agents' view of the mapping, caught up with the store, under its
+        lock (`fn` copies what it keeps: nve/interest.py's `project`). `wants(view)`: the store prefixes
+        `owner` needs (nve/interest.py `watched`): the view watches and holds them before `fn` runs, and
+        the store sends the process nothing that no owner wants (view.py)."""
+        return self._system.agent_feed.read(fn, owner, wants)
 
     def report_move(self, iface_id: str, nve: str, by: str = ANNOUNCED) -> tuple[Binding, bool]:
         """`iface_id` arrived on `nve` (`by`: its port came up, or it announced itself). Raises

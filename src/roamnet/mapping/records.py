@@ -4,7 +4,11 @@ Keys in the store (values are JSON); the records live under /mapping/ (shown wit
   /nves/<name>                 -> Nve: an overlay edge and its VTEP address
   /ports/<iface_id>            -> LogicalPort: a VM interface as the intent defines it (VNI, MAC, IPs)
   /bindings/<vni>/<mac>        -> Binding: which NVE hosts that MAC now, with its sequence number
-  /migrations/<iface_id>       -> Migration: a make-before-break move in progress (prepared | activated)
+  /migrations/<vni>/<iface_id> -> Migration: a make-before-break move in progress (prepared | activated),
+                                  under its VNI: what an NVE of that CUG watches holds its moves too
+  /at/<nve>/<vni>/b/<mac>      -> "" : an index, written in the transaction that writes the record: a
+  /at/<nve>/<vni>/m/<iface_id> -> "" : binding on that NVE, a move from or to it; what an agent watches
+                                  to know which VNIs it must watch (nve/interest.py `watched`)
   /tenants/<name>              -> Tenant: a VRF of CUGs, its L3 VNI and the fabric's anycast gateway MAC
   /cugs/<vni>                  -> Segment: a CUG's subnet, and its gateway and tenant when it is routed
   /policy                      -> PolicySet: the intent's rules resolved to prefixes, and each tenant's
@@ -14,9 +18,9 @@ Keys in the store (values are JSON); the records live under /mapping/ (shown wit
                                   is one compare-and-swap, so two CUGs can never get one VLAN)
   /revision                    -> written in the same transaction as every change of the records
                                   above: its mod_revision is the mapping's revision
-  /sync                        -> SyncRequest: a waiter asks these NVEs (all: none named) to publish their
-                                  status once converged at that revision (status.py); not a record:
-                                  writing it leaves the mapping's revision as it is
+  /sync/<nve>/request          -> SyncRequest: a waiter asks that NVE to publish its status once
+                                  converged at that revision (status.py); not a record: writing it
+                                  leaves the mapping's revision as it is, and wakes that NVE alone
 and outside it:
   /status/<nve>                -> NveStatus: what that NVE's agent published (converged revision,
                                   counters, errors), like OVN's Chassis_Private.nb_cfg; not part of
@@ -34,7 +38,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 ROOT = "/mapping/"  # every record; what agents watch and snapshots read
 NVES, PORTS, BINDINGS, MIGRATIONS = ROOT + "nves/", ROOT + "ports/", ROOT + "bindings/", ROOT + "migrations/"
 TENANTS, SEGMENTS, DOMAINS, VLANS = ROOT + "tenants/", ROOT + "cugs/", ROOT + "domains/", ROOT + "vlans/"
-POLICY, REVISION, SYNC = ROOT + "policy", ROOT + "revision", ROOT + "sync"
+POLICY, REVISION, SYNC, AT = ROOT + "policy", ROOT + "revision", ROOT + "sync/", ROOT + "at/"
+GENERAL = (NVES, PORTS, TENANTS, SEGMENTS, DOMAINS, VLANS, POLICY)  # what every agent watches whole
 STATUS = "/status/"  # the agents' statuses: outside ROOT, so publishing one wakes no agent
 SERVER, BORDER, TOR = "server", "border", "tor"
 PREPARED, ACTIVATED = "prepared", "activated"
@@ -230,11 +235,11 @@ class NveStatus:
 
 @dataclass(frozen=True)
 class SyncRequest:
-    """A waiter's request (/mapping/sync): NVEs `nves` (None: every NVE) publish their status once they are
+    """A waiter's request (/mapping/sync/<nve>): NVEs `nves` (None: every NVE) publish their status once they are
     converged at `revision` or later, even if no change since their last status concerned them."""
 
     revision: int
-    nves: frozenset[str] | None = None
+    nves: frozenset[str] | None = None  # (one key per NVE: the NVE whose key it is)
 
     def names(self, nve: str) -> bool:
         return self.nves is None or nve in self.nves
@@ -295,6 +300,49 @@ def dump_policy(policy: PolicySet) -> str:
 
 def binding_key(vni: int, mac: str) -> str:
     return f"{BINDINGS}{vni}/{mac}"
+
+
+def migration_key(vni: int, iface_id: str) -> str:
+    return f"{MIGRATIONS}{vni}/{iface_id}"
+
+
+def sync_prefix(nve: str) -> str:
+    return f"{SYNC}{nve}/"
+
+
+def sync_key(nve: str) -> str:
+    return f"{SYNC}{nve}/request"
+
+
+def vni_prefixes(vni: int) -> tuple[str, str]:
+    """The keys of one CUG's bindings and moves: what an NVE of it watches."""
+    return f"{BINDINGS}{vni}/", f"{MIGRATIONS}{vni}/"
+
+
+def at_prefix(nve: str) -> str:
+    return f"{AT}{nve}/"
+
+
+def index_keys(rec: object) -> set[str]:
+    """The /at/ index keys of a binding or a move (none for other records)."""
+    if isinstance(rec, Binding):
+        return {f"{AT}{rec.nve}/{rec.vni}/b/{rec.mac}"}
+    if isinstance(rec, Migration):
+        return {f"{AT}{end}/{rec.vni}/m/{rec.iface_id}" for end in (rec.src, rec.dst)}
+    return set()
+
+
+def index_writes(old: object, new: object) -> dict[str, str | None]:
+    """The index writes that go with replacing record `old` by `new` (None: absent) in one transaction."""
+    before, after = index_keys(old), index_keys(new)
+    return {**{k: None for k in before - after}, **{k: "" for k in after - before}}
+
+
+def parse_at(key: str) -> tuple[str, int, str] | None:
+    """(NVE, VNI, the rest) of an /at/ index key."""
+    nve, _, rest = key[len(AT):].partition("/")
+    vni, _, rest = rest.partition("/")
+    return (nve, int(vni), rest) if vni.isdigit() else None
 
 
 # ---- snapshot ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ programmed; a change is everywhere once every NVE's converged revision is at lea
 Waits are woken by the status keys' watch (statuses live outside /mapping/: they wake no agent).
 An agent publishes after its passes; a change that concerns nothing of its NVE advances its converged
 revision without a pass and without a store write (at 1,000 NVEs, 1,000 writes per change), so a
-waiter first writes a `SyncRequest` (/mapping/sync) naming the NVEs it waits for that are behind:
+waiter first writes a `SyncRequest` (/mapping/sync/<nve>/request) for each NVE it waits for that is behind:
 they publish once converged there, like OVN's nb_cfg bump of `ovn-nbctl --wait=hv sync`.
 An agent process keeps its status on a lease (liveness.py): a missing status is an NVE whose agent
 is not running (or cannot reach the store), and counts as not converged.
@@ -16,10 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from roamnet.mapping.records import STATUS, SYNC, NveStatus, SyncRequest, dump, load
+from roamnet.mapping.records import STATUS, NveStatus, SyncRequest, dump, load, sync_key
 from roamnet.mapping.store.base import KeyValue, Store
 
 FEW = 32  # statuses read one by one up to this many; more: one range read
+REQUESTS_PER_TXN = 100  # sync requests written in one transaction (etcd takes 128 operations by default)
 
 
 class Statuses:
@@ -58,8 +59,12 @@ class Statuses:
         return sorted(n for n in nves if n not in st or st[n].converged_revision < revision)
 
     def request(self, nves: Iterable[str], revision: int) -> None:
-        """Ask `nves` to publish their status once converged at `revision` (one write, not a mapping change)."""
-        self.store.put(SYNC, SyncRequest(revision, frozenset(nves)).to_json())
+        """Ask `nves` to publish their status once converged at `revision`: one key per NVE (each wakes
+        that NVE alone), REQUESTS_PER_TXN per transaction; not a mapping change."""
+        names = sorted(set(nves))
+        for i in range(0, len(names), REQUESTS_PER_TXN):
+            chunk = names[i:i + REQUESTS_PER_TXN]
+            self.store.txn({sync_key(n): SyncRequest(revision, frozenset([n])).to_json() for n in chunk})
 
     def wait_converged(self, nves: Iterable[str], timeout: float, revision: int | None = None) -> bool:
         """Wait until every NVE of `nves` has published a converged revision >= `revision` (default:

@@ -32,6 +32,7 @@ from dataclasses import replace
 from roamnet.mapping.apply import ApplyPlan, ApplyRefused, ApplyResult, plan_apply
 from roamnet.mapping.records import (
     ACTIVATED,
+    BINDINGS,
     BORDER,
     DOMAINS,
     MIGRATIONS,
@@ -57,11 +58,15 @@ from roamnet.mapping.records import (
     Snapshot,
     Tenant,
     binding_key,
+    decode_record,
     decode_snapshot,
+    index_keys,
+    index_writes,
     dump,
     dump_policy,
     dump_vlans,
     load,
+    migration_key,
     load_vlans,
 )
 from roamnet.mapping.rules import VlanExhausted, allocate, detect_duplicate, move, recent_moves, resolve, settle
@@ -91,6 +96,24 @@ ORCHESTRATOR = "orchestrator"  # an explicit activation
 FROZEN, STICKY, STOPPED = "frozen", "sticky", "stopped"
 
 
+def _record(key: str, value: object) -> object:
+    """The binding or move stored at `key` with `value` (None for other keys, a delete or KEEP)."""
+    if not isinstance(value, str) or not key.startswith((BINDINGS, MIGRATIONS)):
+        return None
+    rec = decode_record(key, value)
+    return rec[2] if rec else None
+
+
+def _apply_index(held: Snapshot, w) -> dict[str, str | None]:
+    """The /at/ index writes of one of apply's writes (a binding put or deleted; `held` has the old one)."""
+    if not w.key.startswith(BINDINGS):
+        return {}
+    vni, _, mac = w.key[len(BINDINGS):].partition("/")
+    new = _record(w.key, w.value)
+    # a put writes its own index keys whatever came before it (the same key may be deleted earlier in the plan)
+    return {**index_writes(held.bindings.get((int(vni), mac)), new), **{k: "" for k in index_keys(new)}}
+
+
 class MappingSystem:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time):
         self.store = store
@@ -99,6 +122,7 @@ class MappingSystem:
         self._snap_lock = threading.Lock()
         self.statuses = Statuses(store, lambda: self.revision)  # what the agents published
         self._feed: MappingFeed | None = None
+        self._agent_feed: MappingFeed | None = None
 
     @property
     def feed(self) -> MappingFeed:
@@ -108,16 +132,56 @@ class MappingSystem:
                 self._feed = MappingFeed(self.store)
             return self._feed
 
+    @property
+    def agent_feed(self) -> MappingFeed:
+        """The process's agents' view: only what they want, sent by the store (store-side interest,
+        view.py); the whole `feed` where the store cannot watch a set of prefixes."""
+        with self._snap_lock:
+            if self._agent_feed is None:
+                try:
+                    self.store.watch_set().close()
+                    interest = True
+                except NotImplementedError:
+                    interest = False
+                self._agent_feed = MappingFeed(self.store, interest=interest)
+            return self._agent_feed
+
     # ---- writing -------------------------------------------------------------------------------
     def _write(self, writes: Mapping[str, str | None], expect: Mapping[str, int] | None = None) -> int:
-        """One transaction of record changes, with the mapping's revision."""
-        return self.store.txn({**writes, REVISION: ""}, expect)
+        """One transaction of record changes, with the mapping's revision and the /at/ index of the
+        bindings and moves it creates (a key it replaces goes through `_update`, which knows the old one)."""
+        index: dict[str, str | None] = {}
+        for key, value in writes.items():
+            rec = _record(key, value)
+            if rec is not None:
+                if (expect or {}).get(key) != 0:
+                    raise ValueError(f"{key}: a binding or move is replaced through _update (its index needs the old one)")
+                index.update(index_writes(None, rec))
+        return self.store.txn({**writes, **index, REVISION: ""}, expect)
 
     def _update(self, key: str, change: Callable[[KeyValue | None], object],
                 also: Callable[[], Mapping[str, str | None]] | None = None,
                 guard: Callable[[], Mapping[str, int]] | None = None) -> tuple[KeyValue | None, int | None]:
+        """`Store.update` with the mapping's revision, and the /at/ index of the key's record (as
+        `change` read and wrote it) and of the bindings and moves `also` writes (which keep their NVEs:
+        only their index keys are put again)."""
+        seen: dict[str, object] = {}
+
+        def step(kv: KeyValue | None):
+            new = change(kv)
+            seen["kv"], seen["new"] = kv, new
+            return new
+
+        def more() -> dict[str, str | None]:
+            extra = dict(also()) if also else {}
+            kv, new = seen["kv"], seen["new"]
+            index = index_writes(_record(key, kv.value) if kv else None, _record(key, new))  # type: ignore[union-attr]
+            for k, v in extra.items():
+                index.update(index_writes(None, _record(k, v)))
+            return {**extra, **index, REVISION: ""}
+
         try:
-            return self.store.update(key, change, also=lambda: {REVISION: "", **(also() if also else {})}, guard=guard)
+            return self.store.update(key, step, also=more, guard=guard)
         except Conflicted as exc:
             raise MoveRefused(str(exc)) from None
 
@@ -144,7 +208,7 @@ class MappingSystem:
                 return ApplyResult(first, txns, held.revision, dry_run)
             rev = held.revision
             try:
-                for batch in plan.batches(size):
+                for batch in plan.batches(size, lambda w: _apply_index(held, w)):
                     rev = self.store.txn({**batch, REVISION: ""}, {REVISION: rev})
                     txns += 1
             except CasConflict:
@@ -241,11 +305,12 @@ class MappingSystem:
         seg = self._segment(port.vni)
         now = self.clock()
         seen: dict[str, object] = {}
+        mig_key = migration_key(port.vni, iface_id)
 
         def change(kv: KeyValue | None):
             current = load(Binding, kv.value) if kv else None
             seen["current"], seen["refused"], seen["activated"] = current, None, None
-            kv_mig = self.store.get(MIGRATIONS + iface_id)
+            kv_mig = self.store.get(mig_key)
             mig = load(Migration, kv_mig.value) if kv_mig else None
             seen["mig_rev"] = kv_mig.mod_revision if kv_mig else 0
             planned = mig is not None and mig.dst == nve.name  # the orchestrator moves it: sticky or not
@@ -290,10 +355,10 @@ class MappingSystem:
 
         def also() -> dict[str, str]:
             act = seen.get("activated")
-            return {MIGRATIONS + iface_id: dump(act)} if act is not None else {}
+            return {mig_key: dump(act)} if act is not None else {}
 
         def guard() -> dict[str, int]:  # the migration as `change` read it
-            return {MIGRATIONS + iface_id: seen["mig_rev"]} if seen.get("activated") is not None else {}
+            return {mig_key: seen["mig_rev"]} if seen.get("activated") is not None else {}
 
         _, rev = self._update(binding_key(port.vni, port.mac), change, also, guard)
         current = seen["current"]
@@ -433,8 +498,14 @@ class MappingSystem:
                 log.warning("domain %s: %s", domain.name, exc)
 
     # ---- make-before-break ---------------------------------------------------------------------
+    def _migration_key(self, iface_id: str) -> str | None:
+        """Where a move of `iface_id` would be (under its port's VNI); None: no such port."""
+        kv = self.store.get(PORTS + iface_id)
+        return migration_key(load(LogicalPort, kv.value).vni, iface_id) if kv else None
+
     def migration(self, iface_id: str) -> Migration | None:
-        kv = self.store.get(MIGRATIONS + iface_id)
+        key = self._migration_key(iface_id)
+        kv = self.store.get(key) if key else None
         return load(Migration, kv.value) if kv else None
 
     def _change_migration(self, iface_id: str, change: Callable[[Migration], Migration | None]) -> Migration | None:
@@ -450,7 +521,9 @@ class MappingSystem:
             new = change(mig)
             return None if new is None else KEEP if new == mig else dump(new)
 
-        self._update(MIGRATIONS + iface_id, step)
+        key = self._migration_key(iface_id)
+        if key is not None:
+            self._update(key, step)
         return seen.get("mig")
 
     def prepare(self, iface_id: str, dst: str, timeout: float, complete_within: float = 0.0) -> Migration:
@@ -470,7 +543,8 @@ class MappingSystem:
                         complete_within)
         self._claim_vlan(dst, port.vni)  # the destination's ToR and switch need it before activation
         try:
-            self._write({MIGRATIONS + iface_id: dump(mig)}, expect={MIGRATIONS + iface_id: 0})
+            key = migration_key(port.vni, iface_id)
+            self._write({key: dump(mig)}, expect={key: 0})
         except CasConflict:
             self._sync_vlans(dst)
             held = self.migration(iface_id)

@@ -21,9 +21,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from roamnet.mapping.records import (
+    AT,
+    BINDINGS,
+    GENERAL,
+    MIGRATIONS,
+    PORTS,
     PREPARED,
     REVISION,
     ROOT,
@@ -34,10 +39,13 @@ from roamnet.mapping.records import (
     PolicySet,
     Snapshot,
     SyncRequest,
+    binding_key,
     decode_record,
+    migration_key,
+    parse_at,
     record_kind,
 )
-from roamnet.mapping.store.base import Compacted, Event, KeyValue, Store
+from roamnet.mapping.store.base import Compacted, Event, KeyValue, Store, WatchSet
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,8 @@ def _ident(attr: str, rest: str):
         return int(vni), mac
     if attr == "segments":
         return int(rest)
+    if attr == "migrations":
+        return rest.partition("/")[2]  # <vni>/<iface_id>
     return rest
 
 
@@ -110,6 +120,7 @@ class MappingView:
         self.prepared_to: dict[str, dict[str, Migration]] = {}  # dst -> iface -> prepared migration
         self.moving_from: dict[str, dict[str, Migration]] = {}  # src -> iface -> migration (any state)
         self.ports_by_vm: dict[str, dict[str, LogicalPort]] = {}  # vm -> iface -> port
+        self.hosting: dict[str, dict[str, int]] = {}  # the /at/ index: nve -> "<vni>/<b|m>/<id>" -> vni
 
     # ---- loading ---------------------------------------------------------------------------------
     def load(self, items: Iterable[KeyValue]) -> Touched:
@@ -118,9 +129,56 @@ class MappingView:
         for kv in items:
             if kv.key == REVISION:
                 self.revision = kv.mod_revision
+            elif kv.key.startswith(AT):
+                self._index(kv.key, kv.value, None)
             else:
                 self._set(kv.key, kv.value, None)
         return Touched(self.revision, reloaded=True)
+
+    def load_prefix(self, prefix: str, items: Iterable[KeyValue]) -> None:
+        """Hold `items` as every key under `prefix` (read afresh: what the view held under it goes)."""
+        self.drop_prefix(prefix)
+        for kv in items:
+            if kv.key.startswith(AT):
+                self._index(kv.key, kv.value, None)
+            elif kv.key.startswith(ROOT) and not kv.key.startswith(SYNC) and kv.key != REVISION:
+                self._set(kv.key, kv.value, None)
+
+    def drop_prefix(self, prefix: str) -> None:
+        """Forget every record under `prefix` (a part of the mapping no longer watched)."""
+        for key in self._keys_under(prefix):
+            if key.startswith(AT):
+                self._index(key, None, None)
+            else:
+                self._set(key, None, None)
+
+    def _keys_under(self, prefix: str) -> list[str]:
+        if prefix.startswith(BINDINGS):
+            vni = prefix[len(BINDINGS):].rstrip("/")
+            return [binding_key(b.vni, b.mac) for b in self.by_vni.get(int(vni), {}).values()] if vni.isdigit() \
+                else [binding_key(*k) for k in self.bindings if binding_key(*k).startswith(prefix)]
+        if prefix.startswith(MIGRATIONS):
+            return [migration_key(m.vni, i) for i, m in self.migrations.items()
+                    if migration_key(m.vni, i).startswith(prefix)]
+        if prefix.startswith(AT):
+            return [f"{AT}{nve}/{rest}" for nve, held in self.hosting.items() for rest in held
+                    if f"{AT}{nve}/{rest}".startswith(prefix)]
+        if prefix.startswith(PORTS):
+            return [PORTS + i for i in self.ports if (PORTS + i).startswith(prefix)]
+        return []  # the small tables are replaced by a load, never dropped
+
+    def _index(self, key: str, value: str | None, nves: set | None) -> None:
+        """An /at/ index key came (value "") or went (None)."""
+        parsed = parse_at(key)
+        if parsed is None:
+            return
+        nve, vni, rest = parsed
+        if nves is not None:
+            nves.add(nve)
+        if value is None:
+            _drop(self.hosting, nve, f"{vni}/{rest}")
+        else:
+            _add(self.hosting, nve, f"{vni}/{rest}", vni)
 
     def apply(self, events: Iterable[Event]) -> Touched:
         """Apply a batch of watch events (in revision order) and say what it changed."""
@@ -132,9 +190,11 @@ class MappingView:
         for e in events:
             if e.key == REVISION:
                 self.revision = max(self.revision, e.revision)
-            elif e.key == SYNC:
+            elif e.key.startswith(SYNC):
                 if e.value is not None:
                     syncs.append(SyncRequest.from_json(e.value))
+            elif e.key.startswith(AT):
+                self._index(e.key, e.value, nves)
             elif e.key.startswith(ROOT):
                 self._set(e.key, e.value, (vnis, nves, ifaces, seen))
         return Touched(self.revision, frozenset(vnis), frozenset(nves), frozenset(ifaces), seen["general"],
@@ -163,6 +223,7 @@ class MappingView:
                 _add(self.by_vni, new.vni, new.mac, new)
                 _add(self.at_nve, new.nve, ident, new)
         elif attr == "migrations":
+            rest = _ident(attr, rest)
             old = self.migrations.get(rest)
             for m in (old, new):
                 if m is not None and touched is not None:
@@ -224,10 +285,24 @@ Subscriber = Callable[[Touched], None]
 
 class MappingFeed:
     """One watch on the mapping that keeps one `MappingView` current and tells subscribers what each
-    batch touched. `read(fn)` runs `fn(view)` under the view's lock after catching up with the store."""
+    batch touched. `read(fn)` runs `fn(view)` under the view's lock after catching up with the store.
 
-    def __init__(self, store: Store):
+    With `interest`, the view holds only what the process's readers want, and the store sends only
+    that (store-side interest, issue 18): the small tables every NVE reads (`GENERAL`), and the prefixes
+    each reader names with `read(fn, owner, wants)` (an agent: its /at/ index and sync key, and the
+    bindings and moves of its VNIs: nve/interest.py `watched`), all on one `WatchSet` (one stream,
+    events in revision order). A prefix a reader starts wanting is watched first and read at the
+    watch's start (`WatchSet.add`) before `fn` runs, so no change of it is ever missed; a prefix
+    nobody wants any more is no longer watched and leaves the view. The view's revision is then the
+    stream's position: every wanted prefix's changes up to it are in the view (a prefix just read may
+    be ahead of it), so it is what the process's agents may call converged."""
+
+    def __init__(self, store: Store, interest: bool = False):
         self.store = store
+        self.interest = interest
+        self._ws: WatchSet | None = None  # (interest) the watch set
+        self._wants: dict[str, frozenset[str]] = {}  # (interest) reader -> the prefixes it wants
+        self._start: dict[str, int] = {}  # (interest) a watched prefix -> the revision it was read at
         self.view = MappingView()
         self._lock = threading.RLock()
         self._next = 0  # the store revision to watch from (0: not loaded yet)
@@ -266,6 +341,9 @@ class MappingFeed:
 
     # ---- keeping the view current ------------------------------------------------------------------
     def _load(self) -> None:
+        if self.interest:
+            self._load_wanted()
+            return
         cpu = time.thread_time()
         items, rev = self.store.range(ROOT)
         touched = self.view.load(items)
@@ -287,12 +365,96 @@ class MappingFeed:
                 self._dispatch(touched)
         self.cpu_s += time.thread_time() - cpu
 
+    # ---- store-side interest ----------------------------------------------------------------------
+    def _wanted(self) -> set[str]:
+        return set(GENERAL).union(*self._wants.values())
+
+    def _load_wanted(self) -> None:
+        """(interest) Start again: a new watch set holding what every reader wants, read afresh."""
+        cpu = time.thread_time()
+        if self._ws is not None:
+            self._ws.close()
+        self._ws, self._start = self.store.watch_set(), {}
+        self.view = MappingView()
+        self._watch(self._wanted())
+        self.view.revision = min(self._start.values(), default=0)
+        self._next = self.view.revision + 1
+        self.reloads += 1
+        self._dispatch(Touched(self.view.revision, reloaded=True))
+        self.cpu_s += time.thread_time() - cpu
+
+    def _watch(self, wanted: set[str]) -> None:
+        """(interest, under the lock) Watch and read what is wanted and not watched yet; forget the rest."""
+        assert self._ws is not None
+        for prefix in sorted(wanted - self._start.keys()):
+            items, self._start[prefix] = self._ws.add(prefix)
+            self.view.load_prefix(prefix, items)
+        for prefix in sorted(self._start.keys() - wanted):
+            self._ws.remove(prefix)
+            del self._start[prefix]
+            self.view.drop_prefix(prefix)
+
+    def want(self, owner: str, prefixes: Iterable[str]) -> None:
+        """(interest) `owner` wants `prefixes` watched (and nothing else it wanted before)."""
+        with self._lock:
+            wanted = frozenset(prefixes)
+            if self._wants.get(owner) == wanted:
+                return
+            if wanted:
+                self._wants[owner] = wanted
+            else:
+                self._wants.pop(owner, None)
+            if self._ws is not None:
+                cpu = time.thread_time()
+                self._watch(self._wanted())
+                self.cpu_s += time.thread_time() - cpu
+
+    def _prefix_of(self, key: str) -> str | None:
+        """The watched prefix `key` is under (None: none)."""
+        for table in (BINDINGS, MIGRATIONS, AT, SYNC):
+            if key.startswith(table):
+                cut = key.find("/", len(table))
+                prefix = key[:cut + 1] if cut >= 0 else key
+                return prefix if prefix in self._start else None
+        return next((p for p in GENERAL if key.startswith(p) and p in self._start), None)
+
+    def _take_interest(self, events: list[Event], position: int) -> None:
+        """(interest, under the lock) Apply the events of prefixes still watched, after their read."""
+        cpu = time.thread_time()
+        fresh = []
+        for e in events:
+            prefix = self._prefix_of(e.key)
+            if prefix is not None and e.revision > self._start[prefix]:
+                fresh.append(e)
+        if fresh:
+            self.batches += 1
+            self.events += len(fresh)
+            touched = self.view.apply(fresh)
+        else:
+            touched = None
+        self.view.revision = max(self.view.revision, position, events[-1].revision if events else 0)
+        self._next = self.view.revision + 1
+        if touched is not None:
+            touched = replace(touched, revision=self.view.revision)
+            if not touched.empty:
+                self._dispatch(touched)
+        self.cpu_s += time.thread_time() - cpu
+
     def catch_up(self, timeout: float = CATCH_UP_S) -> None:
         """Make the view hold the mapping's revision as the store has it now (the first call loads it):
         one read of /revision, and when the view is behind it, the watch's events up to it."""
         with self._lock:
             if not self._next:
                 self._load()
+                return
+            if self.interest:  # the stream's position is as far as the wanted prefixes go: with nobody
+                if self._thread is None and self._ws is not None:  # following, what it holds now is read here
+                    ws = self._ws
+                    for _ in range(1000):
+                        events, position = ws.next(timeout=0)
+                        self._take_interest(events, position)
+                        if not events:
+                            break
                 return
             kv = self.store.get(REVISION)
             target = kv.mod_revision if kv else 0
@@ -311,10 +473,18 @@ class MappingFeed:
                     return
                 self._take(events, nxt)
 
-    def read(self, fn: Callable[[MappingView], object]):
-        """`fn(view)` on a view caught up with the store, under the view's lock."""
+    def read(self, fn: Callable[[MappingView], object], owner: str = "",
+             wants: Callable[[MappingView], Iterable[str]] | None = None):
+        """`fn(view)` on a view caught up with the store, under the view's lock. (interest) `wants(view)`:
+        the prefixes `owner` wants (computed from what is watched already), watched and read before `fn`."""
         with self._lock:
             self.catch_up()
+            if self.interest and wants is not None:
+                for _ in range(3):  # what it wants may name more (a ToR's servers' index): until it names no more
+                    wanted = frozenset(wants(self.view))
+                    if self._wants.get(owner) == wanted:
+                        break
+                    self.want(owner, wanted)
             return fn(self.view)
 
     def _run(self) -> None:
@@ -323,15 +493,24 @@ class MappingFeed:
                 with self._lock:
                     if not self._subscribers or self._stop.is_set():
                         self._thread = None
+                        if self._ws is not None:  # nobody follows: the stream ends (a read starts it again)
+                            self._ws.close()
+                            self._ws, self._next = None, 0
                         return
                     if not self._next:
                         self._load()
-                    start = self._next
+                    start, ws = self._next, self._ws
+                if ws is not None:
+                    events, position = ws.next(timeout=WAIT_S)
+                    with self._lock:
+                        if ws is self._ws:
+                            self._take_interest(events, position)
+                    continue
                 events, nxt = self.store.watch(ROOT, start, timeout=WAIT_S)
                 with self._lock:
                     self._take(events, nxt)
-            except Compacted:
-                log.warning("mapping feed: history compacted; reading the mapping again")
+            except Compacted as exc:
+                log.warning("mapping feed: %s; reading the mapping again", exc)
                 with self._lock:
                     self._next = 0
             except Exception as exc:  # the store is away: the view stays as it was; watch again

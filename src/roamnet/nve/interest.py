@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from roamnet.mapping.records import ACTIVATED, BORDER, Snapshot
+from roamnet.mapping.records import ACTIVATED, BORDER, Snapshot, at_prefix, sync_prefix, vni_prefixes
 from roamnet.mapping.view import MappingView, Touched
 from roamnet.nve.vrf import routed_cugs
 
@@ -125,6 +125,28 @@ def project(view: MappingView, nve: str, ifaces: Iterable[str] = (),
     snap = Snapshot(view.revision, view.nves, ports, bindings, migrations, view.tenants, view.segments,
                     view.domains, view.vlans, view.policy)
     return snap, Interest(view.revision, frozenset(vnis), served, frozenset(here | kernel | set(ports)))
+
+
+def watched(view: MappingView, nve: str, ifaces: Iterable[str] = ()) -> frozenset[str]:
+    """The store prefixes NVE `nve` (with VM ports for `ifaces` in its kernel) must watch for `project`
+    to see its whole part: its sync key; the /at/ index of every NVE it serves (which VNIs they have
+    bindings or moves in); and the bindings and moves of those VNIs, of its kernel ports' VNIs and of
+    every routed CUG of their tenants (a border: of every tenant). Read from what every agent watches
+    anyway (the small tables, the ports, its index): the prefixes it names are the ones to add.
+    tests/unit/test_interest.py checks that a view holding only these projects as the whole one does."""
+    served = served_by(view, nve)
+    vnis = {vni for s in served for vni in view.hosting.get(s, {}).values()}
+    for iface in ifaces:
+        port = view.ports.get(iface)
+        if port is not None:
+            vnis.add(port.vni)
+    routed = routed_cugs(view.segments, view.tenants)
+    me = view.nves.get(nve)
+    tenants = set(view.tenants) if me is not None and me.role == BORDER else \
+        {routed[v].tenant for v in vnis if v in routed}
+    vnis |= {v for v, s in routed.items() if s.tenant in tenants}
+    return frozenset([sync_prefix(nve), *(at_prefix(s) for s in served),
+                      *(p for v in vnis for p in vni_prefixes(v))])
 
 
 def concerned(view: MappingView, touched: Touched) -> frozenset[str]:
