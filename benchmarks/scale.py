@@ -77,8 +77,10 @@ from roamnet.mapping.records import (
     Tenant,
     binding_key,
     dump,
+    index_keys,
 )
 from roamnet.mapping.system import MappingSystem
+from roamnet.mapping.view import MappingFeed
 from roamnet.orchestrator.moves import Orchestrator
 
 BENCH_VERSION = 1
@@ -122,6 +124,7 @@ def load(store, lay: dict, batch: int) -> None:
     writes += [(f"{SEGMENTS}{s.vni}", dump(s)) for s in lay["segments"]]
     writes += [(PORTS + p.iface_id, dump(p)) for p in lay["ports"]]
     writes += [(binding_key(b.vni, b.mac), dump(b)) for b in lay["bindings"]]
+    writes += [(k, "") for b in lay["bindings"] for k in index_keys(b)]  # the /at/ index (records.py)
     for i in range(0, len(writes), batch - 1):
         store.txn({**dict(writes[i:i + batch - 1]), REVISION: ""})
 
@@ -134,10 +137,14 @@ def store_bytes(store) -> int:
 # ---- agents --------------------------------------------------------------------------------------
 
 class QuietClient(MappingClient):
-    """A baseline shadow's client: it reads and reports as an agent does, but publishes no status."""
+    """A baseline shadow's client: it reads and reports as an agent does, but publishes no status, and
+    follows the whole mapping (the process's whole feed, not its agents' interest)."""
 
     def publish_status(self, status) -> None:
         pass
+
+    def follow(self, fn, owner: str = ""):
+        return self._system.feed.subscribe(fn)
 
 
 class FullDecodeAgent(Agent):
@@ -173,8 +180,10 @@ class AgentHost:
         self.store = store
         self.mapping = MappingSystem(store)
         rss0 = rss_mb()
-        nves, placed = self.mapping.feed.read(lambda v: (dict(v.nves), {
+        setup = MappingFeed(store)  # where the VMs are, to plug their ports: read once, then dropped
+        nves, placed = setup.read(lambda v: (dict(v.nves), {
             n: [b.iface_id for b in v.at_nve.get(n, {}).values()] for n in set(names) | set(shadows)}))
+        del setup
         self.view_mb = rss_mb() - rss0
         self.kernels: dict[str, ModelKernel] = {}
         self.agents: dict[str, Agent] = {}
@@ -212,7 +221,7 @@ class AgentHost:
             return {"passes": s.reconciles, "idle": s.idle_advances, "cpu": s.pass_cpu_s + s.idle_cpu_s,
                     "published": s.statuses_published,
                     "programmed_at": s.programmed_at, "converged": s.converged_revision}
-        feed = self.mapping.feed
+        feed = self.mapping.agent_feed
         return {"agents": {n: one(a) for n, a in self.agents.items()},
                 "shadows": {n: one(a) for n, a in self.shadows.items()},
                 "feed": {"events": feed.events, "batches": feed.batches, "cpu": feed.cpu_s, "reloads": feed.reloads},

@@ -60,14 +60,14 @@ from roamnet.mapping.records import (
     binding_key,
     decode_record,
     decode_snapshot,
-    index_keys,
-    index_writes,
     dump,
     dump_policy,
     dump_vlans,
+    index_keys,
+    index_writes,
     load,
-    migration_key,
     load_vlans,
+    migration_key,
 )
 from roamnet.mapping.rules import VlanExhausted, allocate, detect_duplicate, move, recent_moves, resolve, settle
 from roamnet.mapping.status import Statuses

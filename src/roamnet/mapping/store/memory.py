@@ -209,7 +209,8 @@ class _MemoryWatchSet(WatchSet):
     def add(self, prefix: str) -> tuple[list[KeyValue], int]:
         with self._store._cond:
             self._store._expire()
-            items, rev = [kv for k, kv in sorted(self._store._data.items()) if k.startswith(prefix)], self._store._rev
+            items = sorted((kv for k, kv in self._store._data.items() if k.startswith(prefix)), key=lambda kv: kv.key)
+            rev = self._store._rev
             self._start[prefix] = rev
             if not self._next:
                 self._next = rev + 1
