@@ -20,6 +20,7 @@ from roamnet.intent.model import IntentError, parse_topology
 from roamnet.lab.plan import deployed_nves
 from roamnet.mapping.apply import ApplyPlan, ApplyRefused, Write, plan_apply
 from roamnet.mapping.records import (
+    AT,
     BINDINGS,
     NVES,
     POLICY,
@@ -30,6 +31,7 @@ from roamnet.mapping.records import (
     VLANS,
     MappingRecords,
     Snapshot,
+    index_keys,
 )
 from roamnet.mapping.store import MemoryStore, Store
 from roamnet.mapping.system import MappingSystem
@@ -101,6 +103,14 @@ def consistency(snap: Snapshot) -> list[str]:
         if len(set(alloc.values())) != len(alloc):
             problems.append(f"domain {d}: a VLAN serves two CUGs: {alloc}")
     return problems
+
+
+def index_problems(m: MappingSystem) -> list[str]:
+    """Where the /at/ index (records.py) and the bindings and moves it indexes disagree."""
+    snap = m.snapshot()
+    want = set().union(*(index_keys(r) for r in (*snap.bindings.values(), *snap.migrations.values())))
+    held = {kv.key for kv in m.store.range(AT)[0]}
+    return [f"missing {k}" for k in sorted(want - held)] + [f"stale {k}" for k in sorted(held - want)]
 
 
 def without_revision(snap: Snapshot) -> dict:
@@ -279,6 +289,7 @@ def test_removing_a_vm_takes_its_port_binding_and_vlan(store):
                                   "vlans": {"removed": ["pod1"]}}
     snap = m.snapshot()
     assert "vm3/0" not in snap.ports and (DB, MAC3) not in snap.bindings and snap.vlans == {}
+    assert index_problems(m) == []
     assert DB in snap.segments  # the CUG stays: it is still in the intent
 
 
@@ -293,7 +304,7 @@ def test_a_changed_mac_replaces_the_binding(store):
     assert (WEB, MAC1) not in snap.bindings
     b = snap.binding_of("vm1/0")
     assert (b.mac, b.nve, b.seq, b.detached) == ("02:00:00:01:00:21", "hv1", 0, True)  # as a new VM: its server
-    assert consistency(snap) == []
+    assert consistency(snap) == [] and index_problems(m) == []
 
 
 def test_what_would_break_the_running_system_is_refused_and_nothing_written(store):
@@ -368,6 +379,7 @@ def test_a_long_diff_is_an_ordered_sequence_of_consistent_mappings(store):
     assert res.txns > 3 and watched.seen == [[]] * res.txns
     snap = m.snapshot()
     assert snap.vlans == {"pod1": {WEB: 101, APP: 100}}  # app took db's VLAN once db had left
+    assert index_problems(m) == []
     assert m.apply(records(data), max_ops=3).plan.empty
 
 
