@@ -208,7 +208,36 @@ def test_stream_order_a_progress_answer_moves_the_position_and_a_cancelled_watch
     assert o.take() == ([], 8)  # the position of the answer received before the cancel
 
 
+def test_stream_order_a_watcher_created_behind_the_stream_starts_at_its_position():
+    """A write that raced the creation (etcd's created answer says 10, the stream has shown 12): the new
+    prefix is read at 12, and its catch-up of 11 and 12, arriving late, is not delivered again."""
+    o = StreamOrder()
+    o.started(1, "/a/", 0)
+    o.receive(1, 12, [ev(11, "/a/1"), ev(12, "/a/2")])
+    assert o.take()[1] == 12
+    assert o.started(2, "/b/", 10) == 12
+    o.receive(2, 12, [ev(11, "/b/1"), ev(12, "/b/2")])
+    o.receive(2, 13, [ev(13, "/b/3")])
+    assert o.take() == ([ev(13, "/b/3")], 13)
+    assert StreamOrder().started(1, "/a/", 10) == 10
+
+
 def test_prefix_end():
     assert prefix_end("/a/") == b"/a0"
     assert prefix_end("a\u00ff") == b"a\xc3\xc0"  # the UTF-8 bytes' last byte + 1
     assert prefix_end("") == b"\0"
+
+
+def test_adding_a_watched_prefix_again_reads_it_afresh_and_watches_it_once(spaced):
+    store, ns = spaced
+    ws = store.watch_set()
+    ws.add(f"{ns}/a/")
+    store.put(f"{ns}/a/1", "x")
+    kvs, start = ws.add(f"{ns}/a/")
+    assert [kv.key[len(ns):] for kv in kvs] == ["/a/1"] and ws.prefixes == {f"{ns}/a/"}
+    r = store.put(f"{ns}/a/2", "y")
+    last = store.put(f"{ns}/b/1", "other")  # not watched: only moves the store on
+    got, _ = collect(ws, ns, 1)
+    got += collect(ws, ns, 0)[0]  # anything more that came: a second watcher's copy would
+    assert [(rev, k) for rev, k, _ in got if rev > start] == [(r, "/a/2")] and last > r
+    ws.close()

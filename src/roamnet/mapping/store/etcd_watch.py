@@ -66,8 +66,15 @@ class StreamOrder:
     position: int = 0
     handed: int = 0
 
-    def started(self, watch_id: int, prefix: str, start: int) -> None:
+    def started(self, watch_id: int, prefix: str, created: int) -> int:
+        """A watcher etcd created after revision `created`: the revision its prefix is to be read at
+        (its start; its events at or below it are not delivered). That is the position when the stream
+        has shown more than `created` already: a write that raced the creation then reaches this watcher
+        only at etcd's next catch-up (up to 100 ms), after events of the other watchers above it; read
+        at the position, those are in the read instead of late on the stream."""
+        start = max(created, self.position)
         self.watches[watch_id] = (prefix, start)
+        return start
 
     def stopped(self, prefix: str) -> list[int]:
         """Forget `prefix`: its watch ids (to cancel), and none of its events is handed out any more."""
@@ -117,7 +124,8 @@ class EtcdWatchSet(WatchSet):
         self._order = StreamOrder()
         self._requests: queue.Queue | None = None
         self._call = None
-        self._created: tuple[int, int, str] | None = None  # the answer to the create in flight
+        self._creating = ""  # the prefix of the create in flight
+        self._created: tuple[int, str] | None = None  # its answer: (start, why etcd refused it)
         self._lost: Exception | None = None
         self._closed = False
 
@@ -168,9 +176,9 @@ class EtcdWatchSet(WatchSet):
         """Under _cond: one WatchResponse."""
         if rs.created:
             if rs.canceled:
-                self._created = (-1, 0, rs.cancel_reason or "etcd refused the watch")
-            else:
-                self._created = (rs.watch_id, rs.header.revision, "")
+                self._created = (0, rs.cancel_reason or "etcd refused the watch")
+            else:  # known before its first events are handled (etcd sends them right after this answer)
+                self._created = (self._order.started(rs.watch_id, self._creating, rs.header.revision), "")
             return
         if rs.watch_id < 0:
             return  # a progress answer to no watcher (this set sends no progress request)
@@ -208,31 +216,32 @@ class EtcdWatchSet(WatchSet):
         create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
             key=prefix.encode(), range_end=prefix_end(prefix), progress_notify=True))
         with self._adding:
+            self.remove(prefix)  # added again: read afresh, one watcher
             with self._cond:
                 if self._closed:
                     raise WatchLost("the watch set is closed")
                 self._raise_lost()  # a loss the caller has not been told of: its other prefixes are gone
                 if self._call is None:
                     self._open()
-                self._created = None
+                self._creating, self._created = prefix, None
                 self._requests.put(create)
                 if not self._cond.wait_for(lambda: self._created is not None or self._lost is not None,
                                            self._timeout):
                     self._fail(WatchLost(f"etcd at {self._target} did not answer a watch on {prefix} "
                                          f"within {self._timeout:.0f} s"))
                 self._raise_lost()
-                watch_id, start, refused = self._created
+                start, refused = self._created
                 if refused:
                     raise WatchLost(f"etcd refused a watch on {prefix}: {refused}")
-                self._order.started(watch_id, prefix, start)
+                channel = self._channel
             try:
-                kvs = etcdrpc.KVStub(self._channel).Range(
+                kvs = etcdrpc.KVStub(channel).Range(
                     etcdrpc.RangeRequest(key=prefix.encode(), range_end=prefix_end(prefix), revision=start),
                     timeout=self._timeout).kvs
-            except grpc.RpcError as exc:  # compacted at H already, or the member went away
+            except (grpc.RpcError, ValueError) as exc:  # compacted already, the member went away, the set closed
                 self.remove(prefix)
-                raise WatchLost(f"cannot read {prefix} at revision {start}: {exc.code().name} {exc.details()}") \
-                    from None
+                why = f"{exc.code().name} {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
+                raise WatchLost(f"cannot read {prefix} at revision {start}: {why}") from None
         return [KeyValue(kv.key.decode(), kv.value.decode(), kv.mod_revision, kv.lease) for kv in kvs], start
 
     def remove(self, prefix: str) -> None:
