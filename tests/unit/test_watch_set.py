@@ -14,7 +14,8 @@ from test_store import REQUIRED, etcd_server  # noqa: F401 - the module's privat
 
 from roamnet.mapping.store import Event, MemoryStore
 from roamnet.mapping.store.base import WatchLost
-from roamnet.mapping.store.etcd_watch import StreamOrder, prefix_end
+from roamnet.mapping.store.etcd import prefix_end
+from roamnet.mapping.store.etcd_watch import StreamOrder
 
 ROUNDS = 40  # next() calls a test makes while waiting for events it expects (bounded, no timing asserted)
 
@@ -62,7 +63,7 @@ def test_add_reads_the_prefix_at_the_watch_start_and_delivers_only_what_follows(
     ws.close()
 
 
-def test_prefixes_come_in_revision_order_and_a_revision_across_two_prefixes_whole(spaced):
+def test_prefixes_come_in_revision_order_and_a_revision_across_two_prefixes_brings_both(spaced):
     store, ns = spaced
     ws = store.watch_set()
     ws.add(f"{ns}/x/")

@@ -74,15 +74,20 @@ def _text(b: str | None) -> str:
     return base64.b64decode(b).decode() if b else ""
 
 
-def range_end(prefix: str) -> str:
-    """etcd's range end (base64) for every key starting with `prefix`: the prefix with its last byte + 1."""
+def prefix_end(prefix: str) -> bytes:
+    """etcd's range end for every key starting with `prefix`: the prefix with its last byte + 1."""
     raw = bytearray(prefix.encode())
     while raw and raw[-1] == 0xFF:
         raw.pop()
     if not raw:
-        return base64.b64encode(b"\0").decode()  # every key
+        return b"\0"  # every key
     raw[-1] += 1
-    return base64.b64encode(bytes(raw)).decode()
+    return bytes(raw)
+
+
+def range_end(prefix: str) -> str:
+    """`prefix_end`, base64 (the gateway's JSON)."""
+    return base64.b64encode(prefix_end(prefix)).decode()
 
 
 class _Watcher:

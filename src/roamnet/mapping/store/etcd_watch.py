@@ -34,21 +34,11 @@ import grpc
 from pyetcd import etcdrpc
 
 from roamnet.mapping.store.base import Event, KeyValue, WatchLost, WatchSet
+from roamnet.mapping.store.etcd import prefix_end
 
 log = logging.getLogger(__name__)
 
 DELETE = 1  # mvccpb.Event.EventType
-
-
-def prefix_end(prefix: str) -> bytes:
-    """etcd's range end for every key starting with `prefix` (the prefix with its last byte + 1)."""
-    raw = bytearray(prefix.encode())
-    while raw and raw[-1] == 0xFF:
-        raw.pop()
-    if not raw:
-        return b"\0"  # every key
-    raw[-1] += 1
-    return bytes(raw)
 
 
 @dataclass
