@@ -155,6 +155,37 @@ def test_etcd_member_going_away_is_a_loss_and_a_new_add_opens_a_new_stream():
         server.stop()
 
 
+def test_a_set_whose_member_stops_goes_on_at_the_next_member_of_the_cluster():
+    """Three members of its own: the set's member stops, the loss is raised, and the prefixes added
+    again are served by another member, with what was written through the cluster meanwhile."""
+    import shutil
+
+    from roamnet.lab.etcd import EtcdServer
+
+    if shutil.which("etcd") is None:
+        if REQUIRED:
+            pytest.fail("etcd is required here (CI=true or ROAMNET_REQUIRE_LAB=1) but not installed")
+        pytest.skip("etcd not installed")
+    server = EtcdServer(Path(tempfile.mkdtemp(prefix="rn-ws3-")), name="rn-test-ws3", members=3)
+    store = server.start()
+    try:
+        ws = store.watch_set()  # on member 0, where the store's requests go first
+        ws.add("/a/")
+        server.stop_member(0)
+        with pytest.raises(WatchLost):
+            for _ in range(ROUNDS):
+                ws.next(0.5)
+        written = store.put("/a/1", "while m0 was away")  # the store fails over to another member too
+        kvs, start = ws.add("/a/")
+        assert [(kv.key, kv.mod_revision) for kv in kvs] == [("/a/1", written)]
+        r = store.put("/a/2", "after")
+        assert collect(ws, "", 1)[0] == [(r, "/a/2", "after")] and r > start
+        ws.close()
+    finally:
+        store.close()
+        server.stop()
+
+
 def test_closing_the_etcd_store_closes_its_sets(etcd_server):  # noqa: F811
     from roamnet.mapping.store.etcd import EtcdStore
 

@@ -136,7 +136,8 @@ class EtcdWatchSet(WatchSet):
                 yield rq
 
         self._requests = requests
-        self._call = etcdrpc.WatchStub(self._channel).Watch(feed())
+        # hasleader: a member that loses its leader ends the stream (its events would stop unnoticed)
+        self._call = etcdrpc.WatchStub(self._channel).Watch(feed(), metadata=(("hasleader", "true"),))
         threading.Thread(target=self._read, args=(self._call,), name="etcd-watch-set", daemon=True).start()
 
     def _read(self, call) -> None:
