@@ -432,7 +432,7 @@ class MappingFeed:
             touched = self.view.apply(fresh)
         else:
             touched = None
-        self.view.revision = max(self.view.revision, position, events[-1].revision if events else 0)
+        self.view.revision = max(self.view.revision, position)  # (the set's position: complete up to it)
         self._next = self.view.revision + 1
         if touched is not None:
             touched = replace(touched, revision=self.view.revision)

@@ -72,9 +72,8 @@ class WatchLost(Compacted):
 
 class WatchSet(ABC):
     """Several prefixes watched as one stream, as etcd's clients multiplex watchers on one gRPC watch
-    stream: the events of every prefix come in revision order, all of one revision together, so the
-    revision of the last event delivered is a position in the whole stream (every watched prefix's
-    events up to it were delivered). Prefixes come and go while it runs.
+    stream: the events of every prefix come in revision order, so the stream has a position (every
+    watched prefix's events up to it were delivered). Prefixes come and go while it runs.
 
     `add(prefix)` starts watching `prefix` *now* and returns its keys read at the revision the watch
     starts after: no event of the prefix at or below that revision is delivered, every one above it
@@ -93,7 +92,8 @@ class WatchSet(ABC):
     def next(self, timeout: float) -> tuple[list[Event], int]:
         """The next events of the watched prefixes in revision order (waits up to `timeout` s while
         there is none), and a revision up to which every watched prefix's events have been delivered
-        (at least the last event's; 0 if not known yet). Raises WatchLost when the stream broke."""
+        (0 if not known yet; it may be below the last event's: on etcd one revision's events under
+        several prefixes may come in two calls). Raises WatchLost when the stream broke."""
 
     @property
     @abstractmethod

@@ -20,6 +20,8 @@ How etcd's model maps onto `base.Store` (which was made after it):
     etcd's "requested lease not found", is `LeaseNotFound`; etcd raises a TTL below its minimum
     (about 2 s with the default heartbeat) to that minimum, and `grant` returns the TTL granted;
   * keys and values are UTF-8 text, base64 on the wire.
+`watch_set()` is the exception to the gateway: many prefixes on one watch stream need etcd's gRPC
+multiplexing, which the gateway does not serve (`etcd_watch.py`, on grpcio).
 Addresses: `unix:///path/to/socket` (a socket in a 0700 directory: only root reaches it; what the
 lab starts), or `https://host:port` with a CA and a client certificate and key; a cluster's members
 comma-separated: requests go to one member and fail over to the next when it cannot be reached or
@@ -35,12 +37,14 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 
-from roamnet.mapping.store.base import CasConflict, Compacted, Event, KeyValue, Lease, LeaseNotFound, Store
+from roamnet.mapping.store.base import CasConflict, Compacted, Event, KeyValue, Lease, LeaseNotFound, Store, WatchSet
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +74,20 @@ def _text(b: str | None) -> str:
     return base64.b64decode(b).decode() if b else ""
 
 
-def range_end(prefix: str) -> str:
-    """etcd's range end (base64) for every key starting with `prefix`: the prefix with its last byte + 1."""
+def prefix_end(prefix: str) -> bytes:
+    """etcd's range end for every key starting with `prefix`: the prefix with its last byte + 1."""
     raw = bytearray(prefix.encode())
     while raw and raw[-1] == 0xFF:
         raw.pop()
     if not raw:
-        return base64.b64encode(b"\0").decode()  # every key
+        return b"\0"  # every key
     raw[-1] += 1
-    return base64.b64encode(bytes(raw)).decode()
+    return bytes(raw)
+
+
+def range_end(prefix: str) -> str:
+    """`prefix_end`, base64 (the gateway's JSON)."""
+    return base64.b64encode(prefix_end(prefix)).decode()
 
 
 class _Watcher:
@@ -165,6 +174,8 @@ class EtcdStore(Store):
             timeout = REQUEST_TIMEOUT_S if len(urls) > 1 else SINGLE_MEMBER_TIMEOUT_S
         self.url, self.max_txn_ops, self.timeout = url, max_txn_ops, timeout
         self.closed = False
+        self._urls, self._tls = urls, (cacert, cert, key)
+        self._sets: weakref.WeakSet = weakref.WeakSet()  # watch sets to close with the store
         self._lock = threading.Lock()
         self._watchers: dict[str, _Watcher] = {}  # prefix -> its long-lived stream
         # one client per member (comma-separated URLs); requests go to the current one and fail over
@@ -198,6 +209,8 @@ class EtcdStore(Store):
 
     def close(self) -> None:
         self.closed = True
+        for ws in list(self._sets):
+            ws.close()
         for c in self._clients:
             c.close()
 
@@ -329,6 +342,24 @@ class EtcdStore(Store):
         except httpx.HTTPError as exc:
             raise StoreError(f"etcd at {self.url}: {exc}") from None
         return [], from_revision
+
+    def watch_set(self) -> WatchSet:
+        """Prefixes multiplexed on one gRPC watch stream (etcd_watch.py), starting at the member requests
+        go to now."""
+        import grpc
+
+        from roamnet.mapping.store.etcd_watch import EtcdWatchSet
+
+        targets, credentials = [], None
+        for url in self._urls[self._current:] + self._urls[:self._current]:
+            u = urlparse(url)
+            targets.append(f"unix://{u.path}" if u.scheme == "unix" else u.netloc)
+            if u.scheme == "https":
+                cacert, cert, key = (Path(f).read_bytes() for f in self._tls)  # all given: checked in _client
+                credentials = grpc.ssl_channel_credentials(cacert, key, cert)
+        ws = EtcdWatchSet(targets, credentials, self.timeout)
+        self._sets.add(ws)
+        return ws
 
     # ---- leases --------------------------------------------------------------------------------
     def grant(self, ttl: int) -> Lease:

@@ -226,7 +226,8 @@ class _MemoryWatchSet(WatchSet):
         if not self._start:
             return [], st._rev
         if st._events and self._next < st._events[0].revision:
-            raise WatchLost(f"revision {self._next} is compacted")
+            lost, self._start, self._next = self._next, {}, 0  # empty: the caller adds its prefixes again
+            raise WatchLost(f"revision {lost} is compacted")
         first = bisect.bisect_left(st._events, self._next, key=lambda e: e.revision)
         prefixes = tuple(self._start)
         out = [e for e in st._events[first:] if e.key.startswith(prefixes)

@@ -1,0 +1,267 @@
+"""`WatchSet` on etcd: many prefixes watched on ONE gRPC watch stream (etcd's own multiplexing), so a
+process's interest in the mapping can be a watch per prefix (`/mapping/bindings/<vni>/`...) without a
+stream and a thread per prefix.
+
+Why gRPC here when `EtcdStore` speaks the JSON gateway: the gateway serves one watch per HTTP stream
+(a second `create_request` in a chunked body gets no answer), so N prefixes would be N streams and N
+threads; over gRPC, N watchers share one stream and one reader thread. The messages are etcd's own
+(`pyetcd.etcdrpc`, the generated code `etcd-sdk-python` ships) on `grpcio`; the rest of `EtcdStore`
+stays on the gateway.
+
+How the contract of `WatchSet` is kept:
+  * `add(prefix)` creates the watcher *now* (no start revision: etcd starts it after its current
+    revision H and says H in the `created` answer), then reads the prefix at revision H with a Range
+    on the same channel: no event at or below H is delivered, every one above it is;
+  * order: etcd puts the events of every synced watcher of a stream into one channel, revision by
+    revision, so they arrive in revision order; `StreamOrder` (pure, below) keeps the position (the
+    highest revision any event answer carried) and turns the cases where etcd does not keep that
+    order (a watcher created while a write raced it, a watcher that fell behind a slow reader and is
+    caught up later) into `WatchLost`, the caller's signal to add its prefixes again, rather than
+    deliver an event below a position already handed out;
+  * a broken stream (the member went away, a cancel by the server, a compaction) is `WatchLost`;
+    after it the set is empty, and the next `add` opens a new stream (on the store's next member if
+    the current one could not be reached).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import grpc
+from pyetcd import etcdrpc
+
+from roamnet.mapping.store.base import Event, KeyValue, WatchLost, WatchSet
+from roamnet.mapping.store.etcd import prefix_end
+
+log = logging.getLogger(__name__)
+
+DELETE = 1  # mvccpb.Event.EventType
+
+
+@dataclass
+class StreamOrder:
+    """What the watchers of one stream delivered, in revision order (pure: fed the stream's answers).
+
+    `position`: a revision up to which all of the set's events were received: one below the highest
+    event an answer carried (etcd sends a stream's synced watchers' events revision by revision, but a
+    revision's answers to several watchers in no fixed order), or a progress answer's revision; `handed`: the
+    position the caller was last given. An event at or below `handed` is one etcd sent out of order: the
+    caller has already been told it had everything up to `handed`, so it is `WatchLost`. An event just
+    above it may be the rest of a revision whose keys lie under several prefixes (one answer per watcher)."""
+
+    watches: dict[int, tuple[str, int]] = field(default_factory=dict)  # watch id -> (prefix, its start H)
+    pending: list[Event] = field(default_factory=list)
+    position: int = 0
+    handed: int = 0
+
+    def started(self, watch_id: int, prefix: str, created: int) -> int:
+        """A watcher etcd created after revision `created`: the revision its prefix is to be read at
+        (its start; its events at or below it are not delivered). That is the position when the stream
+        has shown more than `created` already: a write that raced the creation then reaches this watcher
+        only at etcd's next catch-up (up to 100 ms), after events of the other watchers above it; read
+        at the position, those are in the read instead of late on the stream."""
+        start = max(created, self.position)
+        self.watches[watch_id] = (prefix, start)
+        return start
+
+    def stopped(self, prefix: str) -> list[int]:
+        """Forget `prefix`: its watch ids (to cancel), and none of its events is handed out any more."""
+        ids = [w for w, (p, _) in self.watches.items() if p == prefix]
+        for w in ids:
+            del self.watches[w]
+        others = tuple(p for p, _ in self.watches.values())
+        self.pending = [e for e in self.pending if others and e.key.startswith(others)]
+        return ids
+
+    def receive(self, watch_id: int, revision: int, events: list[Event]) -> None:
+        """An event or progress answer of `watch_id` (header revision `revision`). Raises WatchLost when
+        it holds an event below what was handed out already."""
+        if watch_id not in self.watches:
+            return  # a watcher cancelled meanwhile: its leftovers
+        _, start = self.watches[watch_id]
+        events = [e for e in events if e.revision > start]
+        late = [e.revision for e in events if e.revision <= self.handed]
+        if late:
+            raise WatchLost(f"etcd delivered revision {min(late)} after everything up to revision {self.handed} "
+                            "was handed out: the stream's watchers fell out of order")
+        self.pending.extend(events)
+        # an event answer at R proves only that everything below R came (the other watchers' answers
+        # at R may still be on their way); a progress answer (no events) is complete at its revision
+        self.position = max(self.position, *(e.revision - 1 for e in events)) if events else \
+            max(self.position, revision)
+
+    def take(self) -> tuple[list[Event], int]:
+        """The events received since the last take, in revision order, and the position."""
+        out = sorted(self.pending, key=lambda e: e.revision)  # stable: a key's events keep their order
+        self.pending = []
+        self.handed = max(self.handed, self.position)
+        return out, self.position
+
+
+class EtcdWatchSet(WatchSet):
+    """One gRPC channel to one member, one bidirectional Watch stream on it (opened at the first add),
+    a reader thread; `add` waits for its watcher's `created` answer (one create at a time, as etcd
+    answers creates in order without naming the request)."""
+
+    def __init__(self, targets: list[str], credentials: grpc.ChannelCredentials | None, timeout: float):
+        """`targets`: the members' gRPC targets (`unix:///path`, `host:port`); the set uses one and moves
+        on to the next when that one cannot be reached. `credentials`: TLS (None: plain)."""
+        if not targets:
+            raise ValueError("a watch set needs at least one etcd member")
+        self._targets, self._member, self._credentials, self._timeout = targets, 0, credentials, timeout
+        self._channel: grpc.Channel | None = None
+        self._cond = threading.Condition()
+        self._adding = threading.Lock()  # one create request in flight
+        self._order = StreamOrder()
+        self._requests: queue.Queue | None = None
+        self._call = None
+        self._creating = ""  # the prefix of the create in flight
+        self._created: tuple[int, str] | None = None  # its answer: (start, why etcd refused it)
+        self._lost: Exception | None = None
+        self._closed = False
+
+    @property
+    def _target(self) -> str:
+        return self._targets[self._member]
+
+    # ---- the stream ----------------------------------------------------------------------------
+    def _open(self) -> None:
+        """Under _cond: a channel and a Watch stream with its reader."""
+        if self._channel is None:
+            self._channel = (grpc.secure_channel(self._target, self._credentials) if self._credentials
+                             else grpc.insecure_channel(self._target))
+        requests: queue.Queue = queue.Queue()
+
+        def feed():
+            while (rq := requests.get()) is not None:
+                yield rq
+
+        self._requests = requests
+        # hasleader: a member that loses its leader ends the stream (its events would stop unnoticed)
+        self._call = etcdrpc.WatchStub(self._channel).Watch(feed(), metadata=(("hasleader", "true"),))
+        threading.Thread(target=self._read, args=(self._call,), name="etcd-watch-set", daemon=True).start()
+
+    def _read(self, call) -> None:
+        try:
+            for rs in call:
+                with self._cond:
+                    if call is not self._call:
+                        return
+                    self._answer(rs)
+                    self._cond.notify_all()
+            problem: Exception = WatchLost("etcd ended the watch stream")
+            unreachable = False
+        except grpc.RpcError as exc:
+            problem = WatchLost(f"etcd watch stream at {self._target} broke: {exc.code().name} {exc.details()}")
+            unreachable = exc.code() == grpc.StatusCode.UNAVAILABLE
+        except WatchLost as exc:
+            problem, unreachable = exc, False
+        with self._cond:
+            if call is self._call and not self._closed:
+                self._fail(problem)
+                self._channel.close()  # the next add dials afresh (a channel that failed backs off for seconds)
+                self._channel = None
+                if unreachable:  # ... and at the next member
+                    self._member = (self._member + 1) % len(self._targets)
+
+    def _answer(self, rs) -> None:
+        """Under _cond: one WatchResponse."""
+        if rs.created:
+            if rs.canceled:
+                self._created = (0, rs.cancel_reason or "etcd refused the watch")
+            else:  # known before its first events are handled (etcd sends them right after this answer)
+                self._created = (self._order.started(rs.watch_id, self._creating, rs.header.revision), "")
+            return
+        if rs.watch_id < 0:
+            return  # a progress answer to no watcher (this set sends no progress request)
+        if rs.canceled or rs.compact_revision:
+            if rs.watch_id in self._order.watches:  # not one this set cancelled
+                raise WatchLost(f"etcd cancelled the watch on {self._order.watches[rs.watch_id][0]}: "
+                                f"{rs.cancel_reason or f'compacted at {rs.compact_revision}'}")
+            return
+        events = [Event(e.kv.mod_revision, e.kv.key.decode(), None if e.type == DELETE else e.kv.value.decode())
+                  for e in rs.events]
+        self._order.receive(rs.watch_id, rs.header.revision, events)
+
+    def _fail(self, problem: Exception) -> None:
+        """Under _cond: the stream is lost; the set is empty; the next add opens another."""
+        log.info("%s", problem)
+        self._lost = problem
+        self._stop_stream()
+        self._order = StreamOrder()
+        self._cond.notify_all()
+
+    def _stop_stream(self) -> None:
+        if self._requests is not None:
+            self._requests.put(None)
+        if self._call is not None:
+            self._call.cancel()
+        self._call, self._requests = None, None
+
+    # ---- WatchSet --------------------------------------------------------------------------------
+    @property
+    def prefixes(self) -> frozenset[str]:
+        with self._cond:
+            return frozenset(p for p, _ in self._order.watches.values())
+
+    def add(self, prefix: str) -> tuple[list[KeyValue], int]:
+        create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=prefix.encode(), range_end=prefix_end(prefix), progress_notify=True))
+        with self._adding:
+            self.remove(prefix)  # added again: read afresh, one watcher
+            with self._cond:
+                if self._closed:
+                    raise WatchLost("the watch set is closed")
+                self._raise_lost()  # a loss the caller has not been told of: its other prefixes are gone
+                if self._call is None:
+                    self._open()
+                self._creating, self._created = prefix, None
+                self._requests.put(create)
+                if not self._cond.wait_for(lambda: self._created is not None or self._lost is not None,
+                                           self._timeout):
+                    self._fail(WatchLost(f"etcd at {self._target} did not answer a watch on {prefix} "
+                                         f"within {self._timeout:.0f} s"))
+                self._raise_lost()
+                start, refused = self._created
+                if refused:
+                    raise WatchLost(f"etcd refused a watch on {prefix}: {refused}")
+                channel = self._channel
+            try:
+                kvs = etcdrpc.KVStub(channel).Range(
+                    etcdrpc.RangeRequest(key=prefix.encode(), range_end=prefix_end(prefix), revision=start),
+                    timeout=self._timeout).kvs
+            except (grpc.RpcError, ValueError) as exc:  # compacted already, the member went away, the set closed
+                self.remove(prefix)
+                why = f"{exc.code().name} {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
+                raise WatchLost(f"cannot read {prefix} at revision {start}: {why}") from None
+        return [KeyValue(kv.key.decode(), kv.value.decode(), kv.mod_revision, kv.lease) for kv in kvs], start
+
+    def remove(self, prefix: str) -> None:
+        with self._cond:
+            for watch_id in self._order.stopped(prefix):
+                if self._requests is not None:
+                    self._requests.put(etcdrpc.WatchRequest(
+                        cancel_request=etcdrpc.WatchCancelRequest(watch_id=watch_id)))
+
+    def next(self, timeout: float) -> tuple[list[Event], int]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._order.pending or self._lost is not None or self._closed, timeout)
+            self._raise_lost()
+            return self._order.take()
+
+    def _raise_lost(self) -> None:
+        """Under _cond: tell the caller of a loss (once)."""
+        if self._lost is not None:
+            lost, self._lost = self._lost, None
+            raise lost
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._stop_stream()
+            self._cond.notify_all()
+        if self._channel is not None:
+            self._channel.close()
