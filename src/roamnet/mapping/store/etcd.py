@@ -1,9 +1,13 @@
-"""The mapping store on etcd (v3 API), through etcd's gRPC-JSON gateway over httpx.
+"""The mapping store on etcd (v3 API): keys, transactions, leases and single-prefix watches through
+etcd's gRPC-JSON gateway over httpx; watch sets (many prefixes on one stream) over gRPC.
 
-Why the gateway: on this project's machines (Debian 12, etcd-server 3.4.23) `etcd3` 0.12 does not
-import with protobuf >= 4, `etcd-sdk-python` works but does not declare its protobuf dependency, and
-`aetcd` is asyncio only; the gateway (`/v3/kv/range`, `/v3/kv/txn`, `/v3/watch`) needs neither gRPC
-nor protobuf, and measured 1.3 ms per compare-and-swap and 0.8 ms from a put to its watch event.
+Why the gateway for most: on this project's machines (Debian 12, etcd-server 3.4.23) `etcd3` 0.12
+does not import with protobuf >= 4 and `aetcd` is asyncio only; the gateway (`/v3/kv/range`,
+`/v3/kv/txn`, `/v3/watch`) needs neither gRPC nor protobuf, and measured 1.3 ms per compare-and-swap
+and 0.8 ms from a put to its watch event. Why gRPC for watch sets: the gateway serves one watch per
+HTTP stream, and a set of N prefixes must be one stream, for etcd's ordering across its watchers and
+for one thread instead of N (`etcd_watch.py`, on grpcio with `etcd-sdk-python`'s generated
+messages, which need protobuf >= 5.27.2; pinned below 6 in pyproject.toml).
 
 How etcd's model maps onto `base.Store` (which was made after it):
   * a key's `mod_revision` is the store's; a compare-and-swap is a txn comparing `MOD` (0: absent);
@@ -20,8 +24,6 @@ How etcd's model maps onto `base.Store` (which was made after it):
     etcd's "requested lease not found", is `LeaseNotFound`; etcd raises a TTL below its minimum
     (about 2 s with the default heartbeat) to that minimum, and `grant` returns the TTL granted;
   * keys and values are UTF-8 text, base64 on the wire.
-`watch_set()` is the exception to the gateway: many prefixes on one watch stream need etcd's gRPC
-multiplexing, which the gateway does not serve (`etcd_watch.py`, on grpcio).
 Addresses: `unix:///path/to/socket` (a socket in a 0700 directory: only root reaches it; what the
 lab starts), or `https://host:port` with a CA and a client certificate and key; a cluster's members
 comma-separated: requests go to one member and fail over to the next when it cannot be reached or

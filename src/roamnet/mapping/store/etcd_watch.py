@@ -11,13 +11,21 @@ stays on the gateway.
 How the contract of `WatchSet` is kept:
   * `add(prefix)` creates the watcher *now* (no start revision: etcd starts it after its current
     revision H and says H in the `created` answer), then reads the prefix at revision H with a Range
-    on the same channel: no event at or below H is delivered, every one above it is;
+    on the same channel: no event at or below H is delivered, every one above it is. Watch first,
+    read second: a watcher created with a past start revision is *unsynced* and catches up in etcd's
+    100 ms sync loop, out of order with the stream's other watchers; one created now is synced;
   * order: etcd puts the events of every synced watcher of a stream into one channel, revision by
-    revision, so they arrive in revision order; `StreamOrder` (pure, below) keeps the position (the
-    highest revision any event answer carried) and turns the cases where etcd does not keep that
-    order (a watcher created while a write raced it, a watcher that fell behind a slow reader and is
-    caught up later) into `WatchLost`, the caller's signal to add its prefixes again, rather than
-    deliver an event below a position already handed out;
+    revision, so they arrive in revision order and the last one's revision is a position valid for
+    every prefix of the stream (so are per-watcher progress notifications, `progress_notify`: sent on
+    that channel after the events they vouch for); `StreamOrder` (pure, below) keeps the position and
+    turns the cases where etcd does not keep that order (a watcher created while a write raced it, a
+    watcher that fell behind a slow reader and is caught up later) into `WatchLost`, the caller's
+    signal to add its prefixes again, rather than deliver an event below a position already handed
+    out. A revision under several prefixes comes as one answer per watcher: the newest revision
+    waits SETTLE_S before it is handed out, so a position seldom claims a part still on the way;
+  * not used: the stream-wide progress request (`WatchProgressRequest`): etcd 3.4.23's answer goes
+    out on another channel than the events and can overtake them (etcd-io/etcd#15220, fixed by
+    #15237 in later 3.4 and 3.5 releases);
   * a broken stream (the member went away, a cancel by the server, a compaction) is `WatchLost`;
     after it the set is empty, and the next `add` opens a new stream (on the store's next member if
     the current one could not be reached).
