@@ -199,6 +199,36 @@ def test_closing_the_etcd_store_closes_its_sets(etcd_server):  # noqa: F811
     assert ws.next(0) == ([], 0)
 
 
+def test_a_store_that_cannot_be_reached_is_a_store_error_naming_it(tmp_path):
+    from roamnet.mapping.store.etcd import EtcdStore, StoreError
+
+    url = f"unix://{tmp_path}/no-etcd-here"
+    store = EtcdStore(url)
+    ws = store.watch_set()
+    with pytest.raises(StoreError, match=f"etcd at {url}: cannot watch /a/"):
+        ws.add("/a/")
+    assert ws.prefixes == frozenset()
+    store.close()
+
+
+def test_an_add_skips_a_member_that_cannot_be_reached(etcd_server, tmp_path):  # noqa: F811
+    """The first member of the URL list is not there: the same add goes on at the next one."""
+    from roamnet.mapping.store.etcd import EtcdStore
+
+    ns = f"/t{time.monotonic_ns()}"
+    live = EtcdStore(etcd_server.url)
+    before = live.put(f"{ns}/a/1", "x")
+    store = EtcdStore(f"unix://{tmp_path}/no-etcd-here,{etcd_server.url}")
+    ws = store.watch_set()  # made before any request failed over: it starts at the missing member
+    kvs, start = ws.add(f"{ns}/a/")
+    assert [(kv.key[len(ns):], kv.mod_revision) for kv in kvs] == [("/a/1", before)] and start >= before
+    r = live.put(f"{ns}/a/2", "y")
+    assert collect(ws, ns, 1)[0] == [(r, "/a/2", "y")]
+    ws.close()
+    store.close()
+    live.close()
+
+
 # ---- StreamOrder: the pure part --------------------------------------------------------------------
 def ev(rev: int, key: str) -> Event:
     return Event(rev, key, "v")

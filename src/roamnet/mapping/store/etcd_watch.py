@@ -28,7 +28,8 @@ How the contract of `WatchSet` is kept:
     #15237 in later 3.4 and 3.5 releases);
   * a broken stream (the member went away, a cancel by the server, a compaction) is `WatchLost`;
     after it the set is empty, and the next `add` opens a new stream (on the store's next member if
-    the current one could not be reached).
+    the current one could not be reached); an `add` that reaches no member (each tried once) is a
+    `StoreError` naming the store, as every other request of `EtcdStore`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import grpc
 from pyetcd import etcdrpc
 
 from roamnet.mapping.store.base import Event, KeyValue, WatchLost, WatchSet
-from roamnet.mapping.store.etcd import prefix_end
+from roamnet.mapping.store.etcd import StoreError, prefix_end
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,14 @@ class EtcdWatchSet(WatchSet):
                 self._channel.close()  # the next add dials afresh (a channel that failed backs off for seconds)
                 self._channel = None
                 if unreachable:  # ... and at the next member
-                    self._member = (self._member + 1) % len(self._targets)
+                    self._next_member()
+
+    def _next_member(self) -> None:
+        """Under _cond: the next stream goes to the next member, on a new channel."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self._member = (self._member + 1) % len(self._targets)
 
     def _answer(self, rs) -> None:
         """Under _cond: one WatchResponse."""
@@ -224,15 +232,24 @@ class EtcdWatchSet(WatchSet):
                 if self._closed:
                     raise WatchLost("the watch set is closed")
                 self._raise_lost()  # a loss the caller has not been told of: its other prefixes are gone
-                if self._call is None:
-                    self._open()
-                self._creating, self._created = prefix, None
-                self._requests.put(create)
-                if not self._cond.wait_for(lambda: self._created is not None or self._lost is not None,
-                                           self._timeout):
-                    self._fail(WatchLost(f"etcd at {self._target} did not answer a watch on {prefix} "
-                                         f"within {self._timeout:.0f} s"))
-                self._raise_lost()
+                for _ in self._targets:  # each member once
+                    if self._call is None:
+                        self._open()
+                    watched = bool(self._order.watches)
+                    self._creating, self._created = prefix, None
+                    self._requests.put(create)
+                    if not self._cond.wait_for(lambda: self._created is not None or self._lost is not None,
+                                               self._timeout):
+                        self._fail(WatchLost(f"etcd at {self._target} did not answer a watch on {prefix} "
+                                             f"within {self._timeout:.0f} s"))
+                        self._next_member()
+                    if self._created is not None:
+                        break
+                    if watched:
+                        self._raise_lost()  # the stream that held the other prefixes broke
+                    why, self._lost = self._lost, None  # nothing was lost with it: try the next member
+                else:
+                    raise StoreError(f"etcd at {','.join(self._targets)}: cannot watch {prefix}: {why}")
                 start, refused = self._created
                 if refused:
                     raise WatchLost(f"etcd refused a watch on {prefix}: {refused}")
