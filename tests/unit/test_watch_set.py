@@ -100,11 +100,16 @@ def test_a_removed_prefix_delivers_nothing_more_and_an_added_one_starts_now(spac
 def test_many_prefixes_on_one_set_each_delivers_only_its_own_keys(spaced):
     store, ns = spaced
     ws = store.watch_set()
-    for vni in range(30):
+    for vni in range(50):
         ws.add(f"{ns}/bindings/{vni}/")  # /bindings/3/ must not take /bindings/30/'s keys: the slash
-    writes = [(store.put(f"{ns}/bindings/{vni}/m", str(vni)), f"/bindings/{vni}/m") for vni in (29, 3, 0, 17, 31, 3)]
-    got, _ = collect(ws, ns, 5)
-    assert [(r, k) for r, k, _ in got] == [w for w in writes if w[1] != "/bindings/31/m"]
+    writes = [(store.put(f"{ns}/bindings/{vni}/m", str(vni)), f"/bindings/{vni}/m")
+              for vni in (29, 3, 0, 17, 51, 3, *range(49, -1, -7), 50)]
+    one = store.txn({f"{ns}/bindings/{vni}/t": str(vni) for vni in range(0, 60, 5)})  # 12 prefixes, 10 watched
+    wanted = [w for w in writes if int(w[1].split("/")[2]) < 50] + [(one, f"/bindings/{v}/t") for v in range(0, 50, 5)]
+    got, positions = collect(ws, ns, len(wanted))
+    assert sorted((r, k) for r, k, _ in got) == sorted(wanted) and len(got) == len(wanted)
+    assert all(v == k.split("/")[2] for _, k, v in got)  # each key under its own prefix, with its own value
+    assert [r for r, _, _ in got] == sorted(r for r, _, _ in got) and positions[-1] >= one
     ws.close()
 
 
