@@ -27,8 +27,10 @@ inside one DC and between the DCs, to random servers. Per move:
     concerns them not at all only advances their converged revision), per uninvolved agent;
   * update time: from the report to the last involved agent's pass that applied the move (its kernel
     programmed), p50 / p99;
-  * events: watch events the mapping's feed applied per move (per process: one watch each), agents that
-    ran a pass per move;
+  * events: watch events the agents' feed received per move (per process: one watch set each, holding
+    what its agents watch: nve/interest.watched), agents that ran a pass per move; and the events that
+    reached the processes none of whose agents the move concerns (with --procs equal to the NVEs, one
+    agent per process, as in production: the uninvolved agents themselves);
   * status writes per move, by every agent (after passes, and the waiter's request: mapping/status.py),
     and in brackets what they would be if every idle advance were published at once (as before);
   * per process: the feed's CPU per move (receiving and applying events; it is shared by the agents
@@ -305,7 +307,7 @@ def collect(hosts) -> tuple[dict, dict, list[dict]]:
         st = h.call("stats")
         agents.update(st["agents"])
         shadows.update(st["shadows"])
-        procs.append({"feed": st["feed"], "rss_mb": st["rss_mb"], "agents": len(st["agents"]),
+        procs.append({"feed": st["feed"], "rss_mb": st["rss_mb"], "agents": len(st["agents"]), "names": list(st["agents"]),
                       "shadows": len(st["shadows"])})
     return agents, shadows, procs
 
@@ -468,6 +470,9 @@ def measure(before, after, inv: set[str], names: list[str], updated: list[float]
             "status_writes_at_once": sum(d[n]["published"] + d[n]["idle"] for n in names),
             "agents_with_pass": sum(1 for n in names if d[n]["passes"]),
             "events_per_proc": [q1["feed"]["events"] - q0["feed"]["events"] for q0, q1 in zip(p0, p1)],
+            # processes whose agents the move concerns not at all: store-side interest sends them nothing
+            "events_per_uninvolved_proc": [q1["feed"]["events"] - q0["feed"]["events"] for q0, q1 in zip(p0, p1)
+                                           if q1["names"] and not set(q1["names"]) & inv],
             "feed_cpu_ms_per_proc": [round((q1["feed"]["cpu"] - q0["feed"]["cpu"]) * 1000, 3)
                                      for q0, q1 in zip(p0, p1)],
             "shadows": shadow}
@@ -493,6 +498,9 @@ def summarize(r: dict) -> dict:
            "status_writes_per_move": summary([m["status_writes"] for m in ms]),
            "status_writes_at_once_per_move": summary([m["status_writes_at_once"] for m in ms]),
            "events_per_move_per_proc": summary([e for m in ms for e in m["events_per_proc"]]),
+           "events_per_move_per_uninvolved_proc": summary([e for m in ms for e in m["events_per_uninvolved_proc"]]),
+           "uninvolved_procs_with_events": sum(1 for m in ms for e in m["events_per_uninvolved_proc"] if e),
+           "uninvolved_procs": sum(len(m["events_per_uninvolved_proc"]) for m in ms),
            "feed_cpu_ms_per_move_per_proc": summary([c for m in ms for c in m["feed_cpu_ms_per_proc"]]),
            "rss_mb_per_agent": round(sum(r["rss_mb"]) / r["nves"], 2)}
     if inv_base and inv and statistics.median(inv_base):
@@ -530,9 +538,9 @@ def fmt(x, nd=2) -> str:
 def table(results: list[dict]) -> str:
     head = ("| store | NVEs | VMs | involved | CPU/involved agent ms (baseline) | of which: src+dst / other servers / "
             "borders | CPU/uninvolved agent ms (baseline) | passes on uninvolved | update p50 / p99 ms (timeouts) "
-            "| status writes/move (each idle advance at once) | events/move/proc | feed CPU ms/move/proc | bytes/VM "
-            "| RSS MB/agent |")
-    rows = [head, "|" + "---|" * 14]
+            "| status writes/move (each idle advance at once) | events/move/proc | uninvolved procs: events/move "
+            "(procs that got any / procs) | feed CPU ms/move/proc | bytes/VM | RSS MB/agent |")
+    rows = [head, "|" + "---|" * 15]
     for r in results:
         s = r["summary"]
         db = f" (etcd db {r['etcd_db_bytes_per_vm']:,.0f})" if "etcd_db_bytes_per_vm" in r else ""
@@ -547,6 +555,8 @@ def table(results: list[dict]) -> str:
             f"| {fmt(s['status_writes_per_move'].get('median'), 0)} "
             f"({fmt(s['status_writes_at_once_per_move'].get('median'), 0)}) "
             f"| {fmt(s['events_per_move_per_proc'].get('median'), 0)} "
+            f"| {fmt(s['events_per_move_per_uninvolved_proc'].get('median'), 0)} "
+            f"({s['uninvolved_procs_with_events']} / {s['uninvolved_procs']}) "
             f"| {fmt(s['feed_cpu_ms_per_move_per_proc'].get('median'), 3)} "
             f"| {r['store_bytes_per_vm']:,.0f}{db} "
             f"| {s['rss_mb_per_agent']} |")

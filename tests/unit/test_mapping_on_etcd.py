@@ -37,9 +37,10 @@ def test_moves_statuses_and_a_freeze_through_etcd(etcd_server):  # noqa: F811
         kernels["hv1"].add_port("vm1/0")
         kernels["hv2"].add_port("vm2/0")
         agents = {n: Agent(MappingClient(m), NVES[n], k) for n, k in kernels.items()}
-        for a in agents.values():
-            a.reconcile()
-        assert m.statuses.wait_converged(NVES, 5) is True
+        for a in agents.values():  # their process's view watches only what they need (one gRPC watch stream)
+            a.start()
+        assert m.statuses.wait_converged(NVES, 10) is True
+        assert m.agent_feed.interest
         assert kernels["hv2"].actual.remote_macs[(WEB, MAC)] == {"198.18.1.1"}
 
         m.prepare("vm1/0", "hv2", timeout=30)
@@ -50,9 +51,7 @@ def test_moves_statuses_and_a_freeze_through_etcd(etcd_server):  # noqa: F811
         b = m.snapshot().binding_of("vm1/0")
         assert (b.nve, b.seq) == ("hv2", 1)
         m.complete("vm1/0")
-        for a in agents.values():
-            a.reconcile()
-        assert m.statuses.wait_converged(NVES, 5) is True
+        assert m.statuses.wait_converged(NVES, 10) is True
         assert kernels["hv2"].actual.bridge_fdb[(WEB, MAC)] == "vm1/0"
         assert list(kernels["hv1"].actual.claimants.chains.values()) == [ModelKernel.device("vm1/0")]  # left behind
 
@@ -62,4 +61,6 @@ def test_moves_statuses_and_a_freeze_through_etcd(etcd_server):  # noqa: F811
         assert err.value.reason == FROZEN and m.snapshot().binding_of("vm1/0").frozen
         assert store.get("/mapping/revision") is not None
     finally:
+        for a in locals().get("agents", {}).values():
+            a.stop()
         store.close()

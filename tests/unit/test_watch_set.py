@@ -109,7 +109,7 @@ def test_many_prefixes_on_one_set_each_delivers_only_its_own_keys(spaced):
     got, positions = collect(ws, ns, len(wanted))
     assert sorted((r, k) for r, k, _ in got) == sorted(wanted) and len(got) == len(wanted)
     assert all(v == k.split("/")[2] for _, k, v in got)  # each key under its own prefix, with its own value
-    assert [r for r, _, _ in got] == sorted(r for r, _, _ in got) and positions[-1] >= one
+    assert [r for r, _, _ in got] == sorted(r for r, _, _ in got) and positions[-1] >= one - 1  # (etcd: R - 1)
     ws.close()
 
 
