@@ -21,7 +21,6 @@ from roamnet.lab.plan import deployed_nves
 from roamnet.mapping.apply import ApplyPlan, ApplyRefused, Write, plan_apply
 from roamnet.mapping.records import (
     AT,
-    BINDINGS,
     NVES,
     POLICY,
     PORTS,
@@ -29,8 +28,10 @@ from roamnet.mapping.records import (
     SEGMENTS,
     TENANTS,
     VLANS,
+    VNIS,
     MappingRecords,
     Snapshot,
+    binding_key,
     index_keys,
 )
 from roamnet.mapping.store import MemoryStore, Store
@@ -174,7 +175,7 @@ def test_first_plan_creates_in_dependency_order():
         return min(i for i, k in enumerate(keys) if k.startswith(prefix))
 
     assert last(TENANTS) < first(SEGMENTS) <= last(SEGMENTS) < keys.index(POLICY) < first(NVES)
-    assert last(NVES) < first(VLANS) < first(PORTS) and last(PORTS) < first(BINDINGS)
+    assert last(NVES) < first(VLANS) < first(PORTS) and last(PORTS) < first(VNIS)
     assert keys.index(NVES + "tor1") < keys.index(NVES + "hv5")  # the ToR before the servers behind it
     summary = plan.summary()
     assert summary["ports"] == {"added": ["vm1/0", "vm2/0", "vm3/0"]}
@@ -193,10 +194,10 @@ def test_removals_come_after_creations_in_reverse_order():
                   policies=[])
     plan = plan_apply(records(data), m.snapshot())
     assert [(w.key, w.value is None) for w in plan.writes] == [
-        (f"{BINDINGS}{DB}/{MAC3}", True), (PORTS + "vm3/0", True),
+        (binding_key(DB, MAC3), True), (PORTS + "vm3/0", True),
         (VLANS + "pod1", True),  # db's VLAN released once its binding is gone: app may take it now
         (TENANTS + "t2", False), (f"{SEGMENTS}{WEB}", False), (f"{SEGMENTS}{APP}", False), (POLICY, False),
-        (VLANS + "pod1", False), (PORTS + "vm4/0", False), (f"{BINDINGS}{APP}/02:00:00:03:00:14", False),
+        (VLANS + "pod1", False), (PORTS + "vm4/0", False), (binding_key(APP, "02:00:00:03:00:14"), False),
         (f"{SEGMENTS}{DB}", True), (TENANTS + "t1", True)]
     assert plan.net()[VLANS + "pod1"] == '{"10300": 100}'
     assert plan.summary() == {

@@ -29,7 +29,7 @@ from roamnet.mapping.records import (
     Segment,
     Tenant,
     index_keys,
-    vni_prefixes,
+    vni_prefix,
 )
 from roamnet.mapping.store import MemoryStore
 from roamnet.mapping.system import MappingSystem, MoveRefused
@@ -251,7 +251,7 @@ def test_a_view_holding_only_what_an_nve_watches_projects_as_the_whole_one(seed)
     h = History(seed)
     rng, m, ports = h.rng, h.m, h.ports
     kernels = {n.name: kernel_ifaces(rng, ports) for n in NVES}
-    feeds = {n.name: MappingFeed(m.store, interest=True) for n in NVES}
+    feeds = {n.name: MappingFeed(m.store, interest=True, unwatch_s=0) for n in NVES}  # (what is unwanted goes)
 
     def part(n: str):
         return feeds[n].read(lambda v: project(v, n, kernels[n])[0], n, lambda v: watched(v, n, kernels[n]))
@@ -287,7 +287,7 @@ def test_an_uninvolved_agent_process_receives_no_event_of_a_move():
     feed = other.agent_feed
     assert feed.interest
     feed.read(lambda v: None, outsider, lambda v: watched(v, outsider))
-    assert not any(p.startswith(vni_prefixes(10400)) for p in feed._start)
+    assert vni_prefix(10400) not in feed._start
     events = feed.events
     dst = next(n for n in SERVERS if n not in hosts | {outsider} and not n.startswith(("hv6", "hv7")))
     m.report_move(l2[0].iface_id, dst)
@@ -296,3 +296,24 @@ def test_an_uninvolved_agent_process_receives_no_event_of_a_move():
     m.statuses.request([outsider], m.revision)
     feed.read(lambda v: None)
     assert feed.events == events + 1
+
+
+def test_a_prefix_nobody_wants_is_watched_a_while_longer_then_dropped():
+    """A CUG an NVE's index stops naming stays watched for `unwatch_s` (one transaction's changes come in one
+    answer per prefix: the index may say for a moment that a CUG left when it moved between two served
+    servers), then leaves the watch and the view."""
+    m, ports = build()
+    now = [0.0]
+    feed = MappingFeed(m.store, interest=True, unwatch_s=30.0, clock=lambda: now[0])
+    p = next(p for p in ports if p.vni == 10400)
+    home = m.snapshot().binding_of(p.iface_id).nve
+    feed.read(lambda v: None, "x", lambda v: [vni_prefix(10400)])
+    assert vni_prefix(10400) in feed._start and feed.view.by_vni.get(10400)
+    feed.read(lambda v: None, "x", lambda v: [])
+    assert vni_prefix(10400) in feed._start and feed.view.by_vni.get(10400)  # within the grace
+    m.report_move(p.iface_id, next(n for n in SERVERS if n != home))
+    feed.read(lambda v: None)
+    assert feed.view.binding_of(p.iface_id).nve != home  # still kept current meanwhile
+    now[0] = 31.0
+    feed.read(lambda v: None, "y", lambda v: [vni_prefix(10100)])
+    assert vni_prefix(10400) not in feed._start and not feed.view.by_vni.get(10400)

@@ -311,3 +311,20 @@ def test_adding_a_watched_prefix_again_reads_it_afresh_and_watches_it_once(space
     got += collect(ws, ns, 0)[0]  # anything more that came: a second watcher's copy would
     assert [(rev, k) for rev, k, _ in got if rev > start] == [(r, "/a/2")] and last > r
     ws.close()
+
+
+def test_stream_order_holds_the_newest_revision_back_until_it_settles():
+    """A transaction under two prefixes comes as two answers back to back: the first alone is not handed
+    out (a reader would act on half of it) until the stream was quiet SETTLE_S or a later revision came."""
+    from roamnet.mapping.store.etcd_watch import SETTLE_S
+
+    o = StreamOrder()
+    o.started(1, "/a/", 0)
+    o.started(2, "/b/", 0)
+    o.receive(1, 5, [ev(5, "/a/1")], now=10.0)
+    assert not o.ready(10.0) and o.take(10.0) == ([], 4)
+    o.receive(2, 5, [ev(5, "/b/1")], now=10.0005)
+    assert o.take(10.0005 + SETTLE_S) == ([ev(5, "/a/1"), ev(5, "/b/1")], 4)  # whole; proved: 4
+    o.receive(1, 6, [ev(6, "/a/2")], now=11.0)
+    o.receive(2, 7, [ev(7, "/b/2")], now=11.0)  # a later revision proves 6 whole at once
+    assert o.take(11.0) == ([ev(6, "/a/2")], 6)

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from roamnet.mapping.records import (
-    BINDINGS,
     DOMAINS,
     NVES,
     POLICY,
@@ -38,6 +37,7 @@ from roamnet.mapping.records import (
     TENANTS,
     TOR,
     VLANS,
+    VNIS,
     Binding,
     Domain,
     MappingRecords,
@@ -178,11 +178,11 @@ def plan_apply(wanted: MappingRecords, held: Snapshot) -> ApplyPlan:
     tors_first = (lambda k: nves[k[len(NVES):]].role != TOR) if nves else None
     tors_last = lambda k: held.nves[k[len(NVES):]].role == TOR  # noqa: E731
     writes = [
-        *delete(BINDINGS), *(Write(binding_key(*k), None) for k in sorted(new_owner)), *delete(PORTS),
+        *delete(VNIS), *(Write(binding_key(*k), None) for k in sorted(new_owner)), *delete(PORTS),
         *(Write(VLANS + d, dump_vlans(a) if a else None) for d, a in early.items()),
         *put(TENANTS), *put(SEGMENTS), *put(POLICY), *put(DOMAINS), *put(NVES, tors_first),
         *(Write(VLANS + d, dump_vlans(a)) for d, a in grown.items()),
-        *put(PORTS), *put(BINDINGS),
+        *put(PORTS), *put(VNIS),  # (an apply writes bindings only under VNIS)
         *(w for w in put(VLANS) if grown.get(w.key[len(VLANS):]) != vlans.get(w.key[len(VLANS):])),
         *delete(VLANS), *delete(POLICY),
         *delete(NVES, tors_last), *delete(DOMAINS), *delete(SEGMENTS), *delete(TENANTS),

@@ -3,9 +3,11 @@
 Keys in the store (values are JSON); the records live under /mapping/ (shown without it):
   /nves/<name>                 -> Nve: an overlay edge and its VTEP address
   /ports/<iface_id>            -> LogicalPort: a VM interface as the intent defines it (VNI, MAC, IPs)
-  /bindings/<vni>/<mac>        -> Binding: which NVE hosts that MAC now, with its sequence number
-  /migrations/<vni>/<iface_id> -> Migration: a make-before-break move in progress (prepared | activated),
-                                  under its VNI: what an NVE of that CUG watches holds its moves too
+  /vnis/<vni>/b/<mac>          -> Binding: which NVE hosts that MAC now, with its sequence number
+  /vnis/<vni>/m/<iface_id>     -> Migration: a make-before-break move in progress (prepared | activated)
+                                  (a CUG's bindings and moves under one prefix: an NVE of the CUG watches
+                                  it, and etcd sends a move's binding and record, one transaction, in
+                                  one answer to that watch)
   /at/<nve>/<vni>/b/<mac>      -> "" : an index, written in the transaction that writes the record: a
   /at/<nve>/<vni>/m/<iface_id> -> "" : binding on that NVE, a move from or to it; what an agent watches
                                   to know which VNIs it must watch (nve/interest.py `watched`)
@@ -36,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 
 ROOT = "/mapping/"  # every record; what agents watch and snapshots read
-NVES, PORTS, BINDINGS, MIGRATIONS = ROOT + "nves/", ROOT + "ports/", ROOT + "bindings/", ROOT + "migrations/"
+NVES, PORTS, VNIS = ROOT + "nves/", ROOT + "ports/", ROOT + "vnis/"  # VNIS: bindings and moves, per VNI
 TENANTS, SEGMENTS, DOMAINS, VLANS = ROOT + "tenants/", ROOT + "cugs/", ROOT + "domains/", ROOT + "vlans/"
 POLICY, REVISION, SYNC, AT = ROOT + "policy", ROOT + "revision", ROOT + "sync/", ROOT + "at/"
 GENERAL = (NVES, PORTS, TENANTS, SEGMENTS, DOMAINS, VLANS, POLICY)  # what every agent watches whole
@@ -299,11 +301,22 @@ def dump_policy(policy: PolicySet) -> str:
 
 
 def binding_key(vni: int, mac: str) -> str:
-    return f"{BINDINGS}{vni}/{mac}"
+    return f"{VNIS}{vni}/b/{mac}"
 
 
 def migration_key(vni: int, iface_id: str) -> str:
-    return f"{MIGRATIONS}{vni}/{iface_id}"
+    return f"{VNIS}{vni}/m/{iface_id}"
+
+
+def vni_key(key: str) -> tuple[str, int, str] | None:
+    """("bindings" | "migrations", VNI, MAC | interface) of a key under VNIS (None: another key)."""
+    if not key.startswith(VNIS):
+        return None
+    vni, _, rest = key[len(VNIS):].partition("/")
+    kind, _, ident = rest.partition("/")
+    if not vni.isdigit() or kind not in ("b", "m"):
+        return None
+    return ("bindings" if kind == "b" else "migrations"), int(vni), ident
 
 
 def sync_prefix(nve: str) -> str:
@@ -314,9 +327,9 @@ def sync_key(nve: str) -> str:
     return f"{SYNC}{nve}/request"
 
 
-def vni_prefixes(vni: int) -> tuple[str, str]:
+def vni_prefix(vni: int) -> str:
     """The keys of one CUG's bindings and moves: what an NVE of it watches."""
-    return f"{BINDINGS}{vni}/", f"{MIGRATIONS}{vni}/"
+    return f"{VNIS}{vni}/"
 
 
 def at_prefix(nve: str) -> str:
@@ -411,8 +424,6 @@ class Snapshot:
 
 
 _KINDS = ((NVES, Nve, "nves", lambda o: o.name), (PORTS, LogicalPort, "ports", lambda o: o.iface_id),
-          (BINDINGS, Binding, "bindings", lambda o: o.key),
-          (MIGRATIONS, Migration, "migrations", lambda o: o.iface_id),
           (TENANTS, Tenant, "tenants", lambda o: o.name), (SEGMENTS, Segment, "segments", lambda o: o.vni),
           (DOMAINS, Domain, "domains", lambda o: o.name))
 
@@ -422,6 +433,10 @@ def decode_record(key: str, value: str) -> tuple[str, object, object] | None:
     there, the record), or None for a key that holds no record. Table-driven: a prefix per record class."""
     if key == POLICY:
         return "policy", None, PolicySet.from_json(json.loads(value))
+    vk = vni_key(key)
+    if vk is not None:
+        obj = load(Binding if vk[0] == "bindings" else Migration, value)
+        return vk[0], (obj.key if vk[0] == "bindings" else obj.iface_id), obj
     if key.startswith(VLANS):
         return "vlans", key[len(VLANS):], load_vlans(value)
     for prefix, cls, attr, ident in _KINDS:
@@ -435,6 +450,9 @@ def record_kind(key: str) -> tuple[str, str] | None:
     """(the Snapshot attribute, the rest of the key) of store key `key` (None: no record's key)."""
     if key == POLICY:
         return "policy", ""
+    vk = vni_key(key)
+    if vk is not None:
+        return vk[0], f"{vk[1]}/{vk[2]}"
     if key.startswith(VLANS):
         return "vlans", key[len(VLANS):]
     for prefix, _, attr, _ in _KINDS:
@@ -446,6 +464,7 @@ def record_kind(key: str) -> tuple[str, str] | None:
 def decode_snapshot(items: Iterable) -> Snapshot:
     """The snapshot of the mapping's keys `items` (KeyValues under ROOT read at one store revision)."""
     tables: dict[str, dict] = {attr: {} for _, _, attr, _ in _KINDS}
+    tables["bindings"], tables["migrations"] = {}, {}
     vlans: dict[str, dict[int, int]] = {}
     policy, revision = PolicySet(), 0
     for kv in items:

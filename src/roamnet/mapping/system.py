@@ -32,10 +32,8 @@ from dataclasses import replace
 from roamnet.mapping.apply import ApplyPlan, ApplyRefused, ApplyResult, plan_apply
 from roamnet.mapping.records import (
     ACTIVATED,
-    BINDINGS,
     BORDER,
     DOMAINS,
-    MIGRATIONS,
     NVES,
     POLICY,
     PORTS,
@@ -68,6 +66,7 @@ from roamnet.mapping.records import (
     load,
     load_vlans,
     migration_key,
+    vni_key,
 )
 from roamnet.mapping.rules import VlanExhausted, allocate, detect_duplicate, move, recent_moves, resolve, settle
 from roamnet.mapping.status import Statuses
@@ -98,7 +97,7 @@ FROZEN, STICKY, STOPPED = "frozen", "sticky", "stopped"
 
 def _record(key: str, value: object) -> object:
     """The binding or move stored at `key` with `value` (None for other keys, a delete or KEEP)."""
-    if not isinstance(value, str) or not key.startswith((BINDINGS, MIGRATIONS)):
+    if not isinstance(value, str) or vni_key(key) is None:
         return None
     rec = decode_record(key, value)
     return rec[2] if rec else None
@@ -106,9 +105,10 @@ def _record(key: str, value: object) -> object:
 
 def _apply_index(held: Snapshot, w) -> dict[str, str | None]:
     """The /at/ index writes of one of apply's writes (a binding put or deleted; `held` has the old one)."""
-    if not w.key.startswith(BINDINGS):
+    vk = vni_key(w.key)
+    if vk is None or vk[0] != "bindings":
         return {}
-    vni, _, mac = w.key[len(BINDINGS):].partition("/")
+    _, vni, mac = vk
     new = _record(w.key, w.value)
     # a put writes its own index keys whatever came before it (the same key may be deleted earlier in the plan)
     return {**index_writes(held.bindings.get((int(vni), mac)), new), **{k: "" for k in index_keys(new)}}

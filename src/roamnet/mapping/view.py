@@ -25,9 +25,8 @@ from dataclasses import dataclass, replace
 
 from roamnet.mapping.records import (
     AT,
-    BINDINGS,
+    VNIS,
     GENERAL,
-    MIGRATIONS,
     PORTS,
     PREPARED,
     REVISION,
@@ -52,6 +51,9 @@ log = logging.getLogger(__name__)
 WAIT_S = 1.0  # a feed's watch waits this long for events before it looks at its stop flag again
 RETRY_S = 0.5  # a watch that failed (the store away) starts again after this
 CATCH_UP_S = 5.0  # a view this far behind the store's mapping revision is read afresh instead
+UNWATCH_S = 30.0  # (interest) a prefix nobody wants any more is watched this much longer: the changes of one
+#   transaction come in one answer per prefix, so an NVE's index may say for a moment that a CUG left it
+#   when it only moved between two servers the reader serves; and a VM that comes back needs no new read
 
 
 @dataclass(frozen=True)
@@ -153,13 +155,13 @@ class MappingView:
                 self._set(key, None, None)
 
     def _keys_under(self, prefix: str) -> list[str]:
-        if prefix.startswith(BINDINGS):
-            vni = prefix[len(BINDINGS):].rstrip("/")
-            return [binding_key(b.vni, b.mac) for b in self.by_vni.get(int(vni), {}).values()] if vni.isdigit() \
-                else [binding_key(*k) for k in self.bindings if binding_key(*k).startswith(prefix)]
-        if prefix.startswith(MIGRATIONS):
-            return [migration_key(m.vni, i) for i, m in self.migrations.items()
-                    if migration_key(m.vni, i).startswith(prefix)]
+        if prefix.startswith(VNIS):
+            vni = prefix[len(VNIS):].rstrip("/")
+            if vni.isdigit():  # one CUG's bindings and moves
+                return ([binding_key(b.vni, b.mac) for b in self.by_vni.get(int(vni), {}).values()]
+                        + [migration_key(m.vni, i) for i, m in self.migrations_by_vni.get(int(vni), {}).items()])
+            return [k for k in [*(binding_key(*b) for b in self.bindings),
+                                *(migration_key(m.vni, i) for i, m in self.migrations.items())] if k.startswith(prefix)]
         if prefix.startswith(AT):
             return [f"{AT}{nve}/{rest}" for nve, held in self.hosting.items() for rest in held
                     if f"{AT}{nve}/{rest}".startswith(prefix)]
@@ -167,14 +169,16 @@ class MappingView:
             return [PORTS + i for i in self.ports if (PORTS + i).startswith(prefix)]
         return []  # the small tables are replaced by a load, never dropped
 
-    def _index(self, key: str, value: str | None, nves: set | None) -> None:
+    def _index(self, key: str, value: str | None, nves: set | None, vnis: set | None = None) -> None:
         """An /at/ index key came (value "") or went (None)."""
         parsed = parse_at(key)
         if parsed is None:
             return
         nve, vni, rest = parsed
-        if nves is not None:
-            nves.add(nve)
+        if nves is not None:  # an NVE's bindings or moves changed in that VNI: a reader that starts watching
+            nves.add(nve)     # the VNI for it passes over the VNI (its events came on another prefix)
+            if vnis is not None:
+                vnis.add(vni)
         if value is None:
             _drop(self.hosting, nve, f"{vni}/{rest}")
         else:
@@ -194,7 +198,7 @@ class MappingView:
                 if e.value is not None:
                     syncs.append(SyncRequest.from_json(e.value))
             elif e.key.startswith(AT):
-                self._index(e.key, e.value, nves)
+                self._index(e.key, e.value, nves, vnis)
             elif e.key.startswith(ROOT):
                 self._set(e.key, e.value, (vnis, nves, ifaces, seen))
         return Touched(self.revision, frozenset(vnis), frozenset(nves), frozenset(ifaces), seen["general"],
@@ -293,13 +297,16 @@ class MappingFeed:
     bindings and moves of its VNIs: nve/interest.py `watched`), all on one `WatchSet` (one stream,
     events in revision order). A prefix a reader starts wanting is watched first and read at the
     watch's start (`WatchSet.add`) before `fn` runs, so no change of it is ever missed; a prefix
-    nobody wants any more is no longer watched and leaves the view. The view's revision is then the
+    nobody has wanted for `unwatch_s` is no longer watched and leaves the view. The view's revision is then the
     stream's position: every wanted prefix's changes up to it are in the view (a prefix just read may
     be ahead of it), so it is what the process's agents may call converged."""
 
-    def __init__(self, store: Store, interest: bool = False):
+    def __init__(self, store: Store, interest: bool = False, unwatch_s: float = UNWATCH_S,
+                 clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.interest = interest
+        self.unwatch_s, self._clock = unwatch_s, clock
+        self._unwanted: dict[str, float] = {}  # (interest) a watched prefix nobody wants -> since when
         self._ws: WatchSet | None = None  # (interest) the watch set
         self._wants: dict[str, frozenset[str]] = {}  # (interest) reader -> the prefixes it wants
         self._start: dict[str, int] = {}  # (interest) a watched prefix -> the revision it was read at
@@ -374,7 +381,7 @@ class MappingFeed:
         cpu = time.thread_time()
         if self._ws is not None:
             self._ws.close()
-        self._ws, self._start = self.store.watch_set(), {}
+        self._ws, self._start, self._unwanted = self.store.watch_set(), {}, {}
         self.view = MappingView()
         self._watch(self._wanted())
         self.view.revision = min(self._start.values(), default=0)
@@ -389,7 +396,13 @@ class MappingFeed:
         for prefix in sorted(wanted - self._start.keys()):
             items, self._start[prefix] = self._ws.add(prefix)
             self.view.load_prefix(prefix, items)
+        now = self._clock()
+        for prefix in wanted:
+            self._unwanted.pop(prefix, None)
         for prefix in sorted(self._start.keys() - wanted):
+            if now - self._unwanted.setdefault(prefix, now) < self.unwatch_s:
+                continue  # (UNWATCH_S)
+            del self._unwanted[prefix]
             self._ws.remove(prefix)
             del self._start[prefix]
             self.view.drop_prefix(prefix)
@@ -411,7 +424,7 @@ class MappingFeed:
 
     def _prefix_of(self, key: str) -> str | None:
         """The watched prefix `key` is under (None: none)."""
-        for table in (BINDINGS, MIGRATIONS, AT, SYNC):
+        for table in (VNIS, AT, SYNC):
             if key.startswith(table):
                 cut = key.find("/", len(table))
                 prefix = key[:cut + 1] if cut >= 0 else key

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from roamnet.mapping.records import ACTIVATED, BORDER, Snapshot, at_prefix, sync_prefix, vni_prefixes
+from roamnet.mapping.records import ACTIVATED, BORDER, Snapshot, at_prefix, sync_prefix, vni_prefix
 from roamnet.mapping.view import MappingView, Touched
 from roamnet.nve.vrf import routed_cugs
 
@@ -146,7 +146,7 @@ def watched(view: MappingView, nve: str, ifaces: Iterable[str] = ()) -> frozense
         {routed[v].tenant for v in vnis if v in routed}
     vnis |= {v for v, s in routed.items() if s.tenant in tenants}
     return frozenset([sync_prefix(nve), *(at_prefix(s) for s in served),
-                      *(p for v in vnis for p in vni_prefixes(v))])
+                      *(vni_prefix(v) for v in vnis)])
 
 
 def concerned(view: MappingView, touched: Touched) -> frozenset[str]:

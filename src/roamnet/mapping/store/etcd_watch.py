@@ -35,8 +35,10 @@ How the contract of `WatchSet` is kept:
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -48,6 +50,10 @@ from roamnet.mapping.store.etcd import StoreError, prefix_end
 log = logging.getLogger(__name__)
 
 DELETE = 1  # mvccpb.Event.EventType
+SETTLE_S = 0.002  # the newest revision's events are handed out once no answer came for this long (or a later
+#   revision or a progress answer proved it whole): etcd sends a revision that touches several prefixes as one
+#   answer per watcher, back to back; handing out the first alone would let a reader act on half a
+#   transaction (a move's activated record without its binding's move)
 
 
 @dataclass
@@ -65,6 +71,8 @@ class StreamOrder:
     pending: list[Event] = field(default_factory=list)
     position: int = 0
     handed: int = 0
+    newest: int = 0  # the highest revision an event answer carried
+    arrived: float = 0.0  # when the last answer came (monotonic)
 
     def started(self, watch_id: int, prefix: str, created: int) -> int:
         """A watcher etcd created after revision `created`: the revision its prefix is to be read at
@@ -85,9 +93,10 @@ class StreamOrder:
         self.pending = [e for e in self.pending if others and e.key.startswith(others)]
         return ids
 
-    def receive(self, watch_id: int, revision: int, events: list[Event]) -> None:
-        """An event or progress answer of `watch_id` (header revision `revision`). Raises WatchLost when
-        it holds an event below what was handed out already."""
+    def receive(self, watch_id: int, revision: int, events: list[Event], now: float = 0.0) -> None:
+        """An event or progress answer of `watch_id` (header revision `revision`), come at `now`
+        (monotonic). Raises WatchLost when it holds an event below what was handed out already."""
+        self.arrived = now
         if watch_id not in self.watches:
             return  # a watcher cancelled meanwhile: its leftovers
         _, start = self.watches[watch_id]
@@ -99,13 +108,24 @@ class StreamOrder:
         self.pending.extend(events)
         # an event answer at R proves only that everything below R came (the other watchers' answers
         # at R may still be on their way); a progress answer (no events) is complete at its revision
-        self.position = max(self.position, *(e.revision - 1 for e in events)) if events else \
-            max(self.position, revision)
+        self.newest = max(self.newest, *(e.revision for e in events)) if events else self.newest
+        self.position = max(self.position, self.newest - 1) if events else max(self.position, revision)
 
-    def take(self) -> tuple[list[Event], int]:
-        """The events received since the last take, in revision order, and the position."""
-        out = sorted(self.pending, key=lambda e: e.revision)  # stable: a key's events keep their order
-        self.pending = []
+    def _upto(self, now: float) -> int:
+        """The revision up to which events are handed out at `now`: the newest once the stream was quiet
+        for SETTLE_S (its other answers, if any, came back to back), else what is proved whole."""
+        return max(self.position, self.newest) if now - self.arrived >= SETTLE_S else self.position
+
+    def ready(self, now: float) -> bool:
+        upto = self._upto(now)
+        return any(e.revision <= upto for e in self.pending)
+
+    def take(self, now: float = math.inf) -> tuple[list[Event], int]:
+        """The events received up to `_upto(now)`, in revision order, and the position (proved whole: an
+        answer of a revision handed out after SETTLE_S may still follow, and is delivered then)."""
+        upto = self._upto(now)
+        out = sorted((e for e in self.pending if e.revision <= upto), key=lambda e: e.revision)  # stable: a
+        self.pending = [e for e in self.pending if e.revision > upto]  # key's events keep their order
         self.handed = max(self.handed, self.position)
         return out, self.position
 
@@ -200,7 +220,7 @@ class EtcdWatchSet(WatchSet):
             return
         events = [Event(e.kv.mod_revision, e.kv.key.decode(), None if e.type == DELETE else e.kv.value.decode())
                   for e in rs.events]
-        self._order.receive(rs.watch_id, rs.header.revision, events)
+        self._order.receive(rs.watch_id, rs.header.revision, events, time.monotonic())
 
     def _fail(self, problem: Exception) -> None:
         """Under _cond: the stream is lost; the set is empty; the next add opens another."""
@@ -272,10 +292,15 @@ class EtcdWatchSet(WatchSet):
                         cancel_request=etcdrpc.WatchCancelRequest(watch_id=watch_id)))
 
     def next(self, timeout: float) -> tuple[list[Event], int]:
+        deadline = time.monotonic() + timeout
         with self._cond:
-            self._cond.wait_for(lambda: self._order.pending or self._lost is not None or self._closed, timeout)
-            self._raise_lost()
-            return self._order.take()
+            while True:
+                self._raise_lost()
+                now = time.monotonic()
+                if self._closed or self._order.ready(now) or (now >= deadline and not self._order.pending):
+                    return self._order.take(now)
+                # events held back wait until they settle (at most SETTLE_S), even past the timeout
+                self._cond.wait(self._order.arrived + SETTLE_S - now if self._order.pending else deadline - now)
 
     def _raise_lost(self) -> None:
         """Under _cond: tell the caller of a loss (once)."""
