@@ -25,13 +25,13 @@ from dataclasses import dataclass, replace
 
 from roamnet.mapping.records import (
     AT,
-    VNIS,
     GENERAL,
     PORTS,
     PREPARED,
     REVISION,
     ROOT,
     SYNC,
+    VNIS,
     Binding,
     LogicalPort,
     Migration,
