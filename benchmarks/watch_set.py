@@ -5,7 +5,7 @@ a watch stream per prefix through etcd's JSON gateway (`EtcdStore.watch`, what a
     .venv/bin/python benchmarks/watch_set.py [--prefixes 1000] [--writes 200] [--gateway 100] [-f table|json]
 
 No root: a private etcd member (`lab.etcd.EtcdServer`: a unix socket in a 0700 directory, stopped by
-its pid at the end). --prefixes prefixes `/mapping/bindings/<vni>/` (a process interested in that many
+its pid at the end). --prefixes prefixes `/mapping/vnis/<vni>/` (a process interested in that many
 VNIs) are added to one watch set, then --writes writes go one at a time, each to a random watched VNI
 followed by one to an unwatched VNI. Reported:
   * adding: the time to add every prefix (watch created, prefix read at the watch's start), per add;
@@ -51,7 +51,7 @@ def watch_set(store: EtcdStore, prefixes: int, writes: int) -> dict:
     ws = store.watch_set()
     t = time.perf_counter()
     for vni in range(prefixes):
-        ws.add(f"/mapping/bindings/{vni}/")
+        ws.add(f"/mapping/vnis/{vni}/")
     adding = time.perf_counter() - t
     added = {"threads": threading.active_count() - threads, "rss_kib": rss_kib() - rss}
     latency, put, delivered, stray = [], [], 0, 0
@@ -59,7 +59,7 @@ def watch_set(store: EtcdStore, prefixes: int, writes: int) -> dict:
     for i in range(writes):
         vni = rnd.randrange(prefixes)
         t = time.perf_counter()
-        rev = store.put(f"/mapping/bindings/{vni}/m{i}", "x")
+        rev = store.put(f"/mapping/vnis/{vni}/b/m{i}", "x")
         put.append(time.perf_counter() - t)
         for _ in range(100):  # bounded: at most 100 waits of 0.5 s for one event
             events, _ = ws.next(0.5)

@@ -1,5 +1,5 @@
 """`WatchSet` on etcd: many prefixes watched on ONE gRPC watch stream (etcd's own multiplexing), so a
-process's interest in the mapping can be a watch per prefix (`/mapping/bindings/<vni>/`...) without a
+process's interest in the mapping can be a watch per prefix (`/mapping/vnis/<vni>/`...) without a
 stream and a thread per prefix.
 
 Why gRPC here when `EtcdStore` speaks the JSON gateway: the gateway serves one watch per HTTP stream
