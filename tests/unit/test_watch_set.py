@@ -328,3 +328,29 @@ def test_stream_order_holds_the_newest_revision_back_until_it_settles():
     o.receive(1, 6, [ev(6, "/a/2")], now=11.0)
     o.receive(2, 7, [ev(7, "/b/2")], now=11.0)  # a later revision proves 6 whole at once
     assert o.take(11.0) == ([ev(6, "/a/2")], 6)
+
+
+def test_a_prefix_read_in_pages_is_one_read_at_the_watch_start(etcd_server):  # noqa: F811
+    """A prefix bigger than one page (and than gRPC's default 4 MB message) is read whole, at one revision:
+    a write after the watch started is an event, not part of the read."""
+    from roamnet.mapping.store.etcd import EtcdStore
+    from roamnet.mapping.store.etcd_watch import read_prefix
+
+    store = EtcdStore(etcd_server.url, max_txn_ops=4096)
+    try:
+        big = "x" * 2000
+        for i in range(0, 2500, 500):
+            store.txn({f"/paged/k{j:05d}": big for j in range(i, i + 500)})  # 2,500 keys, 5 MB
+        ws = store.watch_set()
+        kvs, start = ws.add("/paged/")
+        store.put("/paged/k99999", "after")
+        assert [kv.key for kv in kvs] == [f"/paged/k{j:05d}" for j in range(2500)]
+        events, _ = ws.next(timeout=5)
+        assert [e.key for e in events] == ["/paged/k99999"]
+        import grpc
+        from pyetcd import etcdrpc
+        with grpc.insecure_channel(etcd_server.url, [("grpc.max_receive_message_length", 64 << 20)]) as ch:
+            assert len(read_prefix(etcdrpc.KVStub(ch), "/paged/", start, 10, page=7)) == 2500
+        ws.close()
+    finally:
+        store.close()

@@ -50,6 +50,8 @@ from roamnet.mapping.store.etcd import StoreError, prefix_end
 log = logging.getLogger(__name__)
 
 DELETE = 1  # mvccpb.Event.EventType
+PAGE = 2000  # keys per Range answer when a prefix is read (a port or binding is 150-400 bytes)
+MAX_MESSAGE = 64 * 1024 * 1024  # the largest answer taken: a watch answer carries a whole transaction
 SETTLE_S = 0.002  # the newest revision's events are handed out once no answer came for this long (or a later
 #   revision or a progress answer proved it whole): etcd sends a revision that touches several prefixes as one
 #   answer per watcher, back to back; handing out the first alone would let a reader act on half a
@@ -130,6 +132,21 @@ class StreamOrder:
         return out, self.position
 
 
+def read_prefix(kv, prefix: str, revision: int, timeout: float, page: int = PAGE) -> list:
+    """Every key under `prefix` at `revision`, `page` keys per Range (one read of 100,000 VMs' ports is
+    17 MB: more than a gRPC message takes by default, and a page keeps each answer small); every page at
+    the same revision, so together they are one consistent read."""
+    out: list = []
+    key, end = prefix.encode(), prefix_end(prefix)
+    while True:
+        got = kv.Range(etcdrpc.RangeRequest(key=key, range_end=end, revision=revision, limit=page),
+                       timeout=timeout)
+        out.extend(got.kvs)
+        if not got.more or not got.kvs:
+            return out
+        key = got.kvs[-1].key + b"\0"
+
+
 class EtcdWatchSet(WatchSet):
     """One gRPC channel to one member, one bidirectional Watch stream on it (opened at the first add),
     a reader thread; `add` waits for its watcher's `created` answer (one create at a time, as etcd
@@ -160,8 +177,9 @@ class EtcdWatchSet(WatchSet):
     def _open(self) -> None:
         """Under _cond: a channel and a Watch stream with its reader."""
         if self._channel is None:
-            self._channel = (grpc.secure_channel(self._target, self._credentials) if self._credentials
-                             else grpc.insecure_channel(self._target))
+            options = [("grpc.max_receive_message_length", MAX_MESSAGE)]
+            self._channel = (grpc.secure_channel(self._target, self._credentials, options) if self._credentials
+                             else grpc.insecure_channel(self._target, options))
         requests: queue.Queue = queue.Queue()
 
         def feed():
@@ -275,9 +293,7 @@ class EtcdWatchSet(WatchSet):
                     raise WatchLost(f"etcd refused a watch on {prefix}: {refused}")
                 channel = self._channel
             try:
-                kvs = etcdrpc.KVStub(channel).Range(
-                    etcdrpc.RangeRequest(key=prefix.encode(), range_end=prefix_end(prefix), revision=start),
-                    timeout=self._timeout).kvs
+                kvs = read_prefix(etcdrpc.KVStub(channel), prefix, start, self._timeout)
             except (grpc.RpcError, ValueError) as exc:  # compacted already, the member went away, the set closed
                 self.remove(prefix)
                 why = f"{exc.code().name} {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
