@@ -307,7 +307,8 @@ def collect(hosts) -> tuple[dict, dict, list[dict]]:
         st = h.call("stats")
         agents.update(st["agents"])
         shadows.update(st["shadows"])
-        procs.append({"feed": st["feed"], "rss_mb": st["rss_mb"], "agents": len(st["agents"]), "names": list(st["agents"]),
+        procs.append({"feed": st["feed"], "rss_mb": st["rss_mb"], "agents": len(st["agents"]),
+                      "names": list(st["agents"]),
                       "shadows": len(st["shadows"])})
     return agents, shadows, procs
 

@@ -155,7 +155,8 @@ class MappingSystem:
             rec = _record(key, value)
             if rec is not None:
                 if (expect or {}).get(key) != 0:
-                    raise ValueError(f"{key}: a binding or move is replaced through _update (its index needs the old one)")
+                    raise ValueError(f"{key}: a binding or move is replaced through _update "
+                                     "(its index needs the old one)")
                 index.update(index_writes(None, rec))
         return self.store.txn({**writes, **index, REVISION: ""}, expect)
 

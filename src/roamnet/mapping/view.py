@@ -297,9 +297,9 @@ class MappingFeed:
     bindings and moves of its VNIs: nve/interest.py `watched`), all on one `WatchSet` (one stream,
     events in revision order). A prefix a reader starts wanting is watched first and read at the
     watch's start (`WatchSet.add`) before `fn` runs, so no change of it is ever missed; a prefix
-    nobody has wanted for `unwatch_s` is no longer watched and leaves the view. The view's revision is then the
-    stream's position: every wanted prefix's changes up to it are in the view (a prefix just read may
-    be ahead of it), so it is what the process's agents may call converged."""
+    nobody has wanted for `unwatch_s` is no longer watched and leaves the view. The view's revision
+    is then the stream's position: every wanted prefix's changes up to it are in the view (a prefix
+    just read may be ahead of it), so it is what the process's agents may call converged."""
 
     def __init__(self, store: Store, interest: bool = False, unwatch_s: float = UNWATCH_S,
                  clock: Callable[[], float] = time.monotonic):
