@@ -57,6 +57,8 @@ PRUNE_HOLD_S = 0.5  # a segment no longer needed is removed after this long: del
 #                     the kernel's RTNL lock for tens of ms, which must not delay other NVEs' updates
 #                     right after a move (and a VM moving straight back keeps its segment)
 KEEP_ERRORS = 20
+KEEP_CHANGES = 64  # the last pass's changes a status shows (a border's first pass at 100,000 VMs has ~100,000:
+#   5 MB, more than etcd takes in one request)
 
 
 class KernelLike(Protocol):
@@ -314,7 +316,8 @@ class Agent:
             if changes:
                 self.stats.programmed_at = self._clock()
                 self.stats.last_pass_ms = round((self.stats.programmed_at - started) * 1000, 2)
-                self.stats.last_changes = [str(c) for c in changes]
+                self.stats.last_changes = [str(c) for c in changes[:KEEP_CHANGES]] + (
+                    [f"... and {len(changes) - KEEP_CHANGES} more"] if len(changes) > KEEP_CHANGES else [])
                 log.debug("%s rev %d: %s", self.nve.name, snap.revision, ", ".join(map(str, changes)))
             if errors:
                 self.stats.error(*errors)
