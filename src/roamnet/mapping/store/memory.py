@@ -171,16 +171,26 @@ class MemoryStore(Store):
             events, nxt = self._since(prefix, from_revision)
             if events or timeout <= 0:
                 return events, nxt
-            woken = threading.Event()
-            self._watchers[woken] = (prefix,)
+            woken = self._waker((prefix,))
+        self._await(woken, timeout)
+        with self._cond:
+            self._expire()
+            return self._since(prefix, from_revision)
+
+    def _waker(self, prefixes: tuple[str, ...]) -> threading.Event:
+        """(under the lock, in the section that found nothing to return: no write can slip between)
+        An event the next write under one of `prefixes` sets."""
+        woken = threading.Event()
+        self._watchers[woken] = prefixes
+        return woken
+
+    def _await(self, woken: threading.Event, timeout: float) -> None:
+        """Wait for `woken` (or `timeout` s), then forget it."""
         try:
             woken.wait(timeout)
         finally:
             with self._cond:
                 del self._watchers[woken]
-        with self._cond:
-            self._expire()
-            return self._since(prefix, from_revision)
 
     def _since(self, prefix: str, from_revision: int) -> tuple[list[Event], int]:
         if self._events and from_revision < self._events[0].revision:
@@ -242,13 +252,8 @@ class _MemoryWatchSet(WatchSet):
             events, pos = self._take()
             if events or timeout <= 0 or self._closed:
                 return events, pos
-            woken = threading.Event()
-            st._watchers[woken] = tuple(self._start)
-        try:
-            woken.wait(timeout)
-        finally:
-            with st._cond:
-                del st._watchers[woken]
+            woken = st._waker(tuple(self._start))
+        st._await(woken, timeout)
         with st._cond:
             st._expire()
             return self._take()
