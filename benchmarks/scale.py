@@ -180,7 +180,7 @@ class AgentHost:
     def __init__(self, store, names: list[str], shadows: list[str]):
         loop.RESYNC_S = 3600.0  # no periodic pass during the benchmark (see the module's doc)
         self.store = store
-        self.mapping = MappingSystem(store)
+        self.mapping = MappingSystem(store, agent_interest=True)  # (the embedded store too: threads drive it here)
         rss0 = rss_mb()
         setup = MappingFeed(store)  # where the VMs are, to plug their ports: read once, then dropped
         nves, placed = setup.read(lambda v: (dict(v.nves), {

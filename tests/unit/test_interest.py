@@ -283,7 +283,7 @@ def test_an_uninvolved_agent_process_receives_no_event_of_a_move():
     l2 = [p for p in ports if p.vni == 10400]  # an unrouted CUG
     hosts = {b.nve for b in m.snapshot().bindings.values() if b.vni == 10400}
     outsider = next(n for n in SERVERS if n not in hosts and not n.startswith(("hv6", "hv7")))
-    other = MappingSystem(m.store, clock=lambda: 1000.0)
+    other = MappingSystem(m.store, clock=lambda: 1000.0, agent_interest=True)
     feed = other.agent_feed
     assert feed.interest
     feed.read(lambda v: None, outsider, lambda v: watched(v, outsider))

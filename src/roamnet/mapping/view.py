@@ -393,9 +393,12 @@ class MappingFeed:
     def _watch(self, wanted: set[str]) -> None:
         """(interest, under the lock) Watch and read what is wanted and not watched yet; forget the rest."""
         assert self._ws is not None
+        loaded: set[int] = set()
         for prefix in sorted(wanted - self._start.keys()):
             items, self._start[prefix] = self._ws.add(prefix)
             self.view.load_prefix(prefix, items)
+            if prefix.startswith(VNIS):
+                loaded.add(int(prefix[len(VNIS):].rstrip("/")))
         now = self._clock()
         for prefix in wanted:
             self._unwanted.pop(prefix, None)
@@ -406,6 +409,8 @@ class MappingFeed:
             self._ws.remove(prefix)
             del self._start[prefix]
             self.view.drop_prefix(prefix)
+        if loaded and self._subscribers:  # records came into the view without events: every reader of the
+            self._dispatch(Touched(self.view.revision, frozenset(loaded)))  # process hears of those CUGs
 
     def want(self, owner: str, prefixes: Iterable[str]) -> None:
         """(interest) `owner` wants `prefixes` watched (and nothing else it wanted before)."""
