@@ -113,7 +113,11 @@ class Orchestrator:
         this call prepared, on a refusal or a timeout. Interfaces already prepared to `to` (a retried
         prepare) are kept as they are."""
         m = self.mapping
-        snap = m.snapshot()
+        try:
+            snap = m.snapshot()
+        except OSError as exc:  # the store did not answer (etcd's StoreError): nothing prepared yet
+            raise MoveError(f"{','.join(ifaces)}: prepare to {to} failed, nothing prepared: the mapping store: "
+                            f"{exc}") from None
         label = vm_of(ifaces, snap) or ",".join(ifaces)
         if to not in snap.nves:
             raise MoveError(f"{label}: no NVE {to!r} in the mapping (NVEs there: {', '.join(sorted(snap.nves)) or 'none'})")
@@ -143,10 +147,10 @@ class Orchestrator:
             lagging = self._lagging(nves, revision, wait)
             if lagging:
                 raise MoveError(f"the NVEs did not program it within {wait:g} s: {self._behind(lagging, revision)}")
-        except (MoveRefused, MoveError) as exc:
+        except (MoveRefused, MoveError, OSError) as exc:  # OSError: the store did not answer (etcd's StoreError)
             kept = self._roll_back(done)
             raise MoveError(f"{label}: prepare to {to} failed, rolled back: {exc}"
-                            + (f" (activated meanwhile, not rolled back: {', '.join(kept)})" if kept else "")) from None
+                            + (f" (not rolled back: {', '.join(kept)})" if kept else "")) from None
         migs = [*held.values(), *done]
         src = sorted({mg.src for mg in migs})
         log.info("%s: prepared %s -> %s (%s) at revision %d", label, ",".join(src), to, ",".join(ifaces), revision)
@@ -157,14 +161,18 @@ class Orchestrator:
                 "prepared_ms": round((time.monotonic() - started) * 1000, 1)}
 
     def _roll_back(self, done: list[Migration]) -> list[str]:
-        """Abort the moves of `done`; the interfaces that could not be (activated meanwhile)."""
+        """Abort the moves of `done`; the interfaces that could not be, and why (activated meanwhile; or the
+        store did not answer: that prepared move expires at its deadline)."""
         kept = []
         for mig in done:
             try:
                 self.mapping.abort(mig.iface_id)
             except MoveRefused as exc:
                 log.warning("%s", exc)
-                kept.append(mig.iface_id)
+                kept.append(f"{mig.iface_id} (activated meanwhile)")
+            except OSError as exc:
+                log.warning("%s: abort failed, the move expires at its deadline: %s", mig.iface_id, exc)
+                kept.append(f"{mig.iface_id} (the store did not answer; it expires at its deadline)")
         return kept
 
     # ---- the other phases ----------------------------------------------------------------------------

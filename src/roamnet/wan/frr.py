@@ -198,7 +198,8 @@ class ignore_gone:
 
 
 def drop_log_buffers(daemon: str, pid: int) -> None:
-    """After `daemon` (pid) was killed: remove the log-buffer directory FRR leaves for exactly that process."""
+    """After `daemon` (pid) ended: remove the log-buffer directory FRR left for exactly that process (it
+    leaves it when killed, and at times when it ends on SIGTERM: seen with zebra)."""
     d = FRR_TMP / f"{daemon}.{pid}"
     if d.is_dir() and not d.is_symlink():
         shutil.rmtree(d, ignore_errors=True)
@@ -225,8 +226,10 @@ def kill_recorded(workdir: Path, error: type[FrrError] = FrrError) -> list[str]:
                 if is_instance_process(pid, daemon, inst):  # checked again: the pid is still that daemon
                     with ignore_gone():
                         os.kill(pid, signal.SIGKILL)
-                    if wait_gone(lambda: is_instance_process(pid, daemon, inst), KILL_WAIT_S):
-                        drop_log_buffers(daemon, pid)
+                    if not wait_gone(lambda: is_instance_process(pid, daemon, inst), KILL_WAIT_S):
+                        ended.append(f"{e['label']} (pid {pid})")
+                        continue
+            drop_log_buffers(daemon, pid)  # gone: its buffers (a daemon that ends on SIGTERM may leave them too)
             ended.append(f"{e['label']} (pid {pid})")
     if (workdir / JOURNAL).exists():
         for e in entries:
@@ -519,7 +522,7 @@ class FrrProcesses:
                     except subprocess.TimeoutExpired:
                         log.error("%s (pid %d) survived SIGKILL", p.label, p.popen.pid)
                         continue
-                    drop_log_buffers(p.daemon, p.popen.pid)
+                drop_log_buffers(p.daemon, p.popen.pid)  # ended: what it left (after SIGTERM, too, at times)
                 stopped.append(p.label)
             self.write_journal()
         return stopped

@@ -62,6 +62,8 @@ WATCH_SILENT_S = 30.0  # a long-lived watch stream silent this long reconnects f
 
 
 UNAVAILABLE = ("no leader", "leader changed", "timed out", "unavailable", "not capable", "stopped")  # try another member
+ELECTION_S = 5.0  # members that answer but have no leader (an election): how long a request keeps trying them
+ELECTION_RETRY_S = 0.1  # between two rounds over the members during an election
 
 
 class StoreError(OSError):
@@ -222,8 +224,22 @@ class EtcdStore(Store):
     def _post(self, path: str, body: dict, lease: int = 0) -> dict:
         """One request, to the current member; a member that cannot be reached, or answers that it has
         no leader, makes it try the next (each member once). `lease`: the request names that lease
-        (a lease etcd no longer has raises LeaseNotFound)."""
-        problem = ""
+        (a lease etcd no longer has raises LeaseNotFound). While a member that answers says it has no
+        leader (an election), rounds over the members go on for at most ELECTION_S; members that cannot
+        be reached at all fail after one round."""
+        deadline = time.monotonic() + ELECTION_S
+        while True:
+            problem, electing = self._round(path, body, lease)
+            if problem is None:
+                return electing  # the answer
+            if not electing or time.monotonic() + ELECTION_RETRY_S > deadline:
+                raise StoreError(f"etcd at {self.url}: {problem}")
+            time.sleep(ELECTION_RETRY_S)
+
+    def _round(self, path: str, body: dict, lease: int) -> tuple[str | None, dict | bool]:
+        """Each member once, from the current one: (None, answer), or (the last problem, whether a member
+        answered that it is unavailable: an election, worth another round)."""
+        problem, electing = "", False
         for _ in range(len(self._clients)):
             http = self._http
             try:
@@ -237,14 +253,15 @@ class EtcdStore(Store):
             except ValueError:
                 data = {}
             if r.status_code == 200:
-                return data
+                return None, data
             problem = data.get("message") or data.get("error") or r.text
             if lease and "lease not found" in problem:
                 raise LeaseNotFound(lease)
             if not any(s in problem for s in UNAVAILABLE):
-                break
+                return problem, False
+            electing = True
             self._failover(http)
-        raise StoreError(f"etcd at {self.url}: {problem}")
+        return problem, electing
 
     def status(self) -> dict:
         """The current member's status (etcd's Maintenance.Status: leader, raft term, db size...)."""
