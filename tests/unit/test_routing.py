@@ -148,3 +148,25 @@ def test_border_guards_the_tenant_subnets_against_sources_from_the_wan():
     assert "set-guard t1 198.19.1.0/24" in ops and "del-guard t1 198.19.9.0/24" in ops
     after = apply_to(Actual(vrfs=have), plan_vrfs(want, have)).vrfs
     assert plan_vrfs(want, after) == []
+
+
+def test_a_copy_of_what_the_kernel_holds_changes_apart_from_it():
+    import copy
+
+    from roamnet.nve.plan import plan
+
+    def programmed(s: Snapshot) -> Actual:
+        want = compute_desired(s, "hv1")
+        have = Actual(devices={"vm1/0": "tap1", "vm2/0": "tap2"}, ports={"vm1/0": None, "vm2/0": None})
+        return apply_to(have, plan(want, have) + plan_vrfs(want.vrfs, have.vrfs))
+
+    full = programmed(snap())
+    assert full.segments and full.remote_macs and full.flood and full.arp and full.vrfs["t1"].routes
+    before = copy.deepcopy(full)
+    c = full.copy()
+    assert c == full
+    # vm4 leaves hv3 for hv1; WEB's flood list and host routes change, DB's go: the copy changes, not `full`
+    moved = snap([*BINDINGS[:3], b(WEB, "02:00:00:01:00:14", "hv1", "198.19.1.14", "vm4/0")])
+    want = compute_desired(moved, "hv1")
+    apply_to(c, plan(want, c) + plan_vrfs(want.vrfs, c.vrfs) + plan_vrfs({}, c.vrfs))
+    assert c != before and full == before

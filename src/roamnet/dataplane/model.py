@@ -9,7 +9,6 @@ no frame is ever forwarded.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable
 
@@ -48,7 +47,7 @@ class ModelKernel:
     # ---- what an agent calls --------------------------------------------------------------------
     def read(self) -> tuple[Actual, list[str]]:
         self.reads += 1
-        return copy.deepcopy(self.actual), sorted(self.up)
+        return self.actual.copy(), sorted(self.up)
 
     def apply(self, changes: list) -> list[str]:
         errors = []
