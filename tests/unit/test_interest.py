@@ -317,3 +317,32 @@ def test_a_prefix_nobody_wants_is_watched_a_while_longer_then_dropped():
     now[0] = 31.0
     feed.read(lambda v: None, "y", lambda v: [vni_prefix(10100)])
     assert vni_prefix(10400) not in feed._start and not feed.view.by_vni.get(10400)
+
+
+def test_a_prefix_the_store_did_not_add_is_asked_for_again_at_the_next_read():
+    """The store does not answer the add of a CUG an agent's index names (a loaded etcd at start): that
+    read fails, and the next one watches and reads the CUG; the CUGs read before the failure are announced."""
+    m, ports = build()
+    p = next(p for p in ports if p.vni == 10400)
+    home = m.snapshot().binding_of(p.iface_id).nve
+    feed = MappingFeed(m.store, interest=True)
+    ws = m.store.watch_set()
+    add, failing = ws.add, [vni_prefix(10400)]
+
+    def flaky_add(prefix: str):
+        if prefix in failing:
+            failing.remove(prefix)
+            raise OSError(f"etcd: no member answered the watch of {prefix}")
+        return add(prefix)
+
+    ws.add = flaky_add
+    m.store.watch_set = lambda: ws
+    heard: list = []
+    feed._subscribers[1] = heard.append  # (a reader of the process, without the feed's thread)
+    with pytest.raises(OSError, match="no member answered"):
+        feed.read(lambda v: None, home, lambda v: watched(v, home))
+    assert vni_prefix(10400) not in feed._start
+    assert heard and all(10400 not in t.vnis for t in heard)
+    got = feed.read(lambda v: v.binding_of(p.iface_id), home, lambda v: watched(v, home))
+    assert vni_prefix(10400) in feed._start and got is not None and got.nve == home
+    assert any(10400 in t.vnis for t in heard)

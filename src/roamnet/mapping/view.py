@@ -394,11 +394,15 @@ class MappingFeed:
         """(interest, under the lock) Watch and read what is wanted and not watched yet; forget the rest."""
         assert self._ws is not None
         loaded: set[int] = set()
-        for prefix in sorted(wanted - self._start.keys()):
-            items, self._start[prefix] = self._ws.add(prefix)
-            self.view.load_prefix(prefix, items)
-            if prefix.startswith(VNIS):
-                loaded.add(int(prefix[len(VNIS):].rstrip("/")))
+        try:
+            for prefix in sorted(wanted - self._start.keys()):
+                items, self._start[prefix] = self._ws.add(prefix)
+                self.view.load_prefix(prefix, items)
+                if prefix.startswith(VNIS):
+                    loaded.add(int(prefix[len(VNIS):].rstrip("/")))
+        finally:  # an add that failed (the store did not answer) leaves the prefixes read before it announced
+            if loaded and self._subscribers:  # records came into the view without events: every reader of
+                self._dispatch(Touched(self.view.revision, frozenset(loaded)))  # the process hears of those CUGs
         now = self._clock()
         for prefix in wanted:
             self._unwanted.pop(prefix, None)
@@ -409,14 +413,15 @@ class MappingFeed:
             self._ws.remove(prefix)
             del self._start[prefix]
             self.view.drop_prefix(prefix)
-        if loaded and self._subscribers:  # records came into the view without events: every reader of the
-            self._dispatch(Touched(self.view.revision, frozenset(loaded)))  # process hears of those CUGs
 
     def want(self, owner: str, prefixes: Iterable[str]) -> None:
-        """(interest) `owner` wants `prefixes` watched (and nothing else it wanted before)."""
+        """(interest) `owner` wants `prefixes` watched (and nothing else it wanted before). When the store
+        does not answer an add, `owner` is left wanting what it wanted before (the prefixes added meanwhile
+        stay watched), so its next `read` asks again: a prefix it wants is never left unwatched."""
         with self._lock:
             wanted = frozenset(prefixes)
-            if self._wants.get(owner) == wanted:
+            before = self._wants.get(owner)
+            if before == wanted:
                 return
             if wanted:
                 self._wants[owner] = wanted
@@ -424,8 +429,18 @@ class MappingFeed:
                 self._wants.pop(owner, None)
             if self._ws is not None:
                 cpu = time.thread_time()
-                self._watch(self._wanted())
-                self.cpu_s += time.thread_time() - cpu
+                try:
+                    self._watch(self._wanted())
+                except BaseException as exc:
+                    if before is None:
+                        self._wants.pop(owner, None)
+                    else:
+                        self._wants[owner] = before
+                    if isinstance(exc, Compacted):  # the set's stream is lost: the next read starts afresh
+                        self._next = 0
+                    raise
+                finally:
+                    self.cpu_s += time.thread_time() - cpu
 
     def _prefix_of(self, key: str) -> str | None:
         """The watched prefix `key` is under (None: none)."""
