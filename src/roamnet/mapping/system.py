@@ -145,13 +145,8 @@ class MappingSystem:
             if self._agent_feed is None:
                 interest = self.agent_interest
                 if interest is None:
-                    interest = bool(getattr(self.store, "REMOTE", False))
-                if interest:
-                    try:
-                        self.store.watch_set().close()
-                    except NotImplementedError:
-                        interest = False
-                self._agent_feed = MappingFeed(self.store, interest=interest)
+                    interest = self.store.REMOTE
+                self._agent_feed = MappingFeed(self.store, interest=interest and self.store.WATCH_SETS)
             return self._agent_feed
 
     # ---- writing -------------------------------------------------------------------------------

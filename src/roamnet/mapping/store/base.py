@@ -137,6 +137,9 @@ class Store(ABC):
 
         Waits up to `timeout` s while there is none (writes elsewhere do not end the wait)."""
 
+    WATCH_SETS = False  # whether `watch_set` is implemented (the agents' feeds then watch only their interest)
+    REMOTE = False  # whether other processes share the store (their agents' feeds then default to their interest)
+
     def watch_set(self) -> WatchSet:
         """A new, empty set of prefixes watched as one stream (a process's interest in the mapping)."""
         raise NotImplementedError(f"{type(self).__name__} cannot watch a set of prefixes")

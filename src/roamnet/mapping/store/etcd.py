@@ -172,6 +172,7 @@ class EtcdStore(Store):
     """`url`: unix:///socket, http(s)://host:port. `cacert`, `cert`, `key`: TLS (https only)."""
 
     REMOTE = True  # a store other processes share: its agents' feeds watch only their interest (view.py)
+    WATCH_SETS = True
 
     def __init__(self, url: str, *, cacert: str | None = None, cert: str | None = None, key: str | None = None,
                  max_txn_ops: int = DEFAULT_MAX_TXN_OPS, timeout: float | None = None):

@@ -198,6 +198,8 @@ class MemoryStore(Store):
         start = bisect.bisect_left(self._events, from_revision, key=lambda e: e.revision)
         return [e for e in self._events[start:] if e.key.startswith(prefix)], max(from_revision, self._rev + 1)
 
+    WATCH_SETS = True
+
     def watch_set(self) -> WatchSet:
         return _MemoryWatchSet(self)
 
