@@ -166,9 +166,10 @@ class MappingSystem:
     def _update(self, key: str, change: Callable[[KeyValue | None], object],
                 also: Callable[[], Mapping[str, str | None]] | None = None,
                 guard: Callable[[], Mapping[str, int]] | None = None) -> tuple[KeyValue | None, int | None]:
-        """`Store.update` with the mapping's revision, and the /at/ index of the key's record (as
-        `change` read and wrote it) and of the bindings and moves `also` writes (which keep their NVEs:
-        only their index keys are put again)."""
+        """`Store.update` with the mapping's revision and the /at/ index of the key's record (as `change`
+        read and wrote it). `also` writes records whose NVEs it leaves as they are (a move's activation:
+        `guard` holds it as read), so their index keys stay as they are, and are not written again (a
+        put of an unchanged key is still an event to every process that watches it)."""
         seen: dict[str, object] = {}
 
         def step(kv: KeyValue | None):
@@ -180,8 +181,6 @@ class MappingSystem:
             extra = dict(also()) if also else {}
             kv, new = seen["kv"], seen["new"]
             index = index_writes(_record(key, kv.value) if kv else None, _record(key, new))  # type: ignore[union-attr]
-            for k, v in extra.items():
-                index.update(index_writes(None, _record(k, v)))
             return {**extra, **index, REVISION: ""}
 
         try:
