@@ -368,9 +368,7 @@ class EtcdStore(Store):
     def watch_set(self) -> WatchSet:
         """Prefixes multiplexed on one gRPC watch stream (etcd_watch.py), starting at the member requests
         go to now."""
-        import grpc
-
-        from roamnet.mapping.store.etcd_watch import EtcdWatchSet
+        from roamnet.mapping.store.etcd_watch import EtcdWatchSet, grpc
 
         targets, credentials = [], None
         for url in self._urls[self._current:] + self._urls[:self._current]:

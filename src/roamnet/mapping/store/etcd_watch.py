@@ -36,13 +36,20 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
-import grpc
-from pyetcd import etcdrpc
+# gRPC's fork handlers off (before gRPC is loaded): an agent forks children that never use gRPC (pyroute2
+# 0.9 makes each netlink socket in another namespace in a forked child: `IPRoute(netns=...)`), and gRPC's
+# handlers deadlocked such a child in the lab (grpc/grpc#22624): the agent then hung for good, its VM
+# ports never reported up. With them off, a child leaves gRPC's inherited state alone, as it should.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402
+from pyetcd import etcdrpc  # noqa: E402
 
 from roamnet.mapping.store.base import Event, KeyValue, WatchLost, WatchSet
 from roamnet.mapping.store.etcd import StoreError, prefix_end
