@@ -41,7 +41,8 @@ class Actual:
 
     def copy(self) -> Actual:
         """A copy `apply_to` may change without changing this one (the nftables tables' models are
-        replaced whole, never changed: shared). A deep copy costs 30 times more at 800 VM ports."""
+        replaced whole, never changed: shared). For a server of 113 VM ports, 900 ARP entries and 244 filter
+        chains (benchmarks/scale.py) a deep copy took 28 ms, this 0.25 ms."""
         return Actual(set(self.segments), dict(self.ports), set(self.orphans), dict(self.arp), dict(self.bridge_fdb),
                       {k: set(v) for k, v in self.remote_macs.items()}, {k: set(v) for k, v in self.flood.items()},
                       {t: v.copy() for t, v in self.vrfs.items()}, dict(self.devices), self.table, self.underlay,
