@@ -564,6 +564,92 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+FLOOR_MS = 1e-3  # a median of 0 (no pass, no event) is drawn here on the log axis, marked "0"
+
+
+def series_label(r: dict) -> str:
+    per = round(statistics.median(r["agents_per_proc"])) if r.get("agents_per_proc") else r["nves"]
+    return f"{r['store']}, {per} agent{'s' if per != 1 else ''} per process"
+
+
+def plot(results: list[dict], path: Path) -> Path | None:
+    """Cost against size, one series per store and agents per process: CPU per move per agent (involved and
+    uninvolved; dashed, the full-decode baseline of the same run), and the time from a move to every involved
+    agent updated (p50, and p99 as the bar's top) against the 100 ms goal. Medians; bars p10 to p90."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    rows = [r for r in results if r.get("summary")]
+    if not rows:
+        return None
+    fig = Figure(figsize=(12, 7), layout="constrained")
+    cpu, upd = fig.subplots(1, 2)
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["vms"]):
+        groups.setdefault(series_label(r), []).append(r)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for i, ((label, rs), colour) in enumerate(zip(sorted(groups.items()), colours * 4)):
+        dodge = 1.07 ** (i - (len(groups) - 1) / 2)  # series side by side at one size
+        xs = [r["vms"] * dodge for r in rs]
+        for key, marker, what, dashed in (("cpu_involved_ms", "o", "involved", False),
+                                          ("cpu_uninvolved_ms", "v", "uninvolved", False),
+                                          ("baseline_cpu_involved_ms", "o", "involved, full decode", True),
+                                          ("baseline_cpu_uninvolved_ms", "v", "uninvolved, full decode", True)):
+            pts = [(x, r["summary"][key]) for x, r in zip(xs, rs) if r["summary"].get(key, {}).get("n")]
+            if not pts:
+                continue
+            ys = [max(FLOOR_MS, s["median"]) for _, s in pts]
+            err = [[y - max(FLOOR_MS, s["p10"]) for y, (_, s) in zip(ys, pts)],
+                   [max(FLOOR_MS, s["p90"]) - y for y, (_, s) in zip(ys, pts)]]
+            cpu.errorbar([x for x, _ in pts], ys, yerr=err, marker=marker, color=colour, capsize=3,
+                         linestyle="--" if dashed else "-", alpha=0.55 if dashed else 1.0,
+                         label=f"{label}: {what}")
+            for (x, s), y in zip(pts, ys):
+                if s["median"] < FLOOR_MS:
+                    cpu.annotate("0", (x, y), textcoords="offset points", xytext=(5, -3), fontsize=7, color=colour)
+        ups = [(x, r["summary"]["update_ms"]) for x, r in zip(xs, rs) if r["summary"]["update_ms"].get("p50") is not None]
+        if ups:
+            upd.errorbar([x for x, _ in ups], [u["p50"] for _, u in ups],
+                         yerr=[[0] * len(ups), [u["p99"] - u["p50"] for _, u in ups]], marker="o", color=colour,
+                         capsize=3, label=f"{label}: p50 (bar: p99)")
+    cpu.axhline(5, color="tab:gray", linestyle=":", linewidth=1, label="goal: involved < 5 ms")
+    upd.axhline(100, color="tab:gray", linestyle=":", linewidth=1, label="goal: p99 < 100 ms")
+    sizes = sorted({r["vms"] for r in rows})
+    for ax in (cpu, upd):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(sizes[0] / 2, sizes[-1] * 2)
+        ax.set_xticks(sizes, [f"{v:,}" for v in sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("VMs in the mapping")
+        ax.grid(True, which="major", alpha=0.3)
+    cpu.set_ylabel("CPU per move per agent, ms (median; p10-p90)")
+    cpu.set_title("What a move costs an agent", fontsize=10)
+    upd.set_ylabel("move -> every involved agent updated, ms")
+    upd.set_title("Update time", fontsize=10)
+    cpu.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    upd.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
+    nves = ", ".join(f"{n:,}" for n in sorted({r["nves"] for r in rows}))
+    fig.suptitle(f"benchmarks/scale.py: real agent loops, kernels held in memory ({nves} NVEs)", fontsize=11)
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+def load_results(paths: list[Path]) -> list[dict]:
+    """The runs of earlier scale.json files (each size is a separate run on a small machine), in order."""
+    results = []
+    for p in paths:
+        try:
+            doc = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{p}: cannot read a scale.json: {exc}") from None
+        got = doc.get("results") if isinstance(doc, dict) else doc
+        if not isinstance(got, list) or not all(isinstance(r, dict) and "summary" in r for r in got):
+            raise SystemExit(f"{p}: not the output of benchmarks/scale.py (no results with a summary)")
+        results.extend(got)
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["100:10000"], help="NVES:VMS pairs (default 100:10000)")
@@ -580,9 +666,19 @@ def main() -> int:
     ap.add_argument("--move-timeout", type=float, default=10.0)
     ap.add_argument("--setup-timeout", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=18)
-    ap.add_argument("--out", type=Path, help="write <out>/scale.json there")
+    ap.add_argument("--out", type=Path, help="write <out>/scale.json and <out>/scale.png (cost against size) there")
+    ap.add_argument("--plot-from", type=Path, nargs="+", metavar="SCALE_JSON",
+                    help="run nothing: print the table and plot (to --out) the runs these files hold together")
     ap.add_argument("-f", "--format", choices=["table", "json"], default="table")
     args = ap.parse_args()
+    if args.plot_from:
+        if not args.out:
+            ap.error("--plot-from needs --out (where scale.png goes)")
+        results = load_results(args.plot_from)
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(table(results))
+        print(f"plot: {plot(results, args.out / 'scale.png')}", file=sys.stderr)
+        return 0
     started = time.time()
     results = []
     with tempfile.TemporaryDirectory(prefix="rn-scale-") as tmp:
@@ -602,6 +698,7 @@ def main() -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "scale.json").write_text(json.dumps(doc, indent=1))
+        print(f"plot: {plot(results, args.out / 'scale.png')}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(doc, indent=1))
     else:
