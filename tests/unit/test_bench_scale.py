@@ -41,3 +41,20 @@ def test_earlier_runs_are_read_back_and_anything_else_is_named(tmp_path):
         bench.load_results([good, other])
     with pytest.raises(SystemExit, match="cannot read a scale.json"):
         bench.load_results([tmp_path / "missing.json"])
+
+
+def test_a_baseline_shadow_that_ran_no_pass_during_a_move_is_not_counted_as_free():
+    """The full-decode path runs a pass at every change: a shadow with none during a move missed it (its feed
+    did not deliver), so the move tells nothing of that path's cost rather than a cost of 0."""
+    def shadow(involved: bool, cpu: float, passes: int) -> dict:
+        return {"involved": involved, "cpu": cpu, "passes": passes}
+
+    r = {"nves": 4, "rss_mb": [40.0], "moves": [],
+         "baseline_moves": [{"shadows": {"hv1": shadow(True, 0.6, 2), "hv2": shadow(False, 0.0, 0)}},
+                            {"shadows": {"hv1": shadow(True, 0.0, 0), "hv2": shadow(False, 0.5, 1)}}]}
+    s = bench.summarize(r)
+    assert s["baseline_cpu_involved_ms"] == bench.summary([600.0])
+    assert s["baseline_cpu_uninvolved_ms"] == bench.summary([500.0])
+    assert s["baseline_moves_without_pass"] == 2
+    r["baseline_moves"] = [{"shadows": {"hv2": shadow(False, 0.0, 0)}}]
+    assert bench.summarize(r)["baseline_cpu_uninvolved_ms"] == {"n": 0}  # shown as "-", not 0
