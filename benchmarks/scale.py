@@ -687,6 +687,7 @@ def main() -> int:
         print(f"plot: {plot(results, args.out / 'scale.png')}", file=sys.stderr)
         return 0
     started = time.time()
+    host = machine()  # before the runs: the load they started at, the code they ran
     results = []
     with tempfile.TemporaryDirectory(prefix="rn-scale-") as tmp:
         os.chmod(tmp, 0o700)
@@ -699,7 +700,7 @@ def main() -> int:
                     args.out.mkdir(parents=True, exist_ok=True)
                     (args.out / "scale.partial.json").write_text(json.dumps(results, indent=1))
     doc = {"benchmark": "scale", "version": BENCH_VERSION, "started": started,
-           "runtime_s": round(time.time() - started, 1), "machine": machine(),
+           "runtime_s": round(time.time() - started, 1), "machine": host,
            "config": vars(args) | {"out": str(args.out)},
            "results": results}
     if args.out:
