@@ -481,8 +481,9 @@ def measure(before, after, inv: set[str], names: list[str], updated: list[float]
 
 def summarize(r: dict) -> dict:
     ms = r["moves"]
-    # a shadow runs a pass at every change of the mapping: one that ran none during a move did not see it (its
-    # whole feed did not deliver: at 100,000 VMs it never loaded), so that move tells nothing of its cost
+    # a shadow runs a pass at every change of the mapping: one that ran none during a move did not finish it in
+    # the move's window (at 100,000 VMs its read of the whole mapping alone takes seconds), so that move tells
+    # nothing of its cost
     shadowed = [s for m in r["baseline_moves"] for s in m["shadows"].values()]
     inv_base = [s["cpu"] * 1000 for s in shadowed if s["involved"] and s["passes"]]
     unin_base = [s["cpu"] * 1000 for s in shadowed if not s["involved"] and s["passes"]]
