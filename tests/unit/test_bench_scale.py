@@ -44,8 +44,8 @@ def test_earlier_runs_are_read_back_and_anything_else_is_named(tmp_path):
 
 
 def test_a_baseline_shadow_that_ran_no_pass_during_a_move_is_not_counted_as_free():
-    """The full-decode path runs a pass at every change: a shadow with none during a move missed it (its feed
-    did not deliver), so the move tells nothing of that path's cost rather than a cost of 0."""
+    """The full-decode path runs a pass at every change: a shadow with none during a move did not finish it in
+    the move's window, so the move tells nothing of that path's cost rather than a cost of 0."""
     def shadow(involved: bool, cpu: float, passes: int) -> dict:
         return {"involved": involved, "cpu": cpu, "passes": passes}
 
