@@ -343,11 +343,17 @@ class Agent:
         return max(RESYNC_S, self.stats.whole_pass_cpu_s / RESYNC_SHARE)
 
     def _mapping_changed(self, touched: Touched) -> None:
-        """The feed applied a batch (called under the view's lock: note and wake only)."""
+        """The feed applied a batch (called under the view's lock: note and wake only). A batch that concerns
+        none of this NVE's part wakes nothing unless a waiter asks for this NVE's status (or `publish_idle`):
+        the converged revision it advances is taken at the next wake (a pass, the periodic resync, a waiter's
+        request). Where many agents share a process, every batch otherwise woke every agent's thread, and
+        they all contended with the involved agents' passes (benchmarks/scale.py, 100 agents in a process)."""
         with self._note:
+            asked = False
             for req in touched.syncs:
                 if req.names(self.nve.name):
                     self._sync_to = max(self._sync_to, req.revision)
+                    asked = True
             if self._interest is None or self._interest.concerns(touched):
                 self._need_pass = True
                 if touched.general or touched.reloaded:
@@ -356,6 +362,8 @@ class Agent:
                 self._touched_ifaces |= touched.ifaces
             else:
                 self._idle_revision = max(self._idle_revision, touched.revision)
+                if not (asked or self.publish_idle):
+                    return
         self._wake.set()
 
     def _wake_pass(self, whole: bool = True) -> None:
