@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from roamnet.agent import metrics
+from roamnet.agent import heap, metrics
 from roamnet.agent.loop import Agent
 from roamnet.agent.switch import SwitchAgent
 from roamnet.dataplane.kernel import Kernel
@@ -93,7 +93,10 @@ def run(nve_name: str, store, ns: str, stop: threading.Event | None = None, *, s
     lease.start()
     agent.start()
     try:
-        stop.wait()
+        if threading.current_thread() is threading.main_thread():  # the agent's own process
+            heap.settle(stop)  # until stopped: full collections walk only what is new (agent/heap.py)
+        else:
+            stop.wait()
     finally:
         agent.stop()  # threads and sockets only: every kernel object stays (headless)
         lease.close(revoke=True)  # the status goes now: this agent is gone
