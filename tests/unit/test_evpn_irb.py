@@ -28,7 +28,7 @@ from roamnet.intent.model import load_topology, parse_topology
 from roamnet.intent.scenario import packaged_example
 from roamnet.lab.plan import build_plan
 from roamnet.wan import border as wan_border
-from roamnet.wan.frr import DAEMONS
+from roamnet.wan.frr import DAEMONS, drop_log_buffers
 
 TOPO = load_topology(packaged_example("routed.yaml"))  # tenant t1 (L3 VNI 50001), CUGs web and db, 2 DCs
 PLAN = build_plan(TOPO)
@@ -154,10 +154,18 @@ def test_frr_reads_every_line(tmp_path: Path, node: str, daemon: str):
     argv = [str(FRR_BIN / daemon), "-C", "-u", "root", "-g", "frrvty" if _has_group("frrvty") else "root",
             "-f", str(conf), "-i", str(tmp_path / "pid"), "-z", str(tmp_path / "zserv.api"),
             "--vty_socket", str(tmp_path)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    text = out.stdout + out.stderr
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        drop_log_buffers(daemon, proc.pid)  # FRR leaves /var/tmp/frr/<daemon>.<pid> behind after -C
+    text = stdout + stderr
     bad = [ln for ln in text.splitlines() if any(w in ln for w in ("No such command", "YANG", "rror", "nknown"))]
-    assert out.returncode == 0 and not bad, text
+    assert proc.returncode == 0 and not bad, text
+    assert not Path(f"/var/tmp/frr/{daemon}.{proc.pid}").exists()
 
 
 def _has_group(name: str) -> bool:
